@@ -1,0 +1,40 @@
+# The two commands: `make up` starts HyperCheckout, `make test` runs every test. Both install what they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install test up system-deps lint
+
+# The venv is rebuilt when the package's dependencies change.
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# PostgreSQL and Redis server binaries (tests start private instances of them). As root on Debian/Ubuntu they are
+# installed with apt-get when missing; otherwise the message says what to install.
+system-deps:
+	@missing=""; \
+	{ command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || missing="$$missing postgresql"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "missing:$$missing. Debian/Ubuntu: sudo apt-get install$$missing; macOS: brew install postgresql redis"; \
+	    exit 1; \
+	  fi; \
+	fi
+
+test: install system-deps
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check hypercheckout tests
+
+up: install
+	$(BIN)/hypercheckout serve

@@ -1,0 +1,3 @@
+from hypercheckout.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The public JSON API: purchase, products, health."""

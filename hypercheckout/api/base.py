@@ -1,0 +1,87 @@
+"""What every JSON handler shares: the services, the client's address, and the one mapping of errors to HTTP."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from typing import Any
+
+import tornado.web
+
+from hypercheckout.checkout.errors import CheckoutError
+
+log = logging.getLogger(__name__)
+
+REASONS = {
+    400: "invalid_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+    413: "invalid_request", 500: "internal_error", 503: "unavailable",
+}
+
+
+class JsonHandler(tornado.web.RequestHandler):
+    """Base of every API handler. Raise ``CheckoutError`` anywhere; ``write_error`` turns it into the answer."""
+
+    @property
+    def services(self) -> Any:  # hypercheckout.app.Services; typed loosely to avoid an import cycle
+        return self.application.settings["services"]
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Replica", self.application.settings["services"].settings.replica_id)
+
+    def prepare(self) -> None:
+        self.services.request_started()
+        self._counted = True
+
+    def on_finish(self) -> None:
+        if getattr(self, "_counted", False):
+            self.services.request_finished()
+
+    def write_json(self, body: dict[str, Any], status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(body, separators=(",", ":"), default=str))
+
+    @property
+    def client_ip(self) -> str:
+        """The peer's address, or the X-Real-IP its proxy set when the peer is a trusted proxy.
+
+        A client's own X-Real-IP/X-Forwarded-For sent straight to a replica changes nothing: it is not a proxy.
+        """
+        peer = self.request.remote_ip or ""
+        forwarded = self.request.headers.get("X-Real-IP")
+        if forwarded:
+            try:
+                peer_addr = ipaddress.ip_address(peer)
+                if any(peer_addr in net for net in self.services.settings.trusted_proxies):
+                    return str(ipaddress.ip_address(forwarded.strip()))
+            except ValueError:
+                pass
+        return peer
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, CheckoutError):
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+            self.set_status(exc.status)
+            self.finish(json.dumps(exc.body(), separators=(",", ":")))
+            return
+        # Anything else: a generic body; the traceback goes to the log only, never to the client.
+        code = REASONS.get(status_code, "internal_error" if status_code >= 500 else "invalid_request")
+        message = self._reason if status_code < 500 else "internal error; the request may be retried"
+        self.finish(json.dumps({"error": {"code": code, "message": message}}))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, CheckoutError):
+            return  # expected outcomes are not errors of the server
+        super().log_exception(typ, value, tb)
+
+
+class NotFoundHandler(JsonHandler):
+    """Unknown paths get the JSON error shape too, not Tornado's HTML page."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        raise CheckoutError(404, "not_found", f"no route for {self.request.path}")

@@ -1,0 +1,27 @@
+"""GET /products and GET /products/{id}: the stock as PostgreSQL has it now."""
+
+from __future__ import annotations
+
+from hypercheckout.api.base import JsonHandler
+from hypercheckout.checkout.errors import unknown_product
+
+
+class ProductsHandler(JsonHandler):
+    async def get(self) -> None:
+        products = await self.services.store.list_products()
+        self.write_json({"products": [p.as_json() for p in products]})
+
+
+class ProductHandler(JsonHandler):
+    async def get(self, product_id: str) -> None:
+        product = await self.services.store.get_product(int(product_id))
+        if product is None:
+            raise unknown_product(int(product_id))
+        self.write_json(product.as_json())
+
+
+# The id pattern is bounded so that int() can never see a number too large for PostgreSQL's bigint.
+default_handlers = [
+    (r"/products", ProductsHandler),
+    (r"/products/([1-9][0-9]{0,17})", ProductHandler),
+]

@@ -1,0 +1,36 @@
+"""POST /purchase: parse, rate-limit, buy, answer — each step a call into the domain."""
+
+from __future__ import annotations
+
+from hypercheckout.api.base import JsonHandler
+from hypercheckout.checkout.errors import rate_limited
+from hypercheckout.checkout.validation import parse_purchase
+
+
+class PurchaseHandler(JsonHandler):
+    async def post(self) -> None:
+        services = self.services
+        settings = services.settings
+        request = parse_purchase(
+            self.request.body, max_quantity=settings.max_quantity, max_body_bytes=settings.max_body_bytes,
+        )
+        decision = await services.limiter.check(request.user_id, self.client_ip)
+        if not decision.allowed:
+            raise rate_limited(decision.retry_after, decision.banned)
+        order = await services.checkout.purchase(request)
+        self.write_json({
+            "message": "Order placed successfully",
+            "order_id": order.id,
+            "user_id": order.user_id,
+            "product_id": order.product_id,
+            "quantity": order.quantity,
+            "created_at": order.created_at.isoformat(),
+            "replica": settings.replica_id,
+        })
+
+    def on_finish(self) -> None:
+        super().on_finish()
+        self.services.hits.record(self.get_status())
+
+
+default_handlers = [(r"/purchase", PurchaseHandler)]

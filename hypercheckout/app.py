@@ -1,0 +1,167 @@
+"""Wiring: build the services once at start, hand them to the handlers, and take them down in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+import tornado.httpserver
+import tornado.web
+
+from hypercheckout.api import health, products, purchase
+from hypercheckout.api.base import NotFoundHandler
+from hypercheckout.checkout.service import Checkout
+from hypercheckout.checkout.soldout import SoldOutFlags
+from hypercheckout.checkout.strategy import Strategy, make_strategy
+from hypercheckout.limiter import RateLimiter
+from hypercheckout.settings import Settings
+from hypercheckout.stats import HitCounter
+from hypercheckout.store import Store, ensure_database
+
+log = logging.getLogger(__name__)
+
+# Tornado's own cap, a safety net far above HC_MAX_BODY_BYTES: bodies between the two get a JSON 400 from the
+# handler; above this Tornado drops the connection before buffering the body.
+SERVER_MAX_BODY = 64 * 1024
+
+
+@dataclass
+class Services:
+    """Everything a handler may use, created once per process."""
+
+    settings: Settings
+    store: Store
+    redis: aioredis.Redis
+    limiter: RateLimiter
+    strategy: Strategy
+    sold_out: SoldOutFlags
+    checkout: Checkout
+    hits: HitCounter
+    stopping: bool = False
+    in_flight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def request_started(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+
+    def request_finished(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
+
+
+def redis_client(settings: Settings) -> aioredis.Redis:
+    return aioredis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout,
+        socket_connect_timeout=settings.redis_timeout,
+        retry_on_timeout=False,
+        max_connections=64,
+    )
+
+
+async def start_services(settings: Settings, *, migrate: bool = True) -> Services:
+    """Connect to PostgreSQL (creating the database and schema when missing) and Redis; start background tasks."""
+    if migrate:
+        await ensure_database(settings.database_url, timeout=settings.db_timeout)
+    store = await Store.connect(settings.database_url, size=settings.db_pool_size, timeout=settings.db_timeout)
+    if migrate:
+        await store.migrate()
+    client = redis_client(settings)
+    limiter = RateLimiter(
+        client,
+        prefix=settings.redis_prefix,
+        user_rate=settings.rate_limit,
+        user_burst=settings.rate_burst,
+        ip_rate=settings.ip_rate_limit,
+        ip_burst=settings.ip_rate_burst,
+        ban_after=settings.ban_after,
+        ban_window=settings.ban_window,
+        ban_seconds=settings.ban_seconds,
+    )
+    strategy = make_strategy(
+        settings.strategy, store, replica=settings.replica_id,
+        batch_window_ms=settings.batch_window_ms, batch_max=settings.batch_max,
+    )
+    sold_out = SoldOutFlags(
+        store, client, prefix=settings.redis_prefix, recheck_seconds=settings.soldout_recheck_ms / 1000,
+    )
+    hits = HitCounter(
+        client, prefix=settings.redis_prefix, replica=settings.replica_id,
+        flush_seconds=settings.stats_flush_ms / 1000,
+    )
+    sold_out.start()
+    hits.start()
+    return Services(
+        settings=settings, store=store, redis=client, limiter=limiter, strategy=strategy, sold_out=sold_out,
+        checkout=Checkout(strategy, sold_out), hits=hits,
+    )
+
+
+async def stop_services(services: Services) -> None:
+    """Finish accepted purchases first (open batches settle), then stop background tasks and close connections."""
+    services.stopping = True
+    await services.strategy.close()
+    await services.sold_out.close()
+    await services.hits.close()
+    await services.redis.aclose()
+    await services.store.close()
+
+
+def _log_request(handler: tornado.web.RequestHandler) -> None:
+    status = handler.get_status()
+    services: Services = handler.application.settings["services"]
+    if status >= 500:
+        log.error("%d %s %s", status, handler.request.method, handler.request.uri)
+    elif services.settings.access_log:
+        log.info(
+            "%d %s %s %.1fms", status, handler.request.method, handler.request.uri,
+            1000 * handler.request.request_time(),
+        )
+
+
+def make_app(services: Services) -> tornado.web.Application:
+    routes = [*purchase.default_handlers, *products.default_handlers, *health.default_handlers]
+    return tornado.web.Application(
+        routes,
+        services=services,
+        default_handler_class=NotFoundHandler,
+        log_function=_log_request,
+        cookie_secret=services.settings.cookie_secret,
+        compress_response=False,
+    )
+
+
+async def serve(settings: Settings) -> None:
+    """Run one replica until SIGTERM/SIGINT, then drain: stop accepting, finish in-flight requests, close."""
+    services = await start_services(settings)
+    app = make_app(services)
+    server = tornado.httpserver.HTTPServer(
+        app, xheaders=False, max_body_size=SERVER_MAX_BODY, idle_connection_timeout=75,
+    )
+    server.listen(settings.port, address=settings.host)
+    log.info(
+        "replica %s serving on http://%s:%d (strategy %s, rate limit %s)", settings.replica_id, settings.host,
+        settings.port, settings.strategy, f"{settings.rate_limit}/s" if settings.rate_limit else "off",
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("replica %s stopping: finishing in-flight requests", settings.replica_id)
+    services.stopping = True
+    server.stop()  # no new connections; requests already received are answered before anything closes
+    if services.in_flight:
+        try:
+            await asyncio.wait_for(services.idle.wait(), settings.shutdown_grace)
+        except TimeoutError:
+            log.warning("%d request(s) still running after %.0f s; stopping anyway", services.in_flight,
+                        settings.shutdown_grace)
+    await stop_services(services)
+    await server.close_all_connections()
+    log.info("replica %s stopped", settings.replica_id)

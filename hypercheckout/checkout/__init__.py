@@ -1,0 +1,1 @@
+"""The checkout domain: validation, errors and the purchase strategies."""

@@ -1,0 +1,137 @@
+"""Group commit for purchases: concurrent buyers of one product share one transaction.
+
+Per process and per product, purchases wait at most ``window_ms`` (or until ``max_batch`` are waiting), then one
+transaction locks the product row once, grants in arrival order while stock lasts (``allocation.allocate``), and
+writes one UPDATE and one multi-row INSERT. Each waiter gets its own order or its own 409. While a batch is being
+settled the next one gathers, so a hot product is settled back to back with one row lock per batch instead of one
+per purchase. A batch whose transaction fails fails every waiter in it with 503 and writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+from hypercheckout.checkout.allocation import allocate
+from hypercheckout.checkout.errors import CheckoutError, out_of_stock, unavailable, unknown_product
+from hypercheckout.checkout.models import Order, PurchaseRequest
+from hypercheckout.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Waiter:
+    request: PurchaseRequest
+    answer: asyncio.Future[Order]
+
+
+@dataclass(slots=True)
+class _ProductQueue:
+    waiting: list[_Waiter] = field(default_factory=list)
+    full: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class BatchedStrategy:
+    name = "batched"
+
+    def __init__(self, store: Store, *, replica: str, window_ms: float = 2.0, max_batch: int = 64) -> None:
+        self._store = store
+        self._replica = replica
+        self._window = window_ms / 1000
+        self._max_batch = max_batch
+        self._queues: dict[int, _ProductQueue] = {}
+        self._closing = False
+        self.batch_sizes: Counter[int] = Counter()  # batch size -> batches settled; for metrics and tests
+
+    async def purchase(self, request: PurchaseRequest) -> Order:
+        if self._closing:
+            raise CheckoutError(503, "unavailable", "this replica is shutting down; please retry")
+        queue = self._queues.get(request.product_id)
+        if queue is None:
+            queue = self._queues[request.product_id] = _ProductQueue()
+        waiter = _Waiter(request, asyncio.get_running_loop().create_future())
+        queue.waiting.append(waiter)
+        if len(queue.waiting) >= self._max_batch:
+            queue.full.set()
+        if queue.task is None:
+            queue.task = asyncio.create_task(
+                self._run(request.product_id, queue), name=f"batcher-product-{request.product_id}",
+            )
+        return await waiter.answer
+
+    async def _run(self, product_id: int, queue: _ProductQueue) -> None:
+        """Settle batches of one product until nobody waits, then go away (no idle task per product ever seen)."""
+        try:
+            while queue.waiting:
+                if len(queue.waiting) < self._max_batch and self._window > 0:
+                    try:
+                        await asyncio.wait_for(queue.full.wait(), self._window)
+                    except TimeoutError:
+                        pass
+                batch = queue.waiting[: self._max_batch]
+                del queue.waiting[: self._max_batch]
+                if len(queue.waiting) < self._max_batch:
+                    queue.full.clear()
+                await self._settle(product_id, batch)
+        finally:
+            queue.task = None
+            if self._queues.get(product_id) is queue and not queue.waiting:
+                del self._queues[product_id]
+
+    async def _settle(self, product_id: int, batch: list[_Waiter]) -> None:
+        outcomes: list[Order | CheckoutError]
+        try:
+            outcomes = await self._settle_in_transaction(product_id, batch)
+        except CheckoutError as exc:
+            outcomes = [exc] * len(batch)
+        except Exception:
+            log.exception("batch of %d purchases of product %d failed", len(batch), product_id)
+            outcomes = [unavailable()] * len(batch)
+        self.batch_sizes[len(batch)] += 1
+        for waiter, outcome in zip(batch, outcomes, strict=True):
+            if waiter.answer.done():
+                continue
+            if isinstance(outcome, CheckoutError):
+                waiter.answer.set_exception(outcome)
+            else:
+                waiter.answer.set_result(outcome)
+
+    async def _settle_in_transaction(self, product_id: int, batch: list[_Waiter]) -> list[Order | CheckoutError]:
+        """Answers are only handed out after COMMIT returned: no waiter is told of an order that might roll back."""
+        requests = [w.request for w in batch]
+        async with self._store.transaction() as cur:
+            locked = await Store.lock_for_batch(cur, product_id, len(requests))
+            if locked is None:
+                return [unknown_product(product_id)] * len(requests)
+            allocation = allocate(locked.stock, [r.quantity for r in requests])
+            granted = [(r, order_id) for r, order_id, ok in zip(
+                requests, locked.order_ids, allocation.granted, strict=True) if ok]
+            if granted:
+                await Store.settle_batch(
+                    cur, product_id, self._replica,
+                    order_ids=[order_id for _, order_id in granted],
+                    user_ids=[r.user_id for r, _ in granted],
+                    quantities=[r.quantity for r, _ in granted],
+                )
+        outcomes: list[Order | CheckoutError] = []
+        order_ids = iter(order_id for _, order_id in granted)
+        for request, ok, before in zip(requests, allocation.granted, allocation.remaining_before, strict=True):
+            if ok:
+                outcomes.append(Order(
+                    id=next(order_ids), user_id=request.user_id, product_id=product_id,
+                    quantity=request.quantity, created_at=locked.now, remaining=allocation.stock_after,
+                ))
+            else:
+                outcomes.append(out_of_stock(product_id, before, request.quantity))
+        return outcomes
+
+    async def close(self) -> None:
+        """Refuse new purchases and wait until every accepted one has its answer."""
+        self._closing = True
+        tasks = [q.task for q in self._queues.values() if q.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,66 @@
+"""One exception type for every answer that is not a success; mapped to HTTP in one place (api/base.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CheckoutError(Exception):
+    """An expected failure with its HTTP status, machine-readable code and human message.
+
+    ``extra`` holds additional fields for the error body (e.g. ``remaining``); ``headers`` extra response headers
+    (e.g. ``Retry-After``).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra or {}
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, **self.extra}}
+
+    def __repr__(self) -> str:
+        return f"CheckoutError({self.status}, {self.code!r}, {self.message!r})"
+
+
+def invalid_request(message: str) -> CheckoutError:
+    return CheckoutError(400, "invalid_request", message)
+
+
+def unknown_product(product_id: int) -> CheckoutError:
+    return CheckoutError(404, "unknown_product", f"product {product_id} does not exist")
+
+
+def out_of_stock(product_id: int, remaining: int, requested: int) -> CheckoutError:
+    return CheckoutError(
+        409, "out_of_stock", f"product {product_id} has {remaining} left, {requested} requested",
+        extra={"remaining": remaining},
+    )
+
+
+def unavailable(what: str = "the database") -> CheckoutError:
+    return CheckoutError(503, "unavailable", f"{what} is unreachable; nothing was sold, please retry")
+
+
+def rate_limited(retry_after: float, banned: bool) -> CheckoutError:
+    seconds = max(1, int(retry_after + 0.999))
+    if banned:
+        return CheckoutError(
+            429, "banned", f"too many rejected requests; banned for {seconds} s",
+            headers={"Retry-After": str(seconds)},
+        )
+    return CheckoutError(
+        429, "rate_limited", f"too many requests; retry in {seconds} s", headers={"Retry-After": str(seconds)},
+    )

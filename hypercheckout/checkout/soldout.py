@@ -1,0 +1,137 @@
+"""Sold-out fast path: once a replica has seen a product at 0, it answers 409 without asking PostgreSQL.
+
+The flag is a cache of PostgreSQL, so it must not outlive a restock. Two mechanisms clear it:
+
+* **Redis pub/sub** (``{prefix}stock-changed``): `reset` publishes the product id, every replica clears the flag
+  within milliseconds. Fast, but a message sent while a replica's subscription is down is lost.
+* **PostgreSQL recheck**: while any product is flagged, each replica asks PostgreSQL every ``recheck`` seconds
+  (one small query for all flagged products) whether it has stock again. This is the guarantee — it holds with
+  Redis down and for stock changed by hand in SQL — and bounds a stale flag to ``recheck`` (0.5 s by default).
+
+A replica whose subscription reconnects drops every flag, since it may have missed messages meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from hypercheckout.checkout.errors import CheckoutError
+from hypercheckout.store import Store
+
+log = logging.getLogger(__name__)
+
+ALL_PRODUCTS = "*"
+
+
+def channel_name(prefix: str) -> str:
+    return f"{prefix}stock-changed"
+
+
+async def announce_stock_changed(client: aioredis.Redis, prefix: str, product_id: int | None = None) -> bool:
+    """Tell every replica that a product's stock changed (None: every product). False if Redis is unreachable;
+    the replicas' PostgreSQL recheck will then clear their flags within ``HC_SOLDOUT_RECHECK_MS``."""
+    try:
+        await client.publish(channel_name(prefix), ALL_PRODUCTS if product_id is None else str(product_id))
+    except (TimeoutError, redis.exceptions.RedisError, OSError):
+        return False
+    return True
+
+
+class SoldOutFlags:
+    def __init__(self, store: Store, client: aioredis.Redis, *, prefix: str, recheck_seconds: float) -> None:
+        self._store = store
+        self._redis = client
+        self._channel = channel_name(prefix)
+        self._recheck = recheck_seconds
+        self._flagged: set[int] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._closed = asyncio.Event()  # wakes the listener's retry pause at shutdown
+        self.subscribed = asyncio.Event()
+
+    def is_sold_out(self, product_id: int) -> bool:
+        return product_id in self._flagged
+
+    def mark(self, product_id: int) -> None:
+        self._flagged.add(product_id)
+
+    def clear(self, product_id: int | None = None) -> None:
+        if product_id is None:
+            self._flagged.clear()
+        else:
+            self._flagged.discard(product_id)
+
+    @property
+    def flagged(self) -> frozenset[int]:
+        return frozenset(self._flagged)
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="soldout-listen"),
+            asyncio.create_task(self._recheck_loop(), name="soldout-recheck"),
+        ]
+
+    async def close(self) -> None:
+        # The listener is not cancelled mid-read (redis-py can swallow a cancellation there, or turn it into a
+        # ConnectionError that looks like an outage): it sees the flag within one poll and returns by itself.
+        self._closing = True
+        self._closed.set()
+        listener, recheck = self._tasks or (None, None)
+        if recheck is not None:
+            recheck.cancel()
+        pending = [t for t in (listener, recheck) if t is not None]
+        if pending:
+            _, still_running = await asyncio.wait(pending, timeout=2.0)
+            for task in still_running:
+                task.cancel()
+        self._tasks = []
+
+    async def _recheck_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._recheck)
+            if not self._flagged:
+                continue
+            try:
+                for product_id in await self._store.restocked(sorted(self._flagged)):
+                    self._flagged.discard(product_id)
+            except CheckoutError:
+                pass  # PostgreSQL is down: purchases answer 503 anyway; try again next tick
+
+    async def _listen(self) -> None:
+        failures = 0
+        while not self._closing:
+            try:
+                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self._channel)
+                    self._flagged.clear()  # messages may have been missed while not subscribed
+                    self.subscribed.set()
+                    failures = 0
+                    while not self._closing:
+                        # An explicit timeout, not the client's short socket timeout, bounds each wait.
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+                        if message is None:
+                            continue
+                        data = message.get("data")
+                        if isinstance(data, bytes):
+                            data = data.decode()
+                        if data == ALL_PRODUCTS:
+                            self.clear()
+                        elif isinstance(data, str) and data.isdigit():
+                            self.clear(int(data))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any Redis trouble: the PostgreSQL recheck keeps flags honest meanwhile
+                self.subscribed.clear()
+                if self._closing:
+                    return
+                if failures == 0:
+                    log.warning("sold-out subscription lost (%s); retrying every second", exc)
+                failures += 1
+                try:
+                    await asyncio.wait_for(self._closed.wait(), 1.0)
+                except TimeoutError:
+                    pass

@@ -1,0 +1,64 @@
+"""Strict parsing of a purchase body: anything but three positive integers is rejected before any I/O."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypercheckout.checkout.errors import invalid_request
+from hypercheckout.checkout.models import PurchaseRequest
+
+FIELDS = ("user_id", "product_id", "quantity")
+MAX_ID = 2**63 - 1  # ids are PostgreSQL bigints
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A duplicated key would let a body say two things at once ({"quantity": 1, "quantity": -5}).
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate field {key!r}")
+        result[key] = value
+    return result
+
+
+def parse_purchase(body: bytes, *, max_quantity: int, max_body_bytes: int) -> PurchaseRequest:
+    """Parse and validate a ``POST /purchase`` body or raise a 400 ``CheckoutError`` saying what is wrong."""
+    if len(body) > max_body_bytes:
+        raise invalid_request(f"body is larger than {max_body_bytes} bytes")
+    if not body.strip():
+        raise invalid_request("body is empty; expected a JSON object with user_id, product_id and quantity")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise invalid_request("body is not valid UTF-8") from None
+    try:
+        data = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise invalid_request(f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise invalid_request("body must be a JSON object")
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise invalid_request(f"unknown field(s): {', '.join(unknown)}")
+    missing = [name for name in FIELDS if name not in data]
+    if missing:
+        raise invalid_request(f"missing field(s): {', '.join(missing)}")
+    for name in FIELDS:
+        value = data[name]
+        # bool is a subclass of int in Python; JSON true must not buy one unit.
+        if type(value) is not int:
+            kind = "null" if value is None else type(value).__name__
+            raise invalid_request(f"{name} must be an integer, got {kind}")
+    user_id, product_id, quantity = data["user_id"], data["product_id"], data["quantity"]
+    if not 1 <= user_id <= MAX_ID:
+        raise invalid_request(f"user_id must be between 1 and {MAX_ID}")
+    if not 1 <= product_id <= MAX_ID:
+        raise invalid_request(f"product_id must be between 1 and {MAX_ID}")
+    if not 1 <= quantity <= max_quantity:
+        raise invalid_request(f"quantity must be between 1 and {max_quantity}")
+    return PurchaseRequest(user_id=user_id, product_id=product_id, quantity=quantity)

@@ -1,0 +1,205 @@
+"""The `hypercheckout` command: serve, migrate, reset, unban, status, settings."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from hypercheckout.app import redis_client, serve
+from hypercheckout.checkout.errors import CheckoutError
+from hypercheckout.limiter import REDIS_ERRORS, RateLimiter
+from hypercheckout.operations import reset_product, status_report
+from hypercheckout.settings import Settings, SettingsError, documentation
+from hypercheckout.store import Store, ensure_database
+
+CLUSTER_ENV = "cluster.env"
+
+
+def read_cluster_env(data_dir: Path) -> dict[str, str]:
+    """The ``KEY=value`` lines `hypercheckout up` wrote into ``DATA/cluster.env`` (shell-quoted values)."""
+    path = data_dir / CLUSTER_ENV
+    if not path.is_file():
+        raise SettingsError(f"{path} not found: is a cluster started with `hypercheckout up --data-dir {data_dir}`?")
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if sep:
+            parts = shlex.split(value)
+            values[key.strip()] = parts[0] if parts else ""
+    return values
+
+
+def load_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    environ: dict[str, str] = dict(os.environ)
+    if getattr(args, "data_dir", None):
+        # The cluster's own addresses win over the caller's environment: --data-dir names that cluster.
+        environ.update(read_cluster_env(Path(args.data_dir)))
+    return Settings.from_env(environ, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _limiter(settings: Settings, client: Any) -> RateLimiter:
+    return RateLimiter(
+        client, prefix=settings.redis_prefix, user_rate=settings.rate_limit, user_burst=settings.rate_burst,
+        ip_rate=settings.ip_rate_limit, ip_burst=settings.ip_rate_burst, ban_after=settings.ban_after,
+        ban_window=settings.ban_window, ban_seconds=settings.ban_seconds,
+    )
+
+
+async def _with_store(settings: Settings, action: Callable[[Store, Any], Awaitable[int]]) -> int:
+    store = await Store.connect(settings.database_url, size=2, timeout=settings.db_timeout)
+    client = redis_client(settings)
+    try:
+        return await action(store, client)
+    finally:
+        await client.aclose()
+        await store.close()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = load_settings(args, port=args.port, replica_id=args.replica_id, host=args.host,
+                             strategy=args.strategy)
+    uvloop.run(serve(settings))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+
+    async def run() -> int:
+        created = await ensure_database(settings.database_url, timeout=settings.db_timeout)
+        store = await Store.connect(settings.database_url, size=1, timeout=settings.db_timeout)
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+        print("database created and migrated" if created else "schema up to date")
+        return 0
+
+    return asyncio.run(run())
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+
+    async def action(store: Store, client: Any) -> int:
+        result = await reset_product(store, client, settings.redis_prefix, args.product, args.stock)
+        print(f"product {result.product_id}: stock and initial stock set to {result.stock}, orders deleted")
+        if not result.announced:
+            print("warning: Redis unreachable; replicas clear their sold-out flags within "
+                  f"{settings.soldout_recheck_ms:.0f} ms by rechecking PostgreSQL", file=sys.stderr)
+        return 0
+
+    return asyncio.run(_with_store(settings, action))
+
+
+def cmd_unban(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+
+    async def run() -> int:
+        client = redis_client(settings)
+        limiter = _limiter(settings, client)
+        try:
+            if args.all:
+                removed = await limiter.clear_all()
+            else:
+                removed = await limiter.unban(user_id=args.user, ip=args.ip)
+        finally:
+            await client.aclose()
+        print(f"removed {removed} key(s)")
+        return 0
+
+    return asyncio.run(run())
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+
+    async def action(store: Store, client: Any) -> int:
+        report = await status_report(store, _limiter(settings, client))
+        if args.json:
+            print(json.dumps(report, indent=2))
+            return 0
+        for p in report["products"]:
+            print(f"product {p['id']} {p['name']!r}: stock {p['stock']} / initial {p['initial_stock']}, "
+                  f"sold {p['sold']}")
+        print(f"orders: {report['orders']}")
+        bans = report["bans"]
+        if bans is None:
+            print("bans: unknown (Redis unreachable)")
+        else:
+            print(f"bans: {len(bans)}")
+            for ban in bans:
+                print(f"  {ban['kind']} {ban['value']}: {ban['seconds_left']} s left")
+        return 0
+
+    return asyncio.run(_with_store(settings, action))
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    for env, default, doc in documentation():
+        print(f"{env:<24} {default!s:<52} {doc}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hypercheckout", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--data-dir", help="use the cluster started by `hypercheckout up` in this directory")
+        p.set_defaults(func=func)
+        return p
+
+    p = command("serve", cmd_serve, "run one replica of the HTTP service")
+    p.add_argument("--port", type=int)
+    p.add_argument("--host")
+    p.add_argument("--replica-id")
+    p.add_argument("--strategy", choices=("pessimistic", "atomic", "batched"))
+    command("migrate", cmd_migrate, "create the database and schema if missing (idempotent)")
+    p = command("reset", cmd_reset, "set a product's stock, delete its orders, clear sold-out flags everywhere")
+    p.add_argument("--product", type=int, default=1)
+    p.add_argument("--stock", type=int, help="new stock (default: the product's initial stock)")
+    p = command("unban", cmd_unban, "lift bans and rate-limit state")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--all", action="store_true", help="every ban, strike and bucket")
+    group.add_argument("--user", type=int, help="one buyer")
+    group.add_argument("--ip", help="one client address")
+    p = command("status", cmd_status, "stock, sales, orders and bans")
+    p.add_argument("--json", action="store_true")
+    command("settings", cmd_settings, "list every HC_* variable with its default")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("HC_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except SettingsError as exc:
+        print(f"hypercheckout: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except CheckoutError as exc:
+        print(f"hypercheckout: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except REDIS_ERRORS as exc:
+        print(f"hypercheckout: Redis unreachable: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,159 @@
+"""Rate limits and bans in Redis: one Lua script, one round trip per purchase attempt.
+
+Keyed by buyer (``user_id``) and by client address, each with its own rate. If Redis is unreachable the limiter
+fails open — PostgreSQL still guarantees nothing is oversold — and, to keep a dead Redis from adding its timeout
+to every purchase, skips Redis entirely for a second after a failure. Such events are counted and logged once per
+interval, not per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from importlib import resources
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+log = logging.getLogger(__name__)
+
+REDIS_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
+FAILURE_BACKOFF = 1.0  # seconds without trying Redis after it failed
+LOG_INTERVAL = 10.0  # seconds between two fail-open log lines
+
+ALLOWED, LIMITED, BANNED = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    banned: bool = False
+    retry_after: float = 0.0  # seconds
+    identity: str = ""  # "user" or "ip": which limit refused
+    failed_open: bool = False
+
+
+ALLOW = Decision(allowed=True)
+FAILED_OPEN = Decision(allowed=True, failed_open=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Ban:
+    kind: str  # "user" or "ip"
+    value: str
+    seconds_left: float
+
+    def as_json(self) -> dict[str, object]:
+        return {"kind": self.kind, "value": self.value, "seconds_left": round(self.seconds_left, 1)}
+
+
+def load_script(name: str) -> str:
+    return resources.files("hypercheckout").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str,
+        user_rate: float | None,
+        user_burst: int,
+        ip_rate: float | None,
+        ip_burst: int,
+        ban_after: int,
+        ban_window: float,
+        ban_seconds: float,
+    ) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._script = client.register_script(load_script("ratelimit.lua"))
+        self._args = (
+            int(1_000_000 / user_rate) if user_rate else 0,
+            user_burst,
+            int(1_000_000 / ip_rate) if ip_rate else 0,
+            ip_burst,
+            ban_after if ban_seconds > 0 else 0,
+            max(1, int(ban_window * 1000)),
+            max(1, int(ban_seconds * 1000)),
+        )
+        self.enabled = bool(user_rate or ip_rate)
+        self.fail_open_events = 0
+        self._skip_until = 0.0
+        self._last_log = 0.0
+
+    def _key(self, kind: str, identity: str, value: str) -> str:
+        return f"{self._prefix}{kind}:{identity}:{value}"
+
+    async def check(self, user_id: int, client_ip: str) -> Decision:
+        """Decide one purchase attempt. Never raises: Redis trouble is a fail-open decision."""
+        if not self.enabled:
+            return ALLOW
+        if time.monotonic() < self._skip_until:
+            return self._fail_open(None)
+        user, ip = str(user_id), client_ip
+        keys = [
+            self._key("ban", "user", user), self._key("ban", "ip", ip),
+            self._key("tat", "user", user), self._key("tat", "ip", ip),
+            self._key("strikes", "user", user), self._key("strikes", "ip", ip),
+        ]
+        try:
+            verdict, retry_ms, which = await self._script(keys=keys, args=self._args)
+        except REDIS_ERRORS as exc:
+            self._skip_until = time.monotonic() + FAILURE_BACKOFF
+            return self._fail_open(exc)
+        if verdict == ALLOWED:
+            return ALLOW
+        return Decision(
+            allowed=False, banned=verdict == BANNED, retry_after=int(retry_ms) / 1000,
+            identity="user" if which == 1 else "ip",
+        )
+
+    def _fail_open(self, exc: BaseException | None) -> Decision:
+        self.fail_open_events += 1
+        now = time.monotonic()
+        if now - self._last_log >= LOG_INTERVAL:
+            self._last_log = now
+            log.warning(
+                "rate limiter failing open: Redis unreachable (%s); %d purchase(s) let through unlimited so far",
+                exc or "backing off", self.fail_open_events,
+            )
+        return FAILED_OPEN
+
+    # --- bans: listable and clearable from the CLI and the dashboard ----------------------------------------------
+
+    async def bans(self) -> list[Ban]:
+        found = []
+        pattern = f"{self._prefix}ban:*"
+        async for key in self._redis.scan_iter(match=pattern, count=500):
+            name = key.decode() if isinstance(key, bytes) else key
+            ttl = await self._redis.pttl(name)
+            if ttl is None or ttl <= 0:
+                continue
+            kind, _, value = name[len(self._prefix) + len("ban:"):].partition(":")
+            found.append(Ban(kind=kind, value=value, seconds_left=ttl / 1000))
+        return sorted(found, key=lambda b: (b.kind, b.value))
+
+    async def unban(self, *, user_id: int | None = None, ip: str | None = None) -> int:
+        """Lift the ban of one buyer or address and forget its strikes and bucket; returns keys removed."""
+        keys = []
+        for identity, value in (("user", None if user_id is None else str(user_id)), ("ip", ip)):
+            if value is not None:
+                keys += [self._key(kind, identity, value) for kind in ("ban", "strikes", "tat")]
+        return int(await self._redis.delete(*keys)) if keys else 0
+
+    async def clear_all(self) -> int:
+        """Lift every ban and reset every bucket and strike counter ("clear all rate limits")."""
+        removed = 0
+        for kind in ("ban", "strikes", "tat"):
+            batch: list[str | bytes] = []
+            async for key in self._redis.scan_iter(match=f"{self._prefix}{kind}:*", count=500):
+                batch.append(key)
+                if len(batch) >= 500:
+                    removed += await self._redis.delete(*batch)
+                    batch = []
+            if batch:
+                removed += await self._redis.delete(*batch)
+        return int(removed)

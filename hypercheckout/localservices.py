@@ -1,0 +1,196 @@
+"""Private PostgreSQL and Redis servers in a directory of their own, on free loopback ports.
+
+Used by the test suite and by `hypercheckout up`. PostgreSQL refuses to run as root, so when we are root its
+commands run as the ``postgres`` system user (or ``nobody``), which then owns the data directory.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+INSTALL_HINT = (
+    "Debian/Ubuntu: sudo apt-get install postgresql redis-server; macOS: brew install postgresql redis"
+)
+
+
+class ServiceError(RuntimeError):
+    """A private server could not be found or started; the message says why and how to fix it."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.05) -> None:
+    """Return once ``condition()`` is true; raise ``ServiceError`` naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise ServiceError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def find_postgres_bin(name: str) -> Path:
+    """A PostgreSQL program from PATH, ``pg_config --bindir`` or /usr/lib/postgresql/*/bin (newest first)."""
+    found = shutil.which(name)
+    if found:
+        return Path(found)
+    candidates = []
+    if shutil.which("pg_config"):
+        bindir = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip()
+        candidates.append(Path(bindir) / name)
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
+    candidates += [Path(d) / name for d in versions]
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    raise ServiceError(f"PostgreSQL program {name!r} not found. {INSTALL_HINT}")
+
+
+def _unprivileged_user() -> str | None:
+    """The user PostgreSQL runs as: None (ourselves) unless we are root."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    raise ServiceError("running as root and no 'postgres' or 'nobody' user exists to run PostgreSQL as")
+
+
+class PrivatePostgres:
+    """One PostgreSQL cluster in ``data_dir``, listening on 127.0.0.1 only."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, *, max_connections: int = 200,
+                 durable: bool = True) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        self.port = port or free_port()
+        self.max_connections = max_connections
+        self.durable = durable  # False: fsync off, for throwaway test databases only
+        self.user = _unprivileged_user()
+        self.log_path = self.data_dir / "postgres.log"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, program: str, *args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [str(find_postgres_bin(program)), *args]
+        if self.user:
+            cmd = ["runuser", "-u", self.user, "--", *cmd]
+        return subprocess.run(cmd, capture_output=True, text=True)
+
+    def initialised(self) -> bool:
+        return (self.data_dir / "PG_VERSION").is_file()
+
+    def init(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.user:
+            shutil.chown(self.data_dir, self.user)
+            os.chmod(self.data_dir, 0o700)
+        args = ["-D", str(self.data_dir), "-U", "postgres", "-A", "trust", "-E", "UTF8"]
+        if not self.durable:
+            args.append("--no-sync")
+        done = self._run("initdb", *args)
+        if done.returncode != 0:
+            raise ServiceError(f"initdb failed in {self.data_dir}:\n{done.stderr or done.stdout}")
+
+    def start(self) -> str:
+        """Initialise (once) and start the server; returns its URL (database ``postgres``)."""
+        if not self.initialised():
+            self.init()
+        options = [
+            f"-p {self.port}",
+            "-c listen_addresses=127.0.0.1",
+            f"-c unix_socket_directories={self.data_dir}",
+            f"-c max_connections={self.max_connections}",
+            "-c shared_buffers=256MB",
+        ]
+        if not self.durable:
+            options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        done = self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_path), "-w", "-t", "60",
+                         "-o", " ".join(options), "start")
+        if done.returncode != 0:
+            raise ServiceError(f"PostgreSQL did not start:\n{done.stdout}{done.stderr}\n{tail(self.log_path)}")
+        return self.url
+
+    def stop(self) -> None:
+        if self.initialised():
+            self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "stop")
+
+
+class PrivateRedis:
+    """One redis-server on 127.0.0.1 with its files in ``data_dir``; keeps nothing on disk unless ``persist``."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, *, persist: bool = False) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        self.port = port or free_port()
+        self.persist = persist
+        self.log_path = self.data_dir / "redis.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        program = shutil.which("redis-server")
+        if not program:
+            raise ServiceError(f"redis-server not found. {INSTALL_HINT}")
+        cmd = [program, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+               "--logfile", str(self.log_path), "--daemonize", "no", "--protected-mode", "yes"]
+        if self.persist:
+            cmd += ["--appendonly", "yes", "--save", "60 1"]
+        else:
+            cmd += ["--appendonly", "no", "--save", ""]
+        return cmd
+
+    def start(self) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: self.process.poll() is not None or port_open(self.port), timeout=15,
+                       what=f"redis-server on port {self.port}")
+        except ServiceError:
+            self.stop()
+            raise
+        if self.process.poll() is not None:
+            raise ServiceError(f"redis-server exited:\n{tail(self.log_path)}")
+        return self.url
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None

@@ -1,0 +1,55 @@
+-- One round trip decides a purchase attempt for a buyer and a client address together.
+--
+-- Each identity has a GCRA bucket (generic cell rate algorithm: one "theoretical arrival time" per key), a strike
+-- counter and a ban key. An attempt is allowed only when neither identity is banned and both buckets have room;
+-- a refused attempt consumes nothing. Each refusal is a strike for the identity that was over its rate; at
+-- ban_after strikes within the strike window that identity is banned. Every key is written together with its
+-- expiry in this script, so no key can be left without one (the original's bug).
+--
+-- KEYS: 1 ban:user  2 ban:ip  3 tat:user  4 tat:ip  5 strikes:user  6 strikes:ip
+-- ARGV: 1 user interval µs (0 = no user limit)  2 user burst  3 ip interval µs (0 = no ip limit)  4 ip burst
+--       5 ban_after (0 = never ban)  6 strike window ms  7 ban ms
+-- Returns {verdict, retry_after_ms, identity}: verdict 0 allowed, 1 rate limited, 2 banned; identity 1 user, 2 ip.
+
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])  -- µs, one clock for every replica
+
+for i = 1, 2 do
+  local ttl = redis.call('PTTL', KEYS[i])
+  if ttl > 0 then
+    return {2, ttl, i}
+  end
+end
+
+local intervals = {tonumber(ARGV[1]), tonumber(ARGV[3])}
+local bursts = {tonumber(ARGV[2]), tonumber(ARGV[4])}
+local new_tats = {}
+
+for i = 1, 2 do
+  local interval = intervals[i]
+  if interval > 0 then
+    local tat = tonumber(redis.call('GET', KEYS[2 + i]) or now)
+    if tat < now then tat = now end
+    local allowance = (bursts[i] - 1) * interval
+    if tat - now > allowance then
+      local retry_ms = math.ceil((tat - now - allowance) / 1000)
+      local strikes = redis.call('INCR', KEYS[4 + i])
+      if strikes == 1 then redis.call('PEXPIRE', KEYS[4 + i], ARGV[6]) end
+      if tonumber(ARGV[5]) > 0 and strikes >= tonumber(ARGV[5]) then
+        redis.call('SET', KEYS[i], strikes, 'PX', ARGV[7])
+        redis.call('DEL', KEYS[4 + i])
+        return {2, tonumber(ARGV[7]), i}
+      end
+      return {1, retry_ms, i}
+    end
+    new_tats[i] = tat + interval
+  end
+end
+
+for i = 1, 2 do
+  if new_tats[i] then
+    -- The bucket is full again once now reaches the new TAT: it can expire then.
+    redis.call('SET', KEYS[2 + i], new_tats[i], 'PX', math.ceil((new_tats[i] - now) / 1000) + 1)
+  end
+end
+return {0, 0, 0}

@@ -1,0 +1,62 @@
+"""Operator actions, shared by the CLI and the admin dashboard: reset stock, lift bans, report status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from hypercheckout.checkout.errors import CheckoutError, unknown_product
+from hypercheckout.checkout.soldout import announce_stock_changed
+from hypercheckout.limiter import REDIS_ERRORS, RateLimiter
+from hypercheckout.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class ResetResult:
+    product_id: int
+    stock: int
+    announced: bool  # False: Redis was down; replicas clear their sold-out flags by their PostgreSQL recheck
+
+
+async def reset_product(
+    store: Store, client: aioredis.Redis, prefix: str, product_id: int, stock: int | None = None,
+) -> ResetResult:
+    """Set stock and initial stock (default: the current initial stock), delete the product's orders, and tell
+    every replica its sold-out flag for the product is stale."""
+    if stock is not None and stock < 0:
+        raise CheckoutError(400, "invalid_request", "stock must be ≥ 0")
+    if stock is None:
+        product = await store.get_product(product_id)
+        if product is None:
+            raise unknown_product(product_id)
+        stock = product.initial_stock
+    if not await store.reset_product(product_id, stock):
+        raise unknown_product(product_id)
+    announced = await announce_stock_changed(client, prefix, product_id)
+    return ResetResult(product_id=product_id, stock=stock, announced=announced)
+
+
+async def status_report(store: Store, limiter: RateLimiter) -> dict[str, Any]:
+    """Per product: stock, initial and sold (Σ orders.quantity); the order count; active bans (None if Redis is
+    unreachable)."""
+    rows = await store.status()
+    try:
+        bans: list[dict[str, object]] | None = [b.as_json() for b in await limiter.bans()]
+    except REDIS_ERRORS:
+        bans = None
+    return {
+        "products": [
+            {
+                "id": r.product.id,
+                "name": r.product.name,
+                "stock": r.product.stock,
+                "initial_stock": r.product.initial_stock,
+                "sold": r.sold,
+            }
+            for r in rows
+        ],
+        "orders": sum(r.orders for r in rows),
+        "bans": bans,
+    }

@@ -1,0 +1,193 @@
+"""Every setting of HyperCheckout, read from ``HC_*`` environment variables in this one place.
+
+Each field names its variable, its default (chosen to work against a local PostgreSQL and Redis) and a line of
+documentation. A bad value stops the process at start with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import secrets
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+STRATEGIES = ("pessimistic", "atomic", "batched")
+
+
+class SettingsError(ValueError):
+    """A ``HC_*`` variable holds a value that cannot be used; the message names it."""
+
+
+def parse_rate(text: str) -> float | None:
+    """``"20/s"``, ``"600/m"``, ``"3600/h"`` → requests per second; ``"off"`` → None (limiter disabled)."""
+    text = text.strip().lower()
+    if text in ("off", "none", "0"):
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*/\s*(s|sec|m|min|h|hour)", text)
+    if not match:
+        raise ValueError("expected a rate like '20/s', '600/m' or 'off'")
+    per = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600}[match.group(2)]
+    rate = float(match.group(1)) / per
+    if rate <= 0:
+        raise ValueError("a rate must be positive (or 'off')")
+    return rate
+
+
+def parse_networks(text: str) -> tuple[Network, ...]:
+    """Comma-separated addresses or CIDR blocks, e.g. ``"127.0.0.0/8,::1"``."""
+    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a whole number ≥ 1")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also rejects NaN
+        raise ValueError("must be a number ≥ 0")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number 0-65535")
+    return value
+
+
+def _strategy(text: str) -> str:
+    if text not in STRATEGIES:
+        raise ValueError(f"must be one of {', '.join(STRATEGIES)}")
+    return text
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _text(text: str) -> str:
+    return text
+
+
+def setting(env: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
+    """Declare one setting: its variable, default, parser and documentation, kept side by side."""
+    return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration of one HyperCheckout process."""
+
+    database_url: str = setting(
+        "HC_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/hypercheckout", _text,
+        "PostgreSQL URL; the database is created on first start if the server allows it.")
+    redis_url: str = setting("HC_REDIS_URL", "redis://127.0.0.1:6379/0", _text, "Redis URL.")
+    redis_prefix: str = setting(
+        "HC_REDIS_PREFIX", "hc:", _text, "Prefix of every Redis key and channel, so deployments can share a Redis.")
+    host: str = setting("HC_HOST", "127.0.0.1", _text, "Address `serve` listens on.")
+    port: int = setting("HC_PORT", 8000, _port, "Port `serve` listens on.")
+    replica_id: str = setting(
+        "HC_REPLICA_ID", "", _text, "Name of this replica in answers and hit counts (default: host name).")
+    strategy: str = setting(
+        "HC_STRATEGY", "batched", _strategy, "Purchase strategy: pessimistic, atomic or batched.")
+    max_quantity: int = setting("HC_MAX_QUANTITY", 10, _positive_int, "Largest quantity one order may ask for.")
+    max_body_bytes: int = setting(
+        "HC_MAX_BODY_BYTES", 1024, _positive_int, "Largest purchase request body accepted, in bytes.")
+    rate_limit: float | None = setting(
+        "HC_RATE_LIMIT", 20.0, parse_rate, "Purchases allowed per buyer (user_id): '20/s', '600/m' or 'off'.")
+    rate_burst: int = setting(
+        "HC_RATE_BURST", 20, _positive_int, "Purchases a buyer may make at once before the rate applies.")
+    ip_rate_limit: float | None = setting(
+        "HC_IP_RATE_LIMIT", 200.0, parse_rate, "Purchases allowed per client address: '200/s' or 'off'.")
+    ip_rate_burst: int = setting(
+        "HC_IP_RATE_BURST", 200, _positive_int, "Purchases a client address may make at once.")
+    ban_after: int = setting(
+        "HC_BAN_AFTER", 50, _positive_int, "Rejections within HC_BAN_WINDOW seconds after which a client is banned.")
+    ban_window: float = setting(
+        "HC_BAN_WINDOW", 60.0, _non_negative_float, "Window, in seconds, in which rejections count toward a ban.")
+    ban_seconds: float = setting("HC_BAN_SECONDS", 300.0, _non_negative_float, "How long a ban lasts, in seconds.")
+    trusted_proxies: tuple[Network, ...] = setting(
+        "HC_TRUSTED_PROXIES", parse_networks("127.0.0.0/8,::1"), parse_networks,
+        "Peers whose X-Real-IP header names the client (comma-separated addresses or CIDR blocks).")
+    db_pool_size: int = setting("HC_DB_POOL_SIZE", 10, _positive_int, "PostgreSQL connections per process.")
+    db_timeout: float = setting(
+        "HC_DB_TIMEOUT", 5.0, _non_negative_float, "Seconds a PostgreSQL connect or statement may take.")
+    redis_timeout: float = setting(
+        "HC_REDIS_TIMEOUT", 0.25, _non_negative_float, "Seconds a Redis call may take before failing open.")
+    batch_window_ms: float = setting(
+        "HC_BATCH_WINDOW_MS", 2.0, _non_negative_float,
+        "Batched strategy: how long a purchase may wait for others to share its transaction.")
+    batch_max: int = setting(
+        "HC_BATCH_MAX", 64, _positive_int, "Batched strategy: most purchases settled in one transaction.")
+    soldout_recheck_ms: float = setting(
+        "HC_SOLDOUT_RECHECK_MS", 500.0, _non_negative_float,
+        "How often a replica re-reads PostgreSQL for products it believes sold out.")
+    stats_flush_ms: float = setting(
+        "HC_STATS_FLUSH_MS", 250.0, _non_negative_float, "How often per-replica hit counts are flushed to Redis.")
+    admin_token: str = setting("HC_ADMIN_TOKEN", "", _text, "Token for the admin dashboard (generated when empty).")
+    cookie_secret: str = setting(
+        "HC_COOKIE_SECRET", "", _text, "Secret signing admin cookies; must be the same on every replica.")
+    shutdown_grace: float = setting(
+        "HC_SHUTDOWN_GRACE", 10.0, _non_negative_float, "Seconds a stopping replica waits for in-flight requests.")
+    access_log: bool = setting(
+        "HC_ACCESS_LOG", False, _boolean, "Log every request (off: only server errors are logged).")
+    log_level: str = setting("HC_LOG_LEVEL", "INFO", _text, "Python log level.")
+
+    def __post_init__(self) -> None:
+        # Derived defaults: computed here so that an explicit value always wins.
+        if not self.replica_id:
+            object.__setattr__(self, "replica_id", socket.gethostname())
+        if not self.admin_token:
+            object.__setattr__(self, "admin_token", secrets.token_urlsafe(18))
+        if not self.cookie_secret:
+            object.__setattr__(self, "cookie_secret", secrets.token_urlsafe(32))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``environ`` (default: the process environment), then apply ``overrides``."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            env = f.metadata["env"]
+            raw = environ.get(env)
+            if raw is None:
+                continue
+            try:
+                values[f.name] = f.metadata["parse"](raw)
+            except ValueError as exc:
+                raise SettingsError(f"{env}={raw!r}: {exc}") from None
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @property
+    def limiter_enabled(self) -> bool:
+        return self.rate_limit is not None or self.ip_rate_limit is not None
+
+
+def documentation() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting, for `hypercheckout settings` and the README."""
+    rows = []
+    for f in fields(Settings):
+        default = f.default
+        if isinstance(default, tuple):
+            default = ",".join(str(n) for n in default)
+        rows.append((f.metadata["env"], str(default), f.metadata["doc"]))
+    return rows

@@ -1,0 +1,90 @@
+"""Per-replica hit counts for the dashboard, kept in Redis without a round trip per request.
+
+Purchases are counted in memory by outcome and flushed every ``HC_STATS_FLUSH_MS`` in one pipeline:
+
+* ``{prefix}hits`` — hash replica → purchases answered since the last reset (per-replica share);
+* ``{prefix}outcomes:{epoch second}`` — hash outcome → count, kept 10 minutes (requests/s chart);
+* ``{prefix}replicas`` — hash replica → last flush time (which replicas are alive).
+
+If Redis is down the counts stay in memory and go out with the next successful flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+
+import redis.asyncio as aioredis
+
+from hypercheckout.limiter import REDIS_ERRORS
+
+log = logging.getLogger(__name__)
+
+OUTCOME_TTL = 600  # seconds of per-second history kept
+OUTCOMES = ("200", "409", "429", "4xx", "5xx")
+
+
+def outcome_of(status: int) -> str:
+    if status in (200, 409, 429):
+        return str(status)
+    return "5xx" if status >= 500 else "4xx" if status >= 400 else "200"
+
+
+class HitCounter:
+    def __init__(self, client: aioredis.Redis, *, prefix: str, replica: str, flush_seconds: float) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._replica = replica
+        self._interval = flush_seconds
+        self._pending: Counter[tuple[int, str]] = Counter()  # (epoch second, outcome) -> count
+        self._task: asyncio.Task[None] | None = None
+        self.flush_failures = 0
+
+    def record(self, status: int) -> None:
+        self._pending[(int(time.time()), outcome_of(status))] += 1
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="hits-flush")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.flush()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()
+
+    async def flush(self) -> bool:
+        if not self._pending:
+            return True
+        pending, self._pending = self._pending, Counter()
+        pipe = self._redis.pipeline(transaction=False)
+        total = sum(pending.values())
+        pipe.hincrby(f"{self._prefix}hits", self._replica, total)
+        for (second, outcome), count in pending.items():
+            key = f"{self._prefix}outcomes:{second}"
+            pipe.hincrby(key, outcome, count)
+            pipe.expire(key, OUTCOME_TTL)
+        pipe.hset(f"{self._prefix}replicas", self._replica, f"{time.time():.3f}")
+        try:
+            await pipe.execute()
+        except REDIS_ERRORS:
+            self._pending.update(pending)  # keep them for the next flush
+            self.flush_failures += 1
+            return False
+        return True
+
+
+async def replica_hits(client: aioredis.Redis, prefix: str) -> dict[str, int]:
+    raw = await client.hgetall(f"{prefix}hits")
+    return {k.decode(): int(v) for k, v in raw.items()}
+
+
+async def clear_hits(client: aioredis.Redis, prefix: str) -> None:
+    await client.delete(f"{prefix}hits")

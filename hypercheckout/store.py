@@ -1,0 +1,379 @@
+"""Every SQL statement HyperCheckout runs, the schema, and the connection pool.
+
+All statements are parameterised. Each one that touches stock says why it is safe under concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiopg
+import psycopg2
+import psycopg2.errors
+
+from hypercheckout.checkout.errors import CheckoutError, unavailable
+
+log = logging.getLogger(__name__)
+
+SEED_PRODUCT_ID = 1
+SEED_STOCK = 10_000
+
+# Serialises migrations: three replicas starting at once would otherwise race on CREATE TABLE IF NOT EXISTS.
+MIGRATION_LOCK = 0x4843_4D49  # "HCMI"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS products (
+    id             bigserial PRIMARY KEY,
+    name           text    NOT NULL,
+    stock          integer NOT NULL CHECK (stock >= 0),
+    initial_stock  integer NOT NULL CHECK (initial_stock >= 0),
+    per_user_limit integer CHECK (per_user_limit IS NULL OR per_user_limit >= 1)
+);
+CREATE TABLE IF NOT EXISTS orders (
+    id         bigserial   PRIMARY KEY,
+    user_id    bigint      NOT NULL CHECK (user_id >= 1),
+    product_id bigint      NOT NULL REFERENCES products (id) ON DELETE CASCADE,
+    quantity   integer     NOT NULL CHECK (quantity >= 1),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    replica    text        NOT NULL
+);
+-- Σ quantity per product (status, invariant checks) and "last N orders of a product" (dashboard).
+CREATE INDEX IF NOT EXISTS orders_product_id_idx ON orders (product_id, id);
+-- A buyer's orders of one product (per-user limits).
+CREATE INDEX IF NOT EXISTS orders_product_user_idx ON orders (product_id, user_id);
+"""
+
+SEED = """
+INSERT INTO products (id, name, stock, initial_stock)
+VALUES (%(id)s, 'Flash-sale product', %(stock)s, %(stock)s)
+ON CONFLICT (id) DO NOTHING;
+-- The seed row took an explicit id: move the sequence past it so later products do not collide.
+SELECT setval('products_id_seq', GREATEST((SELECT max(id) FROM products), 1));
+"""
+
+# --- pessimistic: the original's transaction, statement by statement ------------------------------------------
+# FOR UPDATE makes concurrent buyers of one product queue on the row lock, so the check and the decrement below
+# see the same stock.
+LOCK_STOCK = "SELECT stock FROM products WHERE id = %(product_id)s FOR UPDATE"
+DECREMENT_STOCK = "UPDATE products SET stock = stock - %(quantity)s WHERE id = %(product_id)s"
+INSERT_ORDER = """
+INSERT INTO orders (user_id, product_id, quantity, replica)
+VALUES (%(user_id)s, %(product_id)s, %(quantity)s, %(replica)s)
+RETURNING id, created_at
+"""
+
+# --- atomic: one statement, one round trip ----------------------------------------------------------------------
+# Under READ COMMITTED an UPDATE that waited for the row lock re-evaluates its WHERE against the newest row
+# version, so `stock >= quantity` is checked on the stock it decrements. The INSERT only runs for the row the
+# UPDATE returned, and the statement is one implicit transaction: both happen or neither does.
+BUY_ATOMIC = """
+WITH sold AS (
+    UPDATE products SET stock = stock - %(quantity)s
+    WHERE id = %(product_id)s AND stock >= %(quantity)s
+    RETURNING id, stock
+), placed AS (
+    INSERT INTO orders (user_id, product_id, quantity, replica)
+    SELECT %(user_id)s, sold.id, %(quantity)s, %(replica)s FROM sold
+    RETURNING id, created_at
+)
+SELECT placed.id, placed.created_at, sold.stock FROM placed, sold
+"""
+# Only on the failure path of BUY_ATOMIC: tells "no such product" from "not enough stock".
+READ_STOCK = "SELECT stock FROM products WHERE id = %(product_id)s"
+
+# --- batched: one transaction for many buyers -------------------------------------------------------------------
+# The row lock serialises batches of every replica. Order ids are reserved here, in the locked transaction, so the
+# answer to each waiter is known before the INSERT (RETURNING order is not guaranteed to follow VALUES order).
+LOCK_STOCK_FOR_BATCH = """
+SELECT stock, now(),
+       ARRAY(SELECT nextval('orders_id_seq') FROM generate_series(1, %(count)s))
+FROM products WHERE id = %(product_id)s
+FOR UPDATE
+"""
+# One statement takes the stock granted to the whole batch and writes every order of it.
+SETTLE_BATCH = """
+WITH sold AS (
+    UPDATE products SET stock = stock - %(total)s WHERE id = %(product_id)s
+)
+INSERT INTO orders (id, user_id, product_id, quantity, replica)
+SELECT o.id, o.user_id, %(product_id)s, o.quantity, %(replica)s
+FROM unnest(%(ids)s::bigint[], %(user_ids)s::bigint[], %(quantities)s::integer[]) AS o (id, user_id, quantity)
+"""
+
+# --- reading ---------------------------------------------------------------------------------------------------------
+LIST_PRODUCTS = """
+SELECT id, name, stock, initial_stock, per_user_limit FROM products ORDER BY id
+"""
+GET_PRODUCT = """
+SELECT id, name, stock, initial_stock, per_user_limit FROM products WHERE id = %(product_id)s
+"""
+# Products among the given ids that have stock again (or no longer exist): their sold-out flags are stale.
+RESTOCKED = """
+SELECT ids.id FROM unnest(%(ids)s::bigint[]) AS ids (id)
+LEFT JOIN products p ON p.id = ids.id
+WHERE p.id IS NULL OR p.stock > 0
+"""
+STATUS = """
+SELECT p.id, p.name, p.stock, p.initial_stock, p.per_user_limit,
+       COALESCE(sum(o.quantity), 0)::bigint AS sold, count(o.id) AS orders
+FROM products p LEFT JOIN orders o ON o.product_id = p.id
+GROUP BY p.id ORDER BY p.id
+"""
+ORDER_EXISTS = "SELECT id, user_id, product_id, quantity FROM orders WHERE id = ANY(%(ids)s::bigint[])"
+
+# --- admin -----------------------------------------------------------------------------------------------------------
+# Runs in one transaction with DELETE_ORDERS: nobody ever sees the new stock next to the old orders.
+RESET_PRODUCT = """
+UPDATE products SET stock = %(stock)s, initial_stock = %(stock)s WHERE id = %(product_id)s RETURNING id
+"""
+DELETE_ORDERS = "DELETE FROM orders WHERE product_id = %(product_id)s"
+
+# Errors that mean "the database is not there right now", as opposed to a bug in a statement.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg2.OperationalError,
+    psycopg2.InterfaceError,
+    asyncio.TimeoutError,
+    ConnectionError,
+    OSError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    id: int
+    name: str
+    stock: int
+    initial_stock: int
+    per_user_limit: int | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "stock": self.stock,
+            "initial_stock": self.initial_stock,
+            "per_user_limit": self.per_user_limit,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ProductStatus:
+    product: Product
+    sold: int
+    orders: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLock:
+    stock: int
+    now: datetime
+    order_ids: list[int]
+
+
+class Store:
+    """The PostgreSQL side of HyperCheckout. Holds the pool; every method maps connection trouble to a 503."""
+
+    def __init__(self, pool: aiopg.Pool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def connect(cls, url: str, *, size: int, timeout: float) -> Store:
+        try:
+            pool = await aiopg.create_pool(
+                url, minsize=1, maxsize=size, timeout=timeout, connect_timeout=max(1, int(timeout)),
+            )
+        except CONNECTION_ERRORS as exc:
+            raise unavailable() from exc
+        return cls(pool)
+
+    async def close(self) -> None:
+        self.pool.close()
+        await self.pool.wait_closed()
+
+    @asynccontextmanager
+    async def cursor(self) -> AsyncIterator[aiopg.Cursor]:
+        """A cursor in autocommit mode: each statement is its own transaction."""
+        try:
+            async with self.pool.acquire() as conn, conn.cursor() as cur:
+                yield cur
+        except CONNECTION_ERRORS as exc:
+            raise unavailable() from exc
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiopg.Cursor]:
+        """A cursor inside BEGIN … COMMIT; any exception rolls back, and a connection that cannot roll back is
+        closed rather than returned to the pool half-way through a transaction."""
+        try:
+            async with self.pool.acquire() as conn, conn.cursor() as cur:
+                await cur.execute("BEGIN")
+                try:
+                    yield cur
+                except BaseException:
+                    try:
+                        await cur.execute("ROLLBACK")
+                    except Exception:
+                        conn.close()
+                    raise
+                await cur.execute("COMMIT")
+        except CONNECTION_ERRORS as exc:
+            raise unavailable() from exc
+
+    # --- schema ----------------------------------------------------------------------------------------------------
+
+    async def migrate(self, *, seed_stock: int = SEED_STOCK) -> None:
+        """Create the schema if it is missing and seed product 1 on a fresh database. Safe to run concurrently."""
+        async with self.transaction() as cur:
+            await cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            await cur.execute(SCHEMA)
+            await cur.execute(SEED, {"id": SEED_PRODUCT_ID, "stock": seed_stock})
+
+    async def ping(self) -> None:
+        async with self.cursor() as cur:
+            await cur.execute("SELECT 1")
+
+    # --- pessimistic ----------------------------------------------------------------------------------------------
+
+    @staticmethod
+    async def lock_stock(cur: aiopg.Cursor, product_id: int) -> int | None:
+        await cur.execute(LOCK_STOCK, {"product_id": product_id})
+        row = await cur.fetchone()
+        return None if row is None else row[0]
+
+    @staticmethod
+    async def decrement_stock(cur: aiopg.Cursor, product_id: int, quantity: int) -> None:
+        await cur.execute(DECREMENT_STOCK, {"product_id": product_id, "quantity": quantity})
+
+    @staticmethod
+    async def insert_order(
+        cur: aiopg.Cursor, user_id: int, product_id: int, quantity: int, replica: str,
+    ) -> tuple[int, datetime]:
+        await cur.execute(
+            INSERT_ORDER,
+            {"user_id": user_id, "product_id": product_id, "quantity": quantity, "replica": replica},
+        )
+        order_id, created_at = await cur.fetchone()
+        return order_id, created_at
+
+    # --- atomic ---------------------------------------------------------------------------------------------------
+
+    async def buy_atomic(
+        self, user_id: int, product_id: int, quantity: int, replica: str,
+    ) -> tuple[int, datetime, int] | None:
+        """(order id, created_at, stock left) or None when the product is missing or short."""
+        async with self.cursor() as cur:
+            await cur.execute(
+                BUY_ATOMIC,
+                {"user_id": user_id, "product_id": product_id, "quantity": quantity, "replica": replica},
+            )
+            row = await cur.fetchone()
+            return None if row is None else (row[0], row[1], row[2])
+
+    async def read_stock(self, product_id: int) -> int | None:
+        async with self.cursor() as cur:
+            await cur.execute(READ_STOCK, {"product_id": product_id})
+            row = await cur.fetchone()
+            return None if row is None else row[0]
+
+    # --- batched --------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    async def lock_for_batch(cur: aiopg.Cursor, product_id: int, count: int) -> BatchLock | None:
+        await cur.execute(LOCK_STOCK_FOR_BATCH, {"product_id": product_id, "count": count})
+        row = await cur.fetchone()
+        return None if row is None else BatchLock(stock=row[0], now=row[1], order_ids=list(row[2]))
+
+    @staticmethod
+    async def settle_batch(
+        cur: aiopg.Cursor,
+        product_id: int,
+        replica: str,
+        order_ids: Sequence[int],
+        user_ids: Sequence[int],
+        quantities: Sequence[int],
+    ) -> None:
+        await cur.execute(
+            SETTLE_BATCH,
+            {
+                "product_id": product_id,
+                "replica": replica,
+                "total": sum(quantities),
+                "ids": list(order_ids),
+                "user_ids": list(user_ids),
+                "quantities": list(quantities),
+            },
+        )
+
+    # --- reading --------------------------------------------------------------------------------------------------
+
+    async def list_products(self) -> list[Product]:
+        async with self.cursor() as cur:
+            await cur.execute(LIST_PRODUCTS)
+            return [Product(*row) for row in await cur.fetchall()]
+
+    async def get_product(self, product_id: int) -> Product | None:
+        async with self.cursor() as cur:
+            await cur.execute(GET_PRODUCT, {"product_id": product_id})
+            row = await cur.fetchone()
+            return None if row is None else Product(*row)
+
+    async def restocked(self, product_ids: Sequence[int]) -> list[int]:
+        async with self.cursor() as cur:
+            await cur.execute(RESTOCKED, {"ids": list(product_ids)})
+            return [row[0] for row in await cur.fetchall()]
+
+    async def status(self) -> list[ProductStatus]:
+        async with self.cursor() as cur:
+            await cur.execute(STATUS)
+            return [
+                ProductStatus(product=Product(*row[:5]), sold=row[5], orders=row[6]) for row in await cur.fetchall()
+            ]
+
+    # --- admin ----------------------------------------------------------------------------------------------------
+
+    async def reset_product(self, product_id: int, stock: int) -> bool:
+        """Set stock and initial stock to ``stock`` and delete the product's orders; False if it does not exist."""
+        if stock < 0:
+            raise CheckoutError(400, "invalid_request", "stock must be ≥ 0")
+        async with self.transaction() as cur:
+            await cur.execute(RESET_PRODUCT, {"product_id": product_id, "stock": stock})
+            if await cur.fetchone() is None:
+                return False
+            await cur.execute(DELETE_ORDERS, {"product_id": product_id})
+            return True
+
+
+async def ensure_database(url: str, *, timeout: float = 5.0) -> bool:
+    """Create the database named in ``url`` when the server says it does not exist. True if it was created.
+
+    A fresh local PostgreSQL has only ``postgres``; creating ours on first start keeps `serve` zero-configuration.
+    """
+    try:
+        conn = await aiopg.connect(url, timeout=timeout)
+    except psycopg2.OperationalError as exc:
+        if "does not exist" not in str(exc):
+            raise unavailable() from exc
+    else:
+        await conn.close()
+        return False
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise CheckoutError(400, "invalid_request", f"refusing to create a database named {name!r}")
+    admin_url = urlunsplit(parts._replace(path="/postgres"))
+    try:
+        async with aiopg.connect(admin_url, timeout=timeout) as admin, admin.cursor() as cur:
+            # Identifiers cannot be parameters; the name was checked to be alphanumeric above.
+            await cur.execute(f'CREATE DATABASE "{name}"')
+    except psycopg2.errors.DuplicateDatabase:
+        return False  # another replica won the race
+    except CONNECTION_ERRORS as exc:
+        raise unavailable() from exc
+    log.info("created database %s", name)
+    return True

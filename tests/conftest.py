@@ -1,0 +1,129 @@
+"""Real PostgreSQL and Redis for every test: private servers started once per session on free loopback ports
+(or the ones named by HC_TEST_DATABASE_URL / HC_TEST_REDIS_URL), a fresh database per test cloned from a migrated
+template, and a Redis key prefix of its own per test — no test sees another's state."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import pytest
+
+from hypercheckout.app import Services, make_app, start_services, stop_services
+from hypercheckout.localservices import PrivatePostgres, PrivateRedis
+from hypercheckout.settings import Settings
+from hypercheckout.store import Store
+
+TEMPLATE_DB = f"hc_template_{os.getpid()}"
+
+
+def with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+def admin_execute(server_url: str, sql: str) -> None:
+    conn = psycopg2.connect(server_url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    if os.environ.get("HC_TEST_DATABASE_URL"):
+        yield os.environ["HC_TEST_DATABASE_URL"]
+        return
+    # Under /tmp, not pytest's 0700 tmp dir: as root, PostgreSQL runs as another user who must reach its files.
+    with tempfile.TemporaryDirectory(prefix="hc-test-pg-") as tmp:
+        os.chmod(tmp, 0o755)
+        server = PrivatePostgres(Path(tmp) / "data", durable=False, max_connections=300)
+        try:
+            yield server.start()
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    if os.environ.get("HC_TEST_REDIS_URL"):
+        yield os.environ["HC_TEST_REDIS_URL"]
+        return
+    with tempfile.TemporaryDirectory(prefix="hc-test-redis-") as tmp:
+        server = PrivateRedis(Path(tmp))
+        try:
+            yield server.start()
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server_url: str) -> Iterator[str]:
+    """A database with the schema and seed, copied for each test (CREATE DATABASE … TEMPLATE is fast)."""
+    admin_execute(pg_server_url, f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}"')
+    admin_execute(pg_server_url, f'CREATE DATABASE "{TEMPLATE_DB}"')
+
+    async def migrate() -> None:
+        store = await Store.connect(with_database(pg_server_url, TEMPLATE_DB), size=1, timeout=10)
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+
+    asyncio.run(migrate())
+    yield TEMPLATE_DB
+    admin_execute(pg_server_url, f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(pg_server_url: str, template_db: str) -> Iterator[str]:
+    name = f"hc_test_{uuid.uuid4().hex[:12]}"
+    admin_execute(pg_server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    yield with_database(pg_server_url, name)
+    admin_execute(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    return f"hct-{uuid.uuid4().hex[:10]}:"
+
+
+@pytest.fixture
+def settings(request: pytest.FixtureRequest, database_url: str, redis_url: str, redis_prefix: str) -> Settings:
+    """Test defaults: the limiter off (tests that want it turn it on), everything else as in production.
+
+    ``@pytest.mark.settings(name=value, …)`` on a test changes individual settings.
+    """
+    marker = request.node.get_closest_marker("settings")
+    values = {
+        "database_url": database_url,
+        "redis_url": redis_url,
+        "redis_prefix": redis_prefix,
+        "replica_id": "test-1",
+        "rate_limit": None,
+        "ip_rate_limit": None,
+        "admin_token": "test-admin-token",
+        "cookie_secret": "test-cookie-secret",
+    }
+    return Settings.from_env({}, **{**values, **(marker.kwargs if marker else {})})
+
+
+@pytest.fixture
+def services(io_loop, settings: Settings) -> Iterator[Services]:  # type: ignore[no-untyped-def]
+    """The production services, started on pytest-tornado's loop. Override ``settings`` to change them."""
+    started = io_loop.run_sync(lambda: start_services(settings))
+    yield started
+    io_loop.run_sync(lambda: stop_services(started))
+
+
+@pytest.fixture
+def app(services: Services):  # type: ignore[no-untyped-def]
+    return make_app(services)

@@ -1,0 +1,96 @@
+"""Helpers named for what a test means: buy something, look at the database, check the invariant."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+
+PURCHASE_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}  # what `curl -d` sends
+
+
+@dataclass
+class Answer:
+    status: int
+    body: dict[str, Any]
+    headers: Any
+
+
+async def post_raw(client: AsyncHTTPClient, url: str, body: bytes | str,
+                   headers: dict[str, str] | None = None) -> Answer:
+    response: HTTPResponse = await client.fetch(
+        url, method="POST", body=body, headers={**PURCHASE_HEADERS, **(headers or {})}, raise_error=False,
+        request_timeout=60,
+    )
+    if response.code == 599:
+        raise AssertionError(f"no HTTP answer from {url}: {response.error}")
+    return Answer(response.code, json.loads(response.body) if response.body else {}, response.headers)
+
+
+async def buy(client: AsyncHTTPClient, base_url: str, *, user: int = 1, product: int = 1, qty: int = 1,
+              headers: dict[str, str] | None = None) -> Answer:
+    body = json.dumps({"user_id": user, "product_id": product, "quantity": qty})
+    return await post_raw(client, f"{base_url}/purchase", body, headers)
+
+
+async def get(client: AsyncHTTPClient, url: str) -> Answer:
+    response = await client.fetch(url, raise_error=False)
+    return Answer(response.code, json.loads(response.body) if response.body else {}, response.headers)
+
+
+def sql(database_url: str, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+    conn = psycopg2.connect(database_url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+def set_stock(database_url: str, stock: int, product: int = 1) -> None:
+    sql(database_url, "DELETE FROM orders WHERE product_id = %s", (product,))
+    sql(database_url, "UPDATE products SET stock = %s, initial_stock = %s WHERE id = %s", (stock, stock, product))
+
+
+def stock_of(database_url: str, product: int = 1) -> int:
+    return sql(database_url, "SELECT stock FROM products WHERE id = %s", (product,))[0][0]
+
+
+def orders_of(database_url: str, product: int = 1) -> dict[int, tuple[int, int]]:
+    """order id → (user_id, quantity)."""
+    rows = sql(database_url, "SELECT id, user_id, quantity FROM orders WHERE product_id = %s", (product,))
+    return {row[0]: (row[1], row[2]) for row in rows}
+
+
+def assert_invariant(database_url: str, initial: int, product: int = 1) -> int:
+    """stock + Σ orders.quantity == initial and stock ≥ 0; returns the stock left."""
+    stock = stock_of(database_url, product)
+    sold = sum(q for _, q in orders_of(database_url, product).values())
+    assert stock >= 0
+    assert stock + sold == initial, f"stock {stock} + sold {sold} != {initial}"
+    return stock
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hypercheckout", *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def settings_env(settings: Any) -> dict[str, str]:
+    """The HC_* variables that make a subprocess use the same database, Redis and prefix as ``settings``."""
+    return {
+        "HC_DATABASE_URL": settings.database_url,
+        "HC_REDIS_URL": settings.redis_url,
+        "HC_REDIS_PREFIX": settings.redis_prefix,
+        "HC_LOG_LEVEL": "WARNING",
+    }

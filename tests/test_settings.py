@@ -1,0 +1,45 @@
+import pytest
+
+from hypercheckout.settings import Settings, SettingsError, documentation, parse_rate
+from tests.helpers import run_cli
+
+
+def test_defaults_work_without_any_variable() -> None:
+    s = Settings.from_env({})
+    assert s.strategy == "batched"
+    assert s.rate_limit == 20.0
+    assert s.database_url.startswith("postgresql://")
+    assert s.replica_id and s.admin_token and s.cookie_secret
+
+
+@pytest.mark.parametrize(("text", "per_second"), [("20/s", 20.0), ("600/m", 10.0), ("3600/h", 1.0), ("off", None)])
+def test_rates_are_read_in_any_unit(text: str, per_second: float | None) -> None:
+    assert parse_rate(text) == per_second
+
+
+def test_variables_override_defaults() -> None:
+    s = Settings.from_env({"HC_STRATEGY": "atomic", "HC_RATE_LIMIT": "off", "HC_MAX_QUANTITY": "3",
+                           "HC_TRUSTED_PROXIES": "10.0.0.0/8, ::1", "HC_ACCESS_LOG": "yes"})
+    assert (s.strategy, s.rate_limit, s.max_quantity, s.access_log) == ("atomic", None, 3, True)
+    assert [str(n) for n in s.trusted_proxies] == ["10.0.0.0/8", "::1/128"]
+
+
+@pytest.mark.parametrize(("env", "value"), [
+    ("HC_STRATEGY", "optimistic"), ("HC_RATE_LIMIT", "fast"), ("HC_MAX_QUANTITY", "0"),
+    ("HC_PORT", "99999"), ("HC_BAN_SECONDS", "-1"), ("HC_TRUSTED_PROXIES", "not-an-ip"), ("HC_DB_POOL_SIZE", "x"),
+])
+def test_a_bad_value_names_its_variable(env: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=env):
+        Settings.from_env({env: value})
+
+
+def test_the_command_refuses_to_start_on_a_bad_value() -> None:
+    done = run_cli("serve", env={"HC_STRATEGY": "optimistic"})
+    assert done.returncode == 2
+    assert "HC_STRATEGY" in done.stderr
+
+
+def test_every_setting_is_documented() -> None:
+    rows = documentation()
+    assert all(env.startswith("HC_") and doc for env, _, doc in rows)
+    assert len({env for env, _, _ in rows}) == len(rows)
