@@ -67,7 +67,7 @@ class BatchedStrategy:
         """Settle batches of one product until nobody waits, then go away (no idle task per product ever seen)."""
         try:
             while queue.waiting:
-                if len(queue.waiting) < self._max_batch and self._window > 0:
+                if len(queue.waiting) < self._max_batch and self._window > 0 and not self._closing:
                     try:
                         await asyncio.wait_for(queue.full.wait(), self._window)
                     except TimeoutError:
@@ -132,6 +132,8 @@ class BatchedStrategy:
     async def close(self) -> None:
         """Refuse new purchases and wait until every accepted one has its answer."""
         self._closing = True
+        for queue in self._queues.values():
+            queue.full.set()  # settle now instead of waiting out the window
         tasks = [q.task for q in self._queues.values() if q.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)

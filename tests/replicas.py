@@ -1,0 +1,53 @@
+"""Run `hypercheckout serve` replicas as real processes, as production does."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from hypercheckout.localservices import free_port, port_open, tail, wait_until
+from hypercheckout.settings import Settings
+from tests.helpers import settings_env
+
+
+@contextmanager
+def running_replicas(settings: Settings, count: int = 2, **env: str) -> Iterator[list[str]]:
+    """Start ``count`` replicas on free ports (extra ``HC_*`` variables in ``env``); yield their base URLs.
+
+    On exit each gets SIGTERM and must stop cleanly (exit code 0) within the grace period.
+    """
+    logs = Path(tempfile.mkdtemp(prefix="hc-replicas-"))
+    processes: list[tuple[subprocess.Popen[bytes], int, Path]] = []
+    try:
+        for i in range(count):
+            port = free_port()
+            log_path = logs / f"replica-{i + 1}.log"
+            variables = {**os.environ, **settings_env(settings), "HC_PORT": str(port),
+                         "HC_REPLICA_ID": f"replica-{i + 1}", "HC_RATE_LIMIT": "off", "HC_IP_RATE_LIMIT": "off",
+                         **env}
+            with log_path.open("wb") as log:
+                process = subprocess.Popen([sys.executable, "-m", "hypercheckout", "serve"], env=variables,
+                                           stdout=log, stderr=subprocess.STDOUT)
+            processes.append((process, port, log_path))
+        for process, port, log_path in processes:
+            wait_until(lambda p=process, n=port: p.poll() is not None or port_open(n), timeout=30,
+                       what=f"replica on port {port}")
+            assert process.poll() is None, f"replica exited:\n{tail(log_path)}"
+        yield [f"http://127.0.0.1:{port}" for _, port, _ in processes]
+    finally:
+        for process, _, _ in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process, _, log_path in processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                raise AssertionError(f"replica ignored SIGTERM:\n{tail(log_path)}") from None
+            assert process.returncode == 0, f"replica exited with {process.returncode}:\n{tail(log_path)}"

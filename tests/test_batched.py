@@ -1,0 +1,100 @@
+"""The batched strategy, called directly against a real database: what one shared transaction must guarantee."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from hypercheckout.checkout.batched import BatchedStrategy
+from hypercheckout.checkout.errors import CheckoutError
+from hypercheckout.checkout.models import Order, PurchaseRequest
+from hypercheckout.settings import Settings
+from hypercheckout.store import Store
+from tests.helpers import orders_of, set_stock, sql, stock_of
+
+
+async def settle(settings: Settings, wanted: Sequence[tuple[int, int, int]], *, window_ms: float = 200,
+                 max_batch: int = 64) -> tuple[list[Order | BaseException], BatchedStrategy]:
+    """Submit (user, product, qty) purchases in this order, in the same window; return each one's outcome."""
+    store = await Store.connect(settings.database_url, size=2, timeout=5)
+    strategy = BatchedStrategy(store, replica="test-1", window_ms=window_ms, max_batch=max_batch)
+    try:
+        # Tasks start in creation order, and each enqueues before its first await: arrival order is list order.
+        tasks = [asyncio.create_task(strategy.purchase(PurchaseRequest(u, p, q))) for u, p, q in wanted]
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        await strategy.close()
+    finally:
+        await store.close()
+    return outcomes, strategy
+
+
+def test_a_head_that_does_not_fit_is_refused_and_the_next_one_served(settings: Settings) -> None:
+    set_stock(settings.database_url, 2)
+    (head, nxt), strategy = asyncio.run(settle(settings, [(1, 1, 3), (2, 1, 1)]))
+    assert isinstance(head, CheckoutError)
+    assert (head.status, head.code, head.extra["remaining"]) == (409, "out_of_stock", 2)
+    assert isinstance(nxt, Order) and nxt.quantity == 1 and nxt.remaining == 1
+    assert strategy.batch_sizes == {2: 1}  # both were settled in one transaction
+    assert orders_of(settings.database_url) == {nxt.id: (2, 1)}
+    assert stock_of(settings.database_url) == 1
+
+
+def test_arrival_order_decides_and_nobody_gets_a_partial_fill(settings: Settings) -> None:
+    set_stock(settings.database_url, 5)
+    outcomes, _ = asyncio.run(settle(settings, [(1, 1, 2), (2, 1, 2), (3, 1, 2), (4, 1, 1)]))
+    assert [isinstance(o, Order) for o in outcomes] == [True, True, False, True]
+    assert sorted(orders_of(settings.database_url).values()) == [(1, 2), (2, 2), (4, 1)]
+    assert stock_of(settings.database_url) == 0
+
+
+def test_a_database_error_mid_batch_fails_every_waiter_with_503_and_writes_nothing(settings: Settings) -> None:
+    # A real error raised by PostgreSQL while the batch's INSERT runs, for one buyer of the batch.
+    sql(settings.database_url, """
+        CREATE FUNCTION refuse_buyer_666() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF NEW.user_id = 666 THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$;
+        CREATE TRIGGER refuse_buyer_666 BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION refuse_buyer_666();
+    """)
+    outcomes, strategy = asyncio.run(settle(settings, [(1, 1, 1), (666, 1, 1), (2, 1, 1)]))
+    assert strategy.batch_sizes == {3: 1}
+    for outcome in outcomes:
+        assert isinstance(outcome, CheckoutError) and (outcome.status, outcome.code) == (503, "unavailable")
+    assert orders_of(settings.database_url) == {}
+    assert stock_of(settings.database_url) == 10_000
+
+
+def test_an_unknown_product_fails_its_whole_batch_with_404(settings: Settings) -> None:
+    outcomes, _ = asyncio.run(settle(settings, [(1, 99, 1), (2, 99, 1)]))
+    assert all(isinstance(o, CheckoutError) and o.code == "unknown_product" for o in outcomes)
+
+
+def test_batches_are_capped_and_products_are_batched_separately(settings: Settings) -> None:
+    sql(settings.database_url, "INSERT INTO products (name, stock, initial_stock) VALUES ('second', 10, 10)")
+    wanted = [(u, 1, 1) for u in range(1, 11)] + [(u, 2, 1) for u in range(1, 4)]
+    outcomes, strategy = asyncio.run(settle(settings, wanted, max_batch=4))
+    assert all(isinstance(o, Order) for o in outcomes)
+    assert max(strategy.batch_sizes) <= 4
+    assert sum(size * n for size, n in strategy.batch_sizes.items()) == 13
+    assert stock_of(settings.database_url, 2) == 7
+
+
+def test_closing_settles_every_open_batch_then_refuses_new_purchases(settings: Settings) -> None:
+    async def scenario() -> tuple[list[Order | BaseException], BaseException | None]:
+        store = await Store.connect(settings.database_url, size=2, timeout=5)
+        strategy = BatchedStrategy(store, replica="test-1", window_ms=5_000)  # a window far longer than the test
+        tasks = [asyncio.create_task(strategy.purchase(PurchaseRequest(u, 1, 1))) for u in range(1, 6)]
+        await asyncio.sleep(0)  # let them enqueue
+        closing = asyncio.create_task(strategy.close())
+        outcomes = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+        await closing
+        late: BaseException | None = None
+        try:
+            await strategy.purchase(PurchaseRequest(9, 1, 1))
+        except CheckoutError as exc:
+            late = exc
+        await store.close()
+        return outcomes, late
+
+    outcomes, late = asyncio.run(scenario())
+    assert all(isinstance(o, Order) for o in outcomes)
+    assert len(orders_of(settings.database_url)) == 5
+    assert isinstance(late, CheckoutError) and late.status == 503

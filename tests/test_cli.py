@@ -1,0 +1,89 @@
+"""The operator's commands: migrate, reset, status, unban, and finding a cluster by its data dir."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from hypercheckout.settings import Settings
+from tests.conftest import admin_execute, with_database
+from tests.helpers import orders_of, run_cli, settings_env, sql, stock_of
+
+
+def test_migrate_creates_the_database_and_is_safe_to_run_concurrently(pg_server_url: str, settings: Settings) -> None:
+    name = f"hc_fresh_{abs(hash(settings.redis_prefix)) % 10**8}"
+    url = with_database(pg_server_url, name)
+    env = {**settings_env(settings), "HC_DATABASE_URL": url}
+    try:
+        first = run_cli("migrate", env=env)
+        assert first.returncode == 0, first.stderr
+        # Three replicas starting at once all migrate: none may fail, the seed must exist once.
+        runs = [subprocess.Popen([sys.executable, "-m", "hypercheckout", "migrate"], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
+        assert [p.wait(60) for p in runs] == [0, 0, 0]
+        assert sql(url, "SELECT id, stock, initial_stock FROM products") == [(1, 10_000, 10_000)]
+    finally:
+        admin_execute(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_status_reports_stock_sales_orders_and_bans(settings: Settings) -> None:
+    sql(settings.database_url, "INSERT INTO orders (user_id, product_id, quantity, replica) VALUES (1, 1, 2, 'x'), "
+                               "(2, 1, 3, 'x')")
+    sql(settings.database_url, "UPDATE products SET stock = stock - 5 WHERE id = 1")
+    done = run_cli("status", "--json", env=settings_env(settings))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "products": [{"id": 1, "name": "Flash-sale product", "stock": 9995, "initial_stock": 10000, "sold": 5}],
+        "orders": 2,
+        "bans": [],
+    }
+    text = run_cli("status", env=settings_env(settings))
+    assert "sold 5" in text.stdout
+
+
+def test_reset_sets_stock_and_deletes_the_products_orders(settings: Settings) -> None:
+    sql(settings.database_url, "INSERT INTO orders (user_id, product_id, quantity, replica) VALUES (1, 1, 2, 'x')")
+    done = run_cli("reset", "--stock", "250", env=settings_env(settings))
+    assert done.returncode == 0, done.stderr
+    assert stock_of(settings.database_url) == 250
+    assert orders_of(settings.database_url) == {}
+    assert sql(settings.database_url, "SELECT initial_stock FROM products WHERE id = 1") == [(250,)]
+    again = run_cli("reset", env=settings_env(settings))  # default: back to the initial stock
+    assert again.returncode == 0 and stock_of(settings.database_url) == 250
+
+
+def test_reset_of_an_unknown_product_or_negative_stock_is_refused(settings: Settings) -> None:
+    missing = run_cli("reset", "--product", "99", env=settings_env(settings))
+    assert missing.returncode == 1 and "unknown_product" in missing.stderr
+    negative = run_cli("reset", "--stock", "-1", env=settings_env(settings))
+    assert negative.returncode == 1 and "invalid_request" in negative.stderr
+    assert stock_of(settings.database_url) == 10_000
+
+
+def test_unban_all_clears_every_ban(settings: Settings) -> None:
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url)
+    client.set(f"{settings.redis_prefix}ban:user:5", 1, px=60_000)
+    client.set(f"{settings.redis_prefix}ban:ip:10.1.1.1", 1, px=60_000)
+    status = json.loads(run_cli("status", "--json", env=settings_env(settings)).stdout)
+    assert sorted((b["kind"], b["value"]) for b in status["bans"]) == [("ip", "10.1.1.1"), ("user", "5")]
+    done = run_cli("unban", "--all", env=settings_env(settings))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(run_cli("status", "--json", env=settings_env(settings)).stdout)["bans"] == []
+
+
+def test_data_dir_finds_the_cluster_through_cluster_env(settings: Settings, tmp_path: Path) -> None:
+    (tmp_path / "cluster.env").write_text(
+        f"# written by hypercheckout up\nHC_DATABASE_URL='{settings.database_url}'\n"
+        f"HC_REDIS_URL='{settings.redis_url}'\nHC_REDIS_PREFIX='{settings.redis_prefix}'\n"
+    )
+    # The caller's environment points elsewhere; --data-dir wins.
+    done = run_cli("status", "--json", "--data-dir", str(tmp_path),
+                   env={"HC_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["products"][0]["stock"] == 10_000
+    missing = run_cli("status", "--data-dir", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "cluster.env" in missing.stderr

@@ -1,0 +1,141 @@
+"""The Redis rate limiter: bursts, 429 with Retry-After, bans, unban, off, and Redis going away."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from hypercheckout.app import Services
+from hypercheckout.limiter import FAILURE_BACKOFF, RateLimiter
+from hypercheckout.localservices import PrivateRedis, free_port
+from hypercheckout.settings import Settings
+from tests.helpers import buy, run_cli, settings_env
+
+
+def limiter_for(url: str, prefix: str, **overrides: Any) -> tuple[aioredis.Redis, RateLimiter]:
+    client = aioredis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25)
+    options: dict[str, Any] = {"user_rate": 10.0, "user_burst": 3, "ip_rate": None, "ip_burst": 1,
+                               "ban_after": 1000, "ban_window": 60, "ban_seconds": 60, **overrides}
+    return client, RateLimiter(client, prefix=prefix, **options)
+
+
+def test_a_burst_is_allowed_then_refused_until_the_rate_allows_again(redis_url: str, redis_prefix: str) -> None:
+    async def scenario() -> None:
+        client, limiter = limiter_for(redis_url, redis_prefix)
+        decisions = [await limiter.check(7, "10.0.0.1") for _ in range(4)]
+        assert [d.allowed for d in decisions] == [True, True, True, False]
+        refused = decisions[-1]
+        assert not refused.banned and refused.identity == "user"
+        assert 0 < refused.retry_after <= 0.1  # one interval at 10/s
+        assert (await limiter.check(8, "10.0.0.1")).allowed  # another buyer has a bucket of its own
+        await asyncio.sleep(refused.retry_after + 0.01)  # the time the limiter itself asked for
+        assert (await limiter.check(7, "10.0.0.1")).allowed
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_client_address_has_its_own_limit_across_buyers(redis_url: str, redis_prefix: str) -> None:
+    async def scenario() -> None:
+        client, limiter = limiter_for(redis_url, redis_prefix, user_rate=None, ip_rate=1.0, ip_burst=2)
+        decisions = [await limiter.check(user, "10.0.0.2") for user in range(1, 4)]
+        assert [d.allowed for d in decisions] == [True, True, False]
+        assert decisions[-1].identity == "ip"
+        assert (await limiter.check(4, "10.0.0.3")).allowed
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_hammering_past_the_threshold_bans_and_unban_lifts_it(redis_url: str, redis_prefix: str) -> None:
+    async def scenario() -> None:
+        client, limiter = limiter_for(redis_url, redis_prefix, user_rate=1.0, user_burst=1, ban_after=3)
+        assert (await limiter.check(9, "10.0.0.4")).allowed
+        refusals = [await limiter.check(9, "10.0.0.4") for _ in range(3)]
+        assert [d.banned for d in refusals] == [False, False, True]
+        still = await limiter.check(9, "10.0.0.4")
+        assert still.banned and 59 < still.retry_after <= 60
+        assert [(b.kind, b.value) for b in await limiter.bans()] == [("user", "9")]
+        # Every key the limiter wrote expires by itself (the original left keys without expiry).
+        async for key in client.scan_iter(match=f"{redis_prefix}*"):
+            assert await client.pttl(key) > 0, key
+        assert await limiter.unban(user_id=9) > 0
+        assert await limiter.bans() == []
+        assert (await limiter.check(9, "10.0.0.4")).allowed
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_off_means_no_redis_call_at_all() -> None:
+    async def scenario() -> None:
+        client, limiter = limiter_for(f"redis://127.0.0.1:{free_port()}/0", "x:", user_rate=None, ip_rate=None)
+        assert not limiter.enabled
+        assert (await limiter.check(1, "10.0.0.5")).allowed
+        assert limiter.fail_open_events == 0  # a call to the closed port would have failed open and counted
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_redis_killed_fails_open_and_limits_return_with_it(redis_prefix: str) -> None:
+    async def scenario(server: PrivateRedis) -> None:
+        client, limiter = limiter_for(server.url, redis_prefix, user_rate=1.0, user_burst=1)
+        assert (await limiter.check(3, "10.0.0.6")).allowed
+        assert not (await limiter.check(3, "10.0.0.6")).allowed
+        server.stop()
+        down = [await limiter.check(3, "10.0.0.6") for _ in range(3)]
+        assert all(d.allowed and d.failed_open for d in down)
+        assert limiter.fail_open_events == 3
+        server.start()  # same port, empty memory
+        await asyncio.sleep(FAILURE_BACKOFF)  # the limiter's own back-off before it tries Redis again
+        back = await limiter.check(3, "10.0.0.6")
+        assert back.allowed and not back.failed_open  # a real decision from the fresh Redis
+        assert not (await limiter.check(3, "10.0.0.6")).allowed  # limiting again
+        await client.aclose()
+
+    with tempfile.TemporaryDirectory(prefix="hc-test-redis-kill-") as tmp:
+        server = PrivateRedis(Path(tmp))
+        server.start()
+        try:
+            asyncio.run(scenario(server))
+        finally:
+            server.stop()
+
+
+@pytest.mark.gen_test
+@pytest.mark.settings(rate_limit=1.0, rate_burst=1, ban_after=2, ban_seconds=30)
+async def test_a_banned_buyer_gets_429_banned_until_unbanned_from_the_cli(
+    http_client, base_url, settings: Settings,
+) -> None:
+    statuses = [(await buy(http_client, base_url, user=11)).status for _ in range(3)]
+    assert statuses == [200, 429, 429]
+    banned = await buy(http_client, base_url, user=11)
+    assert (banned.status, banned.body["error"]["code"]) == (429, "banned")
+    assert int(banned.headers["Retry-After"]) > 20
+    done = run_cli("unban", "--user", "11", env=settings_env(settings))
+    assert done.returncode == 0, done.stderr
+    assert (await buy(http_client, base_url, user=11)).status == 200
+
+
+@pytest.mark.gen_test
+@pytest.mark.settings(ip_rate_limit=1.0, ip_rate_burst=1)
+async def test_the_proxys_x_real_ip_names_the_client(http_client, base_url) -> None:
+    # Loopback is a trusted proxy by default: its X-Real-IP is the client's address.
+    assert (await buy(http_client, base_url, user=1, headers={"X-Real-IP": "203.0.113.1"})).status == 200
+    assert (await buy(http_client, base_url, user=2, headers={"X-Real-IP": "203.0.113.1"})).status == 429
+    assert (await buy(http_client, base_url, user=3, headers={"X-Real-IP": "203.0.113.2"})).status == 200
+
+
+@pytest.mark.gen_test
+@pytest.mark.settings(ip_rate_limit=1.0, ip_rate_burst=1, trusted_proxies=())
+async def test_a_client_cannot_change_its_identity_with_headers(http_client, base_url, services: Services) -> None:
+    assert (await buy(http_client, base_url, user=1, headers={"X-Real-IP": "203.0.113.1"})).status == 200
+    spoofed = await buy(http_client, base_url, user=2,
+                        headers={"X-Real-IP": "203.0.113.9", "X-Forwarded-For": "203.0.113.9"})
+    assert spoofed.status == 429  # still limited as 127.0.0.1, its real address
