@@ -47,7 +47,9 @@ def load_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     if getattr(args, "data_dir", None):
         # The cluster's own addresses win over the caller's environment: --data-dir names that cluster.
         environ.update(read_cluster_env(Path(args.data_dir)))
-    return Settings.from_env(environ, **{k: v for k, v in overrides.items() if v is not None})
+    settings = Settings.from_env(environ, **{k: v for k, v in overrides.items() if v is not None})
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return settings
 
 
 def _limiter(settings: Settings, client: Any) -> RateLimiter:
@@ -186,10 +188,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("HC_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
         return args.func(args)
     except SettingsError as exc:

@@ -80,6 +80,12 @@ def _boolean(text: str) -> bool:
     raise ValueError("must be true or false")
 
 
+def _log_level(text: str) -> str:
+    if text.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return text.upper()
+
+
 def _text(text: str) -> str:
     return text
 
@@ -146,7 +152,7 @@ class Settings:
         "HC_SHUTDOWN_GRACE", 10.0, _non_negative_float, "Seconds a stopping replica waits for in-flight requests.")
     access_log: bool = setting(
         "HC_ACCESS_LOG", False, _boolean, "Log every request (off: only server errors are logged).")
-    log_level: str = setting("HC_LOG_LEVEL", "INFO", _text, "Python log level.")
+    log_level: str = setting("HC_LOG_LEVEL", "INFO", _log_level, "Python log level: DEBUG, INFO, WARNING, ERROR.")
 
     def __post_init__(self) -> None:
         # Derived defaults: computed here so that an explicit value always wins.
@@ -187,7 +193,9 @@ def documentation() -> list[tuple[str, str, str]]:
     rows = []
     for f in fields(Settings):
         default = f.default
-        if isinstance(default, tuple):
+        if f.metadata["parse"] is parse_rate:
+            default = "off" if default is None else f"{default:g}/s"
+        elif isinstance(default, tuple):
             default = ",".join(str(n) for n in default)
         rows.append((f.metadata["env"], str(default), f.metadata["doc"]))
     return rows
