@@ -14,18 +14,19 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
-# PostgreSQL and Redis server binaries (tests start private instances of them). As root on Debian/Ubuntu they are
+# PostgreSQL, Redis and nginx (tests and `up` start private instances of them). As root on Debian/Ubuntu they are
 # installed with apt-get when missing; otherwise the message says what to install.
 system-deps:
 	@missing=""; \
 	{ command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || missing="$$missing postgresql"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	{ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } || missing="$$missing nginx"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else \
-	    echo "missing:$$missing. Debian/Ubuntu: sudo apt-get install$$missing; macOS: brew install postgresql redis"; \
+	    echo "missing:$$missing. Debian/Ubuntu: sudo apt-get install$$missing; macOS: brew install postgresql redis nginx"; \
 	    exit 1; \
 	  fi; \
 	fi
@@ -36,5 +37,5 @@ test: install system-deps
 lint: install
 	$(BIN)/ruff check hypercheckout tests
 
-up: install
-	$(BIN)/hypercheckout serve
+up: install system-deps
+	$(BIN)/hypercheckout up

@@ -156,6 +156,23 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    from hypercheckout.cluster import Cluster
+
+    load_settings(argparse.Namespace())  # a bad HC_* value stops here, before anything starts
+    cluster = Cluster(data_dir=Path(args.data_dir or ".hypercheckout"), port=args.port, replicas=args.replicas,
+                      stock=args.stock)
+    return cluster.run()
+
+
+def cmd_nginx_config(args: argparse.Namespace) -> int:
+    from hypercheckout.cluster import render_nginx_config
+
+    print(render_nginx_config(listen=args.listen, upstreams=args.upstream, runtime_dir=args.runtime_dir,
+                              log_dir=args.log_dir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hypercheckout", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -183,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("status", cmd_status, "stock, sales, orders and bans")
     p.add_argument("--json", action="store_true")
     command("settings", cmd_settings, "list every HC_* variable with its default")
+    p = command("up", cmd_up, "start PostgreSQL, Redis, N replicas and nginx in a data dir (default .hypercheckout)")
+    p.add_argument("--port", type=int, default=8080, help="nginx's port")
+    p.add_argument("--replicas", type=int, default=3)
+    p.add_argument("--stock", type=int, help="set product 1's stock (and delete its orders) at start")
+    p = command("nginx-config", cmd_nginx_config, "print nginx.conf for a set of replicas (docker-compose uses it)")
+    p.add_argument("--listen", default="8080")
+    p.add_argument("--upstream", action="append", required=True, help="host:port of a replica (repeatable)")
+    p.add_argument("--runtime-dir", default="/tmp/nginx")
+    p.add_argument("--log-dir", default="/var/log/nginx")
     return parser
 
 

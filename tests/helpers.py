@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ from typing import Any
 
 import psycopg2
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 PURCHASE_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}  # what `curl -d` sends
 
@@ -37,6 +39,17 @@ async def buy(client: AsyncHTTPClient, base_url: str, *, user: int = 1, product:
               headers: dict[str, str] | None = None) -> Answer:
     body = json.dumps({"user_id": user, "product_id": product, "quantity": qty})
     return await post_raw(client, f"{base_url}/purchase", body, headers)
+
+
+async def fire_all(urls: list[str], wanted: list[tuple[int, int]]) -> list[Answer]:
+    """Send every (user, quantity) purchase at once, spread round-robin over ``urls``."""
+    client = SimpleAsyncHTTPClient(force_instance=True, max_clients=len(wanted))
+    try:
+        return await asyncio.gather(*(
+            buy(client, urls[i % len(urls)], user=user, qty=qty) for i, (user, qty) in enumerate(wanted)
+        ))
+    finally:
+        client.close()
 
 
 async def get(client: AsyncHTTPClient, url: str) -> Answer:

@@ -6,25 +6,13 @@ import asyncio
 import random
 
 import pytest
-from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from hypercheckout.settings import Settings
-from tests.helpers import Answer, assert_invariant, buy, orders_of, set_stock, sql
+from tests.helpers import assert_invariant, fire_all, orders_of, set_stock, sql
 from tests.replicas import running_replicas
 
 INITIAL = 500
 PURCHASES = 1000
-
-
-async def fire_all(urls: list[str], wanted: list[tuple[int, int]]) -> list[Answer]:
-    """Send every (user, quantity) purchase at once, spread round-robin over the replicas."""
-    client = SimpleAsyncHTTPClient(force_instance=True, max_clients=len(wanted))
-    try:
-        return await asyncio.gather(*(
-            buy(client, urls[i % len(urls)], user=user, qty=qty) for i, (user, qty) in enumerate(wanted)
-        ))
-    finally:
-        client.close()
 
 
 @pytest.mark.parametrize("strategy", ["pessimistic", "atomic", "batched"])

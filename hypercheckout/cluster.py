@@ -1,0 +1,316 @@
+"""`hypercheckout up`: the whole topology on one machine — PostgreSQL, Redis, N replicas, nginx — in one data dir.
+
+Processes are supervised with mirakuru: each executor starts its process in a session of its own (so a Ctrl-C
+reaches only `up`, which then stops everything in order), waits until it answers (TCP or HTTP), and stops it with
+SIGTERM, escalating to SIGKILL. PostgreSQL is driven by its own pg_ctl, whose ``-w`` is the readiness wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from mirakuru import HTTPExecutor, TCPExecutor
+from mirakuru.exceptions import ExecutorError
+
+from hypercheckout.localservices import PrivatePostgres, PrivateRedis, ServiceError, free_port, port_open, tail
+from hypercheckout.operations import reset_product
+from hypercheckout.settings import Settings
+from hypercheckout.store import Store, ensure_database
+
+log = logging.getLogger(__name__)
+
+CLUSTER_ENV = "cluster.env"
+NGINX_TEMPLATE = Path(__file__).resolve().parent.parent / "nginx" / "nginx.conf.template"
+NGINX_HINT = "Debian/Ubuntu: sudo apt-get install nginx; macOS: brew install nginx"
+
+
+def render_nginx_config(*, listen: str, upstreams: list[str], runtime_dir: str, log_dir: str,
+                        template: Path = NGINX_TEMPLATE) -> str:
+    """The nginx.conf for these replicas, from the one template that docker-compose uses too."""
+    # As root nginx would drop its workers to `nobody`, who may not reach a data dir under /root; the workers
+    # run as the user that starts nginx instead. As another user the directive would be ignored with a warning.
+    user = "user root;" if os.geteuid() == 0 else ""
+    servers = "\n".join(f"        server {u} max_fails=1 fail_timeout=5s;" for u in upstreams)
+    values = {"LISTEN": listen, "UPSTREAM_SERVERS": servers, "RUNTIME_DIR": runtime_dir, "LOG_DIR": log_dir,
+              "USER_DIRECTIVE": user}
+    text = template.read_text()
+    for name, value in values.items():
+        text = text.replace("{{" + name + "}}", value)
+    if "{{" in text:
+        raise ServiceError(f"unfilled placeholder in {template}: {text[text.index('{{'):][:40]}")
+    return text
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            parts = shlex.split(value)
+            values[key.strip()] = parts[0] if parts else ""
+    return values
+
+
+def write_env_file(path: Path, values: Mapping[str, str]) -> None:
+    lines = ["# Written by `hypercheckout up`; `hypercheckout <command> --data-dir DIR` reads it."]
+    lines += [f"{key}={shlex.quote(value)}" for key, value in values.items()]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.chmod(tmp, 0o600)  # it holds the admin token
+    tmp.replace(path)
+
+
+class ClusterError(RuntimeError):
+    """A piece of the cluster failed to start; the message carries the end of its log."""
+
+
+@dataclass
+class Cluster:
+    data_dir: Path
+    port: int = 8080
+    replicas: int = 3
+    stock: int | None = None
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    out: IO[str] = field(default_factory=lambda: sys.stdout)
+
+    postgres: PrivatePostgres | None = field(default=None, init=False)
+    redis: TCPExecutor | None = field(default=None, init=False)
+    apps: list[HTTPExecutor] = field(default_factory=list, init=False)
+    nginx: HTTPExecutor | None = field(default=None, init=False)
+    env: dict[str, str] = field(default_factory=dict, init=False)
+    _logs: list[IO[bytes]] = field(default_factory=list, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    # --- start -------------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every piece, waiting for each; on any failure stop what was started and raise ClusterError."""
+        self.data_dir = self.data_dir.absolute()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if port_open(self.port):
+            raise ClusterError(f"port {self.port} is already in use; choose another with --port")
+        try:
+            previous = read_env_file(self.data_dir / CLUSTER_ENV)
+            database_url = self._start_postgres()
+            redis_url = self._start_redis()
+            self.env = {
+                "HC_DATABASE_URL": database_url,
+                "HC_REDIS_URL": redis_url,
+                # Kept across restarts so sessions and tokens stay valid; every replica must share them.
+                "HC_ADMIN_TOKEN": self.environ.get("HC_ADMIN_TOKEN") or previous.get("HC_ADMIN_TOKEN")
+                or secrets.token_urlsafe(18),
+                "HC_COOKIE_SECRET": self.environ.get("HC_COOKIE_SECRET") or previous.get("HC_COOKIE_SECRET")
+                or secrets.token_urlsafe(32),
+                "HC_CLUSTER_URL": self.url,
+            }
+            self._migrate()
+            ports = [free_port() for _ in range(self.replicas)]
+            self.env["HC_REPLICA_PORTS"] = ",".join(str(p) for p in ports)
+            write_env_file(self.data_dir / CLUSTER_ENV, self.env)
+            for index, port in enumerate(ports, start=1):
+                self._start_replica(index, port)
+            self._start_nginx(ports)
+            self._wait_for_every_replica_through_nginx()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _log_file(self, name: str) -> IO[bytes]:
+        handle = (self.log_dir / f"{name}.log").open("ab")
+        self._logs.append(handle)
+        return handle
+
+    def _start_postgres(self) -> str:
+        if self.environ.get("HC_DATABASE_URL"):
+            return self.environ["HC_DATABASE_URL"]
+        pool = int(self.environ.get("HC_DB_POOL_SIZE", "10"))
+        self.postgres = PrivatePostgres(self.data_dir / "postgres", max_connections=self.replicas * pool + 30)
+        if self.postgres.user:
+            # As root, PostgreSQL runs as an unprivileged user who must be able to reach its directory.
+            check = subprocess.run(["runuser", "-u", self.postgres.user, "--", "test", "-x", str(self.data_dir)])
+            if check.returncode != 0:
+                raise ClusterError(f"user {self.postgres.user!r} cannot enter {self.data_dir}; use a --data-dir "
+                                   "outside private home directories")
+        try:
+            url = self.postgres.start()
+        except ServiceError as exc:
+            raise ClusterError(str(exc)) from None
+        return url.rsplit("/", 1)[0] + "/hypercheckout"
+
+    def _start_redis(self) -> str:
+        if self.environ.get("HC_REDIS_URL"):
+            return self.environ["HC_REDIS_URL"]
+        server = PrivateRedis(self.data_dir / "redis")
+        server.data_dir.mkdir(parents=True, exist_ok=True)
+        self.redis = TCPExecutor(server.command(), host="127.0.0.1", port=server.port, timeout=30,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._start("redis", self.redis, server.log_path)
+        return server.url
+
+    def _migrate(self) -> None:
+        settings = Settings.from_env({**self.environ, **self.env})
+
+        async def run() -> None:
+            await ensure_database(settings.database_url, timeout=settings.db_timeout)
+            store = await Store.connect(settings.database_url, size=1, timeout=settings.db_timeout)
+            try:
+                await store.migrate()
+                if self.stock is not None:
+                    from hypercheckout.app import redis_client
+
+                    client = redis_client(settings)
+                    try:
+                        await reset_product(store, client, settings.redis_prefix, 1, self.stock)
+                    finally:
+                        await client.aclose()
+            finally:
+                await store.close()
+
+        asyncio.run(run())
+
+    def _start_replica(self, index: int, port: int) -> None:
+        name = f"app-{index}"
+        env = {**self.environ, **self.env, "HC_PORT": str(port), "HC_REPLICA_ID": name, "HC_HOST": "127.0.0.1"}
+        executor = HTTPExecutor(
+            [sys.executable, "-m", "hypercheckout", "serve", "--data-dir", str(self.data_dir), "--port", str(port),
+             "--replica-id", name],
+            url=f"http://127.0.0.1:{port}/healthz", method="GET", timeout=30, envvars=env,
+            stdout=self._log_file(name), stderr=subprocess.STDOUT, expected_returncode=0,
+        )
+        self.apps.append(executor)
+        self._start(name, executor, self.log_dir / f"{name}.log")
+
+    def _start_nginx(self, ports: list[int]) -> None:
+        program = shutil.which("nginx") or next(
+            (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None)
+        if program is None:
+            raise ClusterError(f"nginx not found. {NGINX_HINT}")
+        runtime = self.data_dir / "nginx"
+        runtime.mkdir(exist_ok=True)
+        conf = self.data_dir / "nginx.conf"
+        conf.write_text(render_nginx_config(
+            listen=f"127.0.0.1:{self.port}", upstreams=[f"127.0.0.1:{p}" for p in ports],
+            runtime_dir=str(runtime), log_dir=str(self.log_dir),
+        ))
+        self.nginx = HTTPExecutor(
+            [program, "-p", str(runtime), "-c", str(conf), "-e", str(self.log_dir / "nginx-error.log"),
+             "-g", "daemon off;"],
+            url=f"{self.url}/healthz", method="GET", timeout=30,
+            stdout=self._log_file("nginx"), stderr=subprocess.STDOUT,
+        )
+        self._start("nginx", self.nginx, self.log_dir / "nginx-error.log")
+
+    def _start(self, name: str, executor: TCPExecutor | HTTPExecutor, log_path: Path) -> None:
+        try:
+            executor.start()
+        except (ExecutorError, OSError) as exc:
+            raise ClusterError(f"{name} did not start ({exc.__class__.__name__}); last lines of {log_path}:\n"
+                               f"{tail(log_path)}") from None
+
+    def _wait_for_every_replica_through_nginx(self, timeout: float = 30) -> None:
+        """Ready means: through nginx, every replica answers /readyz with 200 (PostgreSQL and Redis reachable)."""
+        wanted = {f"app-{i}" for i in range(1, self.replicas + 1)}
+        seen: set[str] = set()
+        deadline = time.monotonic() + timeout
+        while seen != wanted:
+            if time.monotonic() > deadline:
+                raise ClusterError(f"replicas {sorted(wanted - seen)} not ready through nginx after {timeout:.0f} s")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:
+                    seen.add(response.headers.get("X-Replica", ""))
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.05)
+
+    # --- stop --------------------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Replicas first (they finish in-flight requests and open batches), then nginx, Redis, PostgreSQL."""
+        for executor in self.apps:
+            self._stop(executor)
+        self.apps = []
+        if self.nginx is not None:
+            self._stop(self.nginx)
+            self.nginx = None
+        if self.redis is not None:
+            self._stop(self.redis)
+            self.redis = None
+        if self.postgres is not None:
+            self.postgres.stop()
+            self.postgres = None
+        for handle in self._logs:
+            handle.close()
+        self._logs = []
+
+    @staticmethod
+    def _stop(executor: TCPExecutor | HTTPExecutor) -> None:
+        try:
+            executor.stop()
+        except ExecutorError as exc:  # e.g. it had died already, or exited with an error: still stopped
+            log.warning("%s", exc)
+        except ProcessLookupError:
+            pass
+
+    # --- foreground ----------------------------------------------------------------------------------------------
+
+    def banner(self) -> str:
+        return (
+            f"\nHyperCheckout is up: {self.replicas} replica(s) behind nginx\n"
+            f"  API        {self.url}/purchase   (try: curl -X POST {self.url}/purchase "
+            "-d '{\"user_id\": 1, \"product_id\": 1, \"quantity\": 1}')\n"
+            f"  Dashboard  {self.url}/admin\n"
+            f"  Admin token  {self.env['HC_ADMIN_TOKEN']}\n"
+            f"  Data dir   {self.data_dir}  (logs in logs/; `hypercheckout status --data-dir {self.data_dir}`)\n"
+            "Ctrl-C stops everything.\n"
+        )
+
+    def run(self, ready: Callable[[], Any] | None = None) -> int:
+        """Start, print the banner, serve until SIGINT/SIGTERM, stop. Returns the exit status."""
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        try:
+            self.start()
+        except (ClusterError, ServiceError) as exc:
+            print(f"hypercheckout up: {exc}", file=sys.stderr)
+            return 1
+        print(self.banner(), file=self.out, flush=True)
+        if ready:
+            ready()
+        reported: set[int] = set()
+        try:
+            while not stop.wait(0.5):
+                for index, executor in enumerate(self.apps, start=1):
+                    if index not in reported and not executor.running():
+                        reported.add(index)
+                        print(f"app-{index} exited; nginx routes around it (log: {self.log_dir}/app-{index}.log)",
+                              file=self.out, flush=True)
+        finally:
+            print("stopping: replicas, nginx, Redis, PostgreSQL …", file=self.out, flush=True)
+            self.stop()
+        return 0
