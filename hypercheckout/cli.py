@@ -169,7 +169,7 @@ def cmd_nginx_config(args: argparse.Namespace) -> int:
     from hypercheckout.cluster import render_nginx_config
 
     print(render_nginx_config(listen=args.listen, upstreams=args.upstream, runtime_dir=args.runtime_dir,
-                              log_dir=args.log_dir))
+                              log_dir=args.log_dir, user=args.user))
     return 0
 
 
@@ -209,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upstream", action="append", required=True, help="host:port of a replica (repeatable)")
     p.add_argument("--runtime-dir", default="/tmp/nginx")
     p.add_argument("--log-dir", default="/var/log/nginx")
+    p.add_argument("--user", help="account nginx's workers run as when started by root")
     return parser
 
 

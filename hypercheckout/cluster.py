@@ -41,14 +41,14 @@ NGINX_HINT = "Debian/Ubuntu: sudo apt-get install nginx; macOS: brew install ngi
 
 
 def render_nginx_config(*, listen: str, upstreams: list[str], runtime_dir: str, log_dir: str,
-                        template: Path = NGINX_TEMPLATE) -> str:
-    """The nginx.conf for these replicas, from the one template that docker-compose uses too."""
-    # As root nginx would drop its workers to `nobody`, who may not reach a data dir under /root; the workers
-    # run as the user that starts nginx instead. As another user the directive would be ignored with a warning.
-    user = "user root;" if os.geteuid() == 0 else ""
+                        user: str | None = None, template: Path = NGINX_TEMPLATE) -> str:
+    """The nginx.conf for these replicas, from the one template that docker-compose uses too.
+
+    ``user`` is the account nginx's workers run as when it is started by root (None: nginx's default).
+    """
     servers = "\n".join(f"        server {u} max_fails=1 fail_timeout=5s;" for u in upstreams)
     values = {"LISTEN": listen, "UPSTREAM_SERVERS": servers, "RUNTIME_DIR": runtime_dir, "LOG_DIR": log_dir,
-              "USER_DIRECTIVE": user}
+              "USER_DIRECTIVE": f"user {user};" if user else ""}
     text = template.read_text()
     for name, value in values.items():
         text = text.replace("{{" + name + "}}", value)
@@ -217,6 +217,9 @@ class Cluster:
         conf.write_text(render_nginx_config(
             listen=f"127.0.0.1:{self.port}", upstreams=[f"127.0.0.1:{p}" for p in ports],
             runtime_dir=str(runtime), log_dir=str(self.log_dir),
+            # As root, nginx would drop its workers to `nobody`, who may not reach a data dir under /root: a local
+            # cluster's workers stay the user who started it.
+            user="root" if os.geteuid() == 0 else None,
         ))
         self.nginx = HTTPExecutor(
             [program, "-p", str(runtime), "-c", str(conf), "-e", str(self.log_dir / "nginx-error.log"),
