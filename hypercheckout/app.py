@@ -6,11 +6,16 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import jinja2
 import redis.asyncio as aioredis
 import tornado.httpserver
 import tornado.web
 
+from hypercheckout.admin import routes as admin_routes
+from hypercheckout.admin.live import LiveHub
+from hypercheckout.admin.snapshot import Snapshotter
 from hypercheckout.api import health, products, purchase
 from hypercheckout.api.base import NotFoundHandler
 from hypercheckout.checkout.service import Checkout
@@ -23,9 +28,19 @@ from hypercheckout.store import Store, ensure_database
 
 log = logging.getLogger(__name__)
 
+# templates/ and static/ live beside the package, at the top of the checkout (and of the Docker image).
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = ROOT / "templates"
+STATIC = ROOT / "static"
+
 # Tornado's own cap, a safety net far above HC_MAX_BODY_BYTES: bodies between the two get a JSON 400 from the
 # handler; above this Tornado drops the connection before buffering the body.
 SERVER_MAX_BODY = 64 * 1024
+
+# Tornado's default accept backlog (128) overflows when a burst makes nginx open thousands of upstream
+# connections at once: dropped SYNs become connect timeouts, and nginx takes healthy replicas out of rotation.
+# The kernel caps this at net.core.somaxconn.
+LISTEN_BACKLOG = 2048
 
 
 @dataclass
@@ -40,7 +55,10 @@ class Services:
     sold_out: SoldOutFlags
     checkout: Checkout
     hits: HitCounter
+    snapshots: Snapshotter
+    live: LiveHub
     stopping: bool = False
+    failed_logins: int = 0
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -94,17 +112,19 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
         client, prefix=settings.redis_prefix, replica=settings.replica_id,
         flush_seconds=settings.stats_flush_ms / 1000,
     )
+    snapshots = Snapshotter(settings, store, client, limiter)
     sold_out.start()
     hits.start()
     return Services(
         settings=settings, store=store, redis=client, limiter=limiter, strategy=strategy, sold_out=sold_out,
-        checkout=Checkout(strategy, sold_out), hits=hits,
+        checkout=Checkout(strategy, sold_out), hits=hits, snapshots=snapshots, live=LiveHub(snapshots),
     )
 
 
 async def stop_services(services: Services) -> None:
     """Finish accepted purchases first (open batches settle), then stop background tasks and close connections."""
     services.stopping = True
+    await services.live.close()
     await services.strategy.close()
     await services.sold_out.close()
     await services.hits.close()
@@ -125,13 +145,19 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
 
 
 def make_app(services: Services) -> tornado.web.Application:
-    routes = [*purchase.default_handlers, *products.default_handlers, *health.default_handlers]
+    routes = [*purchase.default_handlers, *products.default_handlers, *health.default_handlers,
+              *admin_routes.default_handlers]
     return tornado.web.Application(
         routes,
         services=services,
         default_handler_class=NotFoundHandler,
         log_function=_log_request,
         cookie_secret=services.settings.cookie_secret,
+        xsrf_cookies=True,  # every admin form and POST; the cookie-less JSON API opts out in JsonHandler
+        xsrf_cookie_kwargs={"httponly": False, "samesite": "Strict", "path": "/"},
+        login_url="/admin/login",
+        static_path=str(STATIC),
+        jinja=jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True),
         compress_response=False,
     )
 
@@ -143,7 +169,7 @@ async def serve(settings: Settings) -> None:
     server = tornado.httpserver.HTTPServer(
         app, xheaders=False, max_body_size=SERVER_MAX_BODY, idle_connection_timeout=75,
     )
-    server.listen(settings.port, address=settings.host)
+    server.listen(settings.port, address=settings.host, backlog=LISTEN_BACKLOG)
     log.info(
         "replica %s serving on http://%s:%d (strategy %s, rate limit %s)", settings.replica_id, settings.host,
         settings.port, settings.strategy, f"{settings.rate_limit}/s" if settings.rate_limit else "off",

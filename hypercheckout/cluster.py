@@ -46,7 +46,7 @@ def render_nginx_config(*, listen: str, upstreams: list[str], runtime_dir: str, 
 
     ``user`` is the account nginx's workers run as when it is started by root (None: nginx's default).
     """
-    servers = "\n".join(f"        server {u} max_fails=1 fail_timeout=5s;" for u in upstreams)
+    servers = "\n".join(f"        server {u} max_fails=3 fail_timeout=2s;" for u in upstreams)
     values = {"LISTEN": listen, "UPSTREAM_SERVERS": servers, "RUNTIME_DIR": runtime_dir, "LOG_DIR": log_dir,
               "USER_DIRECTIVE": f"user {user};" if user else ""}
     text = template.read_text()
