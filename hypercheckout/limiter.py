@@ -87,8 +87,9 @@ class RateLimiter:
     def _key(self, kind: str, identity: str, value: str) -> str:
         return f"{self._prefix}{kind}:{identity}:{value}"
 
-    async def check(self, user_id: int, client_ip: str) -> Decision:
-        """Decide one purchase attempt. Never raises: Redis trouble is a fail-open decision."""
+    async def check(self, user_id: int | str, client_ip: str) -> Decision:
+        """Decide one attempt of a buyer (or another identity, e.g. an admin login) from an address.
+        Never raises: Redis trouble is a fail-open decision."""
         if not self.enabled:
             return ALLOW
         if time.monotonic() < self._skip_until:
@@ -135,6 +136,18 @@ class RateLimiter:
             kind, _, value = name[len(self._prefix) + len("ban:"):].partition(":")
             found.append(Ban(kind=kind, value=value, seconds_left=ttl / 1000))
         return sorted(found, key=lambda b: (b.kind, b.value))
+
+    async def top_limited(self, limit: int = 10) -> list[dict[str, object]]:
+        """Identities with the most recent rejections (strikes toward a ban), most first."""
+        found = []
+        async for key in self._redis.scan_iter(match=f"{self._prefix}strikes:*", count=500):
+            name = key.decode() if isinstance(key, bytes) else key
+            count = await self._redis.get(name)
+            if count is None:
+                continue
+            kind, _, value = name[len(self._prefix) + len("strikes:"):].partition(":")
+            found.append({"kind": kind, "value": value, "rejections": int(count)})
+        return sorted(found, key=lambda item: -int(item["rejections"]))[:limit]  # type: ignore[call-overload]
 
     async def unban(self, *, user_id: int | None = None, ip: str | None = None) -> int:
         """Lift the ban of one buyer or address and forget its strikes and bucket; returns keys removed."""

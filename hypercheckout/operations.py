@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from hypercheckout.checkout.errors import CheckoutError, unknown_product
 from hypercheckout.checkout.soldout import announce_stock_changed
 from hypercheckout.limiter import REDIS_ERRORS, RateLimiter
+from hypercheckout.stats import clear_hits
 from hypercheckout.store import Store
 
 
@@ -35,6 +36,8 @@ async def reset_product(
     if not await store.reset_product(product_id, stock):
         raise unknown_product(product_id)
     announced = await announce_stock_changed(client, prefix, product_id)
+    if announced:
+        await clear_hits(client, prefix)  # per-replica counts start again with the new sale
     return ResetResult(product_id=product_id, stock=stock, announced=announced)
 
 

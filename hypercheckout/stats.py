@@ -61,12 +61,12 @@ class HitCounter:
             await self.flush()
 
     async def flush(self) -> bool:
-        if not self._pending:
-            return True
+        """Send the counts so far, and a heartbeat even when idle (the dashboard lists live replicas)."""
         pending, self._pending = self._pending, Counter()
         pipe = self._redis.pipeline(transaction=False)
         total = sum(pending.values())
-        pipe.hincrby(f"{self._prefix}hits", self._replica, total)
+        if total:
+            pipe.hincrby(f"{self._prefix}hits", self._replica, total)
         for (second, outcome), count in pending.items():
             key = f"{self._prefix}outcomes:{second}"
             pipe.hincrby(key, outcome, count)
@@ -79,6 +79,27 @@ class HitCounter:
             self.flush_failures += 1
             return False
         return True
+
+
+async def read_outcomes(client: aioredis.Redis, prefix: str, first: int, last: int) -> list[dict[str, int]]:
+    """Per second from ``first`` to ``last`` (epoch seconds, inclusive): {"t": second, outcome: count, …}."""
+    pipe = client.pipeline(transaction=False)
+    seconds = list(range(first, last + 1))
+    for second in seconds:
+        pipe.hgetall(f"{prefix}outcomes:{second}")
+    rows = await pipe.execute()
+    history = []
+    for second, raw in zip(seconds, rows, strict=True):
+        counts = {k.decode(): int(v) for k, v in raw.items()}
+        history.append({"t": second, **{outcome: counts.get(outcome, 0) for outcome in OUTCOMES}})
+    return history
+
+
+async def read_replicas(client: aioredis.Redis, prefix: str) -> dict[str, float]:
+    """Replica → seconds since its last flush (a replica silent for long is gone or idle)."""
+    raw = await client.hgetall(f"{prefix}replicas")
+    now = time.time()
+    return {k.decode(): round(now - float(v), 1) for k, v in raw.items()}
 
 
 async def replica_hits(client: aioredis.Redis, prefix: str) -> dict[str, int]:

@@ -126,7 +126,10 @@ SELECT p.id, p.name, p.stock, p.initial_stock, p.per_user_limit,
 FROM products p LEFT JOIN orders o ON o.product_id = p.id
 GROUP BY p.id ORDER BY p.id
 """
-ORDER_EXISTS = "SELECT id, user_id, product_id, quantity FROM orders WHERE id = ANY(%(ids)s::bigint[])"
+# The newest orders for the dashboard: a backwards walk of the primary key, no sort.
+RECENT_ORDERS = """
+SELECT id, user_id, product_id, quantity, created_at, replica FROM orders ORDER BY id DESC LIMIT %(limit)s
+"""
 
 # --- admin -----------------------------------------------------------------------------------------------------------
 # Runs in one transaction with DELETE_ORDERS: nobody ever sees the new stock next to the old orders.
@@ -333,6 +336,15 @@ class Store:
             await cur.execute(STATUS)
             return [
                 ProductStatus(product=Product(*row[:5]), sold=row[5], orders=row[6]) for row in await cur.fetchall()
+            ]
+
+    async def recent_orders(self, limit: int = 20) -> list[dict[str, Any]]:
+        async with self.cursor() as cur:
+            await cur.execute(RECENT_ORDERS, {"limit": limit})
+            return [
+                {"id": r[0], "user_id": r[1], "product_id": r[2], "quantity": r[3],
+                 "created_at": r[4].isoformat(), "replica": r[5]}
+                for r in await cur.fetchall()
             ]
 
     # --- admin ----------------------------------------------------------------------------------------------------

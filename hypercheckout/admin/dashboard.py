@@ -1,0 +1,66 @@
+"""GET /admin (the page) and the operator's actions, each a POST with an XSRF token that answers JSON."""
+
+from __future__ import annotations
+
+import json
+
+import tornado.web
+
+from hypercheckout.admin.base import AdminHandler
+from hypercheckout.checkout.errors import CheckoutError, invalid_request
+from hypercheckout.operations import reset_product
+
+
+class DashboardHandler(AdminHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        snapshot = await self.services.snapshots.get()
+        self.render_page("dashboard.html", snapshot=snapshot, snapshot_json=json.dumps(snapshot, default=str))
+
+
+class ActionHandler(AdminHandler):
+    """Actions answer JSON (the page calls them with fetch); an unauthenticated call gets 403, not a redirect."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        if not self.current_user:
+            raise CheckoutError(403, "forbidden", "log in first")
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.set_header("Content-Type", "application/json")
+
+    def int_argument(self, name: str, minimum: int) -> int:
+        raw = self.get_body_argument(name, "")
+        if not raw.isdigit() or int(raw) < minimum or len(raw) > 12:
+            raise invalid_request(f"{name} must be a whole number ≥ {minimum}")
+        return int(raw)
+
+
+class ResetHandler(ActionHandler):
+    async def post(self) -> None:
+        services = self.services
+        product_id = self.int_argument("product_id", 1)
+        stock = self.int_argument("stock", 0)
+        result = await reset_product(services.store, services.redis, services.settings.redis_prefix,
+                                     product_id, stock)
+        services.sold_out.clear(product_id)  # this replica at once; the others by the announcement
+        self.write_json({"product_id": result.product_id, "stock": result.stock, "announced": result.announced})
+
+
+class UnbanHandler(ActionHandler):
+    async def post(self) -> None:
+        kind = self.get_body_argument("kind", "")
+        value = self.get_body_argument("value", "")
+        if kind == "user" and value.isdigit():
+            removed = await self.services.limiter.unban(user_id=int(value))
+        elif kind == "ip" and value:
+            removed = await self.services.limiter.unban(ip=value)
+        else:
+            raise invalid_request("kind must be 'user' or 'ip', with a value")
+        self.write_json({"removed": removed})
+
+
+class ClearLimitsHandler(ActionHandler):
+    async def post(self) -> None:
+        self.write_json({"removed": await self.services.limiter.clear_all()})

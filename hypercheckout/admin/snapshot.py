@@ -1,0 +1,92 @@
+"""What the dashboard shows, computed from PostgreSQL and Redis so that every replica shows the same numbers.
+
+One computation serves every open dashboard of a process: it is cached for ``max_age`` seconds and concurrent
+requests share the computation in progress, so a dozen dashboards cost the same few queries as one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from hypercheckout.checkout.errors import CheckoutError
+from hypercheckout.limiter import REDIS_ERRORS, RateLimiter
+from hypercheckout.settings import Settings
+from hypercheckout.stats import OUTCOMES, read_outcomes, read_replicas, replica_hits
+from hypercheckout.store import Store
+
+HISTORY_SECONDS = 180
+
+
+def _rate(value: float | None) -> str:
+    return "off" if value is None else f"{value:g}/s"
+
+
+class Snapshotter:
+    def __init__(self, settings: Settings, store: Store, redis: Any, limiter: RateLimiter,
+                 max_age: float = 0.25) -> None:
+        self._settings = settings
+        self._store = store
+        self._redis = redis
+        self._limiter = limiter
+        self._max_age = max_age
+        self._cached: dict[str, Any] | None = None
+        self._cached_at = 0.0
+        self._computing: asyncio.Task[dict[str, Any]] | None = None
+        self.computations = 0  # for tests: how many times the queries actually ran
+
+    async def get(self) -> dict[str, Any]:
+        if self._cached is not None and time.monotonic() - self._cached_at < self._max_age:
+            return self._cached
+        if self._computing is None:
+            self._computing = asyncio.create_task(self._compute(), name="dashboard-snapshot")
+        task = self._computing
+        try:
+            snapshot = await asyncio.shield(task)
+        finally:
+            if self._computing is task and task.done():
+                self._computing = None
+        self._cached, self._cached_at = snapshot, time.monotonic()
+        return snapshot
+
+    async def _compute(self) -> dict[str, Any]:
+        self.computations += 1
+        settings = self._settings
+        snapshot: dict[str, Any] = {
+            "time": time.time(),
+            "replica": settings.replica_id,
+            "settings": {
+                "strategy": settings.strategy,
+                "rate_limit": _rate(settings.rate_limit),
+                "rate_burst": settings.rate_burst,
+                "ip_rate_limit": _rate(settings.ip_rate_limit),
+                "ban_after": settings.ban_after,
+                "ban_seconds": settings.ban_seconds,
+                "max_quantity": settings.max_quantity,
+            },
+            "outcomes": list(OUTCOMES),
+        }
+        try:
+            rows = await self._store.status()
+            snapshot["products"] = [
+                {**r.product.as_json(), "sold": r.sold, "orders": r.orders, "sold_out": r.product.stock == 0}
+                for r in rows
+            ]
+            snapshot["orders"] = sum(r.orders for r in rows)
+            snapshot["recent_orders"] = await self._store.recent_orders(20)
+            snapshot["postgres"] = "ok"
+        except CheckoutError:
+            snapshot.update(products=[], orders=None, recent_orders=[], postgres="unreachable")
+        try:
+            now = int(time.time())
+            snapshot["history"] = await read_outcomes(self._redis, settings.redis_prefix, now - HISTORY_SECONDS, now)
+            snapshot["hits"] = await replica_hits(self._redis, settings.redis_prefix)
+            snapshot["replicas"] = await read_replicas(self._redis, settings.redis_prefix)
+            snapshot["bans"] = [b.as_json() for b in await self._limiter.bans()]
+            snapshot["top_limited"] = await self._limiter.top_limited(10)
+            snapshot["redis"] = "ok"
+        except REDIS_ERRORS:
+            snapshot.update(history=[], hits={}, replicas={}, bans=[], top_limited=[], redis="unreachable")
+        snapshot["limiter_fail_open"] = self._limiter.fail_open_events
+        return snapshot
