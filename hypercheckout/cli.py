@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import os
-import shlex
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ import uvloop
 
 from hypercheckout.app import redis_client, serve
 from hypercheckout.checkout.errors import CheckoutError
+from hypercheckout.cluster import read_env_file
 from hypercheckout.limiter import REDIS_ERRORS, RateLimiter
 from hypercheckout.operations import reset_product, status_report
 from hypercheckout.settings import Settings, SettingsError, documentation
@@ -30,16 +30,7 @@ def read_cluster_env(data_dir: Path) -> dict[str, str]:
     path = data_dir / CLUSTER_ENV
     if not path.is_file():
         raise SettingsError(f"{path} not found: is a cluster started with `hypercheckout up --data-dir {data_dir}`?")
-    values = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if sep:
-            parts = shlex.split(value)
-            values[key.strip()] = parts[0] if parts else ""
-    return values
+    return read_env_file(path)
 
 
 def load_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
