@@ -78,7 +78,13 @@ def template_db(pg_server_url: str) -> Iterator[str]:
         finally:
             await store.close()
 
-    asyncio.run(migrate())
+    # A private loop that is never made current: asyncio.run() would clear the current loop on exit, and a test
+    # whose first fixture needing the template comes after pytest-tornado's io_loop would then never run.
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(migrate())
+    finally:
+        loop.close()
     yield TEMPLATE_DB
     admin_execute(pg_server_url, f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
 

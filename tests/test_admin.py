@@ -1,0 +1,174 @@
+"""The admin side: login, XSRF, the page, actions, and the live WebSocket — through real HTTP."""
+
+from __future__ import annotations
+
+import json
+from http.cookies import SimpleCookie
+from urllib.parse import urlencode
+
+import pytest
+import redis
+import tornado.websocket
+from tornado.httpclient import HTTPClientError, HTTPRequest
+
+from hypercheckout.app import Services
+from tests.helpers import orders_of, sql, stock_of
+
+TOKEN = "test-admin-token"  # the settings fixture's
+
+
+class Browser:
+    """Keeps cookies like a browser, so XSRF and the session work as they do for a person."""
+
+    def __init__(self, http_client, base_url: str) -> None:  # type: ignore[no-untyped-def]
+        self.client = http_client
+        self.base_url = base_url
+        self.cookies: dict[str, str] = {}
+
+    def _remember(self, response) -> None:  # type: ignore[no-untyped-def]
+        for header in response.headers.get_list("Set-Cookie"):
+            for name, morsel in SimpleCookie(header).items():
+                self.cookies[name] = morsel.value
+
+    @property
+    def cookie_header(self) -> str:
+        return "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+
+    async def get(self, path: str):  # type: ignore[no-untyped-def]
+        response = await self.client.fetch(self.base_url + path, headers={"Cookie": self.cookie_header},
+                                           follow_redirects=False, raise_error=False)
+        self._remember(response)
+        return response
+
+    async def post(self, path: str, fields: dict[str, str], *, xsrf: bool = True):  # type: ignore[no-untyped-def]
+        if xsrf:
+            if "_xsrf" not in self.cookies:
+                await self.get("/admin/login")
+            fields = {**fields, "_xsrf": self.cookies["_xsrf"]}
+        response = await self.client.fetch(self.base_url + path, method="POST", body=urlencode(fields),
+                                           headers={"Cookie": self.cookie_header}, follow_redirects=False,
+                                           raise_error=False)
+        self._remember(response)
+        return response
+
+    async def log_in(self) -> None:
+        response = await self.post("/admin/login", {"token": TOKEN})
+        assert response.code == 303, response.body
+
+
+@pytest.fixture
+def browser(http_client, base_url) -> Browser:  # type: ignore[no-untyped-def]
+    return Browser(http_client, base_url)
+
+
+@pytest.mark.gen_test
+async def test_the_dashboard_requires_a_login(browser: Browser) -> None:
+    response = await browser.get("/admin")
+    assert response.code == 302
+    assert response.headers["Location"].startswith("/admin/login")
+
+
+@pytest.mark.gen_test
+async def test_a_post_without_xsrf_token_is_refused(browser: Browser) -> None:
+    response = await browser.post("/admin/login", {"token": TOKEN}, xsrf=False)
+    assert response.code == 403
+    assert "hc_admin" not in browser.cookies
+
+
+@pytest.mark.gen_test
+async def test_the_right_token_opens_a_strict_httponly_session(browser: Browser) -> None:
+    response = await browser.post("/admin/login", {"token": TOKEN})
+    assert response.code == 303 and response.headers["Location"] == "/admin"
+    session = next(h for h in response.headers.get_list("Set-Cookie") if h.startswith("hc_admin="))
+    assert "HttpOnly" in session and "SameSite=Strict" in session
+    page = await browser.get("/admin")
+    assert page.code == 200
+    assert b"Flash-sale product" in page.body  # the first snapshot is in the page itself
+    out = await browser.post("/admin/logout", {})
+    assert out.code == 303
+    assert (await browser.get("/admin")).code == 302
+
+
+@pytest.mark.gen_test
+@pytest.mark.settings(rate_limit=1.0, rate_burst=2)
+async def test_wrong_tokens_are_refused_and_count_toward_the_rate_limit(browser: Browser,
+                                                                         services: Services) -> None:
+    first = await browser.post("/admin/login", {"token": "guess-1"})
+    second = await browser.post("/admin/login", {"token": "guess-2"})
+    assert (first.code, second.code) == (401, 401)
+    assert b"Wrong token" in first.body
+    third = await browser.post("/admin/login", {"token": TOKEN})  # even the right one: the client is over its rate
+    assert third.code == 429 and "Retry-After" in third.headers
+    assert "hc_admin" not in browser.cookies
+    assert services.failed_logins == 2
+
+
+@pytest.mark.gen_test
+async def test_an_open_redirect_after_login_is_not_possible(browser: Browser) -> None:
+    response = await browser.post("/admin/login?next=//evil.example/", {"token": TOKEN})
+    assert response.headers["Location"] == "/admin"
+
+
+@pytest.mark.gen_test
+async def test_reset_from_the_dashboard_changes_the_data(browser: Browser, database_url: str) -> None:
+    sql(database_url, "INSERT INTO orders (user_id, product_id, quantity, replica) VALUES (1, 1, 2, 'x')")
+    assert (await browser.post("/admin/reset", {"product_id": "1", "stock": "77"})).code == 403  # not logged in
+    await browser.log_in()
+    response = await browser.post("/admin/reset", {"product_id": "1", "stock": "77"})
+    assert response.code == 200, response.body
+    assert json.loads(response.body)["stock"] == 77
+    assert (stock_of(database_url), orders_of(database_url)) == (77, {})
+    bad = await browser.post("/admin/reset", {"product_id": "1", "stock": "-3"})
+    assert bad.code == 400 and json.loads(bad.body)["error"]["code"] == "invalid_request"
+    missing = await browser.post("/admin/reset", {"product_id": "99", "stock": "3"})
+    assert missing.code == 404
+
+
+@pytest.mark.gen_test
+async def test_unban_and_clear_all_from_the_dashboard(browser: Browser, services: Services) -> None:
+    client = redis.Redis.from_url(services.settings.redis_url)
+    prefix = services.settings.redis_prefix
+    client.set(f"{prefix}ban:user:5", 1, px=60_000)
+    client.set(f"{prefix}ban:ip:10.9.9.9", 1, px=60_000)
+    await browser.log_in()
+    assert (await browser.post("/admin/unban", {"kind": "user", "value": "5"})).code == 200
+    assert client.exists(f"{prefix}ban:user:5") == 0
+    assert client.exists(f"{prefix}ban:ip:10.9.9.9") == 1
+    assert (await browser.post("/admin/clear-limits", {})).code == 200
+    assert client.exists(f"{prefix}ban:ip:10.9.9.9") == 0
+
+
+def ws_request(base_url: str, cookie: str = "", origin: str | None = None) -> HTTPRequest:
+    headers = {"Cookie": cookie}
+    if origin:
+        headers["Origin"] = origin
+    return HTTPRequest(base_url.replace("http", "ws") + "/admin/live", headers=headers)
+
+
+@pytest.mark.gen_test
+async def test_the_live_feed_refuses_strangers_and_other_origins(browser: Browser, base_url: str) -> None:
+    with pytest.raises(HTTPClientError) as anonymous:
+        await tornado.websocket.websocket_connect(ws_request(base_url))
+    assert anonymous.value.code == 403
+    await browser.log_in()
+    with pytest.raises(HTTPClientError) as foreign:
+        await tornado.websocket.websocket_connect(ws_request(base_url, browser.cookie_header, "http://evil.example"))
+    assert foreign.value.code == 403
+
+
+@pytest.mark.gen_test
+async def test_the_live_feed_pushes_snapshots_twice_a_second(browser: Browser, base_url: str,
+                                                             services: Services) -> None:
+    await browser.log_in()
+    host = base_url.split("//")[1]
+    socket = await tornado.websocket.websocket_connect(ws_request(base_url, browser.cookie_header, f"http://{host}"))
+    second = await tornado.websocket.websocket_connect(ws_request(base_url, browser.cookie_header, f"http://{host}"))
+    first = json.loads(await socket.read_message())
+    assert first["products"][0]["stock"] == 10_000 and first["redis"] == "ok" and first["postgres"] == "ok"
+    for _ in range(3):
+        assert json.loads(await socket.read_message())["time"] >= first["time"]
+        await second.read_message()
+    # Two dashboards, four ticks: the queries ran once per tick, not once per dashboard.
+    assert services.snapshots.computations <= 6
+    socket.close()
+    second.close()
