@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test up system-deps lint
+.PHONY: install test up system-deps browser-deps lint
 
 # The venv is rebuilt when the package's dependencies change.
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -31,7 +31,19 @@ system-deps:
 	  fi; \
 	fi
 
-test: install system-deps
+# Debian's Chromium for the dashboard's browser test, driven by the playwright package (never `playwright install`:
+# it downloads a browser build, and only package registries are reachable).
+browser-deps:
+	@if ! command -v chromium >/dev/null && [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing: chromium"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else \
+	    echo "chromium is missing (Debian/Ubuntu: sudo apt-get install chromium); the browser test will be skipped"; \
+	  fi; \
+	fi
+
+test: install system-deps browser-deps
 	$(BIN)/pytest
 
 lint: install

@@ -77,6 +77,7 @@
   function renderReplicas(hits, seen) {
     const names = Array.from(new Set([...Object.keys(hits), ...Object.keys(seen)])).sort();
     const max = Math.max(1, ...names.map((n) => hits[n] || 0));
+    const total = names.reduce((sum, n) => sum + (hits[n] || 0), 0);
     $("replicas").replaceChildren(...names.map((name) => {
       const fill = el("div", { class: "fill" });
       fill.style.width = Math.round((100 * (hits[name] || 0)) / max) + "%";
@@ -84,7 +85,8 @@
       const label = el("span", { title: age === undefined ? "" : `last report ${age}s ago` },
                        name + (age !== undefined && age > 5 ? " (silent)" : ""));
       return el("div", { class: "bar", "data-replica": name },
-        label, el("div", { class: "track" }, fill), el("span", { class: "count" }, fmt(hits[name] || 0)));
+        label, el("div", { class: "track" }, fill), el("span", { class: "count", "data-count": String(hits[name] || 0) }, fmt(hits[name] || 0),
+                          el("span", { class: "muted small" }, ` ${total ? Math.round((100 * (hits[name] || 0)) / total) : 0}%`)));
     }));
     if (!names.length) $("replicas").replaceChildren(el("p", { class: "muted" }, "No purchases counted yet."));
   }
@@ -133,24 +135,26 @@
   }
 
   function renderChart(snap) {
-    const history = snap.history || [];
+    // The current second is still being counted: drawing it would show a false dip at the right edge.
+    const history = (snap.history || []).slice(0, -1);
     const outcomes = snap.outcomes;
     const data = [history.map((h) => h.t), ...outcomes.map((o) => history.map((h) => h[o]))];
     const box = $("rate-chart");
     if (!chart && window.uPlot) {
       chart = new window.uPlot({
-        width: Math.max(280, box.clientWidth), height: 260,
+        width: Math.max(240, box.clientWidth), height: 260,
         scales: { x: { time: true } },
-        axes: [{ stroke: "#a7b4c8", grid: { stroke: "#334155" } },
+        legend: { show: false },  // the legend below the chart names each colour and its latest value
+        axes: [{ stroke: "#a7b4c8", grid: { stroke: "#334155" }, space: 70 },
                { stroke: "#a7b4c8", grid: { stroke: "#334155" }, label: "req/s" }],
         series: [{}, ...outcomes.map((o) => ({ label: o, stroke: COLORS[o], width: 2 }))],
       }, data, box);
-      window.addEventListener("resize", () => chart.setSize({ width: Math.max(280, box.clientWidth), height: 260 }));
+      new ResizeObserver(() => chart.setSize({ width: Math.max(240, box.clientWidth), height: 260 })).observe(box);
     } else if (chart) {
       chart.setData(data);
     }
     // The last complete second, in words, for screen readers and a glance.
-    const last = history.length > 1 ? history[history.length - 2] : null;
+    const last = history.length ? history[history.length - 1] : null;
     $("rate-now").replaceChildren(...outcomes.map((o) => {
       const span = el("span", {}, `${o}: ${last ? fmt(last[o]) : 0}/s`);
       span.style.color = COLORS[o];

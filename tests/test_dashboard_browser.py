@@ -1,0 +1,190 @@
+"""The dashboard as an operator uses it: headless Chromium against a real `hypercheckout up` (three replicas behind
+nginx) while purchases are fired at it — log in, watch stock and per-replica counts move, reset, unban.
+
+A screenshot taken mid-load is saved under ``HC_TEST_ARTIFACTS`` (default: test-artifacts/ in the checkout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tornado.simple_httpclient import SimpleAsyncHTTPClient
+
+from tests.clusters import RunningCluster, cluster_workdir, purchase, start_cluster, stop_cluster
+from tests.helpers import buy
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# No network beyond loopback here: Chromium's own background traffic (updates, safe browsing, …) is switched off.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+TOKEN = "browser-test-token"
+SPAMMER = 424242
+ARTIFACTS = Path(os.environ.get("HC_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+if not os.access(CHROMIUM, os.X_OK):
+    if os.environ.get("CI"):  # `make test` installs it: in CI its absence is a broken install step, not a skip
+        raise RuntimeError(f"{CHROMIUM} is missing in CI")
+    pytest.skip("Debian's chromium is not installed (make test installs it)", allow_module_level=True)
+expect = playwright_api.expect
+
+
+class SteadyLoad(threading.Thread):
+    """Buyers, each buying one unit at a time with its own user id, until stopped; keeps every answer."""
+
+    def __init__(self, url: str, buyers: int = 8) -> None:
+        super().__init__(name="steady-load", daemon=True)
+        self.url = url
+        self.buyers = buyers
+        self.answers: list[tuple[int, int | None]] = []  # (status, order id)
+        self._stop_requested = threading.Event()
+
+    def run(self) -> None:
+        asyncio.run(self._load())
+
+    async def _load(self) -> None:
+        client = SimpleAsyncHTTPClient(force_instance=True, max_clients=self.buyers)
+
+        async def buyer(index: int) -> None:
+            n = 0
+            while not self._stop_requested.is_set():
+                n += 1
+                answer = await buy(client, self.url, user=index * 1_000_000 + n)
+                self.answers.append((answer.status, answer.body.get("order_id")))
+                await asyncio.sleep(0.005)  # a steady stream the page can be watched under, not a flood
+
+        try:
+            await asyncio.gather(*(buyer(i) for i in range(1, self.buyers + 1)))
+        finally:
+            client.close()
+
+    def finish(self) -> Counter[int]:
+        self._stop_requested.set()
+        self.join(30)
+        assert not self.is_alive(), "the load did not stop"
+        return Counter(status for status, _ in self.answers)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RunningCluster]:
+    with cluster_workdir() as workdir:
+        # Buyers are limited (so that one can get banned); every buyer here comes from 127.0.0.1, so the address
+        # limit is off.
+        running = start_cluster(workdir / "browser", HC_ADMIN_TOKEN=TOKEN, HC_RATE_LIMIT="5/s", HC_RATE_BURST="5",
+                                HC_BAN_AFTER="5", HC_BAN_SECONDS="300")
+        try:
+            yield running
+        finally:
+            stop_cluster(running)
+
+
+@pytest.fixture
+def page(cluster: RunningCluster) -> Iterator[object]:
+    with playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1360, "height": 1100})
+            page = context.new_page()
+            page.set_default_timeout(15_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def log_in(page, url: str) -> None:  # type: ignore[no-untyped-def]
+    page.goto(f"{url}/admin")
+    expect(page).to_have_url(re.compile(r"/admin/login"))
+    page.fill("#token", "not-the-token")
+    page.click("button[type=submit]")
+    expect(page.get_by_role("alert")).to_have_text("Wrong token.")
+    page.fill("#token", TOKEN)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(f"{url}/admin")
+    expect(page.locator("#connection")).to_have_text("live")
+
+
+def shown_number(page, selector: str) -> int:  # type: ignore[no-untyped-def]
+    return int(page.locator(selector).inner_text().replace(",", ""))
+
+
+def test_an_operator_watches_a_sale_resets_it_and_unbans_a_spammer(cluster: RunningCluster, page) -> None:  # type: ignore[no-untyped-def]
+    cluster.cli("reset", "--stock", "5000")
+    log_in(page, cluster.url)
+    stock = page.locator("#product-1 [data-field=stock]")
+    expect(stock).to_have_text("5,000")
+
+    load = SteadyLoad(cluster.url)
+    load.start()
+    try:
+        # Stock drops while we watch, and the three replicas' bars all move: nginx spreads the load.
+        page.wait_for_function("() => Number(document.querySelector('#product-1 [data-field=stock]')"
+                               ".textContent.replace(/,/g, '')) < 4900")
+        page.wait_for_function("""() => {
+            const counts = [...document.querySelectorAll('#replicas .bar[data-replica] .count')]
+                .map((c) => Number(c.dataset.count));
+            return counts.length === 3 && counts.every((n) => n >= 20);
+        }""")
+        expect(page.locator("#replicas .bar[data-replica]")).to_have_count(3)
+        # The chart is fed per second from every replica's counts: a complete second with sales shows on it.
+        page.wait_for_function("() => /200: [1-9]/.test(document.querySelector('#rate-now').textContent)")
+        first = shown_number(page, "#product-1 [data-field=stock]")
+        page.wait_for_function(f"() => Number(document.querySelector('#product-1 [data-field=stock]')"
+                               f".textContent.replace(/,/g, '')) < {first}")  # still moving: it is live
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-mid-load.png"), full_page=True)
+        page.set_viewport_size({"width": 390, "height": 844})  # a phone: one column, nothing cut off
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
+        page.set_viewport_size({"width": 1360, "height": 1100})
+    finally:
+        statuses = load.finish()
+
+    assert set(statuses) == {200}, statuses
+    sold = statuses[200]
+    status = cluster.status()["products"][0]
+    assert (status["stock"], status["sold"]) == (5000 - sold, sold)
+    # Once the load stops, the page settles on exactly what PostgreSQL says.
+    expect(stock).to_have_text(f"{5000 - sold:,}")
+    order_ids = {order_id for _, order_id in load.answers}
+    recent = [int(cell) for cell in page.locator("#orders tr td:first-child").all_inner_texts()]
+    assert len(recent) == 20 and set(recent) <= order_ids
+
+    # Reset: the confirmation names what will be deleted, and the page shows the new stock within a second or so.
+    dialogs: list[str] = []
+    page.once("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.accept()))
+    page.fill("#reset-stock-1", "777")
+    page.click("#reset-1")
+    expect(stock).to_have_text("777", timeout=3_000)
+    assert f"({sold:,} units sold)" in dialogs[0], dialogs
+    assert cluster.status()["products"][0] == {**status, "stock": 777, "initial_stock": 777, "sold": 0}
+
+    # A spammer gets banned; the ban shows up on the dashboard and its button lifts it.
+    answers = [purchase(cluster.url, SPAMMER)[0] for _ in range(20)]
+    assert answers[-1] == 429
+    ban_row = page.locator(f"#bans tr[data-ban='user:{SPAMMER}']")
+    expect(ban_row).to_be_visible()
+    ban_row.get_by_role("button", name="Unban").click()
+    expect(ban_row).to_have_count(0, timeout=3_000)
+    expect(page.locator("#action-result")).to_have_text(f"Unbanned user {SPAMMER}.")
+    status_code, body = purchase(cluster.url, SPAMMER)
+    assert status_code == 200, json.dumps(body)
+
+    # The replica feeding the page dies: the page reconnects by itself, through nginx, to another one.
+    feeding = page.locator("#served-by").inner_text()
+    cluster.replica_process(feeding).send_signal(signal.SIGKILL)
+    expect(page.locator("#served-by")).not_to_have_text(feeding, timeout=10_000)
+    expect(page.locator("#connection")).to_have_text("live")
+    # The spammer's purchases (its burst, then the one after the unban), as the new replica reads PostgreSQL.
+    left = cluster.status()["products"][0]["stock"]
+    assert left == 777 - answers.count(200) - 1
+    expect(stock).to_have_text(f"{left:,}")
