@@ -79,6 +79,9 @@ class RateLimiter:
             max(1, int(ban_window * 1000)),
             max(1, int(ban_seconds * 1000)),
         )
+        # Indexes of who is banned / being limited, kept by the script, so listing them never scans the keyspace.
+        self._banned_index = f"{prefix}index:banned"
+        self._limited_index = f"{prefix}index:limited"
         self.enabled = bool(user_rate or ip_rate)
         self.fail_open_events = 0
         self._skip_until = 0.0
@@ -99,9 +102,10 @@ class RateLimiter:
             self._key("ban", "user", user), self._key("ban", "ip", ip),
             self._key("tat", "user", user), self._key("tat", "ip", ip),
             self._key("strikes", "user", user), self._key("strikes", "ip", ip),
+            self._banned_index, self._limited_index,
         ]
         try:
-            verdict, retry_ms, which = await self._script(keys=keys, args=self._args)
+            verdict, retry_ms, which = await self._script(keys=keys, args=(*self._args, user, ip))
         except REDIS_ERRORS as exc:
             self._skip_until = time.monotonic() + FAILURE_BACKOFF
             return self._fail_open(exc)
@@ -126,40 +130,66 @@ class RateLimiter:
     # --- bans: listable and clearable from the CLI and the dashboard ----------------------------------------------
 
     async def bans(self) -> list[Ban]:
-        found = []
-        pattern = f"{self._prefix}ban:*"
-        async for key in self._redis.scan_iter(match=pattern, count=500):
-            name = key.decode() if isinstance(key, bytes) else key
-            ttl = await self._redis.pttl(name)
+        """Active bans, from the index the script keeps (a ban key deleted or expired since drops out)."""
+        members = [m.decode() for m in await self._redis.zrange(self._banned_index, 0, -1)]
+        if not members:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for member in members:
+            pipe.pttl(f"{self._prefix}ban:{member}")
+        ttls = await pipe.execute()
+        found, gone = [], []
+        for member, ttl in zip(members, ttls, strict=True):
             if ttl is None or ttl <= 0:
+                gone.append(member)
                 continue
-            kind, _, value = name[len(self._prefix) + len("ban:"):].partition(":")
+            kind, _, value = member.partition(":")
             found.append(Ban(kind=kind, value=value, seconds_left=ttl / 1000))
+        if gone:
+            await self._redis.zrem(self._banned_index, *gone)
         return sorted(found, key=lambda b: (b.kind, b.value))
 
     async def top_limited(self, limit: int = 10) -> list[dict[str, object]]:
         """Identities with the most recent rejections (strikes toward a ban), most first."""
-        found = []
-        async for key in self._redis.scan_iter(match=f"{self._prefix}strikes:*", count=500):
-            name = key.decode() if isinstance(key, bytes) else key
-            count = await self._redis.get(name)
-            if count is None:
+        ranked = await self._redis.zrevrange(self._limited_index, 0, limit * 2 - 1, withscores=True)
+        if not ranked:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for member, _ in ranked:
+            pipe.exists(f"{self._prefix}strikes:{member.decode()}")
+        alive = await pipe.execute()
+        found, gone = [], []
+        for (member, score), exists in zip(ranked, alive, strict=True):
+            name = member.decode()
+            if not exists:  # its strike window ended: nothing counts toward a ban any more
+                gone.append(name)
                 continue
-            kind, _, value = name[len(self._prefix) + len("strikes:"):].partition(":")
-            found.append({"kind": kind, "value": value, "rejections": int(count)})
-        return sorted(found, key=lambda item: -int(item["rejections"]))[:limit]  # type: ignore[call-overload]
+            kind, _, value = name.partition(":")
+            found.append({"kind": kind, "value": value, "rejections": int(score)})
+        if gone:
+            await self._redis.zrem(self._limited_index, *gone)
+        return found[:limit]
 
     async def unban(self, *, user_id: int | None = None, ip: str | None = None) -> int:
         """Lift the ban of one buyer or address and forget its strikes and bucket; returns keys removed."""
-        keys = []
+        keys, members = [], []
         for identity, value in (("user", None if user_id is None else str(user_id)), ("ip", ip)):
             if value is not None:
                 keys += [self._key(kind, identity, value) for kind in ("ban", "strikes", "tat")]
-        return int(await self._redis.delete(*keys)) if keys else 0
+                members.append(f"{identity}:{value}")
+        if not keys:
+            return 0
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.delete(*keys)
+        pipe.zrem(self._banned_index, *members)
+        pipe.zrem(self._limited_index, *members)
+        removed, _, _ = await pipe.execute()
+        return int(removed)
 
     async def clear_all(self) -> int:
         """Lift every ban and reset every bucket and strike counter ("clear all rate limits")."""
         removed = 0
+        await self._redis.delete(self._banned_index, self._limited_index)
         for kind in ("ban", "strikes", "tat"):
             batch: list[str | bytes] = []
             async for key in self._redis.scan_iter(match=f"{self._prefix}{kind}:*", count=500):

@@ -11,8 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg2
+import redis.asyncio as aioredis
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
+
+from hypercheckout.limiter import RateLimiter
 
 PURCHASE_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}  # what `curl -d` sends
 
@@ -107,3 +110,8 @@ def settings_env(settings: Any) -> dict[str, str]:
         "HC_REDIS_PREFIX": settings.redis_prefix,
         "HC_LOG_LEVEL": "WARNING",
     }
+def limiter_for(url: str, prefix: str, **overrides: Any) -> tuple[aioredis.Redis, RateLimiter]:
+    client = aioredis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25)
+    options: dict[str, Any] = {"user_rate": 10.0, "user_burst": 3, "ip_rate": None, "ip_burst": 1,
+                               "ban_after": 1000, "ban_window": 60, "ban_seconds": 60, **overrides}
+    return client, RateLimiter(client, prefix=prefix, **options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from hypercheckout.settings import Settings
 from tests.conftest import admin_execute, with_database
-from tests.helpers import orders_of, run_cli, settings_env, sql, stock_of
+from tests.helpers import limiter_for, orders_of, run_cli, settings_env, sql, stock_of
 
 
 def test_migrate_creates_the_database_and_is_safe_to_run_concurrently(pg_server_url: str, settings: Settings) -> None:
@@ -63,11 +64,16 @@ def test_reset_of_an_unknown_product_or_negative_stock_is_refused(settings: Sett
 
 
 def test_unban_all_clears_every_ban(settings: Settings) -> None:
-    import redis
+    async def ban_a_buyer_and_an_address() -> None:
+        client, limiter = limiter_for(settings.redis_url, settings.redis_prefix, user_rate=1.0, user_burst=1,
+                                      ip_rate=1.0, ip_burst=1, ban_after=1)
+        for ip in ("10.0.0.1", "10.0.0.2"):  # buyer 5 over its rate, from two addresses
+            await limiter.check(5, ip)
+        for user in (100, 101):  # address 10.1.1.1 over its rate, for two buyers
+            await limiter.check(user, "10.1.1.1")
+        await client.aclose()
 
-    client = redis.Redis.from_url(settings.redis_url)
-    client.set(f"{settings.redis_prefix}ban:user:5", 1, px=60_000)
-    client.set(f"{settings.redis_prefix}ban:ip:10.1.1.1", 1, px=60_000)
+    asyncio.run(ban_a_buyer_and_an_address())
     status = json.loads(run_cli("status", "--json", env=settings_env(settings)).stdout)
     assert sorted((b["kind"], b["value"]) for b in status["bans"]) == [("ip", "10.1.1.1"), ("user", "5")]
     done = run_cli("unban", "--all", env=settings_env(settings))

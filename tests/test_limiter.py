@@ -5,23 +5,14 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from hypercheckout.app import Services
-from hypercheckout.limiter import FAILURE_BACKOFF, RateLimiter
+from hypercheckout.limiter import FAILURE_BACKOFF
 from hypercheckout.localservices import PrivateRedis, free_port
 from hypercheckout.settings import Settings
-from tests.helpers import buy, run_cli, settings_env
-
-
-def limiter_for(url: str, prefix: str, **overrides: Any) -> tuple[aioredis.Redis, RateLimiter]:
-    client = aioredis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25)
-    options: dict[str, Any] = {"user_rate": 10.0, "user_burst": 3, "ip_rate": None, "ip_burst": 1,
-                               "ban_after": 1000, "ban_window": 60, "ban_seconds": 60, **overrides}
-    return client, RateLimiter(client, prefix=prefix, **options)
+from tests.helpers import buy, limiter_for, run_cli, settings_env
 
 
 def test_a_burst_is_allowed_then_refused_until_the_rate_allows_again(redis_url: str, redis_prefix: str) -> None:
@@ -67,6 +58,26 @@ def test_hammering_past_the_threshold_bans_and_unban_lifts_it(redis_url: str, re
         assert await limiter.unban(user_id=9) > 0
         assert await limiter.bans() == []
         assert (await limiter.check(9, "10.0.0.4")).allowed
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_the_most_limited_are_listed_most_first_until_unbanned(redis_url: str, redis_prefix: str) -> None:
+    async def scenario() -> None:
+        client, limiter = limiter_for(redis_url, redis_prefix, user_rate=0.1, user_burst=1)
+        for user, attempts in ((1, 4), (2, 2), (3, 3)):
+            for _ in range(attempts):
+                await limiter.check(user, "10.0.0.9")
+        listed = [(t["value"], t["rejections"]) for t in await limiter.top_limited(10)]
+        assert listed == [("1", 3), ("3", 2), ("2", 1)]
+        assert [t["value"] for t in await limiter.top_limited(2)] == ["1", "3"]
+        await limiter.unban(user_id=1)
+        assert [t["value"] for t in await limiter.top_limited(10)] == ["3", "2"]
+        await client.delete(f"{redis_prefix}strikes:user:3")  # its strike window ended
+        assert [t["value"] for t in await limiter.top_limited(10)] == ["2"]
+        await limiter.clear_all()
+        assert await limiter.top_limited(10) == [] and await client.keys(f"{redis_prefix}*") == []
         await client.aclose()
 
     asyncio.run(scenario())

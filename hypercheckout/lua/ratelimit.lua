@@ -6,10 +6,17 @@
 -- ban_after strikes within the strike window that identity is banned. Every key is written together with its
 -- expiry in this script, so no key can be left without one (the original's bug).
 --
--- KEYS: 1 ban:user  2 ban:ip  3 tat:user  4 tat:ip  5 strikes:user  6 strikes:ip
+-- Two sorted sets index the identities the dashboard lists, so that it never scans the keyspace: "banned" (score:
+-- when the ban ends, Redis time in ms) and "limited" (score: current strikes; capped at LIMITED_MAX members, the
+-- fewest strikes dropped first). Members are "user:<id>" / "ip:<address>"; both sets expire when idle.
+--
+-- KEYS: 1 ban:user  2 ban:ip  3 tat:user  4 tat:ip  5 strikes:user  6 strikes:ip  7 banned index  8 limited index
 -- ARGV: 1 user interval µs (0 = no user limit)  2 user burst  3 ip interval µs (0 = no ip limit)  4 ip burst
---       5 ban_after (0 = never ban)  6 strike window ms  7 ban ms
+--       5 ban_after (0 = never ban)  6 strike window ms  7 ban ms  8 user id  9 client address
 -- Returns {verdict, retry_after_ms, identity}: verdict 0 allowed, 1 rate limited, 2 banned; identity 1 user, 2 ip.
+
+local LIMITED_MAX = 1000
+local members = {'user:' .. ARGV[8], 'ip:' .. ARGV[9]}
 
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])  -- µs, one clock for every replica
@@ -38,8 +45,16 @@ for i = 1, 2 do
       if tonumber(ARGV[5]) > 0 and strikes >= tonumber(ARGV[5]) then
         redis.call('SET', KEYS[i], strikes, 'PX', ARGV[7])
         redis.call('DEL', KEYS[4 + i])
+        redis.call('ZREM', KEYS[8], members[i])
+        redis.call('ZADD', KEYS[7], math.floor(now / 1000) + tonumber(ARGV[7]), members[i])
+        redis.call('PEXPIRE', KEYS[7], ARGV[7])  -- every ban lasts as long: the newest one outlives the others
         return {2, tonumber(ARGV[7]), i}
       end
+      redis.call('ZADD', KEYS[8], strikes, members[i])
+      if redis.call('ZCARD', KEYS[8]) > LIMITED_MAX then
+        redis.call('ZREMRANGEBYRANK', KEYS[8], 0, -LIMITED_MAX - 1)
+      end
+      redis.call('PEXPIRE', KEYS[8], ARGV[6])
       return {1, retry_ms, i}
     end
     new_tats[i] = tat + interval
