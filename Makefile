@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test up system-deps browser-deps lint
+.PHONY: install install-load test up system-deps browser-deps load-deps lint bench scenarios
 
 # The venv is rebuilt when the package's dependencies change.
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -13,6 +13,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+$(VENV)/.installed-load: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[test,load]'
+	touch $@
+
+install-load: $(VENV)/.installed-load
 
 # PostgreSQL, Redis and nginx (tests and `up` start private instances of them). As root on Debian/Ubuntu they are
 # installed with apt-get when missing; otherwise the message says what to install.
@@ -51,3 +57,17 @@ lint: install
 
 up: install system-deps
 	$(BIN)/hypercheckout up
+
+# wrk for the raw ceilings (make bench).
+load-deps:
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing: wrk"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; \
+	  else echo "missing: wrk (Debian/Ubuntu: sudo apt-get install wrk)"; exit 1; fi; }
+
+bench: install-load system-deps load-deps
+	$(BIN)/python load-tests/bench.py $(ARGS)
+
+scenarios: install-load system-deps
+	$(BIN)/python load-tests/run.py $(ARGS)

@@ -1,0 +1,49 @@
+-- wrk script for bench.py. WRK_MODE=healthz: GET /healthz (the no-op ceiling). Otherwise POST /purchase, one
+-- unit, a different buyer on every request (so the per-buyer limit never applies) unless WRK_USER fixes one buyer
+-- (the rate-limited benchmark). Each wrk thread takes its own range of user ids. done() prints one JSON line.
+local counter = 0
+thread_base = 0  -- a global: setup() sets it in each thread
+local threads = 0
+
+function setup(thread)
+  thread:set("thread_base", threads * 10000000)
+  threads = threads + 1
+end
+
+function init(args)
+  thread_base = tonumber(thread_base) or 0
+end
+
+local fixed_user = os.getenv("WRK_USER")
+local product = os.getenv("WRK_PRODUCT") or "1"
+
+local healthz = os.getenv("WRK_MODE") == "healthz"
+
+function request()
+  if healthz then
+    return wrk.format("GET", "/healthz")
+  end
+  counter = counter + 1
+  local user = fixed_user or tostring(thread_base + counter)
+  local body = '{"user_id": ' .. user .. ', "product_id": ' .. product .. ', "quantity": 1}'
+  return wrk.format("POST", "/purchase", {["Content-Type"] = "application/json"}, body)
+end
+
+function done(summary, latency, requests)
+  io.write("WRK_JSON {")
+  -- Answers other than 2xx/3xx are "status errors" to wrk: 409 and 429 are counted there.
+  local e = summary.errors
+  io.write(string.format('"requests": %d, "duration_us": %d, "non_2xx": %d, "socket_errors": %d, ',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout))
+  io.write(string.format('"p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d',
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+  io.write("}\n")
+end
+
+-- WRK_DELAY_MS: each connection waits this long before its next request (the paced latency run).
+local delay_ms = tonumber(os.getenv("WRK_DELAY_MS") or "")
+if delay_ms then
+  function delay()
+    return delay_ms
+  end
+end
