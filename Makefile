@@ -53,7 +53,7 @@ test: install system-deps browser-deps
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check hypercheckout tests
+	$(BIN)/ruff check hypercheckout tests load-tests
 
 up: install system-deps
 	$(BIN)/hypercheckout up

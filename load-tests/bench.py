@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -96,7 +95,7 @@ class Bench:
         environ = {**os.environ, **self.env, "HC_LOG_LEVEL": "WARNING", "HC_RATE_LIMIT": "off",
                    "HC_IP_RATE_LIMIT": "off", **settings}
         cluster = Cluster(data_dir=self.workdir / "cluster", port=free_port(), environ=environ,
-                          out=open(os.devnull, "w"))  # noqa: SIM115
+                          out=open(os.devnull, "w"))  # closed with the process
         cluster.start()
         try:
             yield cluster.url
@@ -160,7 +159,7 @@ class Bench:
     def table(self) -> str:
         ceiling = next(f.rate for f in self.figures if f.name.startswith("no-op"))
         pessimistic = next(f.rate for f in self.figures if f.name == "purchases (pessimistic)")
-        lines = ["| run | req/s | × ceiling | × pessimistic | p50 ms | p99 ms | non-2xx | note |",
+        lines = ["| run | req/s | vs ceiling | vs pessimistic | p50 ms | p99 ms | non-2xx | note |",
                  "|---|---:|---:|---:|---:|---:|---:|---|"]
         for f in self.figures:
             lines.append(f"| {f.name} | {f.rate:,.0f} | {f.rate / ceiling:.2f} | {f.rate / pessimistic:.2f} | "
