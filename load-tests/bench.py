@@ -16,6 +16,7 @@ numbers on a shared 2-core machine move from run to run. After each purchase run
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import re
@@ -95,7 +96,7 @@ class Bench:
         environ = {**os.environ, **self.env, "HC_LOG_LEVEL": "WARNING", "HC_RATE_LIMIT": "off",
                    "HC_IP_RATE_LIMIT": "off", **settings}
         cluster = Cluster(data_dir=self.workdir / "cluster", port=free_port(), environ=environ,
-                          out=open(os.devnull, "w"))  # closed with the process
+                          out=io.StringIO())
         cluster.start()
         try:
             yield cluster.url
