@@ -63,13 +63,17 @@ class JsonHandler(tornado.web.RequestHandler):
                 pass
         return peer
 
+    def answer_error(self, exc: CheckoutError) -> None:
+        """The one mapping of a ``CheckoutError`` to an HTTP answer: its status, headers and JSON body."""
+        for name, value in exc.headers.items():
+            self.set_header(name, value)
+        self.set_status(exc.status)
+        self.finish(json.dumps(exc.body(), separators=(",", ":")))
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, CheckoutError):
-            for name, value in exc.headers.items():
-                self.set_header(name, value)
-            self.set_status(exc.status)
-            self.finish(json.dumps(exc.body(), separators=(",", ":")))
+            self.answer_error(exc)
             return
         # Anything else: a generic body; the traceback goes to the log only, never to the client.
         code = REASONS.get(status_code, "internal_error" if status_code >= 500 else "invalid_request")

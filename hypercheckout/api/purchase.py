@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 from hypercheckout.api.base import JsonHandler
-from hypercheckout.checkout.errors import rate_limited
+from hypercheckout.checkout.errors import CheckoutError, rate_limited
 from hypercheckout.checkout.validation import parse_purchase
 
 
 class PurchaseHandler(JsonHandler):
     async def post(self) -> None:
+        # 409 and 429 are the common answers of a flash sale: they are answered here, not through Tornado's
+        # exception path (send_error, clear, log_exception), which cost a sold-out rejection a fifth of its time.
+        try:
+            await self._purchase()
+        except CheckoutError as exc:
+            self.answer_error(exc)
+
+    async def _purchase(self) -> None:
         services = self.services
         settings = services.settings
         request = parse_purchase(
             self.request.body, max_quantity=settings.max_quantity, max_body_bytes=settings.max_body_bytes,
         )
-        decision = await services.limiter.check(request.user_id, self.client_ip)
-        if not decision.allowed:
-            raise rate_limited(decision.retry_after, decision.banned)
+        if services.limiter.enabled:
+            decision = await services.limiter.check(request.user_id, self.client_ip)
+            if not decision.allowed:
+                raise rate_limited(decision.retry_after, decision.banned)
         order = await services.checkout.purchase(request)
         self.write_json({
             "message": "Order placed successfully",

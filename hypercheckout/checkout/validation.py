@@ -26,6 +26,10 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+# Built once: json.loads with hooks builds a new decoder on every call.
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+
+
 def parse_purchase(body: bytes, *, max_quantity: int, max_body_bytes: int) -> PurchaseRequest:
     """Parse and validate a ``POST /purchase`` body or raise a 400 ``CheckoutError`` saying what is wrong."""
     if len(body) > max_body_bytes:
@@ -37,7 +41,7 @@ def parse_purchase(body: bytes, *, max_quantity: int, max_body_bytes: int) -> Pu
     except UnicodeDecodeError:
         raise invalid_request("body is not valid UTF-8") from None
     try:
-        data = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+        data = _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
         raise invalid_request(f"body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
