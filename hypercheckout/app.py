@@ -100,6 +100,7 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
         ban_after=settings.ban_after,
         ban_window=settings.ban_window,
         ban_seconds=settings.ban_seconds,
+        local_deny_seconds=settings.local_deny_ms / 1000,
     )
     strategy = make_strategy(
         settings.strategy, store, replica=settings.replica_id,

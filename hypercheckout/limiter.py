@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
 FAILURE_BACKOFF = 1.0  # seconds without trying Redis after it failed
 LOG_INTERVAL = 10.0  # seconds between two fail-open log lines
+LOCAL_DENY_ENTRIES = 50_000  # identities remembered at most; expired ones are dropped first
 
 ALLOWED, LIMITED, BANNED = 0, 1, 2
 
@@ -49,6 +50,63 @@ class Ban:
         return {"kind": self.kind, "value": self.value, "seconds_left": round(self.seconds_left, 1)}
 
 
+@dataclass(slots=True)
+class _Denial:
+    until: float  # monotonic time until which this replica refuses without asking Redis
+    retry_at: float  # monotonic time the client may retry (a ban's end, beyond ``until``)
+    banned: bool
+    strikes: int  # the identity's strikes in Redis when it was refused
+    pending: int = 0  # refusals answered here since, to be counted in Redis with the next call
+
+
+class LocalDenials:
+    """Refusals Redis has decided, remembered by one replica so that a client hammering past its rate or while
+    banned costs no Redis round trip. Refusals answered here are sent along as strikes with the identity's next
+    call, and the attempt that would reach the ban threshold is always decided by Redis, so bans come as they
+    would without this cache."""
+
+    def __init__(self, ban_after: int, max_seconds: float) -> None:
+        self._ban_after = ban_after
+        self._max_seconds = max_seconds  # longest this replica refuses on Redis's earlier word (0: never)
+        self._entries: dict[str, _Denial] = {}
+
+    def refuse(self, identity: str, kind: str, now: float) -> Decision | None:
+        denial = self._entries.get(identity)
+        if denial is None or denial.until <= now:
+            return None
+        if not denial.banned and self._ban_after and denial.strikes + denial.pending + 1 >= self._ban_after:
+            return None  # this refusal bans: Redis decides it
+        if not denial.banned:
+            denial.pending += 1  # a banned identity collects no more strikes in Redis either
+        return Decision(allowed=False, banned=denial.banned, retry_after=denial.retry_at - now, identity=kind)
+
+    def take_pending(self, identity: str) -> int:
+        denial = self._entries.get(identity)
+        if denial is None or not denial.pending:
+            return 0
+        pending, denial.pending = denial.pending, 0
+        return pending
+
+    def remember(self, identity: str, decision: Decision, strikes: int, now: float) -> None:
+        if self._max_seconds <= 0:
+            return
+        if len(self._entries) >= LOCAL_DENY_ENTRIES:
+            self._entries = {k: d for k, d in self._entries.items() if d.until > now}
+            if len(self._entries) >= LOCAL_DENY_ENTRIES:
+                self._entries.clear()
+        self._entries[identity] = _Denial(
+            until=now + min(decision.retry_after, self._max_seconds), retry_at=now + decision.retry_after,
+            banned=decision.banned, strikes=strikes,
+        )
+
+    def forget(self, *identities: str) -> None:
+        for identity in identities:
+            self._entries.pop(identity, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
 def load_script(name: str) -> str:
     return resources.files("hypercheckout").joinpath("lua", name).read_text(encoding="utf-8")
 
@@ -66,6 +124,7 @@ class RateLimiter:
         ban_after: int,
         ban_window: float,
         ban_seconds: float,
+        local_deny_seconds: float = 0.25,
     ) -> None:
         self._redis = client
         self._prefix = prefix
@@ -83,6 +142,7 @@ class RateLimiter:
         self._banned_index = f"{prefix}index:banned"
         self._limited_index = f"{prefix}index:limited"
         self.enabled = bool(user_rate or ip_rate)
+        self._denials = LocalDenials(self._args[4], local_deny_seconds)
         self.fail_open_events = 0
         self._skip_until = 0.0
         self._last_log = 0.0
@@ -95,26 +155,35 @@ class RateLimiter:
         Never raises: Redis trouble is a fail-open decision."""
         if not self.enabled:
             return ALLOW
-        if time.monotonic() < self._skip_until:
-            return self._fail_open(None)
+        now = time.monotonic()
         user, ip = str(user_id), client_ip
+        user_identity, ip_identity = f"user:{user}", f"ip:{ip}"
+        refusal = self._denials.refuse(user_identity, "user", now) or self._denials.refuse(ip_identity, "ip", now)
+        if refusal is not None:
+            return refusal
+        if now < self._skip_until:
+            return self._fail_open(None)
         keys = [
             self._key("ban", "user", user), self._key("ban", "ip", ip),
             self._key("tat", "user", user), self._key("tat", "ip", ip),
             self._key("strikes", "user", user), self._key("strikes", "ip", ip),
             self._banned_index, self._limited_index,
         ]
+        extra = (self._denials.take_pending(user_identity), self._denials.take_pending(ip_identity))
         try:
-            verdict, retry_ms, which = await self._script(keys=keys, args=(*self._args, user, ip))
+            verdict, retry_ms, which, strikes = await self._script(keys=keys, args=(*self._args, user, ip, *extra))
         except REDIS_ERRORS as exc:
             self._skip_until = time.monotonic() + FAILURE_BACKOFF
             return self._fail_open(exc)
         if verdict == ALLOWED:
+            self._denials.forget(user_identity, ip_identity)
             return ALLOW
-        return Decision(
+        decision = Decision(
             allowed=False, banned=verdict == BANNED, retry_after=int(retry_ms) / 1000,
             identity="user" if which == 1 else "ip",
         )
+        self._denials.remember(user_identity if which == 1 else ip_identity, decision, int(strikes), now)
+        return decision
 
     def _fail_open(self, exc: BaseException | None) -> Decision:
         self.fail_open_events += 1
@@ -179,6 +248,7 @@ class RateLimiter:
                 members.append(f"{identity}:{value}")
         if not keys:
             return 0
+        self._denials.forget(*members)  # this replica at once; the others within their local_deny_seconds
         pipe = self._redis.pipeline(transaction=False)
         pipe.delete(*keys)
         pipe.zrem(self._banned_index, *members)
@@ -189,6 +259,7 @@ class RateLimiter:
     async def clear_all(self) -> int:
         """Lift every ban and reset every bucket and strike counter ("clear all rate limits")."""
         removed = 0
+        self._denials.clear()
         await self._redis.delete(self._banned_index, self._limited_index)
         for kind in ("ban", "strikes", "tat"):
             batch: list[str | bytes] = []

@@ -127,6 +127,10 @@ class Settings:
     ban_window: float = setting(
         "HC_BAN_WINDOW", 60.0, _non_negative_float, "Window, in seconds, in which rejections count toward a ban.")
     ban_seconds: float = setting("HC_BAN_SECONDS", 300.0, _non_negative_float, "How long a ban lasts, in seconds.")
+    local_deny_ms: float = setting(
+        "HC_LOCAL_DENY_MS", 250.0, _non_negative_float,
+        "Longest a replica refuses a rate-limited or banned client itself, without asking Redis (0: always ask); "
+        "also how late an unban can reach the other replicas.")
     trusted_proxies: tuple[Network, ...] = setting(
         "HC_TRUSTED_PROXIES", parse_networks("127.0.0.0/8,::1"), parse_networks,
         "Peers whose X-Real-IP header names the client (comma-separated addresses or CIDR blocks).")

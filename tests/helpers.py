@@ -113,5 +113,6 @@ def settings_env(settings: Any) -> dict[str, str]:
 def limiter_for(url: str, prefix: str, **overrides: Any) -> tuple[aioredis.Redis, RateLimiter]:
     client = aioredis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25)
     options: dict[str, Any] = {"user_rate": 10.0, "user_burst": 3, "ip_rate": None, "ip_burst": 1,
-                               "ban_after": 1000, "ban_window": 60, "ban_seconds": 60, **overrides}
+                               "ban_after": 1000, "ban_window": 60, "ban_seconds": 60, "local_deny_seconds": 0.25,
+                               **overrides}
     return client, RateLimiter(client, prefix=prefix, **options)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from hypercheckout.app import Services
 from hypercheckout.limiter import FAILURE_BACKOFF
@@ -65,7 +67,8 @@ def test_hammering_past_the_threshold_bans_and_unban_lifts_it(redis_url: str, re
 
 def test_the_most_limited_are_listed_most_first_until_unbanned(redis_url: str, redis_prefix: str) -> None:
     async def scenario() -> None:
-        client, limiter = limiter_for(redis_url, redis_prefix, user_rate=0.1, user_burst=1)
+        # Every refusal decided by Redis here, so that each one is a strike there at once.
+        client, limiter = limiter_for(redis_url, redis_prefix, user_rate=0.1, user_burst=1, local_deny_seconds=0)
         for user, attempts in ((1, 4), (2, 2), (3, 3)):
             for _ in range(attempts):
                 await limiter.check(user, "10.0.0.9")
@@ -78,6 +81,37 @@ def test_the_most_limited_are_listed_most_first_until_unbanned(redis_url: str, r
         assert [t["value"] for t in await limiter.top_limited(10)] == ["2"]
         await limiter.clear_all()
         assert await limiter.top_limited(10) == [] and await client.keys(f"{redis_prefix}*") == []
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+async def script_calls(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return sum(int(stats.get(name, {}).get("calls", 0)) for name in ("cmdstat_evalsha", "cmdstat_eval"))
+
+
+def test_a_hammering_client_is_refused_without_redis_and_still_banned_on_time(redis_url: str,
+                                                                             redis_prefix: str) -> None:
+    async def scenario() -> None:
+        client, limiter = limiter_for(redis_url, redis_prefix, user_rate=0.5, user_burst=1, ban_after=5,
+                                      local_deny_seconds=60)
+        assert (await limiter.check(3, "10.0.0.8")).allowed
+        before = await script_calls(client)
+        refusals = [await limiter.check(3, "10.0.0.8") for _ in range(5)]
+        # The first refusal came from Redis, the next three from this replica's memory; the fifth would reach the
+        # threshold, so Redis decided it, counting the three local ones: five strikes, banned as without the cache.
+        assert await script_calls(client) - before == 2
+        assert [d.allowed for d in refusals] == [False] * 5
+        assert [d.banned for d in refusals] == [False, False, False, False, True]
+        assert all(0 < d.retry_after <= 2 for d in refusals[:4]) and refusals[-1].retry_after > 59
+        # While banned, this replica answers by itself, with the ban's own retry time.
+        banned = [await limiter.check(3, "10.0.0.8") for _ in range(20)]
+        assert all(d.banned and d.retry_after > 58 for d in banned)
+        assert await script_calls(client) - before == 2
+        # Unban reaches this replica at once.
+        await limiter.unban(user_id=3)
+        assert (await limiter.check(3, "10.0.0.8")).allowed
         await client.aclose()
 
     asyncio.run(scenario())
@@ -100,7 +134,10 @@ def test_redis_killed_fails_open_and_limits_return_with_it(redis_prefix: str) ->
         assert (await limiter.check(3, "10.0.0.6")).allowed
         assert not (await limiter.check(3, "10.0.0.6")).allowed
         server.stop()
-        down = [await limiter.check(3, "10.0.0.6") for _ in range(3)]
+        # Buyer 3 was refused just before: this replica still knows it is over its rate, for that retry time.
+        still = await limiter.check(3, "10.0.0.6")
+        assert not still.allowed and 0 < still.retry_after <= 1
+        down = [await limiter.check(user, "10.0.0.6") for user in (4, 5, 6)]
         assert all(d.allowed and d.failed_open for d in down)
         assert limiter.fail_open_events == 3
         server.start()  # same port, empty memory
@@ -131,7 +168,14 @@ async def test_a_banned_buyer_gets_429_banned_until_unbanned_from_the_cli(
     assert int(banned.headers["Retry-After"]) > 20
     done = run_cli("unban", "--user", "11", env=settings_env(settings))
     assert done.returncode == 0, done.stderr
-    assert (await buy(http_client, base_url, user=11)).status == 200
+    # The replica remembers the ban for at most HC_LOCAL_DENY_MS after the unban in another process.
+    deadline = time.monotonic() + settings.local_deny_ms / 1000 + 0.5
+    for _ in range(100):
+        answer = await buy(http_client, base_url, user=11)
+        if answer.status != 429 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    assert answer.status == 200, answer.body
 
 
 @pytest.mark.gen_test

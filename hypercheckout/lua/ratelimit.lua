@@ -10,10 +10,15 @@
 -- when the ban ends, Redis time in ms) and "limited" (score: current strikes; capped at LIMITED_MAX members, the
 -- fewest strikes dropped first). Members are "user:<id>" / "ip:<address>"; both sets expire when idle.
 --
+-- A replica that was told "limited" refuses that identity's next attempts itself until the retry time; it sends
+-- those refusals along with its next call as extra strikes (ARGV 10, 11), so that they count toward a ban.
+--
 -- KEYS: 1 ban:user  2 ban:ip  3 tat:user  4 tat:ip  5 strikes:user  6 strikes:ip  7 banned index  8 limited index
 -- ARGV: 1 user interval µs (0 = no user limit)  2 user burst  3 ip interval µs (0 = no ip limit)  4 ip burst
 --       5 ban_after (0 = never ban)  6 strike window ms  7 ban ms  8 user id  9 client address
--- Returns {verdict, retry_after_ms, identity}: verdict 0 allowed, 1 rate limited, 2 banned; identity 1 user, 2 ip.
+--       10 extra strikes for the user  11 extra strikes for the address
+-- Returns {verdict, retry_after_ms, identity, strikes}: verdict 0 allowed, 1 rate limited, 2 banned; identity 1
+-- user, 2 ip; strikes: the refused identity's strikes so far (verdict 1 only).
 
 local LIMITED_MAX = 1000
 local members = {'user:' .. ARGV[8], 'ip:' .. ARGV[9]}
@@ -24,8 +29,19 @@ local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])  -- µs, o
 for i = 1, 2 do
   local ttl = redis.call('PTTL', KEYS[i])
   if ttl > 0 then
-    return {2, ttl, i}
+    return {2, ttl, i, 0}
   end
+end
+
+local function add_strikes(i, count)
+  local strikes = redis.call('INCRBY', KEYS[4 + i], count)
+  if strikes == count then redis.call('PEXPIRE', KEYS[4 + i], ARGV[6]) end  -- a new counter: its window starts
+  return strikes
+end
+
+for i = 1, 2 do
+  local extra = tonumber(ARGV[9 + i])
+  if extra > 0 then add_strikes(i, extra) end
 end
 
 local intervals = {tonumber(ARGV[1]), tonumber(ARGV[3])}
@@ -40,22 +56,21 @@ for i = 1, 2 do
     local allowance = (bursts[i] - 1) * interval
     if tat - now > allowance then
       local retry_ms = math.ceil((tat - now - allowance) / 1000)
-      local strikes = redis.call('INCR', KEYS[4 + i])
-      if strikes == 1 then redis.call('PEXPIRE', KEYS[4 + i], ARGV[6]) end
+      local strikes = add_strikes(i, 1)
       if tonumber(ARGV[5]) > 0 and strikes >= tonumber(ARGV[5]) then
         redis.call('SET', KEYS[i], strikes, 'PX', ARGV[7])
         redis.call('DEL', KEYS[4 + i])
         redis.call('ZREM', KEYS[8], members[i])
         redis.call('ZADD', KEYS[7], math.floor(now / 1000) + tonumber(ARGV[7]), members[i])
         redis.call('PEXPIRE', KEYS[7], ARGV[7])  -- every ban lasts as long: the newest one outlives the others
-        return {2, tonumber(ARGV[7]), i}
+        return {2, tonumber(ARGV[7]), i, 0}
       end
       redis.call('ZADD', KEYS[8], strikes, members[i])
       if redis.call('ZCARD', KEYS[8]) > LIMITED_MAX then
         redis.call('ZREMRANGEBYRANK', KEYS[8], 0, -LIMITED_MAX - 1)
       end
       redis.call('PEXPIRE', KEYS[8], ARGV[6])
-      return {1, retry_ms, i}
+      return {1, retry_ms, i, strikes}
     end
     new_tats[i] = tat + interval
   end
@@ -67,4 +82,4 @@ for i = 1, 2 do
     redis.call('SET', KEYS[2 + i], new_tats[i], 'PX', math.ceil((new_tats[i] - now) / 1000) + 1)
   end
 end
-return {0, 0, 0}
+return {0, 0, 0, 0}
