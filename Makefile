@@ -49,7 +49,7 @@ browser-deps:
 	  fi; \
 	fi
 
-test: install system-deps browser-deps
+test: install system-deps browser-deps load-deps
 	$(BIN)/pytest
 
 lint: install

@@ -16,25 +16,20 @@ numbers on a shared 2-core machine move from run to run. After each purchase run
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
-from hypercheckout.cluster import Cluster  # noqa: E402
-from hypercheckout.localservices import PrivatePostgres, PrivateRedis, free_port  # noqa: E402
+from harness import Backends, private_backends  # noqa: E402
 
 WRK_SCRIPT = HERE / "wrk.lua"
 STRATEGIES = ("pessimistic", "atomic", "batched")
@@ -75,33 +70,13 @@ def wrk(url: str, *, seconds: float, connections: int, threads: int = 2, **env: 
 
 
 class Bench:
-    def __init__(self, workdir: Path, *, seconds: float, connections: int) -> None:
-        self.workdir = workdir
+    def __init__(self, backends: Backends, *, seconds: float, connections: int) -> None:
+        self.backends = backends
+        self.cli = backends.cli
+        self.cluster = backends.cluster
         self.seconds = seconds
         self.connections = connections
-        self.env: dict[str, str] = {}
         self.figures: list[Figure] = []
-
-    def cli(self, *args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "hypercheckout", *args], capture_output=True, text=True,
-                              env={**os.environ, **self.env}, check=True)
-        return done.stdout
-
-    def status(self) -> dict:  # type: ignore[type-arg]
-        return json.loads(self.cli("status", "--json"))
-
-    @contextmanager
-    def cluster(self, **settings: str) -> Iterator[str]:
-        """nginx and three replicas with these HC_* settings, on the shared PostgreSQL and Redis."""
-        environ = {**os.environ, **self.env, "HC_LOG_LEVEL": "WARNING", "HC_RATE_LIMIT": "off",
-                   "HC_IP_RATE_LIMIT": "off", **settings}
-        cluster = Cluster(data_dir=self.workdir / "cluster", port=free_port(), environ=environ,
-                          out=io.StringIO())
-        cluster.start()
-        try:
-            yield cluster.url
-        finally:
-            cluster.stop()
 
     def record(self, name: str, figure: Figure, note: str = "") -> Figure:
         figure.name, figure.note = name, note
@@ -149,7 +124,7 @@ class Bench:
         self.check_invariant(figure)
 
     def check_invariant(self, figure: Figure) -> None:
-        status = self.status()
+        status = self.backends.status()
         product = status["products"][0]
         assert product["stock"] + product["sold"] == product["initial_stock"], product
         ok = figure.requests - figure.non_2xx
@@ -178,19 +153,9 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("wrk is missing: apt-get install wrk (make bench installs it)", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="hc-bench-") as tmp:
-        workdir = Path(tmp)
-        os.chmod(workdir, 0o755)  # as root, PostgreSQL runs as another user who must enter it
-        postgres = PrivatePostgres(workdir / "postgres", durable=True, max_connections=200)
-        redis = PrivateRedis(workdir / "redis")
-        bench = Bench(workdir, seconds=args.seconds, connections=args.connections)
-        try:
-            bench.env = {"HC_DATABASE_URL": postgres.start().rsplit("/", 1)[0] + "/hypercheckout",
-                         "HC_REDIS_URL": redis.start()}
-            bench.run()
-        finally:
-            redis.stop()
-            postgres.stop()
+    with private_backends() as backends:
+        bench = Bench(backends, seconds=args.seconds, connections=args.connections)
+        bench.run()
     table = bench.table()
     print("\n" + table)
     args.out.mkdir(parents=True, exist_ok=True)

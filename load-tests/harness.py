@@ -1,0 +1,68 @@
+"""What bench.py and run.py share: private PostgreSQL and Redis for a whole run, clusters of nginx and three
+replicas started on them with given settings, and the operator's CLI pointed at them."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hypercheckout.cluster import Cluster  # noqa: E402
+from hypercheckout.localservices import PrivatePostgres, PrivateRedis, free_port  # noqa: E402
+
+
+class Backends:
+    """One PostgreSQL and one Redis for every cluster of a run, so that a restart with other settings is quick."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.env = env  # HC_DATABASE_URL, HC_REDIS_URL
+        self.workdir = workdir
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "hypercheckout", *args], capture_output=True, text=True,
+                              env={**os.environ, **self.env})
+        if done.returncode != 0:
+            raise RuntimeError(f"hypercheckout {' '.join(args)} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.cli("status", "--json"))
+
+    @contextmanager
+    def cluster(self, **settings: str) -> Iterator[str]:
+        """nginx and three replicas with these HC_* settings (limiter off unless they say otherwise); yields the
+        URL of nginx."""
+        environ = {**os.environ, **self.env, "HC_LOG_LEVEL": "WARNING", "HC_RATE_LIMIT": "off",
+                   "HC_IP_RATE_LIMIT": "off", **settings}
+        cluster = Cluster(data_dir=self.workdir / "cluster", port=free_port(), environ=environ, out=io.StringIO())
+        cluster.start()
+        try:
+            yield cluster.url
+        finally:
+            cluster.stop()
+
+
+@contextmanager
+def private_backends() -> Iterator[Backends]:
+    with tempfile.TemporaryDirectory(prefix="hc-load-") as tmp:
+        workdir = Path(tmp)
+        os.chmod(workdir, 0o755)  # as root, PostgreSQL runs as another user who must enter it
+        postgres = PrivatePostgres(workdir / "postgres", durable=True, max_connections=200)
+        redis = PrivateRedis(workdir / "redis")
+        try:
+            env = {"HC_DATABASE_URL": postgres.start().rsplit("/", 1)[0] + "/hypercheckout",
+                   "HC_REDIS_URL": redis.start()}
+            yield Backends(env, workdir)
+        finally:
+            redis.stop()
+            postgres.stop()

@@ -1,0 +1,304 @@
+"""`make scenarios`: the original's three load scenarios, headless, one after another, checked and reported.
+
+Starts private PostgreSQL and Redis and, for each scenario, nginx and three replicas with the scenario's settings
+(or uses a running cluster: ``--url`` with ``--data-dir``). Before each scenario the stock is reset and bans are
+cleared; after it the invariant is checked: ``stock + sold == initial``, every order id answered with a 200
+exists in PostgreSQL, and the drain ends at exactly 0. Writes ``load-tests/results/<date>/report.md`` with a
+table and one chart per scenario (answers/s by outcome, latency over time, per-replica share).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from harness import Backends, private_backends  # noqa: E402
+
+from hypercheckout.cluster import CLUSTER_ENV, read_env_file  # noqa: E402
+
+PLENTY = 10_000_000
+OUTCOMES = ("200", "409", "429", "5xx", "other")
+COLORS = {"200": "#16a34a", "409": "#d97706", "429": "#7c3aed", "5xx": "#dc2626", "other": "#2563eb"}
+
+
+@dataclass
+class Scenario:
+    name: str
+    title: str
+    user_class: str
+    users: int
+    spawn_rate: float
+    stock: int
+    seconds: float  # a cap for the drain, which ends by itself once sold out
+    settings: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    scenario: Scenario
+    users: int
+    seconds: float
+    counts: dict[str, int]
+    replicas: dict[str, int]
+    p50: float
+    p95: float
+    p99: float
+    failures: int
+    stock: int
+    sold: int
+    initial: int
+    orders_checked: int
+    problems: list[str]
+    history: list[dict[str, str]]
+    per_second: dict[str, dict[str, int]]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def scenarios(args: argparse.Namespace) -> list[Scenario]:
+    # Every simulated buyer comes from 127.0.0.1 here, so the per-address limit would be one shared bucket: off.
+    return [
+        Scenario("write-limit", "Write limit: 100 users, limiter off, stock plenty", "WriteLimitUser",
+                 users=100, spawn_rate=100, stock=PLENTY, seconds=args.duration),
+        # One Locust process sends ~30 requests/s per user here: a 5/s limit makes every user a spammer.
+        Scenario("rate-limit-shield", "Rate-limit shield: 100 aggressive users, limiter on (5/s per buyer, "
+                 "banned after 50 rejections)", "RateLimitShieldUser", users=100, spawn_rate=100, stock=PLENTY,
+                 seconds=args.duration, settings={"HC_RATE_LIMIT": "5/s", "HC_RATE_BURST": "5",
+                                                  "HC_BAN_AFTER": "50", "HC_IP_RATE_LIMIT": "off"}),
+        Scenario("flash-sale-drain", f"Flash-sale drain: {args.drain_users:,} users, limiter off, "
+                 f"{args.drain_stock:,} units draining to 0", "FlashSaleDrainUser", users=args.drain_users,
+                 spawn_rate=min(1000, args.drain_users), stock=args.drain_stock, seconds=args.drain_timeout),
+    ]
+
+
+class ExternalCluster:
+    """A cluster already running (``hypercheckout up``), found through its data dir."""
+
+    def __init__(self, url: str, data_dir: Path) -> None:
+        self.url = url
+        self.data_dir = data_dir
+        self.env = read_env_file(data_dir / CLUSTER_ENV)
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "hypercheckout", *args, "--data-dir", str(self.data_dir)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"hypercheckout {' '.join(args)} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    @contextmanager
+    def cluster(self, **settings: str) -> Iterator[str]:
+        if settings:
+            print(f"  (using the running cluster as it is configured; this scenario expects {settings})")
+        yield self.url
+
+
+def run_locust(scenario: Scenario, url: str, out: Path, after_sold_out: float) -> dict[str, Any]:
+    prefix = out / scenario.name
+    tally_path = out / f"{scenario.name}-tally.json"
+    command = [sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py"), "--headless", "--only-summary",
+               "-u", str(scenario.users), "-r", f"{scenario.spawn_rate:g}", "-t", f"{scenario.seconds:g}s",
+               "--host", url, "--csv", str(prefix), "--csv-full-history", "--stop-timeout", "5",
+               "--loglevel", "WARNING", scenario.user_class]
+    env = {**os.environ, "HC_LOAD_OUTCOMES": str(tally_path), "HC_LOAD_AFTER_SOLD_OUT": f"{after_sold_out:g}"}
+    # Progress lines (and Locust's closing summary) go straight to the terminal. Locust exits 1 when any request
+    # failed; the report says so, the run goes on.
+    done = subprocess.run(command, env=env)
+    if not tally_path.exists():
+        raise RuntimeError(f"locust wrote no results (exit {done.returncode})")
+    tally = json.loads(tally_path.read_text())
+    tally_path.unlink()
+    return tally
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def check_orders(database_url: str, order_ids: list[int]) -> list[str]:
+    """Every order id a buyer was told of exists, once."""
+    problems = []
+    if len(set(order_ids)) != len(order_ids):
+        problems.append(f"{len(order_ids) - len(set(order_ids))} order ids were answered twice")
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM orders WHERE id = ANY(%s)", (sorted(set(order_ids)),))
+        found = cur.fetchone()[0]
+    conn.close()
+    if found != len(set(order_ids)):
+        problems.append(f"{len(set(order_ids)) - found} acknowledged orders are missing from PostgreSQL")
+    return problems
+
+
+def run_scenario(scenario: Scenario, target: Backends | ExternalCluster, out: Path,
+                 after_sold_out: float) -> Outcome:
+    print(f"\n== {scenario.title}", flush=True)
+    with target.cluster(**scenario.settings) as url:
+        target.cli("reset", "--stock", str(scenario.stock))
+        target.cli("unban", "--all")
+        started = time.monotonic()
+        tally = run_locust(scenario, url, out, after_sold_out)
+        seconds = time.monotonic() - started
+        status = json.loads(target.cli("status", "--json"))
+    product = status["products"][0]
+    problems = []
+    if product["stock"] + product["sold"] != product["initial_stock"]:
+        problems.append(f"stock {product['stock']} + sold {product['sold']} != {product['initial_stock']}")
+    if scenario.name == "flash-sale-drain" and product["stock"] != 0:
+        problems.append(f"the drain ended with {product['stock']} units left")
+    problems += check_orders(target.env["HC_DATABASE_URL"], tally["order_ids"])
+
+    stats = next(r for r in read_rows(out / f"{scenario.name}_stats.csv") if r["Name"] == "Aggregated")
+    history = [r for r in read_rows(out / f"{scenario.name}_stats_history.csv") if r["Name"] == "Aggregated"]
+    counts = {o: 0 for o in OUTCOMES}
+    for second in tally["per_second"].values():
+        for outcome, count in second.items():
+            counts[outcome] += count
+    failures = int(stats["Failure Count"])
+    if failures:
+        problems.append(f"{failures} failed requests (not 200, 409 or 429)")
+    result = Outcome(
+        scenario=scenario, users=scenario.users, seconds=seconds, counts=counts, replicas=tally["replicas"],
+        p50=float(stats["50%"]), p95=float(stats["95%"]), p99=float(stats["99%"]), failures=failures,
+        stock=product["stock"], sold=product["sold"], initial=product["initial_stock"],
+        orders_checked=len(tally["order_ids"]), problems=problems, history=history,
+        per_second=tally["per_second"],
+    )
+    verdict = "invariant holds" if result.ok else "PROBLEMS: " + "; ".join(problems)
+    total = sum(counts.values())
+    print(f"  {total:,} answers in {seconds:.0f} s ({total / seconds:,.0f}/s): "
+          + ", ".join(f"{k} {v:,}" for k, v in counts.items() if v)
+          + f"; p50 {result.p50:.0f} ms, p95 {result.p95:.0f} ms, p99 {result.p99:.0f} ms; failures {failures:,}")
+    print(f"  stock {result.stock:,} + sold {result.sold:,} = {result.initial:,}; "
+          f"{result.orders_checked:,} acknowledged orders found in PostgreSQL; {verdict}", flush=True)
+    return result
+
+
+def chart(result: Outcome, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (rates, latency, share) = plt.subplots(1, 3, figsize=(15, 4), gridspec_kw={"width_ratios": [3, 3, 1.4]})
+    fig.suptitle(result.scenario.title, fontsize=11)
+    seconds = sorted(int(s) for s in result.per_second)
+    if seconds:
+        t0 = seconds[0]
+        xs = [s - t0 for s in seconds]
+        for outcome in OUTCOMES:
+            ys = [result.per_second[str(s)].get(outcome, 0) for s in seconds]
+            if any(ys):
+                rates.plot(xs, ys, label=outcome, color=COLORS[outcome], linewidth=1.6)
+    rates.set(title="answers/s by status", xlabel="s", ylabel="answers/s")
+    rates.legend(loc="upper right", fontsize=8)
+    rates.grid(alpha=0.3)
+    if result.history:
+        t0 = int(result.history[0]["Timestamp"])
+        xs = [int(r["Timestamp"]) - t0 for r in result.history]
+        for column, style in (("50%", "-"), ("95%", "--"), ("99%", ":")):
+            ys = [float(r[column]) if r[column] not in ("", "N/A") else float("nan") for r in result.history]
+            latency.plot(xs, ys, style, label=f"p{column[:-1]}", color="#0f172a", linewidth=1.3)
+    latency.set(title="latency (cumulative percentiles)", xlabel="s", ylabel="ms")
+    latency.legend(loc="upper left", fontsize=8)
+    latency.grid(alpha=0.3)
+    names = sorted(result.replicas)
+    total = sum(result.replicas.values()) or 1
+    share.bar(names, [100 * result.replicas[n] / total for n in names], color="#60a5fa")
+    share.set(title="share per replica", ylabel="% of answers", ylim=(0, 100))
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def report(results: list[Outcome], out: Path, started: str, source: str) -> Path:
+    lines = [
+        f"# make scenarios — {started}",
+        "",
+        f"Target: {source}. Machine: {os.cpu_count()} cores; Locust (FastHttpUser, one process), nginx, three "
+        "replicas, PostgreSQL and Redis all on it. 409 and 429 are expected answers; a failure is anything else.",
+        "",
+        "| scenario | users | s | answers/s | 200/s | 409/s | 429/s | other/s | p50 ms | p95 ms | p99 ms | failures "
+        "| final stock | sold | invariant |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        total = sum(r.counts.values())
+        other = r.counts["5xx"] + r.counts["other"]
+        per_s = r.seconds or 1
+        shown = (total, r.counts["200"], r.counts["409"], r.counts["429"], other)
+        rates = " | ".join(f"{n / per_s:,.0f}" for n in shown)
+        verdict = "holds" if r.ok else "**" + "; ".join(r.problems) + "**"
+        lines.append(f"| {r.scenario.name} | {r.users:,} | {r.seconds:.0f} | {rates} | {r.p50:.0f} | {r.p95:.0f} | "
+                     f"{r.p99:.0f} | {r.failures:,} | {r.stock:,} | {r.sold:,} | {verdict} |")
+    lines += ["", "Rates are averages over each scenario's wall time, ramp-up and shut-down included. "
+              "\"invariant\": stock + Σ orders.quantity equals the stock set before the scenario, and every order id "
+              "answered with a 200 exists in PostgreSQL.", ""]
+    for r in results:
+        shares = ", ".join(f"{name} {100 * n / max(1, sum(r.replicas.values())):.0f}%"
+                           for name, n in sorted(r.replicas.items()))
+        lines += [f"## {r.scenario.title}", "", f"![{r.scenario.name}]({r.scenario.name}.png)", "",
+                  f"Answers: {', '.join(f'{k}: {v:,}' for k, v in r.counts.items() if v)}. Per replica: {shares}. "
+                  f"Acknowledged orders checked in PostgreSQL: {r.orders_checked:,}.", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="use this running cluster (needs --data-dir) instead of starting one")
+    parser.add_argument("--data-dir", type=Path, help="the running cluster's data dir (for reset and status)")
+    parser.add_argument("--duration", type=float, default=20, help="seconds of scenarios 1 and 2 (default 20)")
+    parser.add_argument("--drain-users", type=int, default=5000, help="users of the drain (default 5,000)")
+    parser.add_argument("--drain-stock", type=int, default=10_000, help="units to drain (default 10,000)")
+    parser.add_argument("--drain-timeout", type=float, default=90, help="longest the drain may take (default 90)")
+    parser.add_argument("--after-sold-out", type=float, default=3, help="seconds the drain goes on once sold out")
+    parser.add_argument("--only", choices=["write-limit", "rate-limit-shield", "flash-sale-drain"], action="append",
+                        help="run only this scenario (repeatable)")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / datetime.now().strftime("%Y-%m-%d"))
+    args = parser.parse_args()
+    if args.url and not args.data_dir:
+        parser.error("--url needs --data-dir (to reset stock and read the invariant)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = datetime.now().isoformat(timespec="seconds")
+    chosen = [s for s in scenarios(args) if not args.only or s.name in args.only]
+    results = []
+
+    def run_all(target: Backends | ExternalCluster) -> None:
+        for scenario in chosen:
+            results.append(run_scenario(scenario, target, args.out, args.after_sold_out))
+            chart(results[-1], args.out / f"{scenario.name}.png")
+
+    if args.url:
+        run_all(ExternalCluster(args.url, args.data_dir))
+        source = f"the running cluster at {args.url}"
+    else:
+        with private_backends() as backends:
+            run_all(backends)
+        source = "a cluster started for each scenario (nginx + 3 replicas, batched strategy)"
+    path = report(results, args.out, started, source)
+    print(f"\nreport: {path}")
+    return 0 if all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
