@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import psycopg2
+
 from hypercheckout.checkout.batched import BatchedStrategy
 from hypercheckout.checkout.errors import CheckoutError
 from hypercheckout.checkout.models import Order, PurchaseRequest
@@ -98,3 +100,60 @@ def test_closing_settles_every_open_batch_then_refuses_new_purchases(settings: S
     assert all(isinstance(o, Order) for o in outcomes)
     assert len(orders_of(settings.database_url)) == 5
     assert isinstance(late, CheckoutError) and late.status == 503
+
+
+def test_buyers_who_queued_during_a_settle_do_not_wait_another_window(settings: Settings) -> None:
+    """The window is counted from a buyer's arrival, not from the end of the previous batch."""
+    window = 0.4
+
+    async def scenario() -> tuple[float, float]:
+        store = await Store.connect(settings.database_url, size=2, timeout=5)
+        strategy = BatchedStrategy(store, replica="test-1", window_ms=window * 1000)
+        blocker = psycopg2.connect(settings.database_url)
+        loop = asyncio.get_running_loop()
+        try:
+            with blocker.cursor() as cur:  # holds the product row: the first batch waits on its lock
+                cur.execute("SELECT stock FROM products WHERE id = 1 FOR UPDATE")
+            first = asyncio.create_task(strategy.purchase(PurchaseRequest(1, 1, 1)))
+            await asyncio.sleep(window + 0.05)  # the first batch has left its window and waits on the lock
+            second = asyncio.create_task(strategy.purchase(PurchaseRequest(2, 1, 1)))
+            await asyncio.sleep(window + 0.05)  # the second buyer has waited a whole window already
+            released = loop.time()
+            blocker.commit()
+            await first
+            await second
+            return loop.time() - released, window
+        finally:
+            blocker.close()
+            await strategy.close()
+            await store.close()
+
+    after_release, window = asyncio.run(scenario())
+    assert after_release < window / 2, f"the second buyer waited {after_release:.3f} s after the first batch"
+    assert len(orders_of(settings.database_url)) == 2
+
+
+def test_a_batch_that_writes_nothing_leaves_no_transaction_open(settings: Settings) -> None:
+    """BEGIN and COMMIT ride on the batch's statements; a batch that grants nothing must still end its
+    transaction, or its connection would hold the product's row lock back in the pool."""
+    set_stock(settings.database_url, 0)
+
+    async def scenario() -> list[BaseException | Order]:
+        store = await Store.connect(settings.database_url, size=1, timeout=5)
+        strategy = BatchedStrategy(store, replica="test-1", window_ms=1)
+        try:
+            outcomes = [await asyncio.gather(strategy.purchase(PurchaseRequest(1, product, 1)),
+                                             return_exceptions=True) for product in (99, 1)]
+            open_transactions = sql(settings.database_url, "SELECT count(*) FROM pg_stat_activity WHERE "
+                                    "datname = current_database() AND state LIKE 'idle in transaction%'")
+            assert open_transactions == [(0,)]
+            # Back in the pool ready for the next batch (aiopg closes a connection returned mid-transaction).
+            assert store.pool.freesize == 1
+            return [o[0] for o in outcomes]
+        finally:
+            await strategy.close()
+            await store.close()
+
+    unknown, short = asyncio.run(scenario())
+    assert isinstance(unknown, CheckoutError) and unknown.code == "unknown_product"
+    assert isinstance(short, CheckoutError) and short.code == "out_of_stock"

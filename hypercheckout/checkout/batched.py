@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 class _Waiter:
     request: PurchaseRequest
     answer: asyncio.Future[Order]
+    arrived: float  # event-loop time
 
 
 @dataclass(slots=True)
@@ -53,7 +54,8 @@ class BatchedStrategy:
         queue = self._queues.get(request.product_id)
         if queue is None:
             queue = self._queues[request.product_id] = _ProductQueue()
-        waiter = _Waiter(request, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(request, loop.create_future(), loop.time())
         queue.waiting.append(waiter)
         if len(queue.waiting) >= self._max_batch:
             queue.full.set()
@@ -66,10 +68,14 @@ class BatchedStrategy:
     async def _run(self, product_id: int, queue: _ProductQueue) -> None:
         """Settle batches of one product until nobody waits, then go away (no idle task per product ever seen)."""
         try:
+            loop = asyncio.get_running_loop()
             while queue.waiting:
-                if len(queue.waiting) < self._max_batch and self._window > 0 and not self._closing:
+                # The window counts from the oldest waiter's arrival: buyers who queued while the previous batch
+                # was being settled have waited long enough, and go in the next transaction at once.
+                remaining = queue.waiting[0].arrived + self._window - loop.time()
+                if len(queue.waiting) < self._max_batch and remaining > 0 and not self._closing:
                     try:
-                        await asyncio.wait_for(queue.full.wait(), self._window)
+                        await asyncio.wait_for(queue.full.wait(), remaining)
                     except TimeoutError:
                         pass
                 batch = queue.waiting[: self._max_batch]
@@ -103,7 +109,7 @@ class BatchedStrategy:
     async def _settle_in_transaction(self, product_id: int, batch: list[_Waiter]) -> list[Order | CheckoutError]:
         """Answers are only handed out after COMMIT returned: no waiter is told of an order that might roll back."""
         requests = [w.request for w in batch]
-        async with self._store.transaction() as cur:
+        async with self._store.transaction(explicit=True) as cur:  # BEGIN and COMMIT ride on the two statements
             locked = await Store.lock_for_batch(cur, product_id, len(requests))
             if locked is None:
                 return [unknown_product(product_id)] * len(requests)
