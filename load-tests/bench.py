@@ -8,8 +8,10 @@ Measures, one after another against the same private PostgreSQL and Redis:
 * rate-limited rejections/s (one buyer over its rate: one Redis script call each);
 * latency at about half the batched maximum, paced with wrk's ``delay()`` (wrk2 is not packaged in Debian).
 
-Every figure is printed as a ratio to the ceiling and to ``pessimistic`` measured in the same run, since absolute
-numbers on a shared 2-core machine move from run to run. After each purchase run the invariant is checked
+Each figure is measured right after a no-op ceiling run on the same cluster with the same connections, and is
+printed as a ratio to that ceiling and to ``pessimistic``: absolute numbers on a shared 2-core machine move from
+run to run, and pairing keeps the ratio honest. A sweep repeats the pair (ceiling, batched purchases) at more
+connections, since group commit gains with concurrency. After each purchase run the invariant is checked
 (``stock + sold == initial`` and one order per 2xx answer). Results: ``load-tests/results/<date>/bench.{md,json}``.
 """
 
@@ -46,6 +48,8 @@ class Figure:
     p50_ms: float
     p99_ms: float
     note: str = ""
+    connections: int = 0
+    ceiling: float = 0.0  # the no-op ceiling measured just before, same cluster and connections
 
     @property
     def rate(self) -> float:
@@ -78,68 +82,76 @@ class Bench:
         self.connections = connections
         self.figures: list[Figure] = []
 
-    def record(self, name: str, figure: Figure, note: str = "") -> Figure:
-        figure.name, figure.note = name, note
+    def record(self, name: str, figure: Figure, *, connections: int, ceiling: float, note: str = "") -> Figure:
+        figure.name, figure.note, figure.connections, figure.ceiling = name, note, connections, ceiling
         self.figures.append(figure)
-        print(f"  {name:<38} {figure.rate:>9,.0f} req/s   p50 {figure.p50_ms:6.2f} ms   p99 {figure.p99_ms:6.2f} ms"
-              f"   non-2xx {figure.non_2xx:,}", flush=True)
+        print(f"  {name:<40} {figure.rate:>9,.0f} req/s  ({figure.rate / ceiling:4.2f} of {ceiling:,.0f})  "
+              f"p50 {figure.p50_ms:6.2f} ms  p99 {figure.p99_ms:6.2f} ms  non-2xx {figure.non_2xx:,}", flush=True)
         return figure
 
+    def paired(self, name: str, url: str, *, connections: int | None = None, **env: str) -> Figure:
+        """The no-op ceiling, then this run, back to back on the same cluster."""
+        connections = connections or self.connections
+        ceiling = wrk(url, seconds=self.seconds, connections=connections, WRK_MODE="healthz").rate
+        figure = wrk(url, seconds=self.seconds, connections=connections, **env)
+        return self.record(name, figure, connections=connections, ceiling=ceiling)
+
     def run(self) -> None:
-        print(f"Each run: wrk -t2 -c{self.connections} for {self.seconds:g} s, through nginx to 3 replicas",
-              flush=True)
+        print(f"Each run: wrk -t2 -c{self.connections} for {self.seconds:g} s, through nginx to 3 replicas, right "
+              "after a no-op ceiling run on the same cluster", flush=True)
         with self.cluster(HC_STRATEGY="batched") as url:
             self.cli("reset", "--stock", "0")
-            self.record("no-op ceiling (GET /healthz)", wrk(url, seconds=self.seconds,
-                                                            connections=self.connections, WRK_MODE="healthz"))
-            self.cli("reset", "--stock", "0")
             wrk(url, seconds=1, connections=4)  # every replica sees the product at 0 once
-            soldout = self.record("sold-out rejections (409)", wrk(url, seconds=self.seconds,
-                                                                    connections=self.connections))
+            soldout = self.paired("sold-out rejections (409)", url)
             assert soldout.non_2xx == soldout.requests, "a sold-out product sold something"
-        for strategy in STRATEGIES:
+            self.cli("reset", "--stock", str(PLENTY))
+            batched = self.paired("purchases (batched)", url)
+            self.check_invariant(batched)
+            self.half_rate_latency(url, batched)
+            for connections in (self.connections * 2, self.connections * 4):
+                self.cli("reset", "--stock", str(PLENTY))
+                self.check_invariant(self.paired("purchases (batched)", url, connections=connections),
+                                     connections)
+        for strategy in ("pessimistic", "atomic"):
             with self.cluster(HC_STRATEGY=strategy) as url:
                 self.cli("reset", "--stock", str(PLENTY))
-                figure = self.record(f"purchases ({strategy})", wrk(url, seconds=self.seconds,
-                                                                    connections=self.connections))
-                self.check_invariant(figure)
-                if strategy == "batched":
-                    self.half_rate_latency(url, figure.rate)
+                self.check_invariant(self.paired(f"purchases ({strategy})", url))
         with self.cluster(HC_STRATEGY="batched", HC_RATE_LIMIT="1/s", HC_RATE_BURST="1",
                           HC_BAN_AFTER="1000000000") as url:
             self.cli("reset", "--stock", str(PLENTY))
-            limited = self.record("rate-limited rejections (429)", wrk(url, seconds=self.seconds,
-                                                                        connections=self.connections, WRK_USER="7"))
+            limited = self.paired("rate-limited rejections (429)", url, WRK_USER="7")
             assert limited.requests - limited.non_2xx <= self.seconds + 2, "the limiter let too much through"
 
-    def half_rate_latency(self, url: str, max_rate: float) -> None:
+    def half_rate_latency(self, url: str, batched: Figure) -> None:
         """Latency at about half the maximum: each connection waits before its next request (wrk's delay())."""
-        target = max_rate / 2
+        target = batched.rate / 2
         connections = 32
         delay_ms = max(0.0, connections / target * 1000 - 2)  # less the expected answer time
         self.cli("reset", "--stock", str(PLENTY))
         figure = wrk(url, seconds=self.seconds, connections=connections, WRK_DELAY_MS=f"{delay_ms:.2f}")
-        self.record("purchases (batched) at ~half the max", figure,
-                    note=f"target {target:,.0f}/s, {connections} connections pacing {delay_ms:.1f} ms")
-        self.check_invariant(figure)
+        self.record("purchases (batched) at ~half the max", figure, connections=connections,
+                    ceiling=batched.ceiling,
+                    note=f"target {target:,.0f}/s: {connections} connections, each pausing {delay_ms:.1f} ms")
+        self.check_invariant(figure, connections)
 
-    def check_invariant(self, figure: Figure) -> None:
+    def check_invariant(self, figure: Figure, connections: int | None = None) -> None:
         status = self.backends.status()
         product = status["products"][0]
         assert product["stock"] + product["sold"] == product["initial_stock"], product
         ok = figure.requests - figure.non_2xx
         # Requests in flight when wrk stops are answered after it stopped counting: at most one per connection.
-        assert 0 <= status["orders"] - ok <= self.connections, (status["orders"], ok)
+        assert 0 <= status["orders"] - ok <= (connections or self.connections), (status["orders"], ok)
         assert figure.non_2xx == 0, f"{figure.non_2xx} purchases were refused while stock lasted"
 
     def table(self) -> str:
-        ceiling = next(f.rate for f in self.figures if f.name.startswith("no-op"))
         pessimistic = next(f.rate for f in self.figures if f.name == "purchases (pessimistic)")
-        lines = ["| run | req/s | vs ceiling | vs pessimistic | p50 ms | p99 ms | non-2xx | note |",
-                 "|---|---:|---:|---:|---:|---:|---:|---|"]
+        lines = ["| run | connections | req/s | ceiling req/s | vs ceiling | vs pessimistic | p50 ms | p99 ms | "
+                 "non-2xx | note |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for f in self.figures:
-            lines.append(f"| {f.name} | {f.rate:,.0f} | {f.rate / ceiling:.2f} | {f.rate / pessimistic:.2f} | "
-                         f"{f.p50_ms:.2f} | {f.p99_ms:.2f} | {f.non_2xx:,} | {f.note} |")
+            lines.append(f"| {f.name} | {f.connections} | {f.rate:,.0f} | {f.ceiling:,.0f} | "
+                         f"{f.rate / f.ceiling:.2f} | {f.rate / pessimistic:.2f} | {f.p50_ms:.2f} | {f.p99_ms:.2f} | "
+                         f"{f.non_2xx:,} | {f.note} |")
         return "\n".join(lines)
 
 
