@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from hypercheckout.app import Services
-from hypercheckout.limiter import FAILURE_BACKOFF
+from hypercheckout.app import Services, redis_client
+from hypercheckout.limiter import FAILURE_BACKOFF, Decision, RateLimiter
 from hypercheckout.localservices import PrivateRedis, free_port
 from hypercheckout.settings import Settings
 from tests.helpers import buy, limiter_for, run_cli, settings_env
@@ -115,6 +115,23 @@ def test_a_hammering_client_is_refused_without_redis_and_still_banned_on_time(re
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_burst_larger_than_the_redis_pool_is_decided_not_waved_through(settings: Settings) -> None:
+    """More concurrent checks than Redis connections must queue for a connection, not fail open."""
+
+    async def scenario() -> list[Decision]:
+        client = redis_client(settings, max_connections=4)
+        limiter = RateLimiter(client, prefix=settings.redis_prefix, user_rate=1.0, user_burst=3, ip_rate=None,
+                              ip_burst=1, ban_after=1000, ban_window=60, ban_seconds=60, local_deny_seconds=0)
+        try:
+            return await asyncio.gather(*(limiter.check(5, "10.0.0.3") for _ in range(200)))
+        finally:
+            await client.aclose()
+
+    decisions = asyncio.run(scenario())
+    assert not any(d.failed_open for d in decisions)
+    assert sum(d.allowed for d in decisions) == 3
 
 
 def test_off_means_no_redis_call_at_all() -> None:
