@@ -174,7 +174,10 @@ def run_scenario(scenario: Scenario, target: Backends | ExternalCluster, out: Pa
             counts[outcome] += count
     failures = int(stats["Failure Count"])
     if failures:
-        problems.append(f"{failures} failed requests (not 200, 409 or 429)")
+        problems.append(f"{failures} failed requests (not 200, 409 or 429; see {scenario.name}_failures.csv)")
+    else:  # Locust writes them anyway, header only
+        for kind in ("failures", "exceptions"):
+            (out / f"{scenario.name}_{kind}.csv").unlink(missing_ok=True)
     result = Outcome(
         scenario=scenario, users=scenario.users, seconds=seconds, counts=counts, replicas=tally["replicas"],
         p50=float(stats["50%"]), p95=float(stats["95%"]), p99=float(stats["99%"]), failures=failures,
