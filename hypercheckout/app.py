@@ -18,6 +18,7 @@ from hypercheckout.admin.live import LiveHub
 from hypercheckout.admin.snapshot import Snapshotter
 from hypercheckout.api import health, products, purchase
 from hypercheckout.api.base import NotFoundHandler
+from hypercheckout.checkout.idempotency import KeyJanitor
 from hypercheckout.checkout.service import Checkout
 from hypercheckout.checkout.soldout import SoldOutFlags
 from hypercheckout.checkout.strategy import Strategy, make_strategy
@@ -55,6 +56,7 @@ class Services:
     sold_out: SoldOutFlags
     checkout: Checkout
     hits: HitCounter
+    janitor: KeyJanitor
     snapshots: Snapshotter
     live: LiveHub
     stopping: bool = False
@@ -122,11 +124,15 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
         flush_seconds=settings.stats_flush_ms / 1000,
     )
     snapshots = Snapshotter(settings, store, client, limiter)
+    janitor = KeyJanitor(store, ttl=settings.idempotency_ttl_hours * 3600,
+                         interval=max(1.0, settings.idempotency_sweep_s))
     sold_out.start()
     hits.start()
+    janitor.start()
     return Services(
         settings=settings, store=store, redis=client, limiter=limiter, strategy=strategy, sold_out=sold_out,
-        checkout=Checkout(strategy, sold_out), hits=hits, snapshots=snapshots, live=LiveHub(snapshots),
+        checkout=Checkout(strategy, sold_out, store), hits=hits, janitor=janitor, snapshots=snapshots,
+        live=LiveHub(snapshots),
     )
 
 
@@ -137,6 +143,7 @@ async def stop_services(services: Services) -> None:
     await services.strategy.close()
     await services.sold_out.close()
     await services.hits.close()
+    await services.janitor.close()
     await services.redis.aclose()
     await services.store.close()
 

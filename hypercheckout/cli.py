@@ -88,8 +88,11 @@ def cmd_reset(args: argparse.Namespace) -> int:
     settings = load_settings(args)
 
     async def action(store: Store, client: Any) -> int:
-        result = await reset_product(store, client, settings.redis_prefix, args.product, args.stock)
+        result = await reset_product(store, client, settings.redis_prefix, args.product, args.stock,
+                                     per_user_limit=args.per_user_limit)
         print(f"product {result.product_id}: stock and initial stock set to {result.stock}, orders deleted")
+        if args.per_user_limit is not None:
+            print(f"per-buyer limit: {args.per_user_limit or 'none'}")
         if not result.announced:
             print("warning: Redis unreachable; replicas clear their sold-out flags within "
                   f"{settings.soldout_recheck_ms:.0f} ms by rechecking PostgreSQL", file=sys.stderr)
@@ -183,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("reset", cmd_reset, "set a product's stock, delete its orders, clear sold-out flags everywhere")
     p.add_argument("--product", type=int, default=1)
     p.add_argument("--stock", type=int, help="new stock (default: the product's initial stock)")
+    p.add_argument("--per-user-limit", type=int, metavar="N",
+                   help="most units one buyer may own of the product (0: no limit; default: unchanged)")
     p = command("unban", cmd_unban, "lift bans and rate-limit state")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--all", action="store_true", help="every ban, strike and bucket")

@@ -22,18 +22,22 @@ class ResetResult:
 
 
 async def reset_product(
-    store: Store, client: aioredis.Redis, prefix: str, product_id: int, stock: int | None = None,
+    store: Store, client: aioredis.Redis, prefix: str, product_id: int, stock: int | None = None, *,
+    per_user_limit: int | None = None,
 ) -> ResetResult:
     """Set stock and initial stock (default: the current initial stock), delete the product's orders, and tell
-    every replica its sold-out flag for the product is stale."""
+    every replica its sold-out flag for the product is stale. ``per_user_limit``: None leaves it as it is, 0
+    removes it."""
     if stock is not None and stock < 0:
         raise CheckoutError(400, "invalid_request", "stock must be ≥ 0")
+    if per_user_limit is not None and per_user_limit < 0:
+        raise CheckoutError(400, "invalid_request", "per-user limit must be ≥ 0 (0: no limit)")
     if stock is None:
         product = await store.get_product(product_id)
         if product is None:
             raise unknown_product(product_id)
         stock = product.initial_stock
-    if not await store.reset_product(product_id, stock):
+    if not await store.reset_product(product_id, stock, per_user_limit=per_user_limit):
         raise unknown_product(product_id)
     announced = await announce_stock_changed(client, prefix, product_id)
     if announced:

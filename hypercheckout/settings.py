@@ -144,6 +144,11 @@ class Settings:
         "Batched strategy: how long a purchase may wait for others to share its transaction.")
     batch_max: int = setting(
         "HC_BATCH_MAX", 64, _positive_int, "Batched strategy: most purchases settled in one transaction.")
+    idempotency_ttl_hours: float = setting(
+        "HC_IDEMPOTENCY_TTL_HOURS", 24.0, _non_negative_float,
+        "How long an Idempotency-Key is remembered (its answer replayed), in hours; at least 24 per the API.")
+    idempotency_sweep_s: float = setting(
+        "HC_IDEMPOTENCY_SWEEP_S", 600.0, _non_negative_float, "How often expired Idempotency-Keys are deleted.")
     soldout_recheck_ms: float = setting(
         "HC_SOLDOUT_RECHECK_MS", 500.0, _non_negative_float,
         "How often a replica re-reads PostgreSQL for products it believes sold out.")

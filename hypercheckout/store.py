@@ -49,6 +49,16 @@ CREATE TABLE IF NOT EXISTS orders (
 CREATE INDEX IF NOT EXISTS orders_product_id_idx ON orders (product_id, id);
 -- A buyer's orders of one product (per-user limits).
 CREATE INDEX IF NOT EXISTS orders_product_user_idx ON orders (product_id, user_id);
+-- Idempotency-Key → the order its first request placed. Written in the transaction that inserts that order, so an
+-- acknowledged order and its key cannot disagree. The reference is checked at COMMIT: a batch claims keys for the
+-- order ids it has reserved before it inserts the orders. A refused request leaves no row (nothing to replay).
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key         text        PRIMARY KEY,
+    fingerprint text        NOT NULL,
+    order_id    bigint      NOT NULL REFERENCES orders (id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_created_at_idx ON idempotency_keys (created_at);
 """
 
 SEED = """
@@ -62,7 +72,7 @@ SELECT setval('products_id_seq', GREATEST((SELECT max(id) FROM products), 1));
 # --- pessimistic: the original's transaction, statement by statement ------------------------------------------
 # FOR UPDATE makes concurrent buyers of one product queue on the row lock, so the check and the decrement below
 # see the same stock.
-LOCK_STOCK = "SELECT stock FROM products WHERE id = %(product_id)s FOR UPDATE"
+LOCK_STOCK = "SELECT stock, per_user_limit FROM products WHERE id = %(product_id)s FOR UPDATE"
 DECREMENT_STOCK = "UPDATE products SET stock = stock - %(quantity)s WHERE id = %(product_id)s"
 INSERT_ORDER = """
 INSERT INTO orders (user_id, product_id, quantity, replica)
@@ -77,7 +87,7 @@ RETURNING id, created_at
 BUY_ATOMIC = """
 WITH sold AS (
     UPDATE products SET stock = stock - %(quantity)s
-    WHERE id = %(product_id)s AND stock >= %(quantity)s
+    WHERE id = %(product_id)s AND stock >= %(quantity)s AND per_user_limit IS NULL
     RETURNING id, stock
 ), placed AS (
     INSERT INTO orders (user_id, product_id, quantity, replica)
@@ -86,8 +96,6 @@ WITH sold AS (
 )
 SELECT placed.id, placed.created_at, sold.stock FROM placed, sold
 """
-# Only on the failure path of BUY_ATOMIC: tells "no such product" from "not enough stock".
-READ_STOCK = "SELECT stock FROM products WHERE id = %(product_id)s"
 
 # --- batched: one transaction for many buyers -------------------------------------------------------------------
 # The row lock serialises batches of every replica. Order ids are reserved here, in the locked transaction, so the
@@ -95,7 +103,7 @@ READ_STOCK = "SELECT stock FROM products WHERE id = %(product_id)s"
 # BEGIN rides on this statement and COMMIT on SETTLE_BATCH: a batch costs two round trips, not four.
 LOCK_STOCK_FOR_BATCH = """
 BEGIN;
-SELECT stock, now(),
+SELECT stock, per_user_limit, now(),
        ARRAY(SELECT nextval('orders_id_seq') FROM generate_series(1, %(count)s))
 FROM products WHERE id = %(product_id)s
 FOR UPDATE
@@ -104,12 +112,41 @@ FOR UPDATE
 SETTLE_BATCH = """
 WITH sold AS (
     UPDATE products SET stock = stock - %(total)s WHERE id = %(product_id)s
+), released AS (
+    DELETE FROM idempotency_keys WHERE key = ANY(%(released_keys)s::text[])
 )
 INSERT INTO orders (id, user_id, product_id, quantity, replica)
 SELECT o.id, o.user_id, %(product_id)s, o.quantity, %(replica)s
 FROM unnest(%(ids)s::bigint[], %(user_ids)s::bigint[], %(quantities)s::integer[]) AS o (id, user_id, quantity);
 COMMIT;
 """
+
+# --- per-user limits and idempotency keys (every strategy) --------------------------------------------------------
+# Units each of these buyers already owns of the product. Read under the product's row lock, which every purchase
+# of the product holds while it inserts its order: nobody can add to these sums until this transaction ends.
+OWNED = """
+SELECT user_id, sum(quantity)::integer FROM orders
+WHERE product_id = %(product_id)s AND user_id = ANY(%(user_ids)s::bigint[])
+GROUP BY user_id
+"""
+# Claims keys for the order ids they will get, after the product's row lock (every transaction takes the product
+# first, then keys in sorted order: two claims of the same keys cannot deadlock). A key another transaction holds
+# makes this wait for its end; a key already committed is skipped, and missing from what this returns.
+CLAIM_KEYS = """
+INSERT INTO idempotency_keys (key, fingerprint, order_id)
+SELECT k.key, k.fingerprint, k.order_id
+FROM unnest(%(keys)s::text[], %(fingerprints)s::text[], %(order_ids)s::bigint[]) AS k (key, fingerprint, order_id)
+ORDER BY k.key
+ON CONFLICT (key) DO NOTHING
+RETURNING key
+"""
+# The answer the first request with this key got: its order, as placed (and which replica placed it).
+STORED_ORDER = """
+SELECT k.fingerprint, o.id, o.user_id, o.product_id, o.quantity, o.created_at, o.replica
+FROM idempotency_keys k JOIN orders o ON o.id = k.order_id
+WHERE k.key = %(key)s
+"""
+EXPIRE_KEYS = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => %(seconds)s)"
 
 # --- reading ---------------------------------------------------------------------------------------------------------
 LIST_PRODUCTS = """
@@ -138,7 +175,9 @@ SELECT id, user_id, product_id, quantity, created_at, replica FROM orders ORDER 
 # --- admin -----------------------------------------------------------------------------------------------------------
 # Runs in one transaction with DELETE_ORDERS: nobody ever sees the new stock next to the old orders.
 RESET_PRODUCT = """
-UPDATE products SET stock = %(stock)s, initial_stock = %(stock)s WHERE id = %(product_id)s RETURNING id
+UPDATE products SET stock = %(stock)s, initial_stock = %(stock)s,
+    per_user_limit = CASE WHEN %(set_limit)s THEN NULLIF(%(per_user_limit)s, 0) ELSE per_user_limit END
+WHERE id = %(product_id)s RETURNING id
 """
 DELETE_ORDERS = "DELETE FROM orders WHERE product_id = %(product_id)s"
 
@@ -180,8 +219,22 @@ class ProductStatus:
 @dataclass(frozen=True, slots=True)
 class BatchLock:
     stock: int
+    per_user_limit: int | None
     now: datetime
     order_ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredOrder:
+    """An order found through its Idempotency-Key, with the fingerprint of the request that placed it."""
+
+    fingerprint: str
+    id: int
+    user_id: int
+    product_id: int
+    quantity: int
+    created_at: datetime
+    replica: str
 
 
 class Store:
@@ -255,10 +308,11 @@ class Store:
     # --- pessimistic ----------------------------------------------------------------------------------------------
 
     @staticmethod
-    async def lock_stock(cur: aiopg.Cursor, product_id: int) -> int | None:
+    async def lock_stock(cur: aiopg.Cursor, product_id: int) -> tuple[int, int | None] | None:
+        """(stock, per-user limit) with the product's row locked, or None if there is no such product."""
         await cur.execute(LOCK_STOCK, {"product_id": product_id})
         row = await cur.fetchone()
-        return None if row is None else row[0]
+        return None if row is None else (row[0], row[1])
 
     @staticmethod
     async def decrement_stock(cur: aiopg.Cursor, product_id: int, quantity: int) -> None:
@@ -289,19 +343,14 @@ class Store:
             row = await cur.fetchone()
             return None if row is None else (row[0], row[1], row[2])
 
-    async def read_stock(self, product_id: int) -> int | None:
-        async with self.cursor() as cur:
-            await cur.execute(READ_STOCK, {"product_id": product_id})
-            row = await cur.fetchone()
-            return None if row is None else row[0]
-
     # --- batched --------------------------------------------------------------------------------------------------
 
     @staticmethod
     async def lock_for_batch(cur: aiopg.Cursor, product_id: int, count: int) -> BatchLock | None:
         await cur.execute(LOCK_STOCK_FOR_BATCH, {"product_id": product_id, "count": count})
         row = await cur.fetchone()
-        return None if row is None else BatchLock(stock=row[0], now=row[1], order_ids=list(row[2]))
+        return None if row is None else BatchLock(stock=row[0], per_user_limit=row[1], now=row[2],
+                                                 order_ids=list(row[3]))
 
     @staticmethod
     async def settle_batch(
@@ -311,6 +360,7 @@ class Store:
         order_ids: Sequence[int],
         user_ids: Sequence[int],
         quantities: Sequence[int],
+        released_keys: Sequence[str] = (),
     ) -> None:
         await cur.execute(
             SETTLE_BATCH,
@@ -321,8 +371,35 @@ class Store:
                 "ids": list(order_ids),
                 "user_ids": list(user_ids),
                 "quantities": list(quantities),
+                "released_keys": list(released_keys),
             },
         )
+
+    # --- per-user limits and idempotency keys ---------------------------------------------------------------------
+
+    @staticmethod
+    async def owned(cur: aiopg.Cursor, product_id: int, user_ids: Sequence[int]) -> dict[int, int]:
+        await cur.execute(OWNED, {"product_id": product_id, "user_ids": sorted(set(user_ids))})
+        return {row[0]: row[1] for row in await cur.fetchall()}
+
+    @staticmethod
+    async def claim_keys(cur: aiopg.Cursor, keys: Sequence[str], fingerprints: Sequence[str],
+                         order_ids: Sequence[int]) -> set[str]:
+        """The keys this transaction now holds; the others were taken by a committed transaction."""
+        await cur.execute(CLAIM_KEYS, {"keys": list(keys), "fingerprints": list(fingerprints),
+                                       "order_ids": list(order_ids)})
+        return {row[0] for row in await cur.fetchall()}
+
+    async def stored_order(self, key: str) -> StoredOrder | None:
+        async with self.cursor() as cur:
+            await cur.execute(STORED_ORDER, {"key": key})
+            row = await cur.fetchone()
+            return None if row is None else StoredOrder(*row)
+
+    async def expire_keys(self, older_than_seconds: float) -> int:
+        async with self.cursor() as cur:
+            await cur.execute(EXPIRE_KEYS, {"seconds": older_than_seconds})
+            return int(cur.rowcount)
 
     # --- reading --------------------------------------------------------------------------------------------------
 
@@ -360,12 +437,15 @@ class Store:
 
     # --- admin ----------------------------------------------------------------------------------------------------
 
-    async def reset_product(self, product_id: int, stock: int) -> bool:
-        """Set stock and initial stock to ``stock`` and delete the product's orders; False if it does not exist."""
+    async def reset_product(self, product_id: int, stock: int, *, per_user_limit: int | None = None) -> bool:
+        """Set stock and initial stock to ``stock`` and delete the product's orders; False if it does not exist.
+        ``per_user_limit``: None leaves it, 0 removes it."""
         if stock < 0:
             raise CheckoutError(400, "invalid_request", "stock must be ≥ 0")
         async with self.transaction() as cur:
-            await cur.execute(RESET_PRODUCT, {"product_id": product_id, "stock": stock})
+            await cur.execute(RESET_PRODUCT, {"product_id": product_id, "stock": stock,
+                                              "set_limit": per_user_limit is not None,
+                                              "per_user_limit": per_user_limit or 0})
             if await cur.fetchone() is None:
                 return False
             await cur.execute(DELETE_ORDERS, {"product_id": product_id})

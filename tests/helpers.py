@@ -44,12 +44,15 @@ async def buy(client: AsyncHTTPClient, base_url: str, *, user: int = 1, product:
     return await post_raw(client, f"{base_url}/purchase", body, headers)
 
 
-async def fire_all(urls: list[str], wanted: list[tuple[int, int]]) -> list[Answer]:
-    """Send every (user, quantity) purchase at once, spread round-robin over ``urls``."""
+async def fire_all(urls: list[str], wanted: list[tuple[int, int]],
+                   headers: list[dict[str, str]] | None = None) -> list[Answer]:
+    """Send every (user, quantity) purchase at once, spread round-robin over ``urls`` (``headers``: one dict per
+    purchase)."""
     client = SimpleAsyncHTTPClient(force_instance=True, max_clients=len(wanted))
     try:
         return await asyncio.gather(*(
-            buy(client, urls[i % len(urls)], user=user, qty=qty) for i, (user, qty) in enumerate(wanted)
+            buy(client, urls[i % len(urls)], user=user, qty=qty, headers=headers[i] if headers else None)
+            for i, (user, qty) in enumerate(wanted)
         ))
     finally:
         client.close()

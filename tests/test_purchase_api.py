@@ -91,7 +91,8 @@ async def test_postgres_unreachable_is_a_503_and_sells_nothing_then_recovers(
     from hypercheckout.checkout.service import Checkout
     from hypercheckout.checkout.strategy import make_strategy
 
-    services.checkout = Checkout(make_strategy(strategy, services.store, replica="test-1"), services.sold_out)
+    services.checkout = Checkout(make_strategy(strategy, services.store, replica="test-1"), services.sold_out,
+                                 services.store)
     name = database_url.rsplit("/", 1)[1]
     assert (await buy(http_client, base_url)).status == 200
     sql(pg_server_url, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')

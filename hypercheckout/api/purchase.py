@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hypercheckout.api.base import JsonHandler
 from hypercheckout.checkout.errors import CheckoutError, rate_limited
+from hypercheckout.checkout.idempotency import parse_key
 from hypercheckout.checkout.validation import parse_purchase
 
 
@@ -21,12 +22,15 @@ class PurchaseHandler(JsonHandler):
         settings = services.settings
         request = parse_purchase(
             self.request.body, max_quantity=settings.max_quantity, max_body_bytes=settings.max_body_bytes,
+            idempotency_key=parse_key(self.request.headers.get("Idempotency-Key")),
         )
         if services.limiter.enabled:
             decision = await services.limiter.check(request.user_id, self.client_ip)
             if not decision.allowed:
                 raise rate_limited(decision.retry_after, decision.banned)
         order = await services.checkout.purchase(request)
+        if order.replayed:
+            self.set_header("Idempotent-Replayed", "true")
         self.write_json({
             "message": "Order placed successfully",
             "order_id": order.id,
@@ -34,7 +38,7 @@ class PurchaseHandler(JsonHandler):
             "product_id": order.product_id,
             "quantity": order.quantity,
             "created_at": order.created_at.isoformat(),
-            "replica": settings.replica_id,
+            "replica": order.replica,
         })
 
     def on_finish(self) -> None:

@@ -1,9 +1,15 @@
-"""One round trip per purchase: a conditional decrement and the order insert in a single statement."""
+"""One round trip per purchase: a conditional decrement and the order insert in a single statement.
+
+A purchase with an Idempotency-Key, or of a product with a per-user limit, takes the locked transaction instead
+(``buy_in_transaction``): checking what a buyer already owns needs the row lock first, which one statement's
+re-check of a locked row (EvalPlanQual) does not give a subquery on another table.
+"""
 
 from __future__ import annotations
 
 from hypercheckout.checkout.errors import out_of_stock, unknown_product
 from hypercheckout.checkout.models import Order, PurchaseRequest
+from hypercheckout.checkout.pessimistic import buy_in_transaction
 from hypercheckout.store import Store
 
 
@@ -15,19 +21,23 @@ class AtomicStrategy:
         self._replica = replica
 
     async def purchase(self, request: PurchaseRequest) -> Order:
+        if request.idempotency_key is not None:
+            return await buy_in_transaction(self._store, request, self._replica)
         placed = await self._store.buy_atomic(
             request.user_id, request.product_id, request.quantity, self._replica,
         )
         if placed is None:
             # Nothing was written; a second, read-only statement says why.
-            stock = await self._store.read_stock(request.product_id)
-            if stock is None:
+            product = await self._store.get_product(request.product_id)
+            if product is None:
                 raise unknown_product(request.product_id)
-            raise out_of_stock(request.product_id, stock, request.quantity)
+            if product.per_user_limit is not None:
+                return await buy_in_transaction(self._store, request, self._replica)
+            raise out_of_stock(request.product_id, product.stock, request.quantity)
         order_id, created_at, remaining = placed
         return Order(
             id=order_id, user_id=request.user_id, product_id=request.product_id, quantity=request.quantity,
-            created_at=created_at, remaining=remaining,
+            created_at=created_at, remaining=remaining, replica=self._replica,
         )
 
     async def close(self) -> None:

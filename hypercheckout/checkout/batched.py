@@ -14,8 +14,15 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-from hypercheckout.checkout.allocation import allocate
-from hypercheckout.checkout.errors import CheckoutError, out_of_stock, unavailable, unknown_product
+from hypercheckout.checkout.allocation import LIMIT_REACHED, allocate
+from hypercheckout.checkout.errors import (
+    CheckoutError,
+    DuplicateKey,
+    limit_reached,
+    out_of_stock,
+    unavailable,
+    unknown_product,
+)
 from hypercheckout.checkout.models import Order, PurchaseRequest
 from hypercheckout.store import Store
 
@@ -89,7 +96,7 @@ class BatchedStrategy:
                 del self._queues[product_id]
 
     async def _settle(self, product_id: int, batch: list[_Waiter]) -> None:
-        outcomes: list[Order | CheckoutError]
+        outcomes: list[Order | CheckoutError | DuplicateKey]
         try:
             outcomes = await self._settle_in_transaction(product_id, batch)
         except CheckoutError as exc:
@@ -101,39 +108,67 @@ class BatchedStrategy:
         for waiter, outcome in zip(batch, outcomes, strict=True):
             if waiter.answer.done():
                 continue
-            if isinstance(outcome, CheckoutError):
+            if isinstance(outcome, CheckoutError | DuplicateKey):
                 waiter.answer.set_exception(outcome)
             else:
                 waiter.answer.set_result(outcome)
 
-    async def _settle_in_transaction(self, product_id: int, batch: list[_Waiter]) -> list[Order | CheckoutError]:
+    async def _settle_in_transaction(
+        self, product_id: int, batch: list[_Waiter],
+    ) -> list[Order | CheckoutError | DuplicateKey]:
         """Answers are only handed out after COMMIT returned: no waiter is told of an order that might roll back."""
         requests = [w.request for w in batch]
         async with self._store.transaction(explicit=True) as cur:  # BEGIN and COMMIT ride on the two statements
             locked = await Store.lock_for_batch(cur, product_id, len(requests))
             if locked is None:
                 return [unknown_product(product_id)] * len(requests)
-            allocation = allocate(locked.stock, [r.quantity for r in requests])
-            granted = [(r, order_id) for r, order_id, ok in zip(
-                requests, locked.order_ids, allocation.granted, strict=True) if ok]
+            # Request i gets order id locked.order_ids[i] if it is granted; its key is claimed for that id.
+            keyed = [i for i, r in enumerate(requests) if r.idempotency_key is not None]
+            taken: set[int] = set()
+            if keyed:
+                claimed = await Store.claim_keys(
+                    cur, [requests[i].idempotency_key or "" for i in keyed],
+                    [requests[i].fingerprint for i in keyed], [locked.order_ids[i] for i in keyed],
+                )
+                taken = {i for i in keyed if requests[i].idempotency_key not in claimed}
+            live = [i for i in range(len(requests)) if i not in taken]
+            owned: dict[int, int] = {}
+            if locked.per_user_limit is not None:
+                owned = await Store.owned(cur, product_id, [requests[i].user_id for i in live])
+            allocation = allocate(
+                locked.stock, [requests[i].quantity for i in live], users=[requests[i].user_id for i in live],
+                bought=owned, per_user_limit=locked.per_user_limit,
+            )
+            granted = [i for i, ok in zip(live, allocation.granted, strict=True) if ok]
             if granted:
                 await Store.settle_batch(
                     cur, product_id, self._replica,
-                    order_ids=[order_id for _, order_id in granted],
-                    user_ids=[r.user_id for r, _ in granted],
-                    quantities=[r.quantity for r, _ in granted],
+                    order_ids=[locked.order_ids[i] for i in granted],
+                    user_ids=[requests[i].user_id for i in granted],
+                    quantities=[requests[i].quantity for i in granted],
+                    # Claimed for a request that was refused: only orders are remembered.
+                    released_keys=[requests[i].idempotency_key or "" for i, ok in zip(
+                        live, allocation.granted, strict=True) if not ok and i in keyed],
                 )
-        outcomes: list[Order | CheckoutError] = []
-        order_ids = iter(order_id for _, order_id in granted)
-        for request, ok, before in zip(requests, allocation.granted, allocation.remaining_before, strict=True):
+            # Nothing granted: the transaction store.transaction rolls back takes the claimed keys with it.
+        outcomes: dict[int, Order | CheckoutError | DuplicateKey] = {
+            i: DuplicateKey(requests[i].idempotency_key or "") for i in taken
+        }
+        for i, ok, before, refusal in zip(live, allocation.granted, allocation.remaining_before,
+                                          allocation.refusals, strict=True):
+            request = requests[i]
             if ok:
-                outcomes.append(Order(
-                    id=next(order_ids), user_id=request.user_id, product_id=product_id,
+                outcomes[i] = Order(
+                    id=locked.order_ids[i], user_id=request.user_id, product_id=product_id,
                     quantity=request.quantity, created_at=locked.now, remaining=allocation.stock_after,
-                ))
+                    replica=self._replica,
+                )
+            elif refusal == LIMIT_REACHED:
+                limit = locked.per_user_limit or 0
+                outcomes[i] = limit_reached(product_id, limit, owned.get(request.user_id, 0), request.quantity)
             else:
-                outcomes.append(out_of_stock(product_id, before, request.quantity))
-        return outcomes
+                outcomes[i] = out_of_stock(product_id, before, request.quantity)
+        return [outcomes[i] for i in range(len(requests))]
 
     async def close(self) -> None:
         """Refuse new purchases and wait until every accepted one has its answer."""

@@ -64,3 +64,33 @@ def rate_limited(retry_after: float, banned: bool) -> CheckoutError:
     return CheckoutError(
         429, "rate_limited", f"too many requests; retry in {seconds} s", headers={"Retry-After": str(seconds)},
     )
+
+
+def limit_reached(product_id: int, limit: int, owned: int, requested: int) -> CheckoutError:
+    return CheckoutError(
+        409, "limit_reached",
+        f"product {product_id} allows {limit} per buyer; this buyer has {owned}, {requested} requested",
+        extra={"limit": limit},
+    )
+
+
+def idempotency_key_reused() -> CheckoutError:
+    return CheckoutError(
+        422, "idempotency_key_reused", "this Idempotency-Key was used with a different request body",
+    )
+
+
+def request_in_progress() -> CheckoutError:
+    return CheckoutError(
+        409, "request_in_progress", "a request with this Idempotency-Key is still being processed; retry shortly",
+        headers={"Retry-After": "1"},
+    )
+
+
+class DuplicateKey(Exception):
+    """Not an answer: a strategy found a request's Idempotency-Key taken by a committed order and rolled back its
+    own work. The checkout service answers with that stored order instead."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key

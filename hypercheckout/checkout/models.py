@@ -11,6 +11,12 @@ class PurchaseRequest:
     user_id: int
     product_id: int
     quantity: int
+    idempotency_key: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """What an Idempotency-Key is bound to: the request's meaning, not its bytes (spacing, key order)."""
+        return f"{self.user_id}:{self.product_id}:{self.quantity}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,4 +28,6 @@ class Order:
     product_id: int
     quantity: int
     created_at: datetime
-    remaining: int
+    remaining: int | None  # None for a replayed answer: the stock now is another question
+    replica: str = ""  # which replica placed it (a replayed answer names the original one)
+    replayed: bool = False  # the stored answer to an earlier request with the same Idempotency-Key

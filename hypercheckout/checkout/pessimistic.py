@@ -1,10 +1,37 @@
-"""The original HyperCheckout's transaction: lock the row, check, decrement, insert. The baseline of benchmarks."""
+"""The original HyperCheckout's transaction: lock the row, check, decrement, insert. The baseline of benchmarks, and
+the path every strategy takes when a purchase carries an Idempotency-Key or the product has a per-user limit."""
 
 from __future__ import annotations
 
-from hypercheckout.checkout.errors import out_of_stock, unknown_product
+from hypercheckout.checkout.errors import DuplicateKey, limit_reached, out_of_stock, unknown_product
 from hypercheckout.checkout.models import Order, PurchaseRequest
 from hypercheckout.store import Store
+
+
+async def buy_in_transaction(store: Store, request: PurchaseRequest, replica: str) -> Order:
+    """Everything under the product's row lock, in one transaction: limit, stock, order, key."""
+    async with store.transaction() as cur:
+        locked = await Store.lock_stock(cur, request.product_id)
+        if locked is None:
+            raise unknown_product(request.product_id)
+        stock, limit = locked
+        if limit is not None:
+            owned = (await Store.owned(cur, request.product_id, [request.user_id])).get(request.user_id, 0)
+            if owned + request.quantity > limit:
+                raise limit_reached(request.product_id, limit, owned, request.quantity)
+        if stock < request.quantity:
+            raise out_of_stock(request.product_id, stock, request.quantity)
+        await Store.decrement_stock(cur, request.product_id, request.quantity)
+        order_id, created_at = await Store.insert_order(
+            cur, request.user_id, request.product_id, request.quantity, replica,
+        )
+        key = request.idempotency_key
+        if key is not None and not await Store.claim_keys(cur, [key], [request.fingerprint], [order_id]):
+            raise DuplicateKey(key)  # rolls this order back: the key's first order stands
+    return Order(
+        id=order_id, user_id=request.user_id, product_id=request.product_id, quantity=request.quantity,
+        created_at=created_at, remaining=stock - request.quantity, replica=replica,
+    )
 
 
 class PessimisticStrategy:
@@ -15,20 +42,7 @@ class PessimisticStrategy:
         self._replica = replica
 
     async def purchase(self, request: PurchaseRequest) -> Order:
-        async with self._store.transaction() as cur:
-            stock = await Store.lock_stock(cur, request.product_id)
-            if stock is None:
-                raise unknown_product(request.product_id)
-            if stock < request.quantity:
-                raise out_of_stock(request.product_id, stock, request.quantity)
-            await Store.decrement_stock(cur, request.product_id, request.quantity)
-            order_id, created_at = await Store.insert_order(
-                cur, request.user_id, request.product_id, request.quantity, self._replica,
-            )
-        return Order(
-            id=order_id, user_id=request.user_id, product_id=request.product_id, quantity=request.quantity,
-            created_at=created_at, remaining=stock - request.quantity,
-        )
+        return await buy_in_transaction(self._store, request, self._replica)
 
     async def close(self) -> None:
         return None

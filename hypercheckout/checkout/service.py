@@ -1,20 +1,62 @@
-"""The purchase use case: the sold-out fast path in front of the configured strategy."""
+"""The purchase use case: Idempotency-Key replays, the sold-out fast path, then the configured strategy."""
 
 from __future__ import annotations
 
-from hypercheckout.checkout.errors import CheckoutError, out_of_stock
+from hypercheckout.checkout.errors import (
+    CheckoutError,
+    DuplicateKey,
+    idempotency_key_reused,
+    out_of_stock,
+    request_in_progress,
+)
 from hypercheckout.checkout.models import Order, PurchaseRequest
 from hypercheckout.checkout.soldout import SoldOutFlags
 from hypercheckout.checkout.strategy import Strategy
+from hypercheckout.store import Store
 
 
 class Checkout:
-    def __init__(self, strategy: Strategy, sold_out: SoldOutFlags) -> None:
+    def __init__(self, strategy: Strategy, sold_out: SoldOutFlags, store: Store) -> None:
         self.strategy = strategy
         self.sold_out = sold_out
+        self._store = store
+        self._keys_in_flight: set[str] = set()  # this replica's; other replicas' wait on the key's row instead
 
     async def purchase(self, request: PurchaseRequest) -> Order:
-        """Sell or raise ``CheckoutError``. A product seen at 0 is refused without a database round trip."""
+        """Sell or raise ``CheckoutError``. With an Idempotency-Key, a key already used answers as it did the first
+        time (same order) or 422 for another body; one still being processed here answers 409."""
+        key = request.idempotency_key
+        if key is None:
+            return await self._sell(request)
+        if key in self._keys_in_flight:
+            raise request_in_progress()
+        self._keys_in_flight.add(key)
+        try:
+            stored = await self._replay(request)
+            if stored is not None:
+                return stored
+            try:
+                return await self._sell(request)
+            except DuplicateKey:
+                # Another replica's request with this key committed first (we waited on its row, then rolled back).
+                stored = await self._replay(request)
+                if stored is None:  # its order was deleted since (a reset): nothing to replay, nothing sold here
+                    raise request_in_progress() from None
+                return stored
+        finally:
+            self._keys_in_flight.discard(key)
+
+    async def _replay(self, request: PurchaseRequest) -> Order | None:
+        stored = await self._store.stored_order(request.idempotency_key or "")
+        if stored is None:
+            return None
+        if stored.fingerprint != request.fingerprint:
+            raise idempotency_key_reused()
+        return Order(id=stored.id, user_id=stored.user_id, product_id=stored.product_id, quantity=stored.quantity,
+                     created_at=stored.created_at, remaining=None, replica=stored.replica, replayed=True)
+
+    async def _sell(self, request: PurchaseRequest) -> Order:
+        """A product seen at 0 is refused without a database round trip."""
         if self.sold_out.is_sold_out(request.product_id):
             raise out_of_stock(request.product_id, 0, request.quantity)
         try:

@@ -30,7 +30,8 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
 
 
-def parse_purchase(body: bytes, *, max_quantity: int, max_body_bytes: int) -> PurchaseRequest:
+def parse_purchase(body: bytes, *, max_quantity: int, max_body_bytes: int,
+                   idempotency_key: str | None = None) -> PurchaseRequest:
     """Parse and validate a ``POST /purchase`` body or raise a 400 ``CheckoutError`` saying what is wrong."""
     if len(body) > max_body_bytes:
         raise invalid_request(f"body is larger than {max_body_bytes} bytes")
@@ -65,4 +66,4 @@ def parse_purchase(body: bytes, *, max_quantity: int, max_body_bytes: int) -> Pu
         raise invalid_request(f"product_id must be between 1 and {MAX_ID}")
     if not 1 <= quantity <= max_quantity:
         raise invalid_request(f"quantity must be between 1 and {max_quantity}")
-    return PurchaseRequest(user_id=user_id, product_id=product_id, quantity=quantity)
+    return PurchaseRequest(user_id=user_id, product_id=product_id, quantity=quantity, idempotency_key=idempotency_key)
