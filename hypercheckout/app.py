@@ -23,6 +23,7 @@ from hypercheckout.checkout.service import Checkout
 from hypercheckout.checkout.soldout import SoldOutFlags
 from hypercheckout.checkout.strategy import Strategy, make_strategy
 from hypercheckout.limiter import RateLimiter
+from hypercheckout.metrics import Metrics
 from hypercheckout.settings import Settings
 from hypercheckout.stats import HitCounter
 from hypercheckout.store import Store, ensure_database
@@ -57,6 +58,7 @@ class Services:
     checkout: Checkout
     hits: HitCounter
     janitor: KeyJanitor
+    metrics: Metrics
     snapshots: Snapshotter
     live: LiveHub
     stopping: bool = False
@@ -129,11 +131,13 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
     sold_out.start()
     hits.start()
     janitor.start()
-    return Services(
+    services = Services(
         settings=settings, store=store, redis=client, limiter=limiter, strategy=strategy, sold_out=sold_out,
-        checkout=Checkout(strategy, sold_out, store), hits=hits, janitor=janitor, snapshots=snapshots,
-        live=LiveHub(snapshots),
+        checkout=Checkout(strategy, sold_out, store), hits=hits, janitor=janitor,
+        metrics=Metrics(settings.replica_id), snapshots=snapshots, live=LiveHub(snapshots),
     )
+    services.metrics.watch(services)
+    return services
 
 
 async def stop_services(services: Services) -> None:
@@ -151,6 +155,8 @@ async def stop_services(services: Services) -> None:
 def _log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
     services: Services = handler.application.settings["services"]
+    services.metrics.observe(getattr(handler, "route", "other"), handler.request.method or "",
+                             status, handler.request.request_time())
     if status >= 500:
         log.error("%d %s %s", status, handler.request.method, handler.request.uri)
     elif services.settings.access_log:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 
@@ -142,6 +143,8 @@ class RateLimiter:
         self._banned_index = f"{prefix}index:banned"
         self._limited_index = f"{prefix}index:limited"
         self.enabled = bool(user_rate or ip_rate)
+        # (decision, where it was made) -> count, for /metrics: allowed/limited/banned by redis or local memory
+        self.decisions: Counter[tuple[str, str]] = Counter()
         self._denials = LocalDenials(self._args[4], local_deny_seconds)
         self.fail_open_events = 0
         self._skip_until = 0.0
@@ -160,6 +163,7 @@ class RateLimiter:
         user_identity, ip_identity = f"user:{user}", f"ip:{ip}"
         refusal = self._denials.refuse(user_identity, "user", now) or self._denials.refuse(ip_identity, "ip", now)
         if refusal is not None:
+            self.decisions["banned" if refusal.banned else "limited", "local"] += 1
             return refusal
         if now < self._skip_until:
             return self._fail_open(None)
@@ -176,6 +180,7 @@ class RateLimiter:
             self._skip_until = time.monotonic() + FAILURE_BACKOFF
             return self._fail_open(exc)
         if verdict == ALLOWED:
+            self.decisions["allowed", "redis"] += 1
             self._denials.forget(user_identity, ip_identity)
             return ALLOW
         decision = Decision(
@@ -183,10 +188,12 @@ class RateLimiter:
             identity="user" if which == 1 else "ip",
         )
         self._denials.remember(user_identity if which == 1 else ip_identity, decision, int(strikes), now)
+        self.decisions["banned" if decision.banned else "limited", "redis"] += 1
         return decision
 
     def _fail_open(self, exc: BaseException | None) -> Decision:
         self.fail_open_events += 1
+        self.decisions["allowed", "fail_open"] += 1
         now = time.monotonic()
         if now - self._last_log >= LOG_INTERVAL:
             self._last_log = now

@@ -12,6 +12,8 @@ from hypercheckout.operations import reset_product
 
 
 class DashboardHandler(AdminHandler):
+    route = "/admin"
+
     @tornado.web.authenticated
     async def get(self) -> None:
         snapshot = await self.services.snapshots.get()
@@ -38,6 +40,8 @@ class ActionHandler(AdminHandler):
 
 
 class ResetHandler(ActionHandler):
+    route = "/admin/reset"
+
     async def post(self) -> None:
         services = self.services
         product_id = self.int_argument("product_id", 1)
@@ -49,6 +53,8 @@ class ResetHandler(ActionHandler):
 
 
 class UnbanHandler(ActionHandler):
+    route = "/admin/unban"
+
     async def post(self) -> None:
         kind = self.get_body_argument("kind", "")
         value = self.get_body_argument("value", "")
@@ -62,5 +68,7 @@ class UnbanHandler(ActionHandler):
 
 
 class ClearLimitsHandler(ActionHandler):
+    route = "/admin/clear-limits"
+
     async def post(self) -> None:
         self.write_json({"removed": await self.services.limiter.clear_all()})

@@ -59,6 +59,8 @@ class LiveHub:
 
 
 class LiveSocket(tornado.websocket.WebSocketHandler):
+    route = "/admin/live"
+
     def prepare(self) -> None:
         # Refused before the upgrade: no session, no feed. Tornado's check_origin (kept) refuses other origins.
         if not self.get_signed_cookie(SESSION_COOKIE, max_age_days=SESSION_DAYS):

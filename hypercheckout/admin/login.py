@@ -8,6 +8,8 @@ from hypercheckout.admin.base import AdminHandler
 
 
 class LoginHandler(AdminHandler):
+    route = "/admin/login"
+
     def get(self) -> None:
         if self.current_user:
             self.redirect(self._next())
@@ -38,6 +40,8 @@ class LoginHandler(AdminHandler):
 
 
 class LogoutHandler(AdminHandler):
+    route = "/admin/logout"
+
     def post(self) -> None:
         self.end_session()
         self.redirect("/admin/login", status=303)

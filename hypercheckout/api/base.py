@@ -22,6 +22,8 @@ REASONS = {
 class JsonHandler(tornado.web.RequestHandler):
     """Base of every API handler. Raise ``CheckoutError`` anywhere; ``write_error`` turns it into the answer."""
 
+    route = "other"  # the route's name in /metrics: a pattern, never the path (ids would make endless series)
+
     @property
     def services(self) -> Any:  # hypercheckout.app.Services; typed loosely to avoid an import cycle
         return self.application.settings["services"]
@@ -88,6 +90,8 @@ class JsonHandler(tornado.web.RequestHandler):
 
 class NotFoundHandler(JsonHandler):
     """Unknown paths get the JSON error shape too, not Tornado's HTML page."""
+
+    route = "unmatched"
 
     def prepare(self) -> None:
         super().prepare()

@@ -1,4 +1,4 @@
-"""GET /healthz (the process answers) and GET /readyz (its dependencies answer too)."""
+"""GET /healthz (the process answers), GET /readyz (its dependencies answer too) and GET /metrics."""
 
 from __future__ import annotations
 
@@ -7,14 +7,19 @@ import asyncio
 from hypercheckout.api.base import JsonHandler
 from hypercheckout.checkout.errors import CheckoutError
 from hypercheckout.limiter import REDIS_ERRORS
+from hypercheckout.metrics import CONTENT_TYPE
 
 
 class HealthHandler(JsonHandler):
+    route = "/healthz"
+
     def get(self) -> None:
         self.write_json({"status": "ok", "replica": self.services.settings.replica_id})
 
 
 class ReadyHandler(JsonHandler):
+    route = "/readyz"
+
     async def get(self) -> None:
         services = self.services
         postgres, redis_state = await asyncio.gather(self._postgres(), self._redis())
@@ -45,4 +50,17 @@ class ReadyHandler(JsonHandler):
         return "ok"
 
 
-default_handlers = [(r"/healthz", HealthHandler), (r"/readyz", ReadyHandler)]
+class MetricsHandler(JsonHandler):
+    route = "/metrics"
+
+    async def get(self) -> None:
+        metrics = self.services.metrics
+        try:
+            metrics.products = await self.services.store.list_products()
+        except CheckoutError:
+            metrics.products = []  # PostgreSQL is down: every other figure is still worth scraping
+        self.set_header("Content-Type", CONTENT_TYPE)
+        self.finish(metrics.render())
+
+
+default_handlers = [(r"/healthz", HealthHandler), (r"/readyz", ReadyHandler), (r"/metrics", MetricsHandler)]

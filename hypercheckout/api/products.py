@@ -7,12 +7,16 @@ from hypercheckout.checkout.errors import unknown_product
 
 
 class ProductsHandler(JsonHandler):
+    route = "/products"
+
     async def get(self) -> None:
         products = await self.services.store.list_products()
         self.write_json({"products": [p.as_json() for p in products]})
 
 
 class ProductHandler(JsonHandler):
+    route = "/products/{id}"
+
     async def get(self, product_id: str) -> None:
         product = await self.services.store.get_product(int(product_id))
         if product is None:

@@ -9,6 +9,8 @@ from hypercheckout.checkout.validation import parse_purchase
 
 
 class PurchaseHandler(JsonHandler):
+    route = "/purchase"
+
     async def post(self) -> None:
         # 409 and 429 are the common answers of a flash sale: they are answered here, not through Tornado's
         # exception path (send_error, clear, log_exception), which cost a sold-out rejection a fifth of its time.

@@ -1,0 +1,96 @@
+"""GET /metrics in Prometheus' text format, from a registry of this process (no global registry).
+
+Two kinds of figures: counted as requests finish (requests by route and status, purchase latency) and read from
+the services when scraped (rate-limit decisions, Redis fail-opens, batch sizes, database pool, stock per product).
+The second kind costs the purchase path nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from hypercheckout.store import Product
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self, replica: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.replica = replica
+        self.requests = Counter("hypercheckout_requests", "HTTP requests answered, by route, method and status.",
+                                ["route", "method", "status"], registry=self.registry)
+        self.purchase_seconds = Histogram(
+            "hypercheckout_purchase_seconds", "Time to answer POST /purchase, by status.", ["status"],
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.products: list[Product] = []  # refreshed from PostgreSQL before each scrape
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        if route == "/purchase":
+            self.purchase_seconds.labels(str(status)).observe(seconds)
+
+    def watch(self, services: Any) -> None:
+        """Read the services' own counters at scrape time."""
+        self.registry.register(ServiceCollector(services, self))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class ServiceCollector(Collector):
+    def __init__(self, services: Any, metrics: Metrics) -> None:
+        self._services = services
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        services = self._services
+        limiter = services.limiter
+        decisions = CounterMetricFamily("hypercheckout_rate_limit_decisions",
+                                        "Rate-limit decisions, by outcome and where they were made.",
+                                        labels=["decision", "source"])
+        for (decision, source), count in sorted(limiter.decisions.items()):
+            decisions.add_metric([decision, source], count)
+        yield decisions
+        yield CounterMetricFamily("hypercheckout_redis_fail_open", "Purchases let through unlimited because Redis "
+                                  "was unreachable.", value=limiter.fail_open_events)
+        sizes = getattr(services.strategy, "batch_sizes", None)
+        if sizes is not None:
+            yield _histogram("hypercheckout_batch_size", "Purchases settled per batched transaction.", sizes,
+                             BATCH_BUCKETS)
+        pool = services.store.pool
+        size = GaugeMetricFamily("hypercheckout_db_pool_connections", "PostgreSQL connections of this process.",
+                                 labels=["state"])
+        size.add_metric(["open"], pool.size)
+        size.add_metric(["idle"], pool.freesize)
+        size.add_metric(["max"], pool.maxsize)
+        yield size
+        stock = GaugeMetricFamily("hypercheckout_stock", "Units left, per product (read at scrape).",
+                                  labels=["product"])
+        initial = GaugeMetricFamily("hypercheckout_initial_stock", "Units the sale started with, per product.",
+                                    labels=["product"])
+        for product in self._metrics.products:
+            stock.add_metric([str(product.id)], product.stock)
+            initial.add_metric([str(product.id)], product.initial_stock)
+        yield stock
+        yield initial
+        yield GaugeMetricFamily("hypercheckout_sold_out_flags", "Products this replica answers 409 for without "
+                                "asking PostgreSQL.", value=len(services.sold_out.flagged))
+
+
+def _histogram(name: str, documentation: str, counts: dict[int, int], buckets: tuple[int, ...]) -> Any:
+    """A Prometheus histogram from exact value → count pairs."""
+    cumulative = []
+    for bound in buckets:
+        cumulative.append((str(bound), sum(n for value, n in counts.items() if value <= bound)))
+    total = sum(counts.values())
+    cumulative.append(("+Inf", total))
+    return HistogramMetricFamily(name, documentation, buckets=cumulative,
+                                 sum_value=sum(value * n for value, n in counts.items()))
