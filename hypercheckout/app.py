@@ -16,7 +16,7 @@ import tornado.web
 from hypercheckout.admin import routes as admin_routes
 from hypercheckout.admin.live import LiveHub
 from hypercheckout.admin.snapshot import Snapshotter
-from hypercheckout.api import health, products, purchase
+from hypercheckout.api import health, openapi, products, purchase
 from hypercheckout.api.base import NotFoundHandler
 from hypercheckout.checkout.idempotency import KeyJanitor
 from hypercheckout.checkout.service import Checkout
@@ -168,6 +168,7 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
 
 def make_app(services: Services) -> tornado.web.Application:
     routes = [*purchase.default_handlers, *products.default_handlers, *health.default_handlers,
+              *openapi.default_handlers,
               *admin_routes.default_handlers]
     return tornado.web.Application(
         routes,
