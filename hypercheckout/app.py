@@ -39,6 +39,9 @@ STATIC = ROOT / "static"
 # handler; above this Tornado drops the connection before buffering the body.
 SERVER_MAX_BODY = 64 * 1024
 
+# Above nginx's 4 x 8k header buffers; Tornado's own default is 64 KiB.
+SERVER_MAX_HEADERS = 32 * 1024
+
 # Tornado's default accept backlog (128) overflows when a burst makes nginx open thousands of upstream
 # connections at once: dropped SYNs become connect timeouts, and nginx takes healthy replicas out of rotation.
 # The kernel caps this at net.core.somaxconn.
@@ -157,11 +160,12 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
     services: Services = handler.application.settings["services"]
     services.metrics.observe(getattr(handler, "route", "other"), handler.request.method or "",
                              status, handler.request.request_time())
+    # The path, never the query string: a token pasted into a URL must not end up in the log.
     if status >= 500:
-        log.error("%d %s %s", status, handler.request.method, handler.request.uri)
+        log.error("%d %s %s", status, handler.request.method, handler.request.path)
     elif services.settings.access_log:
         log.info(
-            "%d %s %s %.1fms", status, handler.request.method, handler.request.uri,
+            "%d %s %s %.1fms", status, handler.request.method, handler.request.path,
             1000 * handler.request.request_time(),
         )
 
@@ -190,7 +194,8 @@ async def serve(settings: Settings) -> None:
     services = await start_services(settings)
     app = make_app(services)
     server = tornado.httpserver.HTTPServer(
-        app, xheaders=False, max_body_size=SERVER_MAX_BODY, idle_connection_timeout=75,
+        app, xheaders=False, max_body_size=SERVER_MAX_BODY, max_header_size=SERVER_MAX_HEADERS,
+        idle_connection_timeout=75,
     )
     server.listen(settings.port, address=settings.host, backlog=LISTEN_BACKLOG)
     log.info(
@@ -203,14 +208,18 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("replica %s stopping: finishing in-flight requests", settings.replica_id)
+    # From here every answer says "Connection: close", so nginx stops reusing this replica's connections and sends
+    # new purchases to the others; requests already received are answered before anything closes.
     services.stopping = True
-    server.stop()  # no new connections; requests already received are answered before anything closes
+    server.stop()  # no new connections
     if services.in_flight:
         try:
             await asyncio.wait_for(services.idle.wait(), settings.shutdown_grace)
         except TimeoutError:
             log.warning("%d request(s) still running after %.0f s; stopping anyway", services.in_flight,
                         settings.shutdown_grace)
-    await stop_services(services)
+    # Idle keep-alive connections are closed before the services, so that no request can arrive at a replica
+    # that can no longer sell.
     await server.close_all_connections()
+    await stop_services(services)
     log.info("replica %s stopped", settings.replica_id)

@@ -19,7 +19,7 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 
-from hypercheckout.checkout.errors import CheckoutError, unavailable
+from hypercheckout.checkout.errors import CheckoutError, outcome_unknown, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -258,10 +258,24 @@ class Store:
         await self.pool.wait_closed()
 
     @asynccontextmanager
+    async def connection(self) -> AsyncIterator[aiopg.Connection]:
+        """A pooled connection; failing to get one means PostgreSQL is unavailable and nothing was done."""
+        try:
+            conn = await self.pool.acquire()
+        except (*CONNECTION_ERRORS, RuntimeError) as exc:
+            # RuntimeError: after PostgreSQL restarts, uvloop may refuse the socket of a new connection that reuses
+            # a broken one's file descriptor ("the handler is closed"); the next attempt gets a fresh one.
+            raise unavailable() from exc
+        try:
+            yield conn
+        finally:
+            await self.pool.release(conn)
+
+    @asynccontextmanager
     async def cursor(self) -> AsyncIterator[aiopg.Cursor]:
         """A cursor in autocommit mode: each statement is its own transaction."""
         try:
-            async with self.pool.acquire() as conn, conn.cursor() as cur:
+            async with self.connection() as conn, conn.cursor() as cur:
                 yield cur
         except CONNECTION_ERRORS as exc:
             raise unavailable() from exc
@@ -274,7 +288,7 @@ class Store:
         ``explicit``: the caller's own statements carry BEGIN and COMMIT (saving two round trips); a transaction
         still open when the block ends without one is rolled back here."""
         try:
-            async with self.pool.acquire() as conn, conn.cursor() as cur:
+            async with self.connection() as conn, conn.cursor() as cur:
                 if not explicit:
                     await cur.execute("BEGIN")
                 try:
@@ -286,11 +300,20 @@ class Store:
                         conn.close()
                     raise
                 if not explicit:
-                    await cur.execute("COMMIT")
+                    await Store.commit(cur, "COMMIT")
                 elif conn.raw.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
                     await cur.execute("ROLLBACK")
         except CONNECTION_ERRORS as exc:
             raise unavailable() from exc
+
+    @staticmethod
+    async def commit(cur: aiopg.Cursor, statement: str, params: dict[str, Any] | None = None) -> None:
+        """Run the statement that commits. If the connection breaks during it, the commit may or may not have
+        happened on the server: that is said (503 with outcome unknown), never "nothing was sold"."""
+        try:
+            await cur.execute(statement, params)
+        except CONNECTION_ERRORS as exc:
+            raise outcome_unknown() from exc
 
     # --- schema ----------------------------------------------------------------------------------------------------
 
@@ -336,8 +359,9 @@ class Store:
     ) -> tuple[int, datetime, int] | None:
         """(order id, created_at, stock left) or None when the product is missing or short."""
         async with self.cursor() as cur:
-            await cur.execute(
-                BUY_ATOMIC,
+            # One statement in autocommit: it is its own commit.
+            await Store.commit(
+                cur, BUY_ATOMIC,
                 {"user_id": user_id, "product_id": product_id, "quantity": quantity, "replica": replica},
             )
             row = await cur.fetchone()
@@ -362,8 +386,8 @@ class Store:
         quantities: Sequence[int],
         released_keys: Sequence[str] = (),
     ) -> None:
-        await cur.execute(
-            SETTLE_BATCH,
+        await Store.commit(
+            cur, SETTLE_BATCH,
             {
                 "product_id": product_id,
                 "replica": replica,

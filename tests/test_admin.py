@@ -172,3 +172,19 @@ async def test_the_live_feed_pushes_snapshots_twice_a_second(browser: Browser, b
     assert services.snapshots.computations <= 6
     socket.close()
     second.close()
+
+
+@pytest.mark.gen_test
+async def test_the_dashboard_says_when_redis_is_unreachable(services: Services) -> None:
+    import redis.asyncio as aioredis
+
+    from hypercheckout.admin.snapshot import Snapshotter
+    from hypercheckout.localservices import free_port
+
+    dead = aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
+    try:
+        snapshot = await Snapshotter(services.settings, services.store, dead, services.limiter).get()
+    finally:
+        await dead.aclose()
+    assert (snapshot["postgres"], snapshot["redis"]) == ("ok", "unreachable")
+    assert snapshot["products"][0]["stock"] == 10_000  # PostgreSQL's side still shows

@@ -29,9 +29,12 @@ class JsonHandler(tornado.web.RequestHandler):
         return self.application.settings["services"]
 
     def set_default_headers(self) -> None:
+        services = self.application.settings["services"]
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
-        self.set_header("X-Replica", self.application.settings["services"].settings.replica_id)
+        self.set_header("X-Replica", services.settings.replica_id)
+        if services.stopping:  # draining: the proxy must not send more requests on this connection
+            self.set_header("Connection", "close")
 
     def check_xsrf_cookie(self) -> None:
         """The JSON API carries no cookies, so cross-site request forgery has nothing to ride on."""
@@ -81,6 +84,10 @@ class JsonHandler(tornado.web.RequestHandler):
         code = REASONS.get(status_code, "internal_error" if status_code >= 500 else "invalid_request")
         message = self._reason if status_code < 500 else "internal error; the request may be retried"
         self.finish(json.dumps({"error": {"code": code, "message": message}}))
+
+    def _request_summary(self) -> str:
+        # Tornado's warnings (e.g. a missing XSRF token) name the request with this: without the query string.
+        return f"{self.request.method} {self.request.path} ({self.request.remote_ip})"
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, CheckoutError):

@@ -164,6 +164,8 @@ def document(settings: Settings) -> dict[str, Any]:
                         "message": {"type": "string"},
                         "remaining": {"type": "integer", "minimum": 0},
                         "limit": {"type": "integer", "minimum": 1},
+                        "outcome": {"const": "unknown", "description": "503 only: the connection broke while "
+                                    "committing; retry with the same Idempotency-Key to learn the outcome."},
                     },
                 }},
             },

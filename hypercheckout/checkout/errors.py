@@ -54,6 +54,16 @@ def unavailable(what: str = "the database") -> CheckoutError:
     return CheckoutError(503, "unavailable", f"{what} is unreachable; nothing was sold, please retry")
 
 
+def outcome_unknown() -> CheckoutError:
+    """The connection to PostgreSQL broke while a purchase was committing: it may or may not have been placed."""
+    return CheckoutError(
+        503, "unavailable",
+        "the database connection was lost while the order was being committed; it may or may not have been "
+        "placed: retry with the same Idempotency-Key to find out",
+        extra={"outcome": "unknown"},
+    )
+
+
 def rate_limited(retry_after: float, banned: bool) -> CheckoutError:
     seconds = max(1, int(retry_after + 0.999))
     if banned:
