@@ -68,10 +68,12 @@ class Services:
     failed_logins: int = 0
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    last_request_at: float = 0.0  # event-loop time the latest request started
 
     def request_started(self) -> None:
         self.in_flight += 1
         self.idle.clear()
+        self.last_request_at = asyncio.get_running_loop().time()
 
     def request_finished(self) -> None:
         self.in_flight -= 1
@@ -189,6 +191,30 @@ def make_app(services: Services) -> tornado.web.Application:
     )
 
 
+DRAIN_QUIET = 0.2  # seconds without a new request before the idle connections are closed
+
+
+async def drain(services: Services, grace: float) -> None:
+    """Wait until nothing is in flight and no request has started for DRAIN_QUIET seconds (at most ``grace``).
+
+    Each answer meanwhile closes its connection, so nginx's idle connections to this replica are used up and
+    closed one by one; the quiet period leaves few for the last close, which can race a request nginx is just
+    sending (HTTP keep-alive's own race: nginx then answers 503 with the outcome unknown).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while loop.time() < deadline:
+        if services.in_flight == 0 and loop.time() - services.last_request_at >= DRAIN_QUIET:
+            return
+        try:
+            await asyncio.wait_for(services.idle.wait(), deadline - loop.time())
+        except TimeoutError:
+            break
+        await asyncio.sleep(max(0.0, services.last_request_at + DRAIN_QUIET - loop.time()))
+    if services.in_flight:
+        log.warning("%d request(s) still running after %.0f s; stopping anyway", services.in_flight, grace)
+
+
 async def serve(settings: Settings) -> None:
     """Run one replica until SIGTERM/SIGINT, then drain: stop accepting, finish in-flight requests, close."""
     services = await start_services(settings)
@@ -212,12 +238,7 @@ async def serve(settings: Settings) -> None:
     # new purchases to the others; requests already received are answered before anything closes.
     services.stopping = True
     server.stop()  # no new connections
-    if services.in_flight:
-        try:
-            await asyncio.wait_for(services.idle.wait(), settings.shutdown_grace)
-        except TimeoutError:
-            log.warning("%d request(s) still running after %.0f s; stopping anyway", services.in_flight,
-                        settings.shutdown_grace)
+    await drain(services, settings.shutdown_grace)
     # Idle keep-alive connections are closed before the services, so that no request can arrive at a replica
     # that can no longer sell.
     await server.close_all_connections()

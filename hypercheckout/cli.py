@@ -12,8 +12,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import uvloop
-
 from hypercheckout.app import redis_client, serve
 from hypercheckout.checkout.errors import CheckoutError
 from hypercheckout.cluster import read_env_file
@@ -64,7 +62,11 @@ async def _with_store(settings: Settings, action: Callable[[Store, Any], Awaitab
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(args, port=args.port, replica_id=args.replica_id, host=args.host,
                              strategy=args.strategy)
-    uvloop.run(serve(settings))
+    # asyncio's own loop, not uvloop: after PostgreSQL restarted, uvloop kept closed poll handles for the file
+    # descriptors of aiopg's dead connections, and a new client connection that reused such a number was dropped
+    # ("the handler is closed"), for as long as the replica ran. Seen in tests/test_faults.py; costs ~10 % of the
+    # no-op ceiling (load-tests/README.md).
+    asyncio.run(serve(settings))
     return 0
 
 

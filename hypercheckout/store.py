@@ -191,6 +191,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+OPEN_TRANSACTION = (psycopg2.extensions.TRANSACTION_STATUS_INTRANS, psycopg2.extensions.TRANSACTION_STATUS_INERROR)
+
+
 @dataclass(frozen=True, slots=True)
 class Product:
     id: int
@@ -263,13 +266,18 @@ class Store:
         try:
             conn = await self.pool.acquire()
         except (*CONNECTION_ERRORS, RuntimeError) as exc:
-            # RuntimeError: after PostgreSQL restarts, uvloop may refuse the socket of a new connection that reuses
-            # a broken one's file descriptor ("the handler is closed"); the next attempt gets a fresh one.
+            # RuntimeError: an event loop may refuse the socket of a new connection that reuses a broken one's file
+            # descriptor (uvloop: "the handler is closed"); the next attempt gets a fresh one.
             raise unavailable() from exc
         try:
             yield conn
         finally:
-            await self.pool.release(conn)
+            try:
+                await self.pool.release(conn)
+            except Exception:
+                # Releasing also refills the pool, and that can fail while PostgreSQL restarts. The work done on
+                # this connection is finished (perhaps committed): it must not be reported as failed.
+                log.debug("refilling the connection pool failed", exc_info=True)
 
     @asynccontextmanager
     async def cursor(self) -> AsyncIterator[aiopg.Cursor]:
@@ -278,7 +286,7 @@ class Store:
             async with self.connection() as conn, conn.cursor() as cur:
                 yield cur
         except CONNECTION_ERRORS as exc:
-            raise unavailable() from exc
+            raise _answer_for(exc) from exc
 
     @asynccontextmanager
     async def transaction(self, *, explicit: bool = False) -> AsyncIterator[aiopg.Cursor]:
@@ -301,10 +309,16 @@ class Store:
                     raise
                 if not explicit:
                     await Store.commit(cur, "COMMIT")
-                elif conn.raw.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
-                    await cur.execute("ROLLBACK")
+                elif conn.raw.info.transaction_status in OPEN_TRANSACTION:
+                    # The block ended without committing (it wrote nothing, or chose not to): end the transaction
+                    # so the connection goes back to the pool clean. A connection that broke right after the
+                    # caller's COMMIT returned is not in a transaction: that commit stands.
+                    try:
+                        await cur.execute("ROLLBACK")
+                    except Exception:
+                        conn.close()  # the server rolls back a transaction whose connection is gone
         except CONNECTION_ERRORS as exc:
-            raise unavailable() from exc
+            raise _answer_for(exc) from exc
 
     @staticmethod
     async def commit(cur: aiopg.Cursor, statement: str, params: dict[str, Any] | None = None) -> None:
@@ -474,6 +488,18 @@ class Store:
                 return False
             await cur.execute(DELETE_ORDERS, {"product_id": product_id})
             return True
+
+
+def _answer_for(exc: BaseException) -> CheckoutError:
+    """The answer for a connection error. One raised while an answer was already on its way out (closing the cursor
+    of a connection that broke during COMMIT) must not replace that answer: "outcome unknown" must not become
+    "nothing was sold"."""
+    earlier = exc.__context__
+    while earlier is not None:
+        if isinstance(earlier, CheckoutError):
+            return earlier
+        earlier = earlier.__context__
+    return unavailable()
 
 
 async def ensure_database(url: str, *, timeout: float = 5.0) -> bool:

@@ -52,8 +52,11 @@ class RunningCluster:
 
     def replica_process(self, name: str) -> psutil.Process:
         for proc in self.processes():
-            if f"--replica-id {name}" in " ".join(proc.cmdline()):
-                return proc
+            try:
+                if f"--replica-id {name}" in " ".join(proc.cmdline()):
+                    return proc
+            except (psutil.ZombieProcess, psutil.NoSuchProcess):
+                continue  # a replica an earlier test stopped, not yet reaped by `up`
         raise AssertionError(f"no process for {name}")
 
 

@@ -43,6 +43,7 @@ class Attempt:
     qty: int
     status: int | None = None  # None: no answer at all
     body: dict | None = None  # type: ignore[type-arg]
+    replica: str | None = None  # which replica answered (X-Replica)
 
     @property
     def outcome_unknown(self) -> bool:
@@ -86,6 +87,7 @@ class Load(threading.Thread):
                     answer = await buy(client, self.url, user=attempt.user, qty=attempt.qty,
                                        headers={"Idempotency-Key": attempt.key})
                     attempt.status, attempt.body = answer.status, answer.body
+                    attempt.replica = answer.headers.get("X-Replica")
                 except Exception:
                     pass
 
@@ -141,7 +143,7 @@ def verify(cluster: RunningCluster, attempts: list[Attempt]) -> dict[str, int]:
         if attempt.status == 200:
             assert placed == [(attempt.body["order_id"], attempt.user, attempt.qty)], (attempt, placed)  # type: ignore[index]
         elif not attempt.outcome_unknown:
-            assert placed is None, f"client told {attempt.status} {attempt.body}, yet order {placed} exists"
+            assert placed is None, f"{attempt} was answered, yet order {placed} exists"
     unknown = [a for a in attempts if a.outcome_unknown]
     retried = asyncio.run(retry(cluster.url, unknown))
     after = orders_by_key(cluster)
@@ -191,33 +193,7 @@ def cluster(replacements: list[PrivateRedis]) -> Iterator[RunningCluster]:
 @pytest.fixture
 def fresh(cluster: RunningCluster) -> RunningCluster:
     cluster.cli("reset", "--stock", str(INITIAL))
-    wait_until(lambda: all(p.is_running() for p in cluster.processes()), timeout=5, what="every process")
     return cluster
-
-
-def test_a_replica_killed_mid_load(fresh: RunningCluster) -> None:
-    load = Load(fresh.url)
-    load.start()
-    load.wait_for(200)
-    victim = fresh.replica_process("app-3")
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(10)
-    load.wait_for(len(load.attempts) + 300)
-    seen = verify(fresh, load.stop())
-    assert seen.get("200", 0) > 400 and set(seen) <= {"200", "unknown"}, seen
-
-
-def test_a_replica_stopping_gracefully_finishes_what_it_accepted(fresh: RunningCluster) -> None:
-    load = Load(fresh.url)
-    load.start()
-    load.wait_for(200)
-    victim = fresh.replica_process("app-2")
-    victim.send_signal(signal.SIGTERM)
-    victim.wait(30)  # it drains: in-flight requests and open batches are answered before it exits
-    assert "still running after" not in (fresh.data_dir / "logs" / "app-2.log").read_text()
-    load.wait_for(len(load.attempts) + 300)
-    seen = verify(fresh, load.stop())
-    assert seen.get("200", 0) > 400 and set(seen) <= {"200", "unknown"}, seen
 
 
 def test_postgres_restarting_mid_load(fresh: RunningCluster) -> None:
@@ -273,6 +249,30 @@ def test_clients_hanging_up_mid_request_lose_nothing(fresh: RunningCluster) -> N
     assert seen["unknown"] > 100 and seen.get("200", 0) > 100, seen
     hung_up = {a.key for a in attempts if a.status is None}
     assert hung_up & set(orders_by_key(fresh)), "no hang-up had its order placed: the test did not bite"
+
+
+# These two come last in the module: the replicas they stop stay stopped.
+@pytest.mark.parametrize(("how", "replica"), [(signal.SIGTERM, "app-2"), (signal.SIGKILL, "app-3")],
+                         ids=["stopped-gracefully", "killed"])
+def test_a_replica_going_away_mid_load(fresh: RunningCluster, how: signal.Signals, replica: str) -> None:
+    load = Load(fresh.url)
+    load.start()
+    load.wait_for(200)
+    victim = fresh.replica_process(replica)
+    victim.send_signal(how)
+    victim.wait(30)  # SIGTERM: it drains, answering in-flight requests and open batches before it exits
+    assert "still running after" not in (fresh.data_dir / "logs" / f"{replica}.log").read_text()
+    load.wait_for(len(load.attempts) + 300)
+    seen = verify(fresh, load.stop())
+    # Killed: requests in flight on it may end with their outcome unknown (and are found by their keys).
+    # Stopped: nothing it accepted is lost, and nginx sends the rest elsewhere.
+    refused = [(a.status, a.body, a.replica) for a in load.attempts if a.status not in (200, None)][:5]
+    assert seen.get("200", 0) > 400 and set(seen) <= {"200", "unknown"}, (seen, refused)
+    if how == signal.SIGTERM:
+        # Everything it had received was answered. Only HTTP keep-alive's own race remains: a request nginx
+        # sends on an idle connection at the instant the replica closes it (after a quiet period) ends with
+        # nginx's "outcome unknown" — rare, and resolved by the key like any other.
+        assert seen.get("unknown", 0) <= 2, seen
 
 
 def test_headers_spoofed_to_nginx_do_not_change_who_is_limited(tmp_path: Path) -> None:
