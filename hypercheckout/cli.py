@@ -64,8 +64,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              strategy=args.strategy)
     # asyncio's own loop, not uvloop: after PostgreSQL restarted, uvloop kept closed poll handles for the file
     # descriptors of aiopg's dead connections, and a new client connection that reused such a number was dropped
-    # ("the handler is closed"), for as long as the replica ran. Seen in tests/test_faults.py; costs ~10 % of the
-    # no-op ceiling (load-tests/README.md).
+    # ("the handler is closed"), for as long as the replica ran. Seen in tests/test_faults.py; the price is about a
+    # quarter more CPU per request (load-tests/README.md).
     asyncio.run(serve(settings))
     return 0
 
