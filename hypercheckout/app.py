@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,16 +146,28 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
     return services
 
 
+STOP_STEP_TIMEOUT = 10.0  # seconds one shutdown step may take before the replica gives up on it and says so
+
+
+async def _bounded(what: str, step: Awaitable[None]) -> None:
+    """One shutdown step, given at most STOP_STEP_TIMEOUT: a replica that hangs while stopping keeps a port and a
+    slot in nginx, and says nothing about why."""
+    try:
+        await asyncio.wait_for(step, STOP_STEP_TIMEOUT)
+    except TimeoutError:
+        log.warning("stopping: %s took more than %.0f s; going on without it", what, STOP_STEP_TIMEOUT)
+
+
 async def stop_services(services: Services) -> None:
     """Finish accepted purchases first (open batches settle), then stop background tasks and close connections."""
     services.stopping = True
-    await services.live.close()
-    await services.strategy.close()
-    await services.sold_out.close()
-    await services.hits.close()
-    await services.janitor.close()
-    await services.redis.aclose()
-    await services.store.close()
+    await _bounded("the dashboard feed", services.live.close())
+    await _bounded("settling accepted purchases", services.strategy.close())
+    await _bounded("the sold-out listener", services.sold_out.close())
+    await _bounded("the last hit counts", services.hits.close())
+    await _bounded("the key janitor", services.janitor.close())
+    await _bounded("Redis", services.redis.aclose())
+    await _bounded("PostgreSQL connections in use", services.store.close())
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
@@ -241,6 +254,6 @@ async def serve(settings: Settings) -> None:
     await drain(services, settings.shutdown_grace)
     # Idle keep-alive connections are closed before the services, so that no request can arrive at a replica
     # that can no longer sell.
-    await server.close_all_connections()
+    await _bounded("closing client connections", server.close_all_connections())
     await stop_services(services)
     log.info("replica %s stopped", settings.replica_id)
