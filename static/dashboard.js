@@ -67,7 +67,8 @@
           el("span", { class: "badge " + (p.sold_out ? "badge-soldout" : "badge-selling") },
              p.sold_out ? "SOLD OUT" : "SELLING")),
         el("div", { class: "big", "data-field": "stock", "aria-label": "stock left" }, fmt(p.stock)),
-        el("div", { class: "muted small" }, `left · ${fmt(p.sold)} sold of ${fmt(p.initial_stock)} (${pct}%) · ${fmt(p.orders)} orders`),
+        el("div", { class: "muted small" }, `left · ${fmt(p.sold)} sold of ${fmt(p.initial_stock)} (${pct}%) · ${fmt(p.orders)} orders` +
+           (p.per_user_limit ? ` · at most ${fmt(p.per_user_limit)} per buyer` : "")),
         el("div", { class: "progress", role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100",
                     "aria-valuenow": String(pct), "aria-label": "share sold" }, bar),
         el("div", { class: "reset" }, input, reset));
