@@ -150,7 +150,7 @@ class BatchedStrategy:
                     released_keys=[requests[i].idempotency_key or "" for i, ok in zip(
                         live, allocation.granted, strict=True) if not ok and i in keyed],
                 )
-            # Nothing granted: the transaction store.transaction rolls back takes the claimed keys with it.
+            # Nothing granted: no COMMIT was sent, so store.transaction rolls back, and the claimed keys go with it.
         outcomes: dict[int, Order | CheckoutError | DuplicateKey] = {
             i: DuplicateKey(requests[i].idempotency_key or "") for i in taken
         }
