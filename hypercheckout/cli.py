@@ -92,7 +92,8 @@ def cmd_reset(args: argparse.Namespace) -> int:
     async def action(store: Store, client: Any) -> int:
         result = await reset_product(store, client, settings.redis_prefix, args.product, args.stock,
                                      per_user_limit=args.per_user_limit)
-        print(f"product {result.product_id}: stock and initial stock set to {result.stock}, orders deleted")
+        print(f"product {result.product_id}: stock and initial stock set to {result.stock}, "
+              f"{result.deleted_orders} order(s) deleted")
         if args.per_user_limit is not None:
             print(f"per-buyer limit: {args.per_user_limit or 'none'}")
         if not result.announced:

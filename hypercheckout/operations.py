@@ -18,6 +18,7 @@ from hypercheckout.store import Store
 class ResetResult:
     product_id: int
     stock: int
+    deleted_orders: int
     announced: bool  # False: Redis was down; replicas clear their sold-out flags by their PostgreSQL recheck
 
 
@@ -37,12 +38,13 @@ async def reset_product(
         if product is None:
             raise unknown_product(product_id)
         stock = product.initial_stock
-    if not await store.reset_product(product_id, stock, per_user_limit=per_user_limit):
+    deleted = await store.reset_product(product_id, stock, per_user_limit=per_user_limit)
+    if deleted is None:
         raise unknown_product(product_id)
     announced = await announce_stock_changed(client, prefix, product_id)
     if announced:
         await clear_hits(client, prefix)  # per-replica counts start again with the new sale
-    return ResetResult(product_id=product_id, stock=stock, announced=announced)
+    return ResetResult(product_id=product_id, stock=stock, deleted_orders=deleted, announced=announced)
 
 
 async def status_report(store: Store, limiter: RateLimiter) -> dict[str, Any]:

@@ -475,9 +475,9 @@ class Store:
 
     # --- admin ----------------------------------------------------------------------------------------------------
 
-    async def reset_product(self, product_id: int, stock: int, *, per_user_limit: int | None = None) -> bool:
-        """Set stock and initial stock to ``stock`` and delete the product's orders; False if it does not exist.
-        ``per_user_limit``: None leaves it, 0 removes it."""
+    async def reset_product(self, product_id: int, stock: int, *, per_user_limit: int | None = None) -> int | None:
+        """Set stock and initial stock to ``stock`` and delete the product's orders; returns how many orders were
+        deleted, or None if the product does not exist. ``per_user_limit``: None leaves it, 0 removes it."""
         if stock < 0:
             raise CheckoutError(400, "invalid_request", "stock must be ≥ 0")
         async with self.transaction() as cur:
@@ -485,9 +485,9 @@ class Store:
                                               "set_limit": per_user_limit is not None,
                                               "per_user_limit": per_user_limit or 0})
             if await cur.fetchone() is None:
-                return False
+                return None
             await cur.execute(DELETE_ORDERS, {"product_id": product_id})
-            return True
+            return int(cur.rowcount)
 
 
 def _answer_for(exc: BaseException) -> CheckoutError:

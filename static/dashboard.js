@@ -43,36 +43,90 @@
 
   function say(text) { $("action-result").textContent = text; }
 
+  // Live pushes update figures in place and never rebuild a form: a value the operator is typing (or has typed
+  // and not yet sent) survives every snapshot, and a button is never swapped out under the pointer.
+  function syncKeyed(container, items, keyOf, create, update) {
+    const existing = new Map([...container.children].filter((n) => n.dataset.key !== undefined)
+      .map((n) => [n.dataset.key, n]));
+    const wanted = items.map((item) => {
+      const key = String(keyOf(item));
+      let node = existing.get(key);
+      if (!node) {
+        node = create(item);
+        node.dataset.key = key;
+      }
+      existing.delete(key);
+      update(node, item);
+      return node;
+    });
+    for (const stale of existing.values()) stale.remove();
+    for (const child of [...container.children]) if (child.dataset.key === undefined) child.remove();
+    wanted.forEach((node, index) => {
+      if (container.children[index] !== node) container.insertBefore(node, container.children[index] || null);
+    });
+  }
+
+  function setText(node, text) { if (node.textContent !== text) node.textContent = text; }
+
+  // A number field the operator owns from the first keystroke until its value was sent and accepted.
+  function ownedNumberInput(attrs) {
+    const input = el("input", { type: "number", min: "0", step: "1", inputmode: "numeric", ...attrs });
+    input.addEventListener("input", () => { input.dataset.edited = "true"; });
+    return input;
+  }
+  const untouched = (input) => input.dataset.edited !== "true" && document.activeElement !== input;
+
+  function productCard(p) {
+    const input = ownedNumberInput({ "aria-label": "New stock for " + p.name, id: "reset-stock-" + p.id,
+                                     value: String(p.initial_stock) });
+    const reset = el("button", { type: "button", id: "reset-" + p.id }, "Reset");
+    const card = el("div", { class: "card", id: "product-" + p.id },
+      el("div", { class: "row" }, el("strong", { "data-field": "title" }), el("span", { "data-field": "badge" })),
+      el("div", { class: "big", "data-field": "stock", "aria-label": "stock left" }),
+      el("div", { class: "muted small", "data-field": "summary" }),
+      el("div", { class: "progress", role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100",
+                  "aria-label": "share sold" }, el("div", { "data-field": "bar" })),
+      el("div", { class: "reset" }, input, reset));
+    reset.addEventListener("click", () => resetProduct(card, input));
+    return card;
+  }
+
+  function updateProductCard(card, p) {
+    card.product = p;
+    const field = (name) => card.querySelector(`[data-field=${name}]`);
+    const pct = p.initial_stock ? Math.round((100 * p.sold) / p.initial_stock) : 0;
+    setText(field("title"), `#${p.id} ${p.name}`);
+    const badge = field("badge");
+    badge.className = "badge " + (p.sold_out ? "badge-soldout" : "badge-selling");
+    setText(badge, p.sold_out ? "SOLD OUT" : "SELLING");
+    setText(field("stock"), fmt(p.stock));
+    setText(field("summary"), `left · ${fmt(p.sold)} sold of ${fmt(p.initial_stock)} (${pct}%) · ` +
+      `${fmt(p.orders)} orders` + (p.per_user_limit ? ` · at most ${fmt(p.per_user_limit)} per buyer` : ""));
+    field("bar").style.width = pct + "%";
+    card.querySelector(".progress").setAttribute("aria-valuenow", String(pct));
+    const input = card.querySelector("input");
+    if (untouched(input) && input.value !== String(p.initial_stock)) input.value = String(p.initial_stock);
+  }
+
+  async function resetProduct(card, input) {
+    const p = card.product;
+    // The value is read once: the dialog shows it, the request carries it, whatever a push does meanwhile.
+    const stock = input.value.trim();
+    if (!/^\d{1,10}$/.test(stock)) { say(`Reset refused: "${stock}" is not a whole number of units.`); return; }
+    const question = `Reset "${p.name}" (product ${p.id}) to ${fmt(stock)} units?\n` +
+      `This deletes its ${fmt(p.orders)} orders (${fmt(p.sold)} units sold).`;
+    if (!window.confirm(question)) return;
+    try {
+      const done = await post("/admin/reset", { product_id: p.id, stock });
+      delete input.dataset.edited;
+      input.value = String(done.stock);
+      say(`Product ${done.product_id} reset to ${fmt(done.stock)} units; ${fmt(done.deleted_orders)} orders ` +
+          "deleted." + (done.announced ? "" : " Redis was unreachable: replicas pick it up within a second."));
+    } catch (err) { say("Reset failed: " + err.message + " Nothing was changed."); }
+  }
+
   function renderProducts(products) {
-    const box = $("products");
-    box.replaceChildren(...products.map((p) => {
-      const pct = p.initial_stock ? Math.round((100 * p.sold) / p.initial_stock) : 0;
-      const bar = el("div");
-      bar.style.width = pct + "%";
-      const input = el("input", { type: "number", min: "0", value: String(p.initial_stock),
-                                  "aria-label": "New stock for " + p.name, id: "reset-stock-" + p.id });
-      const reset = el("button", { type: "button", id: "reset-" + p.id, onclick: async () => {
-        const stock = input.value;
-        const question = `Reset "${p.name}" to ${fmt(stock)} units?\n` +
-          `This deletes its ${fmt(p.orders)} orders (${fmt(p.sold)} units sold).`;
-        if (!window.confirm(question)) return;
-        try {
-          await post("/admin/reset", { product_id: p.id, stock });
-          say(`Product ${p.id} reset to ${fmt(stock)} units.`);
-        } catch (err) { say("Reset failed: " + err.message); }
-      } }, "Reset");
-      return el("div", { class: "card", id: "product-" + p.id },
-        el("div", { class: "row" },
-          el("strong", {}, `#${p.id} ${p.name}`),
-          el("span", { class: "badge " + (p.sold_out ? "badge-soldout" : "badge-selling") },
-             p.sold_out ? "SOLD OUT" : "SELLING")),
-        el("div", { class: "big", "data-field": "stock", "aria-label": "stock left" }, fmt(p.stock)),
-        el("div", { class: "muted small" }, `left · ${fmt(p.sold)} sold of ${fmt(p.initial_stock)} (${pct}%) · ${fmt(p.orders)} orders` +
-           (p.per_user_limit ? ` · at most ${fmt(p.per_user_limit)} per buyer` : "")),
-        el("div", { class: "progress", role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100",
-                    "aria-valuenow": String(pct), "aria-label": "share sold" }, bar),
-        el("div", { class: "reset" }, input, reset));
-    }));
+    syncKeyed($("products"), products, (p) => p.id, productCard, updateProductCard);
   }
 
   function renderReplicas(hits, seen) {
@@ -95,25 +149,37 @@
   function unbanButton(kind, value) {
     return el("button", { type: "button", "data-unban": `${kind}:${value}`, onclick: async () => {
       try {
-        await post("/admin/unban", { kind, value });
-        say(`Unbanned ${kind} ${value}.`);
+        const done = await post("/admin/unban", { kind, value });
+        say(`Unbanned ${kind} ${value}.` + (done.removed ? "" : " (Nothing was left to remove.)"));
       } catch (err) { say("Unban failed: " + err.message); }
     } }, "Unban");
   }
 
+  // Rows keyed by who they name, updated in place, so an Unban button is never replaced while it is clicked.
+  function syncRows(tbody, items, attr, cells, emptyText) {
+    const row = (item) => {
+      const tr = el("tr", { [attr]: `${item.kind}:${item.value}` }, el("td", {}, item.kind), el("td", {}, item.value),
+                    el("td", { class: "num" }), el("td", {}, unbanButton(item.kind, item.value)));
+      return tr;
+    };
+    const update = (tr, item) => setText(tr.children[2], cells(item));
+    if (!items.length) {
+      if (!tbody.querySelector("tr.empty")) {
+        tbody.replaceChildren(el("tr", { class: "empty" }, el("td", { colspan: "4", class: "muted" }, emptyText)));
+      }
+      return;
+    }
+    syncKeyed(tbody, items, (item) => `${item.kind}:${item.value}`, row, update);
+  }
+
   function renderLimits(snap) {
     const s = snap.settings;
-    $("limit-settings").textContent =
+    setText($("limit-settings"),
       `Per buyer ${s.rate_limit} (burst ${s.rate_burst}) · per address ${s.ip_rate_limit} · ` +
-      `ban after ${s.ban_after} rejections for ${s.ban_seconds}s`;
-    const bans = snap.bans || [];
-    $("bans").replaceChildren(...(bans.length ? bans.map((b) => el("tr", { "data-ban": `${b.kind}:${b.value}` },
-      el("td", {}, b.kind), el("td", {}, b.value), el("td", { class: "num" }, Math.ceil(b.seconds_left) + " s"),
-      el("td", {}, unbanButton(b.kind, b.value)))) : [el("tr", {}, el("td", { colspan: "4", class: "muted" }, "No active bans."))]));
-    const limited = snap.top_limited || [];
-    $("limited").replaceChildren(...(limited.length ? limited.map((t) => el("tr", {},
-      el("td", {}, t.kind), el("td", {}, t.value), el("td", { class: "num" }, fmt(t.rejections)),
-      el("td", {}, unbanButton(t.kind, t.value)))) : [el("tr", {}, el("td", { colspan: "4", class: "muted" }, "Nobody is being limited."))]));
+      `ban after ${s.ban_after} rejections for ${s.ban_seconds}s`);
+    syncRows($("bans"), snap.bans || [], "data-ban", (b) => Math.ceil(b.seconds_left) + " s", "No active bans.");
+    syncRows($("limited"), snap.top_limited || [], "data-limited", (t) => fmt(t.rejections),
+             "Nobody is being limited.");
   }
 
   function renderOrders(orders) {

@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,6 +117,62 @@ def log_in(page, url: str) -> None:  # type: ignore[no-untyped-def]
 
 def shown_number(page, selector: str) -> int:  # type: ignore[no-untyped-def]
     return int(page.locator(selector).inner_text().replace(",", ""))
+
+
+class Pushes:
+    """Counts the snapshots the page receives over its WebSocket."""
+
+    def __init__(self, page) -> None:  # type: ignore[no-untyped-def]
+        self.count = 0
+        page.on("websocket", lambda ws: ws.on("framereceived", self._frame))
+
+    def _frame(self, _payload: object) -> None:
+        self.count += 1
+
+    def wait_for(self, more: int, page, at_least_seconds: float) -> None:  # type: ignore[no-untyped-def]
+        """Let ``more`` pushes arrive and ``at_least_seconds`` pass (playwright dispatches events while waiting)."""
+        target, deadline = self.count + more, time.monotonic() + at_least_seconds
+        give_up = deadline + 15
+        while self.count < target or time.monotonic() < deadline:
+            assert time.monotonic() < give_up, f"only {self.count} pushes, wanted {target}"
+            page.wait_for_timeout(100)
+
+
+def test_a_reset_sends_the_value_typed_however_many_pushes_arrive_before_the_click(
+        cluster: RunningCluster, page) -> None:  # type: ignore[no-untyped-def]
+    """The live refresh must never overwrite what an operator typed: a reset deletes the product's orders, and it
+    must do so with the number on the operator's screen (regression: a push re-rendered the input)."""
+    cluster.cli("reset", "--stock", "5000")
+    pushes = Pushes(page)
+    log_in(page, cluster.url)
+    stock = page.locator("#product-1 [data-field=stock]")
+    expect(stock).to_have_text("5,000")
+    dialogs: list[str] = []
+    load = SteadyLoad(cluster.url)
+    load.start()
+    try:
+        page.wait_for_function("() => Number(document.querySelector('#product-1 [data-field=stock]')"
+                               ".textContent.replace(/,/g, '')) < 4990")
+        page.fill("#reset-stock-1", "321")
+        page.locator("#products-title").click()  # the field loses focus: typed, not yet sent
+        moving = shown_number(page, "#product-1 [data-field=stock]")
+        pushes.wait_for(4, page, at_least_seconds=2.0)
+        assert shown_number(page, "#product-1 [data-field=stock]") < moving, "the figures stopped updating"
+        assert page.input_value("#reset-stock-1") == "321"
+        page.once("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.accept()))
+        page.click("#reset-1")
+        expect(page.locator("#action-result")).to_have_text(
+            re.compile(r"^Product 1 reset to 321 units; [\d,]+ orders deleted\.$"))
+    finally:
+        statuses = load.finish()
+    assert set(statuses) == {200}, statuses
+    assert "to 321 units?" in dialogs[0], dialogs
+    status = cluster.status()["products"][0]
+    # The load kept buying after the reset: what it bought since comes out of the 321 units.
+    assert status["initial_stock"] == 321 and status["stock"] + status["sold"] == 321, status
+    expect(stock).to_have_text(f"{status['stock']:,}")
+    # Once sent and accepted, the field follows the product again.
+    assert page.input_value("#reset-stock-1") == "321"
 
 
 def test_an_operator_watches_a_sale_resets_it_and_unbans_a_spammer(cluster: RunningCluster, page) -> None:  # type: ignore[no-untyped-def]

@@ -49,7 +49,8 @@ class ResetHandler(ActionHandler):
         result = await reset_product(services.store, services.redis, services.settings.redis_prefix,
                                      product_id, stock)
         services.sold_out.clear(product_id)  # this replica at once; the others by the announcement
-        self.write_json({"product_id": result.product_id, "stock": result.stock, "announced": result.announced})
+        self.write_json({"product_id": result.product_id, "stock": result.stock,
+                         "deleted_orders": result.deleted_orders, "announced": result.announced})
 
 
 class UnbanHandler(ActionHandler):
