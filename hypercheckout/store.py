@@ -19,7 +19,7 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 
-from hypercheckout.checkout.errors import CheckoutError, outcome_unknown, unavailable
+from hypercheckout.checkout.errors import CheckoutError, outcome_unknown, statement_cancelled, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,18 @@ SELECT setval('products_id_seq', GREATEST((SELECT max(id) FROM products), 1));
 # --- pessimistic: the original's transaction, statement by statement ------------------------------------------
 # FOR UPDATE makes concurrent buyers of one product queue on the row lock, so the check and the decrement below
 # see the same stock.
-LOCK_STOCK = "SELECT stock, per_user_limit FROM products WHERE id = %(product_id)s FOR UPDATE"
+# With an Idempotency-Key the order's id is reserved here, so the key can be claimed for it before stock or
+# limits are looked at (a retry of a placed order must replay it, even once the product has sold out since).
+LOCK_STOCK = """
+SELECT stock, per_user_limit, CASE WHEN %(reserve_id)s THEN nextval('orders_id_seq') END
+FROM products WHERE id = %(product_id)s FOR UPDATE
+"""
 DECREMENT_STOCK = "UPDATE products SET stock = stock - %(quantity)s WHERE id = %(product_id)s"
+# COALESCE evaluates nextval only when no id was reserved.
 INSERT_ORDER = """
-INSERT INTO orders (user_id, product_id, quantity, replica)
-VALUES (%(user_id)s, %(product_id)s, %(quantity)s, %(replica)s)
+INSERT INTO orders (id, user_id, product_id, quantity, replica)
+VALUES (COALESCE(%(order_id)s::bigint, nextval('orders_id_seq')), %(user_id)s, %(product_id)s, %(quantity)s,
+        %(replica)s)
 RETURNING id, created_at
 """
 
@@ -220,6 +227,13 @@ class ProductStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class LockedStock:
+    stock: int
+    per_user_limit: int | None
+    order_id: int | None  # reserved for this purchase when asked for
+
+
+@dataclass(frozen=True, slots=True)
 class BatchLock:
     stock: int
     per_user_limit: int | None
@@ -287,6 +301,9 @@ class Store:
                 yield cur
         except CONNECTION_ERRORS as exc:
             raise _answer_for(exc) from exc
+        except asyncio.CancelledError as exc:
+            _raise_if_cancelled_by_server(exc)
+            raise
 
     @asynccontextmanager
     async def transaction(self, *, explicit: bool = False) -> AsyncIterator[aiopg.Cursor]:
@@ -319,6 +336,9 @@ class Store:
                         conn.close()  # the server rolls back a transaction whose connection is gone
         except CONNECTION_ERRORS as exc:
             raise _answer_for(exc) from exc
+        except asyncio.CancelledError as exc:
+            _raise_if_cancelled_by_server(exc)
+            raise
 
     @staticmethod
     async def commit(cur: aiopg.Cursor, statement: str, params: dict[str, Any] | None = None) -> None:
@@ -345,11 +365,12 @@ class Store:
     # --- pessimistic ----------------------------------------------------------------------------------------------
 
     @staticmethod
-    async def lock_stock(cur: aiopg.Cursor, product_id: int) -> tuple[int, int | None] | None:
-        """(stock, per-user limit) with the product's row locked, or None if there is no such product."""
-        await cur.execute(LOCK_STOCK, {"product_id": product_id})
+    async def lock_stock(cur: aiopg.Cursor, product_id: int, *, reserve_id: bool = False) -> LockedStock | None:
+        """The product's stock and limit with its row locked (and an order id reserved when asked), or None if
+        there is no such product."""
+        await cur.execute(LOCK_STOCK, {"product_id": product_id, "reserve_id": reserve_id})
         row = await cur.fetchone()
-        return None if row is None else (row[0], row[1])
+        return None if row is None else LockedStock(stock=row[0], per_user_limit=row[1], order_id=row[2])
 
     @staticmethod
     async def decrement_stock(cur: aiopg.Cursor, product_id: int, quantity: int) -> None:
@@ -357,11 +378,12 @@ class Store:
 
     @staticmethod
     async def insert_order(
-        cur: aiopg.Cursor, user_id: int, product_id: int, quantity: int, replica: str,
+        cur: aiopg.Cursor, user_id: int, product_id: int, quantity: int, replica: str, order_id: int | None = None,
     ) -> tuple[int, datetime]:
         await cur.execute(
             INSERT_ORDER,
-            {"user_id": user_id, "product_id": product_id, "quantity": quantity, "replica": replica},
+            {"order_id": order_id, "user_id": user_id, "product_id": product_id, "quantity": quantity,
+             "replica": replica},
         )
         order_id, created_at = await cur.fetchone()
         return order_id, created_at
@@ -488,6 +510,17 @@ class Store:
                 return None
             await cur.execute(DELETE_ORDERS, {"product_id": product_id})
             return int(cur.rowcount)
+
+
+def _raise_if_cancelled_by_server(exc: asyncio.CancelledError) -> None:
+    """aiopg reports a statement that PostgreSQL cancelled (statement_timeout, pg_cancel_backend) as
+    ``CancelledError``, although nobody cancelled this task. Left alone it would pass every ``except Exception``
+    and end a batch's task with its waiters unanswered. The cancelled statement failed, so its transaction did not
+    commit (PostgreSQL does not act on a cancel while it commits): nothing was sold. A real cancellation of the
+    task (``cancelling()`` > 0) goes on as it is."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling() == 0:
+        raise statement_cancelled() from exc
 
 
 def _answer_for(exc: BaseException) -> CheckoutError:

@@ -20,6 +20,8 @@ from hypercheckout.checkout.errors import (
     DuplicateKey,
     limit_reached,
     out_of_stock,
+    outcome_unknown,
+    shutting_down,
     unavailable,
     unknown_product,
 )
@@ -57,7 +59,7 @@ class BatchedStrategy:
 
     async def purchase(self, request: PurchaseRequest) -> Order:
         if self._closing:
-            raise CheckoutError(503, "unavailable", "this replica is shutting down; please retry")
+            raise shutting_down()
         queue = self._queues.get(request.product_id)
         if queue is None:
             queue = self._queues[request.product_id] = _ProductQueue()
@@ -91,8 +93,14 @@ class BatchedStrategy:
                     queue.full.clear()
                 await self._settle(product_id, batch)
         finally:
+            # Only a cancelled task (a shutdown past its time limit) gets here with buyers still queued: they never
+            # reached the database, and must not wait for a task that is gone.
+            for waiter in queue.waiting:
+                if not waiter.answer.done():
+                    waiter.answer.set_exception(shutting_down())
+            queue.waiting.clear()
             queue.task = None
-            if self._queues.get(product_id) is queue and not queue.waiting:
+            if self._queues.get(product_id) is queue:
                 del self._queues[product_id]
 
     async def _settle(self, product_id: int, batch: list[_Waiter]) -> None:
@@ -101,10 +109,18 @@ class BatchedStrategy:
             outcomes = await self._settle_in_transaction(product_id, batch)
         except CheckoutError as exc:
             outcomes = [exc] * len(batch)
+        except asyncio.CancelledError:
+            # This task was cancelled while the batch was in the database, perhaps committing: say so, then stop.
+            self._answer(batch, [outcome_unknown()] * len(batch))
+            raise
         except Exception:
             log.exception("batch of %d purchases of product %d failed", len(batch), product_id)
             outcomes = [unavailable()] * len(batch)
         self.batch_sizes[len(batch)] += 1
+        self._answer(batch, outcomes)
+
+    @staticmethod
+    def _answer(batch: list[_Waiter], outcomes: list[Order | CheckoutError | DuplicateKey]) -> None:
         for waiter, outcome in zip(batch, outcomes, strict=True):
             if waiter.answer.done():
                 continue

@@ -50,8 +50,23 @@ def out_of_stock(product_id: int, remaining: int, requested: int) -> CheckoutErr
     )
 
 
+NOTHING_SOLD = {"outcome": "nothing_sold"}
+
+
 def unavailable(what: str = "the database") -> CheckoutError:
-    return CheckoutError(503, "unavailable", f"{what} is unreachable; nothing was sold, please retry")
+    return CheckoutError(503, "unavailable", f"{what} is unreachable; nothing was sold, please retry",
+                         extra=dict(NOTHING_SOLD))
+
+
+def statement_cancelled() -> CheckoutError:
+    """PostgreSQL cancelled the statement (a statement timeout, or an operator's pg_cancel_backend)."""
+    return CheckoutError(503, "unavailable", "the database cancelled the statement; nothing was sold, please retry",
+                         extra=dict(NOTHING_SOLD))
+
+
+def shutting_down() -> CheckoutError:
+    return CheckoutError(503, "unavailable", "this replica is shutting down; nothing was sold, please retry",
+                         extra=dict(NOTHING_SOLD))
 
 
 def outcome_unknown() -> CheckoutError:

@@ -10,11 +10,17 @@ from hypercheckout.store import Store
 
 async def buy_in_transaction(store: Store, request: PurchaseRequest, replica: str) -> Order:
     """Everything under the product's row lock, in one transaction: limit, stock, order, key."""
+    key = request.idempotency_key
     async with store.transaction() as cur:
-        locked = await Store.lock_stock(cur, request.product_id)
+        locked = await Store.lock_stock(cur, request.product_id, reserve_id=key is not None)
         if locked is None:
             raise unknown_product(request.product_id)
-        stock, limit = locked
+        stock, limit = locked.stock, locked.per_user_limit
+        # The key first: a retry of an order that was placed (its client perhaps told "outcome unknown") must get
+        # that order back, not a refusal decided on the stock or limit left since. A refusal below rolls the
+        # claim back with everything else.
+        if key is not None and not await Store.claim_keys(cur, [key], [request.fingerprint], [locked.order_id]):
+            raise DuplicateKey(key)  # a committed order holds the key: the checkout service replays it
         if limit is not None:
             owned = (await Store.owned(cur, request.product_id, [request.user_id])).get(request.user_id, 0)
             if owned + request.quantity > limit:
@@ -23,11 +29,8 @@ async def buy_in_transaction(store: Store, request: PurchaseRequest, replica: st
             raise out_of_stock(request.product_id, stock, request.quantity)
         await Store.decrement_stock(cur, request.product_id, request.quantity)
         order_id, created_at = await Store.insert_order(
-            cur, request.user_id, request.product_id, request.quantity, replica,
+            cur, request.user_id, request.product_id, request.quantity, replica, order_id=locked.order_id,
         )
-        key = request.idempotency_key
-        if key is not None and not await Store.claim_keys(cur, [key], [request.fingerprint], [order_id]):
-            raise DuplicateKey(key)  # rolls this order back: the key's first order stands
     return Order(
         id=order_id, user_id=request.user_id, product_id=request.product_id, quantity=request.quantity,
         created_at=created_at, remaining=stock - request.quantity, replica=replica,

@@ -56,8 +56,11 @@ class Checkout:
                      created_at=stored.created_at, remaining=None, replica=stored.replica, replayed=True)
 
     async def _sell(self, request: PurchaseRequest) -> Order:
-        """A product seen at 0 is refused without a database round trip."""
-        if self.sold_out.is_sold_out(request.product_id):
+        """A product seen at 0 is refused without a database round trip — unless the request has an
+        Idempotency-Key: its first try may still be in flight on another replica, about to take the last unit, and
+        the retry must wait for that outcome (the strategy claims the key under the row lock) rather than be told
+        a definite "out of stock"."""
+        if request.idempotency_key is None and self.sold_out.is_sold_out(request.product_id):
             raise out_of_stock(request.product_id, 0, request.quantity)
         try:
             order = await self.strategy.purchase(request)
