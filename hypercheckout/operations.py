@@ -7,11 +7,18 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from hypercheckout.checkout.errors import CheckoutError, unknown_product
+from hypercheckout.checkout.errors import invalid_request, unknown_product
 from hypercheckout.checkout.soldout import announce_stock_changed
+from hypercheckout.checkout.validation import MAX_ID, MAX_UNITS
 from hypercheckout.limiter import REDIS_ERRORS, RateLimiter
 from hypercheckout.stats import clear_hits
 from hypercheckout.store import Store
+
+
+def check_range(value: int, name: str, minimum: int, maximum: int) -> None:
+    """The CLI hands over numbers argparse made; they must still fit PostgreSQL's columns."""
+    if not minimum <= value <= maximum:
+        raise invalid_request(f"{name} must be from {minimum} to {maximum}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,10 +36,11 @@ async def reset_product(
     """Set stock and initial stock (default: the current initial stock), delete the product's orders, and tell
     every replica its sold-out flag for the product is stale. ``per_user_limit``: None leaves it as it is, 0
     removes it."""
-    if stock is not None and stock < 0:
-        raise CheckoutError(400, "invalid_request", "stock must be ≥ 0")
-    if per_user_limit is not None and per_user_limit < 0:
-        raise CheckoutError(400, "invalid_request", "per-user limit must be ≥ 0 (0: no limit)")
+    check_range(product_id, "product id", 1, MAX_ID)
+    if stock is not None:
+        check_range(stock, "stock", 0, MAX_UNITS)
+    if per_user_limit is not None:
+        check_range(per_user_limit, "per-user limit (0: no limit)", 0, MAX_UNITS)
     if stock is None:
         product = await store.get_product(product_id)
         if product is None:

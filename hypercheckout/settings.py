@@ -58,6 +58,24 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also rejects NaN
+        raise ValueError("must be a number > 0")
+    return value
+
+
+MIN_PERIOD_MS = 10.0
+
+
+def _period_ms(text: str) -> float:
+    """How often a background loop runs: 0 would make it spin on the event loop."""
+    value = float(text)
+    if not value >= MIN_PERIOD_MS:
+        raise ValueError(f"must be a number of milliseconds ≥ {MIN_PERIOD_MS:g}")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -136,9 +154,9 @@ class Settings:
         "Peers whose X-Real-IP header names the client (comma-separated addresses or CIDR blocks).")
     db_pool_size: int = setting("HC_DB_POOL_SIZE", 10, _positive_int, "PostgreSQL connections per process.")
     db_timeout: float = setting(
-        "HC_DB_TIMEOUT", 5.0, _non_negative_float, "Seconds a PostgreSQL connect or statement may take.")
+        "HC_DB_TIMEOUT", 5.0, _positive_float, "Seconds a PostgreSQL connect or statement may take.")
     redis_timeout: float = setting(
-        "HC_REDIS_TIMEOUT", 0.25, _non_negative_float, "Seconds a Redis call may take before failing open.")
+        "HC_REDIS_TIMEOUT", 0.25, _positive_float, "Seconds a Redis call may take before failing open.")
     batch_window_ms: float = setting(
         "HC_BATCH_WINDOW_MS", 2.0, _non_negative_float,
         "Batched strategy: how long a purchase may wait for others to share its transaction.")
@@ -150,10 +168,10 @@ class Settings:
     idempotency_sweep_s: float = setting(
         "HC_IDEMPOTENCY_SWEEP_S", 600.0, _non_negative_float, "How often expired Idempotency-Keys are deleted.")
     soldout_recheck_ms: float = setting(
-        "HC_SOLDOUT_RECHECK_MS", 500.0, _non_negative_float,
+        "HC_SOLDOUT_RECHECK_MS", 500.0, _period_ms,
         "How often a replica re-reads PostgreSQL for products it believes sold out.")
     stats_flush_ms: float = setting(
-        "HC_STATS_FLUSH_MS", 250.0, _non_negative_float, "How often per-replica hit counts are flushed to Redis.")
+        "HC_STATS_FLUSH_MS", 250.0, _period_ms, "How often per-replica hit counts are flushed to Redis.")
     admin_token: str = setting("HC_ADMIN_TOKEN", "", _text, "Token for the admin dashboard (generated when empty).")
     cookie_secret: str = setting(
         "HC_COOKIE_SECRET", "", _text, "Secret signing admin cookies; must be the same on every replica.")

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
@@ -33,17 +34,26 @@ def outcome_of(status: int) -> str:
 
 
 class HitCounter:
-    def __init__(self, client: aioredis.Redis, *, prefix: str, replica: str, flush_seconds: float) -> None:
+    def __init__(self, client: aioredis.Redis, *, prefix: str, replica: str, flush_seconds: float,
+                 clock: Callable[[], float] = time.time) -> None:
         self._redis = client
         self._prefix = prefix
         self._replica = replica
         self._interval = flush_seconds
+        self._clock = clock
         self._pending: Counter[tuple[int, str]] = Counter()  # (epoch second, outcome) -> count
+        self._pending_total = 0  # purchases answered since the last successful flush (the per-replica share)
         self._task: asyncio.Task[None] | None = None
         self.flush_failures = 0
 
     def record(self, status: int) -> None:
-        self._pending[(int(time.time()), outcome_of(status))] += 1
+        self._pending[(int(self._clock()), outcome_of(status))] += 1
+        self._pending_total += 1
+
+    @property
+    def pending_seconds(self) -> int:
+        """(second, outcome) entries waiting for Redis; at most OUTCOME_TTL seconds of each outcome during an outage."""
+        return len(self._pending)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="hits-flush")
@@ -63,19 +73,23 @@ class HitCounter:
     async def flush(self) -> bool:
         """Send the counts so far, and a heartbeat even when idle (the dashboard lists live replicas)."""
         pending, self._pending = self._pending, Counter()
+        total, self._pending_total = self._pending_total, 0
         pipe = self._redis.pipeline(transaction=False)
-        total = sum(pending.values())
         if total:
             pipe.hincrby(f"{self._prefix}hits", self._replica, total)
         for (second, outcome), count in pending.items():
             key = f"{self._prefix}outcomes:{second}"
             pipe.hincrby(key, outcome, count)
             pipe.expire(key, OUTCOME_TTL)
-        pipe.hset(f"{self._prefix}replicas", self._replica, f"{time.time():.3f}")
+        pipe.hset(f"{self._prefix}replicas", self._replica, f"{self._clock():.3f}")
         try:
             await pipe.execute()
         except REDIS_ERRORS:
-            self._pending.update(pending)  # keep them for the next flush
+            # Kept for the next flush, but only the seconds Redis would still hold: during a long outage the
+            # per-second history must not grow by one entry a second forever. The total is one number.
+            oldest = int(self._clock()) - OUTCOME_TTL
+            self._pending.update({k: n for k, n in pending.items() if k[0] > oldest})
+            self._pending_total += total
             self.flush_failures += 1
             return False
         return True

@@ -125,6 +125,30 @@ async def test_reset_from_the_dashboard_changes_the_data(browser: Browser, datab
 
 
 @pytest.mark.gen_test
+async def test_odd_numbers_from_the_dashboard_are_400s_and_change_nothing(browser: Browser, database_url: str) -> None:
+    await browser.log_in()
+    for fields in ({"product_id": "1", "stock": "\u00b2"}, {"product_id": "\u00b2", "stock": "5"},
+                   {"product_id": "1", "stock": "3000000000"}, {"product_id": "99999999999999999999", "stock": "5"},
+                   {"product_id": "1", "stock": "\uff15"}):  # superscript two, an int overflow, a full-width five
+        answer = await browser.post("/admin/reset", fields)
+        assert answer.code == 400, (fields, answer.body)
+        assert json.loads(answer.body)["error"]["code"] == "invalid_request"
+    for fields in ({"kind": "user", "value": "\u00b2"}, {"kind": "ip", "value": "not-an-address"},
+                   {"kind": "user", "value": ""}):
+        answer = await browser.post("/admin/unban", fields)
+        assert answer.code == 400, (fields, answer.body)
+    assert stock_of(database_url) == 10_000
+
+
+@pytest.mark.gen_test
+async def test_a_next_with_a_line_break_cannot_break_the_login_redirect(browser: Browser) -> None:
+    response = await browser.post("/admin/login?next=/admin%0d%0aSet-Cookie:%20x=1", {"token": TOKEN})
+    assert response.code == 303 and response.headers["Location"] == "/admin"
+    kept = await browser.post("/admin/login?next=/admin/", {"token": TOKEN})
+    assert kept.headers["Location"] == "/admin/"
+
+
+@pytest.mark.gen_test
 async def test_unban_and_clear_all_from_the_dashboard(browser: Browser, services: Services) -> None:
     client = redis.Redis.from_url(services.settings.redis_url)
     prefix = services.settings.redis_prefix

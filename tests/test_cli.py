@@ -93,3 +93,11 @@ def test_data_dir_finds_the_cluster_through_cluster_env(settings: Settings, tmp_
     assert json.loads(done.stdout)["products"][0]["stock"] == 10_000
     missing = run_cli("status", "--data-dir", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "cluster.env" in missing.stderr
+
+
+def test_numbers_beyond_the_columns_are_one_line_errors_and_change_nothing(settings: Settings) -> None:
+    for args in (("--stock", "3000000000"), ("--per-user-limit", "3000000000"), ("--product", str(2**63))):
+        done = run_cli("reset", *args, env=settings_env(settings))
+        assert done.returncode == 1, done
+        assert done.stderr.startswith("hypercheckout: invalid_request: ") and done.stderr.count("\n") == 1, done
+    assert stock_of(settings.database_url) == 10_000

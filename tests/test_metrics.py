@@ -21,6 +21,18 @@ async def scrape(http_client, base_url: str) -> dict[tuple[str, tuple[tuple[str,
 
 
 @pytest.mark.gen_test
+async def test_any_method_a_client_invents_adds_no_series(http_client, base_url) -> None:
+    for n in range(50):
+        answer = await http_client.fetch(f"{base_url}/purchase", method=f"INVENTED{n}", raise_error=False,
+                                         allow_nonstandard_methods=True)
+        assert answer.code in (400, 405)
+    await http_client.fetch(f"{base_url}/healthz")
+    m = await scrape(http_client, base_url)
+    methods = {dict(labels)["method"] for name, labels in m if name == "hypercheckout_requests_total"}
+    assert methods == {"other", "GET"}
+
+
+@pytest.mark.gen_test
 @pytest.mark.settings(rate_limit=1.0, rate_burst=2)
 async def test_the_figures_follow_what_happened(http_client, base_url, database_url: str,
                                                services: Services) -> None:

@@ -17,7 +17,11 @@ import pytest
 from hypercheckout.app import Services
 from hypercheckout.localservices import free_port, port_open, tail, wait_until
 from hypercheckout.settings import Settings
-from tests.helpers import buy, settings_env
+from tests.helpers import buy, post_raw, settings_env
+
+
+async def buy_at(client, url: str):  # type: ignore[no-untyped-def]
+    return await post_raw(client, url, json.dumps({"user_id": 1, "product_id": 1, "quantity": 1}))
 
 
 @pytest.mark.gen_test
@@ -31,6 +35,19 @@ async def test_an_unexpected_error_is_a_generic_500_without_trace_or_sql(http_cl
     assert answer.status == 500
     assert answer.body == {"error": {"code": "internal_error",
                                      "message": "internal error; the request may be retried"}}
+
+
+@pytest.mark.gen_test
+async def test_a_500_is_logged_without_the_query_string(http_client, base_url, services: Services,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    async def broken(request):  # type: ignore[no-untyped-def]
+        raise RuntimeError("boom")
+
+    services.checkout.purchase = broken  # type: ignore[method-assign]
+    answer = await buy_at(http_client, f"{base_url}/purchase?token=query-sekrit-77")
+    assert answer.status == 500
+    assert "POST /purchase" in caplog.text and "RuntimeError: boom" in caplog.text  # logged, with its trace
+    assert "query-sekrit-77" not in caplog.text
 
 
 def test_secrets_never_reach_the_log(settings: Settings, tmp_path: Path) -> None:

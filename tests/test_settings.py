@@ -27,6 +27,9 @@ def test_variables_override_defaults() -> None:
 @pytest.mark.parametrize(("env", "value"), [
     ("HC_STRATEGY", "optimistic"), ("HC_RATE_LIMIT", "fast"), ("HC_MAX_QUANTITY", "0"),
     ("HC_PORT", "99999"), ("HC_BAN_SECONDS", "-1"), ("HC_TRUSTED_PROXIES", "not-an-ip"), ("HC_DB_POOL_SIZE", "x"),
+    # Periods of background loops: 0 would spin on the event loop; timeouts of 0 would fail every call.
+    ("HC_SOLDOUT_RECHECK_MS", "0"), ("HC_STATS_FLUSH_MS", "0"), ("HC_STATS_FLUSH_MS", "nan"),
+    ("HC_DB_TIMEOUT", "0"), ("HC_REDIS_TIMEOUT", "0"),
 ])
 def test_a_bad_value_names_its_variable(env: str, value: str) -> None:
     with pytest.raises(SettingsError, match=env):

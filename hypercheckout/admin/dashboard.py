@@ -8,6 +8,7 @@ import tornado.web
 
 from hypercheckout.admin.base import AdminHandler
 from hypercheckout.checkout.errors import CheckoutError, invalid_request
+from hypercheckout.checkout.validation import MAX_ID, MAX_UNITS, parse_address, parse_whole_number
 from hypercheckout.operations import reset_product
 
 
@@ -32,11 +33,8 @@ class ActionHandler(AdminHandler):
         super().set_default_headers()
         self.set_header("Content-Type", "application/json")
 
-    def int_argument(self, name: str, minimum: int) -> int:
-        raw = self.get_body_argument(name, "")
-        if not raw.isdigit() or int(raw) < minimum or len(raw) > 12:
-            raise invalid_request(f"{name} must be a whole number ≥ {minimum}")
-        return int(raw)
+    def int_argument(self, name: str, minimum: int, maximum: int) -> int:
+        return parse_whole_number(self.get_body_argument(name, ""), name, minimum, maximum)
 
 
 class ResetHandler(ActionHandler):
@@ -44,8 +42,8 @@ class ResetHandler(ActionHandler):
 
     async def post(self) -> None:
         services = self.services
-        product_id = self.int_argument("product_id", 1)
-        stock = self.int_argument("stock", 0)
+        product_id = self.int_argument("product_id", 1, MAX_ID)
+        stock = self.int_argument("stock", 0, MAX_UNITS)
         result = await reset_product(services.store, services.redis, services.settings.redis_prefix,
                                      product_id, stock)
         services.sold_out.clear(product_id)  # this replica at once; the others by the announcement
@@ -59,10 +57,10 @@ class UnbanHandler(ActionHandler):
     async def post(self) -> None:
         kind = self.get_body_argument("kind", "")
         value = self.get_body_argument("value", "")
-        if kind == "user" and value.isdigit():
-            removed = await self.services.limiter.unban(user_id=int(value))
-        elif kind == "ip" and value:
-            removed = await self.services.limiter.unban(ip=value)
+        if kind == "user":
+            removed = await self.services.limiter.unban(user_id=parse_whole_number(value, "user", 1, MAX_ID))
+        elif kind == "ip":
+            removed = await self.services.limiter.unban(ip=parse_address(value))
         else:
             raise invalid_request("kind must be 'user' or 'ip', with a value")
         self.write_json({"removed": removed})

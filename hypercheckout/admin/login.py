@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hmac
+import re
 
 from hypercheckout.admin.base import AdminHandler
+
+SAFE_NEXT = re.compile(r"/admin(/[A-Za-z0-9._~/-]*)?(\?[A-Za-z0-9._~=&%-]*)?")
 
 
 class LoginHandler(AdminHandler):
@@ -35,8 +38,9 @@ class LoginHandler(AdminHandler):
 
     def _next(self) -> str:
         target = self.get_argument("next", "/admin")
-        # Only paths of this site: "//evil.example" or "https://…" would turn login into an open redirect.
-        return target if target.startswith("/admin") and not target.startswith("//") else "/admin"
+        # Only plain paths of the dashboard: "//evil.example" or "https://…" would turn login into an open
+        # redirect, and a CR/LF would make the Location header itself raise.
+        return target if SAFE_NEXT.fullmatch(target) else "/admin"
 
 
 class LogoutHandler(AdminHandler):

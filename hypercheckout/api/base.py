@@ -92,7 +92,11 @@ class JsonHandler(tornado.web.RequestHandler):
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, CheckoutError):
             return  # expected outcomes are not errors of the server
-        super().log_exception(typ, value, tb)
+        if isinstance(value, tornado.web.HTTPError):
+            super().log_exception(typ, value, tb)  # a warning naming the request by _request_summary
+            return
+        # Tornado's own line adds repr(self.request), whose URI carries the query string (tokens pasted into URLs).
+        log.error("uncaught exception %s", self._request_summary(), exc_info=(typ, value, tb))
 
 
 class NotFoundHandler(JsonHandler):

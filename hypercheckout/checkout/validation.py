@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 from typing import Any
 
 from hypercheckout.checkout.errors import invalid_request
@@ -10,6 +12,8 @@ from hypercheckout.checkout.models import PurchaseRequest
 
 FIELDS = ("user_id", "product_id", "quantity")
 MAX_ID = 2**63 - 1  # ids are PostgreSQL bigints
+MAX_UNITS = 2**31 - 1  # stock and per-user limits are PostgreSQL integers
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,19}")
 
 
 def _reject_constant(name: str) -> Any:
@@ -28,6 +32,23 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 # Built once: json.loads with hooks builds a new decoder on every call.
 _DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+
+
+def parse_whole_number(raw: str, name: str, minimum: int, maximum: int) -> int:
+    """An operator's number (a form field, a CLI argument): ASCII digits only — ``str.isdigit`` also accepts "²",
+    which ``int`` refuses — within the column's range, or a 400 naming the field."""
+    text = raw.strip()
+    if not _WHOLE_NUMBER.fullmatch(text) or not minimum <= int(text) <= maximum:
+        raise invalid_request(f"{name} must be a whole number from {minimum} to {maximum}")
+    return int(text)
+
+
+def parse_address(raw: str) -> str:
+    """A client address as the limiter keys it (canonical form), or a 400."""
+    try:
+        return str(ipaddress.ip_address(raw.strip()))
+    except ValueError:
+        raise invalid_request(f"{raw[:60]!r} is not an IP address") from None
 
 
 def parse_purchase(body: bytes, *, max_quantity: int, max_body_bytes: int,
