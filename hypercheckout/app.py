@@ -201,6 +201,9 @@ def make_app(services: Services) -> tornado.web.Application:
         static_path=str(STATIC),
         jinja=jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True),
         compress_response=False,
+        # Dashboards' sockets: a peer that answers no ping for 30 s is closed (Tornado's own ping/pong).
+        websocket_ping_interval=10,
+        websocket_ping_timeout=30,
     )
 
 
