@@ -24,6 +24,7 @@ from hypercheckout.checkout.service import Checkout
 from hypercheckout.checkout.soldout import SoldOutFlags
 from hypercheckout.checkout.strategy import Strategy, make_strategy
 from hypercheckout.limiter import RateLimiter
+from hypercheckout.login_throttle import LoginThrottle
 from hypercheckout.metrics import Metrics
 from hypercheckout.settings import Settings
 from hypercheckout.stats import HitCounter
@@ -65,6 +66,7 @@ class Services:
     metrics: Metrics
     snapshots: Snapshotter
     live: LiveHub
+    login_throttle: LoginThrottle
     stopping: bool = False
     failed_logins: int = 0
     in_flight: int = 0
@@ -131,7 +133,10 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
         client, prefix=settings.redis_prefix, replica=settings.replica_id,
         flush_seconds=settings.stats_flush_ms / 1000,
     )
-    snapshots = Snapshotter(settings, store, client, limiter)
+    login_throttle = LoginThrottle(client, prefix=settings.redis_prefix,
+                                   per_address=settings.login_failures_per_address,
+                                   total=settings.login_failures_total)
+    snapshots = Snapshotter(settings, store, client, limiter, login_throttle)
     janitor = KeyJanitor(store, ttl=settings.idempotency_ttl_hours * 3600,
                          interval=max(1.0, settings.idempotency_sweep_s))
     sold_out.start()
@@ -141,6 +146,7 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
         settings=settings, store=store, redis=client, limiter=limiter, strategy=strategy, sold_out=sold_out,
         checkout=Checkout(strategy, sold_out, store), hits=hits, janitor=janitor,
         metrics=Metrics(settings.replica_id), snapshots=snapshots, live=LiveHub(snapshots),
+        login_throttle=login_throttle,
     )
     services.metrics.watch(services)
     return services

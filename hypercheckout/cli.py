@@ -14,8 +14,10 @@ from typing import Any
 
 from hypercheckout.app import redis_client, serve
 from hypercheckout.checkout.errors import CheckoutError
+from hypercheckout.checkout.validation import parse_address
 from hypercheckout.cluster import read_env_file
 from hypercheckout.limiter import REDIS_ERRORS, RateLimiter
+from hypercheckout.login_throttle import LoginThrottle
 from hypercheckout.operations import reset_product, status_report
 from hypercheckout.settings import Settings, SettingsError, documentation
 from hypercheckout.store import Store, ensure_database
@@ -39,6 +41,11 @@ def load_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     settings = Settings.from_env(environ, **{k: v for k, v in overrides.items() if v is not None})
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return settings
+
+
+def _login_throttle(settings: Settings, client: Any) -> LoginThrottle:
+    return LoginThrottle(client, prefix=settings.redis_prefix, per_address=settings.login_failures_per_address,
+                         total=settings.login_failures_total)
 
 
 def _limiter(settings: Settings, client: Any) -> RateLimiter:
@@ -109,12 +116,14 @@ def cmd_unban(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         client = redis_client(settings)
-        limiter = _limiter(settings, client)
+        limiter, throttle = _limiter(settings, client), _login_throttle(settings, client)
         try:
             if args.all:
-                removed = await limiter.clear_all()
+                removed = await limiter.clear_all() + await throttle.lift_all()
             else:
                 removed = await limiter.unban(user_id=args.user, ip=args.ip)
+                if args.ip is not None:
+                    removed += await throttle.lift(args.ip)  # its admin-login lockout too
         finally:
             await client.aclose()
         print(f"removed {removed} key(s)")
@@ -127,7 +136,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = load_settings(args)
 
     async def action(store: Store, client: Any) -> int:
-        report = await status_report(store, _limiter(settings, client))
+        report = await status_report(store, _limiter(settings, client), _login_throttle(settings, client))
         if args.json:
             print(json.dumps(report, indent=2))
             return 0
@@ -170,6 +179,13 @@ def cmd_nginx_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _address(text: str) -> str:
+    try:
+        return parse_address(text)
+    except CheckoutError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hypercheckout", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,9 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most units one buyer may own of the product (0: no limit; default: unchanged)")
     p = command("unban", cmd_unban, "lift bans and rate-limit state")
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--all", action="store_true", help="every ban, strike and bucket")
+    group.add_argument("--all", action="store_true", help="every ban, strike, bucket and admin-login lockout")
     group.add_argument("--user", type=int, help="one buyer")
-    group.add_argument("--ip", help="one client address")
+    group.add_argument("--ip", type=_address, help="one client address (its purchase bans and login lockout)")
     p = command("status", cmd_status, "stock, sales, orders and bans")
     p.add_argument("--json", action="store_true")
     command("settings", cmd_settings, "list every HC_* variable with its default")

@@ -11,6 +11,7 @@ from hypercheckout.checkout.errors import invalid_request, unknown_product
 from hypercheckout.checkout.soldout import announce_stock_changed
 from hypercheckout.checkout.validation import MAX_ID, MAX_UNITS
 from hypercheckout.limiter import REDIS_ERRORS, RateLimiter
+from hypercheckout.login_throttle import LoginThrottle
 from hypercheckout.stats import clear_hits
 from hypercheckout.store import Store
 
@@ -55,12 +56,13 @@ async def reset_product(
     return ResetResult(product_id=product_id, stock=stock, deleted_orders=deleted, announced=announced)
 
 
-async def status_report(store: Store, limiter: RateLimiter) -> dict[str, Any]:
-    """Per product: stock, initial and sold (Σ orders.quantity); the order count; active bans (None if Redis is
-    unreachable)."""
+async def status_report(store: Store, limiter: RateLimiter, login_throttle: LoginThrottle) -> dict[str, Any]:
+    """Per product: stock, initial and sold (Σ orders.quantity); the order count; active bans and admin-login
+    lockouts (None if Redis is unreachable)."""
     rows = await store.status()
     try:
-        bans: list[dict[str, object]] | None = [b.as_json() for b in await limiter.bans()]
+        found = [*await limiter.bans(), *await login_throttle.lockouts()]
+        bans: list[dict[str, object]] | None = [b.as_json() for b in found]
     except REDIS_ERRORS:
         bans = None
     return {

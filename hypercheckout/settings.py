@@ -14,6 +14,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -98,6 +99,19 @@ def _boolean(text: str) -> bool:
     raise ValueError("must be true or false")
 
 
+def parse_public_urls(text: str) -> tuple[str, ...]:
+    """Comma-separated origins the site is reached at, e.g. ``"https://shop.example,https://www.shop.example"``."""
+    urls = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        parsed = urlsplit(part)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.path.strip("/") or parsed.query:
+            raise ValueError(f"{part!r} is not an origin like https://shop.example or http://127.0.0.1:8080")
+        urls.append(f"{parsed.scheme}://{parsed.netloc}".lower())
+    return tuple(urls)
+
+
 def _log_level(text: str) -> str:
     if text.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
@@ -173,6 +187,16 @@ class Settings:
     stats_flush_ms: float = setting(
         "HC_STATS_FLUSH_MS", 250.0, _period_ms, "How often per-replica hit counts are flushed to Redis.")
     admin_token: str = setting("HC_ADMIN_TOKEN", "", _text, "Token for the admin dashboard (generated when empty).")
+    public_urls: tuple[str, ...] = setting(
+        "HC_PUBLIC_URL", (), parse_public_urls,
+        "Origin(s) the site is reached at, comma-separated (e.g. https://shop.example). The dashboard's WebSocket "
+        "accepts only these origins; with https, admin cookies are Secure and __Host- prefixed.")
+    login_failures_per_address: int = setting(
+        "HC_LOGIN_FAILURES_PER_ADDRESS", 10, _positive_int,
+        "Failed admin logins one client address may make in an hour before it is locked out.")
+    login_failures_total: int = setting(
+        "HC_LOGIN_FAILURES_TOTAL", 100, _positive_int,
+        "Failed admin logins from all addresses together in an hour before every login is refused.")
     cookie_secret: str = setting(
         "HC_COOKIE_SECRET", "", _text, "Secret signing admin cookies; must be the same on every replica.")
     shutdown_grace: float = setting(
@@ -209,6 +233,11 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+    @property
+    def secure_cookies(self) -> bool:
+        """The site is served over https: admin cookies must never travel over plain http."""
+        return bool(self.public_urls) and self.public_urls[0].startswith("https://")
 
     @property
     def limiter_enabled(self) -> bool:

@@ -61,8 +61,10 @@ class UnbanHandler(ActionHandler):
             removed = await self.services.limiter.unban(user_id=parse_whole_number(value, "user", 1, MAX_ID))
         elif kind == "ip":
             removed = await self.services.limiter.unban(ip=parse_address(value))
+        elif kind == "login":
+            removed = await self.services.login_throttle.lift(parse_address(value))
         else:
-            raise invalid_request("kind must be 'user' or 'ip', with a value")
+            raise invalid_request("kind must be 'user', 'ip' or 'login', with a value")
         self.write_json({"removed": removed})
 
 
@@ -70,4 +72,6 @@ class ClearLimitsHandler(ActionHandler):
     route = "/admin/clear-limits"
 
     async def post(self) -> None:
-        self.write_json({"removed": await self.services.limiter.clear_all()})
+        removed = await self.services.limiter.clear_all()
+        removed += await self.services.login_throttle.lift_all()
+        self.write_json({"removed": removed})

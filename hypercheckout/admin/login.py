@@ -1,4 +1,4 @@
-"""GET/POST /admin/login and POST /admin/logout. Every attempt counts toward the client's rate limit."""
+"""GET/POST /admin/login and POST /admin/logout. Failed logins are throttled per address and in total."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import hmac
 import re
 
 from hypercheckout.admin.base import AdminHandler
+from hypercheckout.limiter import REDIS_ERRORS
+from hypercheckout.login_throttle import ThrottleUnavailable
 
 SAFE_NEXT = re.compile(r"/admin(/[A-Za-z0-9._~/-]*)?(\?[A-Za-z0-9._~=&%-]*)?")
 
@@ -20,19 +22,36 @@ class LoginHandler(AdminHandler):
         self.render_page("login.html", error=None, next=self._next())
 
     async def post(self) -> None:
-        # Every attempt spends from the client's rate limit before the token is even compared, so guessing is
-        # throttled, and a client that keeps guessing past HC_BAN_AFTER rejections is banned like any other.
-        decision = await self.services.limiter.check(f"admin-login:{self.client_ip}", self.client_ip)
-        if not decision.allowed:
-            self.set_header("Retry-After", str(max(1, int(decision.retry_after + 0.999))))
-            self.render_page("login.html", status=429, error="Too many attempts. Try again later.",
-                             next=self._next())
+        # The throttle is asked before the token is compared: a locked-out address learns nothing, not even
+        # whether a guess was right.
+        throttle, address = self.services.login_throttle, self.client_ip
+        try:
+            lockout = await throttle.lockout(address)
+        except ThrottleUnavailable:
+            self.render_page("login.html", status=503, next=self._next(),
+                             error="Logins are closed for now: failed attempts cannot be counted (Redis is "
+                                   "unreachable). Try again shortly.")
+            return
+        if lockout is not None:
+            minutes = max(1, round(lockout.retry_after / 60))
+            self.set_header("Retry-After", str(max(1, int(lockout.retry_after + 0.999))))
+            who = "all addresses" if lockout.everyone else "this address"
+            self.render_page("login.html", status=429, next=self._next(),
+                             error=f"Too many failed logins from {who}. Try again in about {minutes} min.")
             return
         token = self.get_body_argument("token", "")
         if not hmac.compare_digest(token.encode(), self.services.settings.admin_token.encode()):
             self.services.failed_logins += 1
+            try:
+                await throttle.failed(address)
+            except ThrottleUnavailable:
+                pass  # the next attempt is refused until Redis answers again
             self.render_page("login.html", status=401, error="Wrong token.", next=self._next())
             return
+        try:
+            await throttle.succeeded(address)
+        except REDIS_ERRORS:
+            pass  # the count expires with its window
         self.start_session()
         self.redirect(self._next(), status=303)
 

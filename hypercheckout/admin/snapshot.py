@@ -12,6 +12,7 @@ from typing import Any
 
 from hypercheckout.checkout.errors import CheckoutError
 from hypercheckout.limiter import REDIS_ERRORS, RateLimiter
+from hypercheckout.login_throttle import LoginThrottle
 from hypercheckout.settings import Settings
 from hypercheckout.stats import OUTCOMES, read_outcomes, read_replicas, replica_hits
 from hypercheckout.store import Store
@@ -25,11 +26,12 @@ def _rate(value: float | None) -> str:
 
 class Snapshotter:
     def __init__(self, settings: Settings, store: Store, redis: Any, limiter: RateLimiter,
-                 max_age: float = 0.25) -> None:
+                 login_throttle: LoginThrottle, max_age: float = 0.25) -> None:
         self._settings = settings
         self._store = store
         self._redis = redis
         self._limiter = limiter
+        self._login_throttle = login_throttle
         self._max_age = max_age
         self._cached: dict[str, Any] | None = None
         self._cached_at = 0.0
@@ -83,7 +85,8 @@ class Snapshotter:
             snapshot["history"] = await read_outcomes(self._redis, settings.redis_prefix, now - HISTORY_SECONDS, now)
             snapshot["hits"] = await replica_hits(self._redis, settings.redis_prefix)
             snapshot["replicas"] = await read_replicas(self._redis, settings.redis_prefix)
-            snapshot["bans"] = [b.as_json() for b in await self._limiter.bans()]
+            bans = [*await self._limiter.bans(), *await self._login_throttle.lockouts()]
+            snapshot["bans"] = [b.as_json() for b in bans]
             snapshot["top_limited"] = await self._limiter.top_limited(10)
             snapshot["redis"] = "ok"
         except REDIS_ERRORS:

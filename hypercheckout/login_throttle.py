@@ -1,0 +1,116 @@
+"""Admin login throttling, independent of the purchase limiter: it works with every purchase limit off.
+
+Failed logins are counted in Redis per client address and for all addresses together, each in a fixed one-hour
+window. An address past ``per_address`` failures is locked out until its window ends; past ``total`` failures
+every login is refused (the admin token is one account, and this caps how many guesses an hour it can take, from
+however many addresses). Unlike purchases, logins fail closed: when Redis cannot be asked, nobody logs in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from hypercheckout.limiter import REDIS_ERRORS, Ban, load_script
+
+WINDOW_SECONDS = 3600
+
+
+class ThrottleUnavailable(Exception):
+    """Redis could not be asked: a login is refused rather than let through unthrottled."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lockout:
+    retry_after: float  # seconds
+    everyone: bool  # the total cap, not this address's
+
+
+class LoginThrottle:
+    def __init__(self, client: aioredis.Redis, *, prefix: str, per_address: int, total: int,
+                 window: float = WINDOW_SECONDS) -> None:
+        self._redis = client
+        # One hash tag for every key: the script touches several, and a Redis Cluster needs them in one slot.
+        self._base = f"{prefix}{{login}}:"
+        self._per_address = per_address
+        self._total = total
+        self._window_ms = int(window * 1000)
+        self._script = client.register_script(load_script("login_failure.lua"))
+
+    def _address_key(self, address: str) -> str:
+        return f"{self._base}fail:{address}"
+
+    @property
+    def _total_key(self) -> str:
+        return f"{self._base}fail-total"
+
+    @property
+    def _index(self) -> str:
+        return f"{self._base}locked"
+
+    async def lockout(self, address: str) -> Lockout | None:
+        """Why this address may not try now, or None. Raises ThrottleUnavailable if Redis cannot be asked."""
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for key in (self._address_key(address), self._total_key):
+                pipe.get(key)
+                pipe.pttl(key)
+            mine, mine_ttl, everyone, everyone_ttl = await pipe.execute()
+        except REDIS_ERRORS as exc:
+            raise ThrottleUnavailable(str(exc)) from exc
+        if everyone is not None and int(everyone) >= self._total:
+            return Lockout(retry_after=max(everyone_ttl, 1000) / 1000, everyone=True)
+        if mine is not None and int(mine) >= self._per_address:
+            return Lockout(retry_after=max(mine_ttl, 1000) / 1000, everyone=False)
+        return None
+
+    async def failed(self, address: str) -> None:
+        try:
+            await self._script(keys=[self._address_key(address), self._total_key, self._index],
+                               args=[self._window_ms, self._per_address, address])
+        except REDIS_ERRORS as exc:
+            raise ThrottleUnavailable(str(exc)) from exc
+
+    async def succeeded(self, address: str) -> None:
+        """The right token from this address: its own count starts again (the total does not)."""
+        await self.lift(address)
+
+    async def lockouts(self) -> list[Ban]:
+        """Addresses locked out now, as bans of kind "login" (the dashboard lists and lifts them with the others)."""
+        members = await self._redis.zrange(self._index, 0, -1)
+        if not members:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for member in members:
+            pipe.get(self._address_key(member.decode()))
+            pipe.pttl(self._address_key(member.decode()))
+        values = await pipe.execute()
+        found, gone = [], []
+        for i, member in enumerate(members):
+            count, ttl = values[2 * i], values[2 * i + 1]
+            if count is None or int(count) < self._per_address or ttl is None or ttl <= 0:
+                gone.append(member)
+                continue
+            found.append(Ban(kind="login", value=member.decode(), seconds_left=ttl / 1000))
+        if gone:
+            await self._redis.zrem(self._index, *gone)
+        return sorted(found, key=lambda b: b.value)
+
+    async def lift(self, address: str) -> int:
+        """Forget one address's failures (lifting its lockout); returns keys removed."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.delete(self._address_key(address))
+        pipe.zrem(self._index, address)
+        removed, _ = await pipe.execute()
+        return int(removed)
+
+    async def lift_all(self) -> int:
+        """Forget every failure, the total included."""
+        removed = 0
+        batch: list[bytes] = []
+        async for key in self._redis.scan_iter(match=f"{self._base}*", count=500):
+            batch.append(key)
+        if batch:
+            removed = int(await self._redis.delete(*batch))
+        return removed
