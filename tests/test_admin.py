@@ -21,9 +21,10 @@ TOKEN = "test-admin-token"  # the settings fixture's
 class Browser:
     """Keeps cookies like a browser, so XSRF and the session work as they do for a person."""
 
-    def __init__(self, http_client, base_url: str) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, http_client, base_url: str, xsrf_cookie: str = "_xsrf") -> None:  # type: ignore[no-untyped-def]
         self.client = http_client
         self.base_url = base_url
+        self.xsrf_cookie = xsrf_cookie
         self.cookies: dict[str, str] = {}
 
     def _remember(self, response) -> None:  # type: ignore[no-untyped-def]
@@ -44,9 +45,9 @@ class Browser:
     async def post(self, path: str, fields: dict[str, str], *, xsrf: bool = True,  # type: ignore[no-untyped-def]
                    headers: dict[str, str] | None = None):
         if xsrf:
-            if "_xsrf" not in self.cookies:
+            if self.xsrf_cookie not in self.cookies:
                 await self.get("/admin/login")
-            fields = {**fields, "_xsrf": self.cookies["_xsrf"]}
+            fields = {**fields, "_xsrf": self.cookies[self.xsrf_cookie]}
         response = await self.client.fetch(self.base_url + path, method="POST", body=urlencode(fields),
                                            headers={"Cookie": self.cookie_header, **(headers or {})},
                                            follow_redirects=False, raise_error=False)
@@ -214,6 +215,52 @@ async def test_unban_and_clear_all_from_the_dashboard(browser: Browser, services
     assert client.exists(f"{prefix}ban:ip:10.9.9.9") == 1
     assert (await browser.post("/admin/clear-limits", {})).code == 200
     assert client.exists(f"{prefix}ban:ip:10.9.9.9") == 0
+
+
+@pytest.mark.gen_test
+async def test_admin_pages_carry_a_strict_content_security_policy_and_the_other_headers(browser: Browser) -> None:
+    page = await browser.get("/admin/login")
+    policy = {d.split()[0]: d.split()[1:] for d in page.headers["Content-Security-Policy"].split("; ")}
+    assert policy["default-src"] == ["'self'"] and policy["script-src"] == ["'self'"]  # no inline script
+    assert policy["object-src"] == ["'none'"] and policy["base-uri"] == ["'none'"]
+    assert policy["frame-ancestors"] == ["'none'"]
+    assert (page.headers["X-Content-Type-Options"], page.headers["Referrer-Policy"]) == ("nosniff", "no-referrer")
+    assert b"<script>" not in page.body and b" style=" not in page.body and b" on" + b"click=" not in page.body
+    static = await browser.get("/static/dashboard.js")
+    assert static.code == 200 and static.headers["X-Content-Type-Options"] == "nosniff"
+    api = await browser.get("/products")
+    assert api.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.gen_test
+@pytest.mark.settings(public_urls=("https://shop.example",))
+async def test_over_https_the_admin_cookies_are_host_prefixed_and_secure(http_client, base_url) -> None:
+    browser = Browser(http_client, base_url, xsrf_cookie="__Host-xsrf")
+    login = await browser.get("/admin/login")
+    xsrf = next(h for h in login.headers.get_list("Set-Cookie") if h.startswith("__Host-xsrf="))
+    assert "Secure" in xsrf and "Path=/" in xsrf and "Domain" not in xsrf
+    response = await browser.post("/admin/login", {"token": TOKEN})
+    assert response.code == 303, response.body
+    session = next(h for h in response.headers.get_list("Set-Cookie") if h.startswith("__Host-hc_admin="))
+    for attribute in ("Secure", "HttpOnly", "SameSite=Strict", "Path=/;"):
+        assert attribute in session + ";", session
+    assert (await browser.get("/admin")).code == 200  # the session works under its new name
+
+
+@pytest.mark.gen_test
+@pytest.mark.settings(public_urls=("https://shop.example",))
+async def test_the_live_feed_accepts_only_the_configured_public_origins(http_client, base_url) -> None:
+    browser = Browser(http_client, base_url, xsrf_cookie="__Host-xsrf")
+    await browser.log_in()
+    host = base_url.split("//")[1]
+    for origin in (f"http://{host}", "https://evil.example", "https://shop.example.evil.example"):
+        with pytest.raises(HTTPClientError) as refused:
+            await tornado.websocket.websocket_connect(ws_request(base_url, browser.cookie_header, origin))
+        assert refused.value.code == 403, origin
+    socket = await tornado.websocket.websocket_connect(
+        ws_request(base_url, browser.cookie_header, "https://shop.example"))
+    assert json.loads(await socket.read_message())["products"]
+    socket.close()
 
 
 def ws_request(base_url: str, cookie: str = "", origin: str | None = None) -> HTTPRequest:

@@ -98,7 +98,13 @@ def page(cluster: RunningCluster) -> Iterator[object]:
             context = browser.new_context(viewport={"width": 1360, "height": 1100})
             page = context.new_page()
             page.set_default_timeout(15_000)
+            # The admin pages' Content-Security-Policy allows no inline script or style: anything the page needs
+            # and the policy blocks shows up here (Chromium reports each refusal on the console).
+            refused: list[str] = []
+            page.on("console", lambda message: refused.append(message.text)
+                    if "Content Security Policy" in message.text else None)
             yield page
+            assert refused == [], refused
         finally:
             browser.close()
 

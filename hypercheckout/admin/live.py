@@ -14,7 +14,7 @@ from typing import Any
 
 import tornado.websocket
 
-from hypercheckout.admin.base import SESSION_COOKIE, SESSION_DAYS
+from hypercheckout.admin.base import SESSION_DAYS, session_cookie
 from hypercheckout.admin.snapshot import Snapshotter
 
 log = logging.getLogger(__name__)
@@ -101,9 +101,21 @@ class LiveSocket(tornado.websocket.WebSocketHandler):
     route = "/admin/live"
 
     def prepare(self) -> None:
-        # Refused before the upgrade: no session, no feed. Tornado's check_origin (kept) refuses other origins.
-        if not self.get_signed_cookie(SESSION_COOKIE, max_age_days=SESSION_DAYS):
+        # Refused before the upgrade: no session, no feed.
+        settings = self.application.settings["services"].settings
+        name, _ = session_cookie(settings)
+        if not self.get_signed_cookie(name, max_age_days=SESSION_DAYS):
             raise tornado.web.HTTPError(403)
+        # With public origins configured (HC_PUBLIC_URL), only pages of those may open the feed. Tornado's own
+        # check, which runs after this, accepts any origin naming the Host the request came with — which a DNS-
+        # rebinding page controls. Browsers always send Origin on a WebSocket handshake.
+        origin = self.request.headers.get("Origin")
+        if settings.public_urls and origin is not None and origin.lower().rstrip("/") not in settings.public_urls:
+            raise tornado.web.HTTPError(403)
+
+    def check_origin(self, origin: str) -> bool:
+        """Cross-origin by Tornado's rule (another host than the request's): the configured public origins."""
+        return origin.lower().rstrip("/") in self.application.settings["services"].settings.public_urls
 
     def open(self) -> None:
         self.application.settings["services"].live.join(self)

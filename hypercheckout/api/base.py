@@ -32,6 +32,7 @@ class JsonHandler(tornado.web.RequestHandler):
         services = self.application.settings["services"]
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("X-Replica", services.settings.replica_id)
         if services.stopping:  # draining: the proxy must not send more requests on this connection
             self.set_header("Connection", "close")
