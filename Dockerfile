@@ -5,7 +5,9 @@ WORKDIR /app
 COPY pyproject.toml setup.cfg README.md ./
 COPY hypercheckout ./hypercheckout
 COPY nginx ./nginx
-# Editable, so the package finds nginx/ beside it exactly as in a checkout.
+COPY templates ./templates
+COPY static ./static
+# Editable, so the package finds nginx/, templates/ and static/ beside it exactly as in a checkout.
 RUN pip install --no-cache-dir -e . \
  && useradd --system --no-create-home hypercheckout
 USER hypercheckout

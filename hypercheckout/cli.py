@@ -167,15 +167,19 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     load_settings(argparse.Namespace())  # a bad HC_* value stops here, before anything starts
     cluster = Cluster(data_dir=Path(args.data_dir or ".hypercheckout"), port=args.port, replicas=args.replicas,
-                      stock=args.stock)
+                      stock=args.stock, tls=args.tls)
     return cluster.run()
 
 
 def cmd_nginx_config(args: argparse.Namespace) -> int:
-    from hypercheckout.cluster import render_nginx_config
+    from hypercheckout.cluster import TlsFiles, render_nginx_config
 
+    if (args.tls_certificate is None) != (args.tls_key is None):
+        raise SettingsError("--tls-certificate and --tls-key go together")
+    tls = TlsFiles(Path(args.tls_certificate), Path(args.tls_key), strict_transport_security=True) \
+        if args.tls_certificate else None
     print(render_nginx_config(listen=args.listen, upstreams=args.upstream, runtime_dir=args.runtime_dir,
-                              log_dir=args.log_dir, user=args.user))
+                              log_dir=args.log_dir, user=args.user, tls=tls))
     return 0
 
 
@@ -217,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     command("settings", cmd_settings, "list every HC_* variable with its default")
     p = command("up", cmd_up, "start PostgreSQL, Redis, N replicas and nginx in a data dir (default .hypercheckout)")
     p.add_argument("--port", type=int, default=8080, help="nginx's port")
+    p.add_argument("--tls", action="store_true",
+                   help="serve https only, with a self-signed certificate for localhost made on first start "
+                        "(DATA/tls/); admin cookies become Secure and __Host- prefixed")
     p.add_argument("--replicas", type=int, default=3)
     p.add_argument("--stock", type=int, help="set product 1's stock (and delete its orders) at start")
     p = command("nginx-config", cmd_nginx_config, "print nginx.conf for a set of replicas (docker-compose uses it)")
@@ -225,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime-dir", default="/tmp/nginx")
     p.add_argument("--log-dir", default="/var/log/nginx")
     p.add_argument("--user", help="account nginx's workers run as when started by root")
+    p.add_argument("--tls-certificate", metavar="PEM", help="serve https with this certificate (chain)")
+    p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     return parser
 
 

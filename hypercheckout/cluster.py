@@ -14,6 +14,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -40,15 +41,34 @@ NGINX_TEMPLATE = Path(__file__).resolve().parent.parent / "nginx" / "nginx.conf.
 NGINX_HINT = "Debian/Ubuntu: sudo apt-get install nginx; macOS: brew install nginx"
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    certificate: Path
+    key: Path
+    # Tell browsers to use https only for a year. Right for a real certificate; wrong for a self-signed one on
+    # localhost, where it would outlive the cluster in every browser that saw it.
+    strict_transport_security: bool = False
+
+
 def render_nginx_config(*, listen: str, upstreams: list[str], runtime_dir: str, log_dir: str,
-                        user: str | None = None, template: Path = NGINX_TEMPLATE) -> str:
+                        user: str | None = None, tls: TlsFiles | None = None,
+                        template: Path = NGINX_TEMPLATE) -> str:
     """The nginx.conf for these replicas, from the one template that docker-compose uses too.
 
-    ``user`` is the account nginx's workers run as when it is started by root (None: nginx's default).
+    ``user`` is the account nginx's workers run as when it is started by root (None: nginx's default); ``tls``
+    makes the listener https only, with that certificate.
     """
     servers = "\n".join(f"        server {u} max_fails=3 fail_timeout=2s;" for u in upstreams)
+    tls_directives = ""
+    if tls is not None:
+        listen = f"{listen} ssl"
+        tls_directives = "\n".join(f"        {line}" for line in (
+            f"ssl_certificate {tls.certificate};", f"ssl_certificate_key {tls.key};",
+            "ssl_protocols TLSv1.2 TLSv1.3;", "ssl_session_cache shared:hc_tls:10m;",
+            *(['add_header Strict-Transport-Security "max-age=31536000" always;']
+              if tls.strict_transport_security else [])))
     values = {"LISTEN": listen, "UPSTREAM_SERVERS": servers, "RUNTIME_DIR": runtime_dir, "LOG_DIR": log_dir,
-              "USER_DIRECTIVE": f"user {user};" if user else ""}
+              "USER_DIRECTIVE": f"user {user};" if user else "", "TLS_DIRECTIVES": tls_directives}
     text = template.read_text()
     for name, value in values.items():
         text = text.replace("{{" + name + "}}", value)
@@ -73,10 +93,39 @@ def read_env_file(path: Path) -> dict[str, str]:
 def write_env_file(path: Path, values: Mapping[str, str]) -> None:
     lines = ["# Written by `hypercheckout up`; `hypercheckout <command> --data-dir DIR` reads it."]
     lines += [f"{key}={shlex.quote(value)}" for key, value in values.items()]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.chmod(tmp, 0o600)  # it holds the admin token
+    write_private(path, "\n".join(lines) + "\n")
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (secrets), replacing it atomically. The mode is given when the file
+    is created, so no other user can open it in between, whatever the umask."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
     tmp.replace(path)
+
+
+def self_signed_certificate(directory: Path) -> TlsFiles:
+    """A certificate for localhost and 127.0.0.1, made with openssl on first use and kept (so a browser's
+    exception for it lasts across restarts)."""
+    files = TlsFiles(certificate=directory / "cert.pem", key=directory / "key.pem")
+    if files.certificate.is_file() and files.key.is_file():
+        return files
+    program = shutil.which("openssl")
+    if program is None:
+        raise ClusterError("openssl not found, needed for --tls (Debian/Ubuntu: sudo apt-get install openssl)")
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    done = subprocess.run(
+        [program, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "825", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(files.key),
+         "-out", str(files.certificate)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ClusterError(f"openssl could not make a certificate: {done.stderr.strip()}")
+    os.chmod(files.key, 0o600)
+    return files
 
 
 class ClusterError(RuntimeError):
@@ -89,19 +138,26 @@ class Cluster:
     port: int = 8080
     replicas: int = 3
     stock: int | None = None
+    tls: bool = False
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     out: IO[str] = field(default_factory=lambda: sys.stdout)
 
     postgres: PrivatePostgres | None = field(default=None, init=False)
     redis: TCPExecutor | None = field(default=None, init=False)
     apps: list[HTTPExecutor] = field(default_factory=list, init=False)
-    nginx: HTTPExecutor | None = field(default=None, init=False)
+    nginx: HTTPExecutor | TCPExecutor | None = field(default=None, init=False)
     env: dict[str, str] = field(default_factory=dict, init=False)
     _logs: list[IO[bytes]] = field(default_factory=list, init=False)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def public_urls(self) -> str:
+        """The origins the dashboard is reached at (its WebSocket accepts only these; https makes cookies Secure)."""
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port},{scheme}://localhost:{self.port}"
 
     @property
     def log_dir(self) -> Path:
@@ -128,6 +184,7 @@ class Cluster:
                 "HC_COOKIE_SECRET": self.environ.get("HC_COOKIE_SECRET") or previous.get("HC_COOKIE_SECRET")
                 or secrets.token_urlsafe(32),
                 "HC_CLUSTER_URL": self.url,
+                "HC_PUBLIC_URL": self.environ.get("HC_PUBLIC_URL") or self.public_urls,
             }
             self._migrate()
             ports = [free_port() for _ in range(self.replicas)]
@@ -220,13 +277,16 @@ class Cluster:
             # As root, nginx would drop its workers to `nobody`, who may not reach a data dir under /root: a local
             # cluster's workers stay the user who started it.
             user="root" if os.geteuid() == 0 else None,
+            tls=self_signed_certificate(self.data_dir / "tls") if self.tls else None,
         ))
-        self.nginx = HTTPExecutor(
-            [program, "-p", str(runtime), "-c", str(conf), "-e", str(self.log_dir / "nginx-error.log"),
-             "-g", "daemon off;"],
-            url=f"{self.url}/healthz", method="GET", timeout=30,
-            stdout=self._log_file("nginx"), stderr=subprocess.STDOUT,
-        )
+        command = [program, "-p", str(runtime), "-c", str(conf), "-e", str(self.log_dir / "nginx-error.log"),
+                   "-g", "daemon off;"]
+        # Readiness by TCP with https (mirakuru's HTTP check speaks plain http); every replica is then checked
+        # through nginx itself.
+        self.nginx = TCPExecutor(command, host="127.0.0.1", port=self.port, timeout=30,
+                                 stdout=self._log_file("nginx"), stderr=subprocess.STDOUT) if self.tls else \
+            HTTPExecutor(command, url=f"{self.url}/healthz", method="GET", timeout=30,
+                         stdout=self._log_file("nginx"), stderr=subprocess.STDOUT)
         self._start("nginx", self.nginx, self.log_dir / "nginx-error.log")
 
     def _start(self, name: str, executor: TCPExecutor | HTTPExecutor, log_path: Path) -> None:
@@ -245,10 +305,17 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise ClusterError(f"replicas {sorted(wanted - seen)} not ready through nginx after {timeout:.0f} s")
             try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2,
+                                            context=self.tls_context()) as response:
                     seen.add(response.headers.get("X-Replica", ""))
             except (urllib.error.URLError, OSError):
                 time.sleep(0.05)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """A client context that trusts this cluster's own certificate (None without --tls)."""
+        if not self.tls:
+            return None
+        return ssl.create_default_context(cafile=str(self.data_dir / "tls" / "cert.pem"))
 
     # --- stop --------------------------------------------------------------------------------------------------
 
@@ -288,6 +355,8 @@ class Cluster:
             "-d '{\"user_id\": 1, \"product_id\": 1, \"quantity\": 1}')\n"
             f"  Dashboard  {self.url}/admin\n"
             f"  Admin token  {self.env['HC_ADMIN_TOKEN']}\n"
+            + (f"  TLS        self-signed certificate {self.data_dir}/tls/cert.pem (curl --cacert it)\n"
+               if self.tls else "") +
             f"  Data dir   {self.data_dir}  (logs in logs/; `hypercheckout status --data-dir {self.data_dir}`)\n"
             "Ctrl-C stops everything.\n"
         )

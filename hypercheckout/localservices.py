@@ -9,9 +9,11 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,8 +87,35 @@ def _unprivileged_user() -> str | None:
     raise ServiceError("running as root and no 'postgres' or 'nobody' user exists to run PostgreSQL as")
 
 
+def secret_beside(path: Path) -> Path:
+    """Where a private server's password is kept: next to its data dir (PostgreSQL wants its own dir empty at
+    initdb, and owned by another user)."""
+    return path.with_name(path.name + ".password")
+
+
+def read_secret(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def new_secret(path: Path) -> str:
+    """A random password, written to ``path`` readable by its owner only (mode given at creation)."""
+    value = secrets.token_urlsafe(24)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return value
+
+
 class PrivatePostgres:
-    """One PostgreSQL cluster in ``data_dir``, listening on 127.0.0.1 only."""
+    """One PostgreSQL cluster in ``data_dir``, listening on 127.0.0.1 only, with password (scram-sha-256)
+    authentication: another local user cannot connect as ``postgres`` by knowing the port.
+
+    The password is kept beside the data dir. A cluster made by an older version, with trust authentication and
+    no password file, still starts and is reached without one."""
 
     def __init__(self, data_dir: Path, port: int | None = None, *, max_connections: int = 200,
                  durable: bool = True) -> None:
@@ -96,10 +125,13 @@ class PrivatePostgres:
         self.durable = durable  # False: fsync off, for throwaway test databases only
         self.user = _unprivileged_user()
         self.log_path = self.data_dir / "postgres.log"
+        self.password_file = secret_beside(self.data_dir)
+        self.password = read_secret(self.password_file)
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        credentials = f"postgres:{self.password}" if self.password else "postgres"
+        return f"postgresql://{credentials}@127.0.0.1:{self.port}/postgres"
 
     def _run(self, program: str, *args: str) -> subprocess.CompletedProcess[str]:
         cmd = [str(find_postgres_bin(program)), *args]
@@ -115,10 +147,19 @@ class PrivatePostgres:
         if self.user:
             shutil.chown(self.data_dir, self.user)
             os.chmod(self.data_dir, 0o700)
-        args = ["-D", str(self.data_dir), "-U", "postgres", "-A", "trust", "-E", "UTF8"]
-        if not self.durable:
-            args.append("--no-sync")
-        done = self._run("initdb", *args)
+        self.password = self.password or new_secret(self.password_file)
+        # initdb reads the superuser's password from a file, as the user it runs as.
+        with tempfile.TemporaryDirectory(prefix="hc-initdb-") as tmp:
+            pwfile = Path(tmp) / "pw"
+            pwfile.write_text(self.password + "\n")
+            if self.user:
+                shutil.chown(tmp, self.user)
+                shutil.chown(pwfile, self.user)
+            args = ["-D", str(self.data_dir), "-U", "postgres", "-A", "scram-sha-256", f"--pwfile={pwfile}",
+                    "-E", "UTF8"]
+            if not self.durable:
+                args.append("--no-sync")
+            done = self._run("initdb", *args)
         if done.returncode != 0:
             raise ServiceError(f"initdb failed in {self.data_dir}:\n{done.stderr or done.stdout}")
 
@@ -147,7 +188,8 @@ class PrivatePostgres:
 
 
 class PrivateRedis:
-    """One redis-server on 127.0.0.1 with its files in ``data_dir``; keeps nothing on disk unless ``persist``."""
+    """One redis-server on 127.0.0.1 with its files in ``data_dir``; keeps nothing on disk unless ``persist``.
+    It requires a password, kept beside ``data_dir`` (a server started again on the same dir uses the same)."""
 
     def __init__(self, data_dir: Path, port: int | None = None, *, persist: bool = False) -> None:
         self.data_dir = Path(data_dir).absolute()
@@ -155,16 +197,24 @@ class PrivateRedis:
         self.persist = persist
         self.log_path = self.data_dir / "redis.log"
         self.process: subprocess.Popen[bytes] | None = None
+        password_file = secret_beside(self.data_dir)
+        self.password = read_secret(password_file) or new_secret(password_file)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def command(self) -> list[str]:
         program = shutil.which("redis-server")
         if not program:
             raise ServiceError(f"redis-server not found. {INSTALL_HINT}")
-        cmd = [program, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+        # The password goes in a file of its own (mode 0600), not on the command line, where `ps` shows it.
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.data_dir / "auth.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"requirepass {self.password}\n")
+        cmd = [program, str(conf), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
                "--logfile", str(self.log_path), "--daemonize", "no", "--protected-mode", "yes"]
         if self.persist:
             cmd += ["--appendonly", "yes", "--save", "60 1"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -69,7 +70,7 @@ def cluster_workdir() -> Iterator[Path]:
         yield Path(tmp)
 
 
-def start_cluster(data_dir: Path, replicas: int = 3, **env: str) -> RunningCluster:
+def start_cluster(data_dir: Path, replicas: int = 3, *, tls: bool = False, **env: str) -> RunningCluster:
     """`hypercheckout up` with the limiter off unless ``env`` (extra HC_* variables) turns it on."""
     port = free_port()
     output = data_dir.parent / f"up-{port}.out"
@@ -77,7 +78,7 @@ def start_cluster(data_dir: Path, replicas: int = 3, **env: str) -> RunningClust
     with output.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "hypercheckout", "up", "--data-dir", str(data_dir), "--port", str(port),
-             "--replicas", str(replicas)],
+             "--replicas", str(replicas), *(["--tls"] if tls else [])],
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )
     deadline = time.monotonic() + UP_TIMEOUT
@@ -86,7 +87,7 @@ def start_cluster(data_dir: Path, replicas: int = 3, **env: str) -> RunningClust
             process.kill()
             raise AssertionError(f"`hypercheckout up` did not come up:\n{tail(output, 40)}")
         time.sleep(0.1)
-    return RunningCluster(process, data_dir, f"http://127.0.0.1:{port}", output)
+    return RunningCluster(process, data_dir, f"{'https' if tls else 'http'}://127.0.0.1:{port}", output)
 
 
 def stop_cluster(cluster: RunningCluster) -> None:
@@ -95,11 +96,12 @@ def stop_cluster(cluster: RunningCluster) -> None:
         cluster.process.wait(60)
 
 
-def purchase(url: str, user: int, qty: int = 1) -> tuple[int, dict]:  # type: ignore[type-arg]
+def purchase(url: str, user: int, qty: int = 1,  # type: ignore[type-arg]
+             context: ssl.SSLContext | None = None) -> tuple[int, dict]:
     body = json.dumps({"user_id": user, "product_id": 1, "quantity": qty}).encode()
     request = urllib.request.Request(f"{url}/purchase", data=body, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"{}")

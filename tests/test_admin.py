@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from http.cookies import SimpleCookie
 from urllib.parse import urlencode
 
@@ -84,6 +86,8 @@ async def test_the_right_token_opens_a_strict_httponly_session(browser: Browser)
     assert response.code == 303 and response.headers["Location"] == "/admin"
     session = next(h for h in response.headers.get_list("Set-Cookie") if h.startswith("hc_admin="))
     assert "HttpOnly" in session and "SameSite=Strict" in session
+    expires = parsedate_to_datetime(session.split("expires=")[1].split(";")[0])
+    assert timedelta(hours=11) < expires - datetime.now(UTC) <= timedelta(hours=12)
     page = await browser.get("/admin")
     assert page.code == 200
     assert b"Flash-sale product" in page.body  # the first snapshot is in the page itself

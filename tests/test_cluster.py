@@ -4,10 +4,14 @@ nginx, as a buyer would reach it."""
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import signal
+import ssl
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import psutil
 import pytest
@@ -83,3 +87,50 @@ def test_a_killed_replica_is_routed_around_and_the_cluster_stops_and_restarts_cl
         assert status == 200 and body["order_id"] not in {b["order_id"] for _, b in answers}
     finally:
         stop_cluster(again)
+
+
+def cookies_set(response: http.client.HTTPResponse) -> dict[str, str]:
+    """Cookie name → its whole Set-Cookie line."""
+    return {line.split("=", 1)[0]: line for line in response.headers.get_all("Set-Cookie") or []}
+
+
+def test_up_with_tls_serves_https_with_secure_admin_cookies_and_keeps_metrics_local(workdir: Path) -> None:
+    running = start_cluster(workdir / "tls", replicas=1, tls=True, HC_ADMIN_TOKEN="tls-test-token")
+    try:
+        assert running.url.startswith("https://")
+        context = ssl.create_default_context(cafile=str(running.data_dir / "tls" / "cert.pem"))
+        status, body = purchase(running.url, 1, context=context)  # verified against the cluster's certificate
+        assert status == 200, body
+        port = int(running.url.rsplit(":", 1)[1])
+
+        def fetch(method: str, path: str, *, source: str = "127.0.0.1", body: str | None = None,
+                  headers: dict[str, str] | None = None) -> tuple[http.client.HTTPResponse, bytes]:
+            conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, source_address=(source, 0),
+                                               timeout=10)
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response, response.read()
+
+        login_page, _ = fetch("GET", "/admin/login")
+        xsrf_line = cookies_set(login_page)["__Host-xsrf"]
+        assert "Secure" in xsrf_line and "Path=/" in xsrf_line
+        xsrf = xsrf_line.split("=", 1)[1].split(";")[0]
+        answer, _ = fetch("POST", "/admin/login", body=urlencode({"token": "tls-test-token", "_xsrf": xsrf}),
+                          headers={"Cookie": f"__Host-xsrf={xsrf}",
+                                   "Content-Type": "application/x-www-form-urlencoded"})
+        assert answer.status == 303
+        assert "Strict-Transport-Security" not in answer.headers  # self-signed, on localhost: no HSTS
+        session = cookies_set(answer)["__Host-hc_admin"]
+        assert all(attribute in session for attribute in ("Secure", "HttpOnly", "SameSite=Strict", "Path=/"))
+
+        # /metrics through the front door: this machine only. 127.0.0.2 is loopback too, but not 127.0.0.1.
+        local, text = fetch("GET", "/metrics")
+        assert local.status == 200 and b"hypercheckout_requests_total" in text
+        remote, refusal = fetch("GET", "/metrics", source="127.0.0.2")
+        assert remote.status == 403 and json.loads(refusal)["error"]["code"] == "forbidden"
+        other, _ = fetch("GET", "/healthz", source="127.0.0.2")
+        assert other.status == 200  # only /metrics is restricted
+        assert (running.data_dir / "cluster.env").stat().st_mode & 0o777 == 0o600
+        assert (running.data_dir / "tls" / "key.pem").stat().st_mode & 0o777 == 0o600
+    finally:
+        stop_cluster(running)

@@ -24,9 +24,16 @@ SERVICES = COMPOSE["services"]
 APP_ENV = SERVICES["app"]["environment"]
 
 
+# What an operator would export before `docker compose up` (compose refuses to start without them).
+SECRETS = {"HC_ADMIN_TOKEN": "t0ken", "HC_COOKIE_SECRET": "c00kie", "POSTGRES_PASSWORD": "pgpw",
+           "REDIS_PASSWORD": "rdpw"}
+
+
 def expand(value: str) -> str:
-    """Compose's ${VAR:-default} with nothing set: the default."""
-    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
+    """Compose's interpolation with only SECRETS set: ${VAR:-default} gives the default, ${VAR:?message} the
+    secret."""
+    value = re.sub(r"\$\{([A-Z_]+):\?[^}]*\}", lambda m: SECRETS[m.group(1)], str(value))
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
 
 
 def test_the_topology_matches_hypercheckout_up() -> None:
@@ -47,14 +54,43 @@ def test_every_app_variable_is_a_setting_and_parses() -> None:
 
 
 def test_the_app_reaches_the_services_by_their_compose_names() -> None:
-    db = urlsplit(APP_ENV["HC_DATABASE_URL"])
-    pg_env = SERVICES["postgres"]["environment"]
+    db = urlsplit(expand(APP_ENV["HC_DATABASE_URL"]))
+    pg_env = {k: expand(v) for k, v in SERVICES["postgres"]["environment"].items()}
     assert db.hostname == "postgres"
     assert (db.username, db.password, db.path.lstrip("/")) == (
         pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"], pg_env["POSTGRES_DB"])
-    assert urlsplit(APP_ENV["HC_REDIS_URL"]).hostname == "redis"
+    cache = urlsplit(expand(APP_ENV["HC_REDIS_URL"]))
+    assert (cache.hostname, cache.password) == ("redis", expand(SERVICES["redis"]["environment"]["REDIS_PASSWORD"]))
+    assert "--requirepass" in " ".join(SERVICES["redis"]["command"])
     subnet = COMPOSE["networks"]["default"]["ipam"]["config"][0]["subnet"]
     assert APP_ENV["HC_TRUSTED_PROXIES"] == subnet  # only nginx, on that network, may set X-Real-IP
+
+
+def test_no_secret_has_a_default_value() -> None:
+    """Anyone can read a default: compose must refuse to start until each secret is set."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "change-me" not in text
+    for name in SECRETS:
+        assert re.search(r"\$\{" + name + r":\?[^}]+\}", text), f"{name} is not required"
+        assert not re.search(r"\$\{" + name + r":?-", text), f"{name} has a default"
+    for value in (APP_ENV["HC_ADMIN_TOKEN"], APP_ENV["HC_COOKIE_SECRET"],
+                  SERVICES["postgres"]["environment"]["POSTGRES_PASSWORD"]):
+        assert value.startswith("${") and ":?" in value
+
+
+def test_the_image_holds_everything_the_app_reads_at_run_time() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for directory in ("hypercheckout", "nginx", "templates", "static"):
+        assert re.search(rf"^COPY {directory} \./{directory}$", dockerfile, re.M), f"{directory}/ is not copied"
+
+
+def test_prometheus_scrapes_every_replica_directly() -> None:
+    prometheus = SERVICES["prometheus"]
+    assert prometheus["profiles"] == ["monitoring"] and "ports" not in prometheus
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    [target] = job["dns_sd_configs"]
+    assert (target["names"], target["port"], job["metrics_path"]) == (["app"], int(APP_ENV["HC_PORT"]), "/metrics")
 
 
 def test_nginx_is_configured_from_the_same_template_for_the_app_port() -> None:
@@ -77,3 +113,28 @@ def test_the_nginx_template_is_valid_nginx(tmp_path: Path) -> None:
     done = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "e.log")],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    assert "server_tokens off;" in conf.read_text()  # no version in headers or error pages
+    # /metrics is for the machine itself; everything else is public.
+    metrics = conf.read_text().split("location = /metrics {")[1].split("}")[0]
+    assert "allow 127.0.0.1;" in metrics and "deny all;" in metrics
+
+
+@pytest.mark.skipif(not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists()), reason="nginx not installed")
+def test_nginx_config_with_a_real_certificate_serves_https_only(tmp_path: Path) -> None:
+    """How compose gets https (docs/security.md): mount a certificate, render with --tls-certificate/--tls-key."""
+    cert, key = tmp_path / "fullchain.pem", tmp_path / "privkey.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=shop",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    done = run_cli("nginx-config", "--listen", "443", "--upstream", "app:8000", "--runtime-dir", str(tmp_path),
+                   "--log-dir", str(tmp_path), "--tls-certificate", str(cert), "--tls-key", str(key))
+    assert done.returncode == 0, done.stderr
+    assert "listen 443 ssl;" in done.stdout and f"ssl_certificate {cert};" in done.stdout
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in done.stdout and "Strict-Transport-Security" in done.stdout
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(done.stdout.replace("app:8000", "127.0.0.1:8000"))
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    checked = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "e.log")],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    alone = run_cli("nginx-config", "--upstream", "app:8000", "--tls-certificate", str(cert))
+    assert alone.returncode == 2 and "go together" in alone.stderr
