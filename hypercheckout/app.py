@@ -20,6 +20,7 @@ from hypercheckout.admin.live import LiveHub
 from hypercheckout.admin.snapshot import Snapshotter
 from hypercheckout.api import health, openapi, products, purchase
 from hypercheckout.api.base import NotFoundHandler
+from hypercheckout.checkout.admission import Admission
 from hypercheckout.checkout.idempotency import KeyJanitor
 from hypercheckout.checkout.service import Checkout
 from hypercheckout.checkout.soldout import SoldOutFlags
@@ -68,6 +69,7 @@ class Services:
     snapshots: Snapshotter
     live: LiveHub
     login_throttle: LoginThrottle
+    admission: Admission
     stopping: bool = False
     failed_logins: int = 0
     in_flight: int = 0
@@ -126,6 +128,7 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
     strategy = make_strategy(
         settings.strategy, store, replica=settings.replica_id,
         batch_window_ms=settings.batch_window_ms, batch_max=settings.batch_max,
+        batch_queue_max=settings.batch_queue_max,
     )
     sold_out = SoldOutFlags(
         store, client, prefix=settings.redis_prefix, recheck_seconds=settings.soldout_recheck_ms / 1000,
@@ -148,6 +151,7 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
         checkout=Checkout(strategy, sold_out, store), hits=hits, janitor=janitor,
         metrics=Metrics(settings.replica_id), snapshots=snapshots, live=LiveHub(snapshots),
         login_throttle=login_throttle,
+        admission=Admission(max_in_flight=settings.max_in_flight, max_wait=settings.admission_wait_ms / 1000),
     )
     services.metrics.watch(services)
     return services

@@ -178,8 +178,12 @@ def cmd_nginx_config(args: argparse.Namespace) -> int:
         raise SettingsError("--tls-certificate and --tls-key go together")
     tls = TlsFiles(Path(args.tls_certificate), Path(args.tls_key), strict_transport_security=True) \
         if args.tls_certificate else None
+    settings = load_settings(args)
+    replicas = args.replicas or len(args.upstream)
     print(render_nginx_config(listen=args.listen, upstreams=args.upstream, runtime_dir=args.runtime_dir,
-                              log_dir=args.log_dir, user=args.user, tls=tls))
+                              log_dir=args.log_dir, user=args.user, tls=tls,
+                              purchase_concurrency=settings.front_door_in_flight * replicas,
+                              overload_answers=settings.overload_answers))
     return 0
 
 
@@ -232,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime-dir", default="/tmp/nginx")
     p.add_argument("--log-dir", default="/var/log/nginx")
     p.add_argument("--user", help="account nginx's workers run as when started by root")
+    p.add_argument("--replicas", type=int, help="replicas behind the upstreams (default: one per --upstream; "
+                                                "compose's single `app` name stands for all of them)")
     p.add_argument("--tls-certificate", metavar="PEM", help="serve https with this certificate (chain)")
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     return parser

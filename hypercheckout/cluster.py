@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import secrets
 import shlex
 import shutil
@@ -50,13 +51,40 @@ class TlsFiles:
     strict_transport_security: bool = False
 
 
+# Open files nginx's workers want: a client connection and one to a replica each, for 10,000+ clients, plus files.
+WANTED_FILES = 65536
+FILES_KEPT_BACK = 1024  # log files, the listening sockets, the upstream keepalive pool
+
+
+def worker_connections_for(files: int) -> int:
+    """Connections per nginx worker that ``files`` open files allow (each proxied request holds two)."""
+    return max(1024, (files - FILES_KEPT_BACK) // 2)
+
+
+def raise_file_limit(wanted: int = WANTED_FILES) -> int:
+    """Raise this process's open-file limit (inherited by everything `up` starts) toward ``wanted``; return what
+    it got. Root may raise the hard limit too; anyone else gets at most the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+        except (ValueError, OSError):
+            wanted = hard
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return wanted if soft == resource.RLIM_INFINITY else soft
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return wanted
+
+
 def render_nginx_config(*, listen: str, upstreams: list[str], runtime_dir: str, log_dir: str,
-                        user: str | None = None, tls: TlsFiles | None = None,
+                        user: str | None = None, tls: TlsFiles | None = None, files: int = WANTED_FILES,
+                        purchase_concurrency: int = 192, overload_answers: int = 4000,
                         template: Path = NGINX_TEMPLATE) -> str:
     """The nginx.conf for these replicas, from the one template that docker-compose uses too.
 
     ``user`` is the account nginx's workers run as when it is started by root (None: nginx's default); ``tls``
-    makes the listener https only, with that certificate.
+    makes the listener https only, with that certificate; ``files`` is the open-file limit its workers may take.
     """
     servers = "\n".join(f"        server {u} max_fails=3 fail_timeout=2s;" for u in upstreams)
     tls_directives = ""
@@ -68,7 +96,9 @@ def render_nginx_config(*, listen: str, upstreams: list[str], runtime_dir: str, 
             *(['add_header Strict-Transport-Security "max-age=31536000" always;']
               if tls.strict_transport_security else [])))
     values = {"LISTEN": listen, "UPSTREAM_SERVERS": servers, "RUNTIME_DIR": runtime_dir, "LOG_DIR": log_dir,
-              "USER_DIRECTIVE": f"user {user};" if user else "", "TLS_DIRECTIVES": tls_directives}
+              "USER_DIRECTIVE": f"user {user};" if user else "", "TLS_DIRECTIVES": tls_directives,
+              "WORKER_RLIMIT_NOFILE": str(files), "WORKER_CONNECTIONS": str(worker_connections_for(files)),
+              "PURCHASE_CONCURRENCY": str(purchase_concurrency), "OVERLOAD_ANSWERS": str(overload_answers)}
     text = template.read_text()
     for name, value in values.items():
         text = text.replace("{{" + name + "}}", value)
@@ -147,6 +177,7 @@ class Cluster:
     apps: list[HTTPExecutor] = field(default_factory=list, init=False)
     nginx: HTTPExecutor | TCPExecutor | None = field(default=None, init=False)
     env: dict[str, str] = field(default_factory=dict, init=False)
+    files: int = field(default=WANTED_FILES, init=False)  # the open-file limit `up` got for itself and nginx
     _logs: list[IO[bytes]] = field(default_factory=list, init=False)
 
     @property
@@ -168,6 +199,7 @@ class Cluster:
     def start(self) -> None:
         """Start every piece, waiting for each; on any failure stop what was started and raise ClusterError."""
         self.data_dir = self.data_dir.absolute()
+        self.files = raise_file_limit()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if port_open(self.port):
             raise ClusterError(f"port {self.port} is already in use; choose another with --port")
@@ -271,6 +303,7 @@ class Cluster:
         runtime = self.data_dir / "nginx"
         runtime.mkdir(exist_ok=True)
         conf = self.data_dir / "nginx.conf"
+        settings = Settings.from_env({**self.environ, **self.env})
         conf.write_text(render_nginx_config(
             listen=f"127.0.0.1:{self.port}", upstreams=[f"127.0.0.1:{p}" for p in ports],
             runtime_dir=str(runtime), log_dir=str(self.log_dir),
@@ -278,6 +311,8 @@ class Cluster:
             # cluster's workers stay the user who started it.
             user="root" if os.geteuid() == 0 else None,
             tls=self_signed_certificate(self.data_dir / "tls") if self.tls else None,
+            files=self.files, purchase_concurrency=settings.front_door_in_flight * self.replicas,
+            overload_answers=settings.overload_answers,
         ))
         command = [program, "-p", str(runtime), "-c", str(conf), "-e", str(self.log_dir / "nginx-error.log"),
                    "-g", "daemon off;"]
@@ -356,7 +391,11 @@ class Cluster:
             f"  Dashboard  {self.url}/admin\n"
             f"  Admin token  {self.env['HC_ADMIN_TOKEN']}\n"
             + (f"  TLS        self-signed certificate {self.data_dir}/tls/cert.pem (curl --cacert it)\n"
-               if self.tls else "") +
+               if self.tls else "")
+            + (f"  Warning    the open-file limit could be raised only to {self.files}: nginx takes about "
+               f"{worker_connections_for(self.files):,} connections per worker, fewer than a herd of 10,000 "
+               "needs (raise the hard limit: ulimit -Hn, or LimitNOFILE for a service)\n"
+               if self.files < WANTED_FILES else "") +
             f"  Data dir   {self.data_dir}  (logs in logs/; `hypercheckout status --data-dir {self.data_dir}`)\n"
             "Ctrl-C stops everything.\n"
         )

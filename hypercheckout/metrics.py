@@ -63,6 +63,16 @@ class ServiceCollector(Collector):
         yield decisions
         yield CounterMetricFamily("hypercheckout_redis_fail_open", "Purchases let through unlimited because Redis "
                                   "was unreachable.", value=limiter.fail_open_events)
+        admission = services.admission
+        refused = CounterMetricFamily("hypercheckout_admission_refusals", "Purchases refused with 503 overloaded "
+                                      "before any work, by reason.", labels=["reason"])
+        queue_full = getattr(services.strategy, "refused", 0)
+        for reason, count in (("in_flight", admission.refused["in_flight"]), ("waited", admission.refused["waited"]),
+                              ("batch_queue", queue_full)):
+            refused.add_metric([reason], count)
+        yield refused
+        yield GaugeMetricFamily("hypercheckout_purchases_in_flight", "Purchases this replica is serving now.",
+                                value=admission.in_flight)
         sizes = getattr(services.strategy, "batch_sizes", None)
         if sizes is not None:
             yield _histogram("hypercheckout_batch_size", "Purchases settled per batched transaction.", sizes,

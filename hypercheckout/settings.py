@@ -176,6 +176,24 @@ class Settings:
         "Batched strategy: how long a purchase may wait for others to share its transaction.")
     batch_max: int = setting(
         "HC_BATCH_MAX", 64, _positive_int, "Batched strategy: most purchases settled in one transaction.")
+    batch_queue_max: int = setting(
+        "HC_BATCH_QUEUE_MAX", 512, _positive_int,
+        "Batched strategy: most purchases of one product waiting in this replica; more are refused (503 overloaded).")
+    max_in_flight: int = setting(
+        "HC_MAX_IN_FLIGHT", 128, _positive_int,
+        "Purchases one replica serves at once; more are refused at once with 503 overloaded (admission control).")
+    front_door_in_flight: int = setting(
+        "HC_FRONT_DOOR_IN_FLIGHT", 64, _positive_int,
+        "Purchases nginx lets through to each replica at once (`up` and `nginx-config` multiply it by the "
+        "replicas); past that nginx itself answers 503 overloaded, at a few microseconds each.")
+    overload_answers: int = setting(
+        "HC_OVERLOAD_ANSWERS", 4000, _positive_int,
+        "Most 503 overloaded answers nginx gives a second; past that each waits its turn (free), so a herd that "
+        "re-sends at once cannot spend the admitted buyers' CPU on being refused.")
+    admission_wait_ms: float = setting(
+        "HC_ADMISSION_WAIT_MS", 100.0, _non_negative_float,
+        "A purchase that waited longer than this before its handler ran (per X-Request-Start from nginx, or since "
+        "the replica read it) is refused with 503 overloaded rather than served late.")
     idempotency_ttl_hours: float = setting(
         "HC_IDEMPOTENCY_TTL_HOURS", 24.0, _non_negative_float,
         "How long an Idempotency-Key is remembered (its answer replayed), in hours; at least 24 per the API.")

@@ -24,12 +24,14 @@ from hypercheckout.limiter import REDIS_ERRORS
 log = logging.getLogger(__name__)
 
 OUTCOME_TTL = 600  # seconds of per-second history kept
-OUTCOMES = ("200", "409", "429", "4xx", "5xx")
+OUTCOMES = ("200", "409", "429", "4xx", "overloaded", "5xx")
 
 
-def outcome_of(status: int) -> str:
+def outcome_of(status: int, code: str | None = None) -> str:
     if status in (200, 409, 429):
         return str(status)
+    if code == "overloaded":  # shed by admission control: load, not a fault
+        return "overloaded"
     return "5xx" if status >= 500 else "4xx" if status >= 400 else "200"
 
 
@@ -46,8 +48,8 @@ class HitCounter:
         self._task: asyncio.Task[None] | None = None
         self.flush_failures = 0
 
-    def record(self, status: int) -> None:
-        self._pending[(int(self._clock()), outcome_of(status))] += 1
+    def record(self, status: int, code: str | None = None) -> None:
+        self._pending[(int(self._clock()), outcome_of(status, code))] += 1
         self._pending_total += 1
 
     @property

@@ -6,7 +6,10 @@ Measures, one after another against the same private PostgreSQL and Redis:
 * successful purchases/s while stock lasts, for each strategy (pessimistic, atomic, batched), limiter off;
 * sold-out rejections/s (stock 0: answered from the replicas' sold-out flags);
 * rate-limited rejections/s (one buyer over its rate: one Redis script call each);
-* latency at about half the batched maximum, paced with wrk's ``delay()`` (wrk2 is not packaged in Debian).
+* latency at about half the batched maximum, paced with wrk's ``delay()`` (wrk2 is not packaged in Debian);
+* the overload curve: purchases at 64, 1,000, 4,000 and 10,000 connections, far past what the replicas can serve:
+  200s/s next to the peak of the curve, every other answer by status and error code, connection errors, and
+  p50/p99 of all answers (wrk's view) and of 200s alone (nginx's ``request_time``, from its access log).
 
 Each figure is measured right after a no-op ceiling run on the same cluster with the same connections, and is
 printed as a ratio to that ceiling and to ``pessimistic``: absolute numbers on a shared 2-core machine move from
@@ -24,6 +27,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,9 +37,32 @@ sys.path.insert(0, str(HERE))
 
 from harness import Backends, private_backends  # noqa: E402
 
+from hypercheckout.cluster import raise_file_limit  # noqa: E402
+
 WRK_SCRIPT = HERE / "wrk.lua"
 STRATEGIES = ("pessimistic", "atomic", "batched")
 PLENTY = 50_000_000  # stock that outlasts any run
+OVERLOAD_STEPS = (64, 1_000, 4_000, 10_000)
+
+
+@dataclass
+class Step:
+    """One step of the overload curve."""
+
+    connections: int
+    seconds: float
+    answers: int  # wrk's count
+    socket_errors: int  # connect, read, write errors and timeouts, as wrk counts them
+    p50_ms: float  # every answer, as wrk saw it
+    p99_ms: float
+    by_status: dict[str, int]  # "200", "503 overloaded", "409 out_of_stock", … from nginx's access log
+    ok_p50_ms: float  # 200s only, nginx's request_time
+    ok_p99_ms: float
+    peak: float = 0.0  # the best 200s/s of the curve
+
+    @property
+    def ok_rate(self) -> float:
+        return self.by_status.get("200", 0) / self.seconds
 
 
 @dataclass
@@ -56,12 +83,31 @@ class Figure:
         return self.requests / self.seconds
 
 
+def percentile(values: list[float], share: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def read_access_log(path: Path, offset: int) -> tuple[list[dict[str, object]], int]:
+    """The JSON lines nginx wrote since ``offset`` (it flushes its buffer every second), and the new offset."""
+    with path.open("rb") as log:
+        log.seek(offset)
+        data = log.read()
+    lines = data.splitlines()
+    if data and not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
+        lines = lines[:-1]
+    return [json.loads(line) for line in lines if line.strip()], offset + len(data)
+
+
 def wrk(url: str, *, seconds: float, connections: int, threads: int = 2, **env: str) -> Figure:
     """Run wrk with wrk.lua; ``env`` sets its WRK_* variables."""
     done = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(WRK_SCRIPT),
          url],
-        capture_output=True, text=True, env={**os.environ, **env}, check=True,
+        capture_output=True, text=True, env={**os.environ, **env}, check=True, timeout=seconds + 120,
     )
     match = re.search(r"^WRK_JSON (\{.*\})$", done.stdout, re.MULTILINE)
     if not match:
@@ -81,6 +127,8 @@ class Bench:
         self.seconds = seconds
         self.connections = connections
         self.figures: list[Figure] = []
+        self.curve: list[Step] = []
+        self.steps = OVERLOAD_STEPS
 
     def record(self, name: str, figure: Figure, *, connections: int, ceiling: float, note: str = "") -> Figure:
         figure.name, figure.note, figure.connections, figure.ceiling = name, note, connections, ceiling
@@ -96,7 +144,12 @@ class Bench:
         figure = wrk(url, seconds=self.seconds, connections=connections, **env)
         return self.record(name, figure, connections=connections, ceiling=ceiling)
 
-    def run(self) -> None:
+    def run(self, parts: str = "all") -> None:
+        if parts in ("all", "overload"):
+            with self.cluster(HC_STRATEGY="batched") as url:
+                self.overload_curve(url, self.steps)
+        if parts == "overload":
+            return
         print(f"Each run: wrk -t2 -c{self.connections} for {self.seconds:g} s, through nginx to 3 replicas, right "
               "after a no-op ceiling run on the same cluster", flush=True)
         with self.cluster(HC_STRATEGY="batched") as url:
@@ -122,6 +175,53 @@ class Bench:
             limited = self.paired("rate-limited rejections (429)", url, WRK_USER="7")
             assert limited.requests - limited.non_2xx <= self.seconds + 2, "the limiter let too much through"
 
+    def overload_curve(self, url: str, steps: tuple[int, ...] = OVERLOAD_STEPS) -> None:
+        """Purchases at ever more connections, stock plenty, limiter off: goodput must hold and the excess must
+        be answered (503 overloaded), not dropped."""
+        print("Overload curve: POST /purchase, batched, limiter off, stock plenty", flush=True)
+        self.cli("reset", "--stock", str(PLENTY))
+        time.sleep(1.5)  # nginx flushes its access log every second
+        _, offset = read_access_log(self.backends.access_log, 0)
+        for connections in steps:
+            figure = wrk(url, seconds=self.seconds, connections=connections, threads=2)
+            time.sleep(1.5)
+            entries, offset = read_access_log(self.backends.access_log, offset)
+            purchases = [e for e in entries if e.get("uri") == "/purchase"]
+            by_status: dict[str, int] = {}
+            for entry in purchases:
+                status = str(entry["status"])
+                if status == "499" or (status != "200" and not entry.get("bytes")):
+                    key = "cut off when the step ended"  # wrk closed the connection before the answer
+                else:
+                    key = status if status == "200" else f"{status} {entry.get('code') or 'without a code'}"
+                by_status[key] = by_status.get(key, 0) + 1
+            ok_times = [float(e["request_time"]) * 1000 for e in purchases if e["status"] == 200]
+            step = Step(connections=connections, seconds=figure.seconds, answers=figure.requests,
+                        socket_errors=figure.socket_errors, p50_ms=figure.p50_ms, p99_ms=figure.p99_ms,
+                        by_status=dict(sorted(by_status.items())), ok_p50_ms=percentile(ok_times, 0.50),
+                        ok_p99_ms=percentile(ok_times, 0.99))
+            self.curve.append(step)
+            others = ", ".join(f"{k}: {v:,}" for k, v in step.by_status.items() if k != "200") or "none"
+            print(f"  {connections:>6,} connections  200s {step.ok_rate:>7,.0f}/s  p50/p99 all {step.p50_ms:,.0f}/"
+                  f"{step.p99_ms:,.0f} ms  200s {step.ok_p50_ms:,.0f}/{step.ok_p99_ms:,.0f} ms  "
+                  f"connection errors {step.socket_errors:,}  others: {others}", flush=True)
+        peak = max(step.ok_rate for step in self.curve)
+        for step in self.curve:
+            step.peak = peak
+        status = self.backends.status()
+        product = status["products"][0]
+        assert product["stock"] + product["sold"] == product["initial_stock"], product
+
+    def curve_table(self) -> str:
+        lines = ["| connections | 200s/s | vs peak | p50 / p99 all ms | p50 / p99 200s ms | connection errors | "
+                 "other answers |", "|---:|---:|---:|---:|---:|---:|---|"]
+        for s in self.curve:
+            others = ", ".join(f"{k}: {v:,}" for k, v in s.by_status.items() if k != "200") or "—"
+            lines.append(f"| {s.connections:,} | {s.ok_rate:,.0f} | {s.ok_rate / s.peak:.2f} | "
+                         f"{s.p50_ms:,.0f} / {s.p99_ms:,.0f} | {s.ok_p50_ms:,.0f} / {s.ok_p99_ms:,.0f} | "
+                         f"{s.socket_errors:,} | {others} |")
+        return "\n".join(lines)
+
     def half_rate_latency(self, url: str, batched: Figure) -> None:
         """Latency at about half the maximum: each connection waits before its next request (wrk's delay())."""
         target = batched.rate / 2
@@ -144,6 +244,8 @@ class Bench:
         assert figure.non_2xx == 0, f"{figure.non_2xx} purchases were refused while stock lasted"
 
     def table(self) -> str:
+        if not self.figures:
+            return ""
         pessimistic = next(f.rate for f in self.figures if f.name == "purchases (pessimistic)")
         lines = ["| run | connections | req/s | ceiling req/s | vs ceiling | vs pessimistic | p50 ms | p99 ms | "
                  "non-2xx | note |",
@@ -159,26 +261,38 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10, help="length of each wrk run (default 10)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    parser.add_argument("--only", choices=("all", "overload"), default="all",
+                        help="overload: only the overload curve (default: everything)")
+    parser.add_argument("--steps", type=lambda text: tuple(int(n) for n in text.split(",")), default=OVERLOAD_STEPS,
+                        help="connections of the overload curve, comma-separated (default 64,1000,4000,10000)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / datetime.now().strftime("%Y-%m-%d"),
                         help="folder for bench.md and bench.json")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is missing: apt-get install wrk (make bench installs it)", file=sys.stderr)
         return 2
+    files = raise_file_limit()  # wrk's 10,000 connections, and nginx's two per client
+    if files < 2 * max(args.steps) + 1024:
+        print(f"warning: only {files} open files allowed; the largest steps may fail to connect", file=sys.stderr)
     with private_backends() as backends:
         bench = Bench(backends, seconds=args.seconds, connections=args.connections)
-        bench.run()
+        bench.steps = args.steps
+        bench.run(args.only)
     table = bench.table()
-    print("\n" + table)
+    curve = bench.curve_table()
+    print("\n" + table + "\n\n" + curve)
     args.out.mkdir(parents=True, exist_ok=True)
     started = datetime.now().isoformat(timespec="seconds")
     machine = f"{os.cpu_count()} cores, {os.uname().machine}"
     (args.out / "bench.md").write_text(
         f"# make bench — {started}\n\nMachine: {machine}; wrk -t2 -c{args.connections}, {args.seconds:g} s per run, "
-        f"through nginx to 3 replicas, all on this machine.\n\n{table}\n")
+        f"through nginx to 3 replicas, all on this machine.\n\n{table}\n\n## Overload curve\n\n"
+        f"POST /purchase (batched, limiter off, stock plenty), wrk -t2, {args.seconds:g} s a step. Latency of all "
+        f"answers as wrk saw it; of 200s as nginx logged them (request_time).\n\n{curve}\n")
     (args.out / "bench.json").write_text(json.dumps(
         {"started": started, "machine": machine, "seconds": args.seconds, "connections": args.connections,
-         "figures": [{**asdict(f), "rate": f.rate} for f in bench.figures]}, indent=2) + "\n")
+         "figures": [{**asdict(f), "rate": f.rate} for f in bench.figures],
+         "overload_curve": [{**asdict(step), "ok_rate": step.ok_rate} for step in bench.curve]}, indent=2) + "\n")
     print(f"\nwritten: {args.out / 'bench.md'}")
     return 0
 

@@ -38,6 +38,11 @@ class Backends:
     def status(self) -> dict[str, Any]:
         return json.loads(self.cli("status", "--json"))
 
+    @property
+    def access_log(self) -> Path:
+        """nginx's access log of the current cluster: one JSON object per request (status, request_time, …)."""
+        return self.workdir / "cluster" / "logs" / "nginx-access.log"
+
     @contextmanager
     def cluster(self, **settings: str) -> Iterator[str]:
         """nginx and three replicas with these HC_* settings (limiter off unless they say otherwise); yields the

@@ -5,11 +5,18 @@
   (``rate_limited``, then ``banned``), and the sale goes on for everyone else.
 * ``FlashSaleDrainUser`` — flash-sale drain: 5,000 users against 10,000 units: stock drains to exactly 0, then
   every answer is 409. The run ends by itself ``HC_LOAD_AFTER_SOLD_OUT`` seconds after the first sold-out answer.
+* ``HerdUser`` — the herd: 10,000 users arrive within 10 s, each wanting one unit of a 10,000-unit sale, as real
+  buyers would: each tries until it has bought or the product is sold out, and honours ``Retry-After``.
 
-409 and 429 are expected answers of a flash sale, counted as successes; anything else (5xx, 4xx, a dropped
-connection) is a failure. Every answer is also counted per second, per outcome and per replica, and every order
+409, 429 and 503 ``overloaded`` (refused by admission control, nothing sold, ``Retry-After`` set) are expected
+answers of a flash sale, counted as successes; anything else (another 5xx, a 4xx, a dropped connection) is a
+failure. A buyer told ``overloaded`` waits ``Retry-After`` before trying again, as a real client does.
+Every answer is also counted per second, per outcome and per replica, and every order
 id of a 200 is kept: at the end they go to ``HC_LOAD_OUTCOMES`` (JSON) for the report and the invariant check.
-``FastHttpUser`` because the plain ``HttpUser`` tops out near 850 requests/s per core.
+``FastHttpUser`` because the plain ``HttpUser`` tops out near 850 requests/s per core. The herd runs in several
+Locust processes (``--processes``): one process with 10,000 users queues them for hundreds of milliseconds
+inside itself, which would be counted as the service's latency. Each worker then writes its own tally
+(``HC_LOAD_OUTCOMES.<pid>``) and tells the master, by message, when buyers are done or the sale is sold out.
 """
 
 from __future__ import annotations
@@ -23,10 +30,11 @@ from collections import Counter, defaultdict
 
 import gevent
 from locust import FastHttpUser, between, constant, events, task
+from locust.runners import MasterRunner, WorkerRunner
 
 PRODUCT = int(os.environ.get("HC_LOAD_PRODUCT", "1"))
 AFTER_SOLD_OUT = float(os.environ.get("HC_LOAD_AFTER_SOLD_OUT", "3"))
-EXPECTED = {200, 409, 429}
+EXPECTED = {200, 409, 429}  # and 503 with the code "overloaded"
 
 
 class Tally:
@@ -36,51 +44,85 @@ class Tally:
         self.per_second: defaultdict[int, Counter[str]] = defaultdict(Counter)
         self.replicas: Counter[str] = Counter()
         self.order_ids: list[int] = []
+        self.ok_ms: list[float] = []  # the latency of every 200, client-side
         self.sold_out_at: float | None = None
 
-    def add(self, status: int, replica: str | None, order_id: int | None) -> None:
-        outcome = str(status) if status in EXPECTED else ("5xx" if status >= 500 else "other")
+    def add(self, outcome: str, replica: str | None, order_id: int | None, ms: float) -> None:
         self.per_second[int(time.time())][outcome] += 1
         if replica:
             self.replicas[replica] += 1
         if order_id is not None:
             self.order_ids.append(order_id)
+            self.ok_ms.append(round(ms, 2))
 
     def as_json(self) -> dict[str, object]:
         return {
             "per_second": {str(second): dict(counts) for second, counts in sorted(self.per_second.items())},
             "replicas": dict(self.replicas),
             "order_ids": self.order_ids,
+            "ok_ms": self.ok_ms,
             "sold_out_at": self.sold_out_at,
         }
 
 
 tally = Tally()
 buyer_ids = itertools.count(1)
+ids_per_worker = 100_000_000  # each Locust process numbers its buyers in a range of its own
 
 
 @events.test_stop.add_listener
 def write_tally(environment, **_kwargs) -> None:  # type: ignore[no-untyped-def]
     path = os.environ.get("HC_LOAD_OUTCOMES")
-    if path:
-        with open(path, "w") as out:
+    if path and not isinstance(environment.runner, MasterRunner):
+        with open(f"{path}.{os.getpid()}", "w") as out:
             json.dump(tally.as_json(), out)
 
 
 @events.init.add_listener
-def show_progress(environment, **_kwargs) -> None:  # type: ignore[no-untyped-def]
-    """One line every 2 s: the run's progress without Locust's full table."""
+def coordinate(environment, **_kwargs) -> None:  # type: ignore[no-untyped-def]
+    """Progress lines, and ending the run: after the sale sold out, or once every buyer of the herd is done."""
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        return  # the master reports and decides
+    done = {"buyers": 0}
+
+    def finish_soon(*_args: object, **_kw: object) -> None:
+        if "finishing" not in done:
+            done["finishing"] = True
+            gevent.spawn_later(AFTER_SOLD_OUT, runner.quit)
+
+    def buyers_done(message: object = None, **_kw: object) -> None:
+        done["buyers"] += getattr(message, "data", 1) or 1
+        if done["buyers"] >= environment.parsed_options.num_users and "finishing" not in done:
+            done["finishing"] = True
+            gevent.spawn(runner.quit)  # not from this greenlet: quitting kills the users, the caller among them
+
+    environment.finish_soon = finish_soon
+    environment.buyers_done = buyers_done
+    if isinstance(runner, MasterRunner):
+        runner.register_message("finish_soon", finish_soon)
+        runner.register_message("buyers_done", buyers_done)
 
     def report() -> None:
-        started = time.time()
+        started, sent = time.time(), 0
         while True:
             gevent.sleep(2)
-            last = tally.per_second.get(int(time.time()) - 1, Counter())
-            users = environment.runner.user_count if environment.runner else 0
-            print(f"    {time.time() - started:5.0f} s  users {users:5d}  last second: "
-                  + "  ".join(f"{k} {v}" for k, v in sorted(last.items())), flush=True)
+            total = environment.stats.total.num_requests
+            print(f"    {time.time() - started:5.0f} s  users {runner.user_count:5d}  answers {total:7d}  "
+                  f"({(total - sent) / 2:,.0f}/s)", flush=True)
+            sent = total
 
     gevent.spawn(report)
+
+
+def tell_master(environment, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Run ``name`` where the run is decided: in this process, or on the master."""
+    if isinstance(environment.runner, WorkerRunner):
+        environment.runner.send_message(name, 1)
+    else:
+        getattr(environment, name)()
+
+
 
 
 class Buyer(FastHttpUser):
@@ -88,24 +130,39 @@ class Buyer(FastHttpUser):
     quantities: tuple[int, ...] = (1,)
 
     def on_start(self) -> None:
-        self.user_id = next(buyer_ids)
+        index = getattr(self.environment.runner, "worker_index", 0)
+        self.user_id = index * ids_per_worker + next(buyer_ids)
 
     def buy(self) -> tuple[int, int | None]:
-        """Buy; returns the status and, for a 409, the stock the answer says is left."""
+        """Buy; returns the status and, for a 409, the stock the answer says is left. An ``overloaded`` answer
+        makes this buyer wait its Retry-After, as a real client would."""
         body = {"user_id": self.user_id, "product_id": PRODUCT, "quantity": random.choice(self.quantities)}
+        started = time.perf_counter()
         with self.client.post("/purchase", json=body, name="POST /purchase", catch_response=True) as response:
+            ms = 1000 * (time.perf_counter() - started)
             status = response.status_code
             order_id = remaining = None
+            code = None
             if status == 200:
                 order_id = response.json().get("order_id")
-            elif status == 409:
-                remaining = response.json()["error"].get("remaining")
+            elif status in (409, 429, 503) and response.text:
+                error = response.json().get("error", {})
+                code, remaining = error.get("code"), error.get("remaining")
             if status in EXPECTED:
+                outcome = str(status)
+                response.success()
+            elif status == 503 and code == "overloaded" and response.headers.get("Retry-After"):
+                outcome = "overloaded"
                 response.success()
             else:
+                outcome = "5xx" if status >= 500 else "other"
                 response.failure(f"{status}: {(response.text or '')[:200]}")
-            tally.add(status, response.headers.get("X-Replica") if response.headers else None, order_id)
-            return status, remaining
+            tally.add(outcome, response.headers.get("X-Replica") if response.headers else None, order_id, ms)
+        if outcome == "overloaded" or (status == 429 and self.honours_429):
+            gevent.sleep(float(response.headers.get("Retry-After", "1")))
+        return status, remaining
+
+    honours_429 = False  # the rate-limit shield's bots do not; real buyers (the herd) do
 
 
 class WriteLimitUser(Buyer):
@@ -128,6 +185,46 @@ class RateLimitShieldUser(Buyer):
         self.buy()
 
 
+HERD_SPAWN_SECONDS = float(os.environ.get("HC_LOAD_HERD_SPAWN_S", "3"))
+HERD_ARRIVAL_SECONDS = float(os.environ.get("HC_LOAD_HERD_ARRIVAL_S", "10"))
+herd_started = {"at": 0.0}
+
+
+@events.test_start.add_listener
+def herd_clock(**_kwargs) -> None:  # type: ignore[no-untyped-def]
+    herd_started["at"] = time.time()
+
+
+class HerdUser(Buyer):
+    """Scenario 4: one unit each, tried until bought or sold out, Retry-After honoured. A buyer who is done stays
+    (idle): Locust would replace a stopped user with a new buyer, and the herd is these buyers, no more.
+
+    Every buyer arrives at an instant of its own, uniformly within HC_LOAD_HERD_ARRIVAL_S (10 s), after all are
+    spawned (HC_LOAD_HERD_SPAWN_S): Locust spawns a second's worth of users at once, and a thousand buyers
+    starting in the same instant of one process would wait for each other inside Locust — time that would be
+    counted as the service's."""
+
+    honours_429 = True
+    done = False
+
+    def on_start(self) -> None:
+        super().on_start()
+        arrival = herd_started["at"] + HERD_SPAWN_SECONDS + random.uniform(0, HERD_ARRIVAL_SECONDS)
+        gevent.sleep(max(0.0, arrival - time.time()))
+
+    def wait_time(self) -> float:
+        return 3600.0 if self.done else 0.0
+
+    @task
+    def purchase(self) -> None:
+        if self.done:
+            return
+        status, remaining = self.buy()
+        if status == 200 or (status == 409 and remaining == 0):
+            self.done = True
+            tell_master(self.environment, "buyers_done")
+
+
 class FlashSaleDrainUser(Buyer):
     """Scenario 3: many buyers, each buying 1 to 3 units now and then, until the stock is gone."""
 
@@ -138,4 +235,4 @@ class FlashSaleDrainUser(Buyer):
     def purchase(self) -> None:
         if self.buy() == (409, 0) and tally.sold_out_at is None:
             tally.sold_out_at = time.time()
-            gevent.spawn_later(AFTER_SOLD_OUT, self.environment.runner.quit)
+            tell_master(self.environment, "finish_soon")

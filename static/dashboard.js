@@ -5,7 +5,8 @@
   const root = document.getElementById("dashboard");
   const xsrf = root.dataset.xsrf;
   const STALE_AFTER_MS = 2000;
-  const COLORS = { "200": "#22c55e", "409": "#f59e0b", "429": "#a78bfa", "4xx": "#60a5fa", "5xx": "#ef4444" };
+  const COLORS = { "200": "#22c55e", "409": "#f59e0b", "429": "#a78bfa", "4xx": "#60a5fa", "overloaded": "#94a3b8",
+                   "5xx": "#ef4444" };
   const $ = (id) => document.getElementById(id);
 
   let chart = null;

@@ -99,7 +99,12 @@ def test_nginx_is_configured_from_the_same_template_for_the_app_port() -> None:
     done = run_cli(*command[1:])
     assert done.returncode == 0, done.stderr
     assert f"server app:{APP_ENV['HC_PORT']} " in done.stdout
-    assert "listen 80;" in done.stdout and "user nginx;" in done.stdout
+    assert "listen 80 backlog=4096;" in done.stdout and "user nginx;" in done.stdout
+    # A herd of 10,000 clients fits: two connections each (client, replica), and the files to hold them.
+    connections = int(re.search(r"worker_connections (\d+);", done.stdout).group(1))
+    files = int(re.search(r"worker_rlimit_nofile (\d+);", done.stdout).group(1))
+    assert connections >= 2 * 10_000 and files >= 2 * connections
+    assert SERVICES["nginx"]["ulimits"]["nofile"] == {"soft": files, "hard": files}
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert f"HC_PORT={APP_ENV['HC_PORT']}" in dockerfile and "COPY nginx" in dockerfile
 
@@ -128,7 +133,7 @@ def test_nginx_config_with_a_real_certificate_serves_https_only(tmp_path: Path) 
     done = run_cli("nginx-config", "--listen", "443", "--upstream", "app:8000", "--runtime-dir", str(tmp_path),
                    "--log-dir", str(tmp_path), "--tls-certificate", str(cert), "--tls-key", str(key))
     assert done.returncode == 0, done.stderr
-    assert "listen 443 ssl;" in done.stdout and f"ssl_certificate {cert};" in done.stdout
+    assert "listen 443 ssl backlog=4096;" in done.stdout and f"ssl_certificate {cert};" in done.stdout
     assert "ssl_protocols TLSv1.2 TLSv1.3;" in done.stdout and "Strict-Transport-Security" in done.stdout
     conf = tmp_path / "nginx.conf"
     conf.write_text(done.stdout.replace("app:8000", "127.0.0.1:8000"))

@@ -15,32 +15,47 @@ import pytest
 LOAD_TESTS = Path(__file__).resolve().parent.parent / "load-tests"
 
 
-def run(script: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def run(script: str, *args: str, timeout: float = 240,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(LOAD_TESTS / script), *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "HC_LOG_LEVEL": "WARNING"})
+                          timeout=timeout, env={**os.environ, "HC_LOG_LEVEL": "WARNING", **(env or {})})
 
 
-def test_the_three_scenarios_run_check_the_invariant_and_write_a_report(tmp_path: Path) -> None:
+SCENARIOS = ["write-limit", "rate-limit-shield", "flash-sale-drain", "herd"]
+
+
+def test_the_scenarios_run_check_the_invariant_and_write_a_report(tmp_path: Path) -> None:
     done = run("run.py", "--duration", "3", "--drain-users", "200", "--drain-stock", "400", "--after-sold-out", "1",
-               "--out", str(tmp_path))
+               "--herd-users", "300", "--out", str(tmp_path), env={"HC_LOAD_HERD_SPAWN_S": "1",
+                                                                    "HC_LOAD_HERD_ARRIVAL_S": "2"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
     rows = [line for line in report.splitlines() if line.startswith("| ") and "holds" in line]
-    assert [row.split(" | ")[0][2:] for row in rows] == ["write-limit", "rate-limit-shield", "flash-sale-drain"]
-    drain = rows[2].split(" | ")
-    assert drain[-3:] == ["0", "400", "holds |"]  # drained to exactly 0, nothing oversold
+    assert [row.split(" | ")[0][2:] for row in rows] == SCENARIOS
+    for row in (rows[2], rows[3]):  # the drain and the herd sell out exactly
+        cells = row.split(" | ")
+        assert cells[-3:] in (["0", "400", "holds |"], ["0", "300", "holds |"]), row
+        assert cells[-4] == "0"  # failures
     shield = rows[1].split(" | ")
     assert int(shield[6].replace(",", "")) > 0  # the limiter answered 429s
-    for name in ("write-limit", "rate-limit-shield", "flash-sale-drain"):
+    for name in SCENARIOS:
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
-    assert "invariant holds" in done.stdout
+    assert done.stdout.count("invariant holds") == 4
+    assert "Herd goal, p99 of 200s" in report
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None and not os.environ.get("CI"), reason="wrk is not installed")
 def test_the_benchmark_runs_every_figure_and_checks_the_invariant(tmp_path: Path) -> None:
-    done = run("bench.py", "--seconds", "1", "--connections", "16", "--out", str(tmp_path))
+    done = run("bench.py", "--seconds", "1", "--connections", "16", "--steps", "16,600", "--out", str(tmp_path))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    figures = json.loads((tmp_path / "bench.json").read_text())["figures"]
+    results = json.loads((tmp_path / "bench.json").read_text())
+    # The overload curve: past the front door's limit the excess is answered 503 overloaded, nothing dropped.
+    small, large = results["overload_curve"]
+    assert (small["connections"], large["connections"]) == (16, 600)
+    assert small["socket_errors"] == large["socket_errors"] == 0
+    assert large["by_status"].get("503 overloaded", 0) > 0 and large["by_status"]["200"] > 0
+    assert set(large["by_status"]) <= {"200", "503 overloaded", "cut off when the step ended"}, large
+    figures = results["figures"]
     assert [(f["name"], f["connections"]) for f in figures] == [
         ("sold-out rejections (409)", 16), ("purchases (batched)", 16), ("purchases (batched) at ~half the max", 32),
         ("purchases (batched)", 32), ("purchases (batched)", 64), ("purchases (pessimistic)", 16),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import time
 from typing import Any
 
 import tornado.web
@@ -53,6 +54,15 @@ class JsonHandler(tornado.web.RequestHandler):
         self.finish(json.dumps(body, separators=(",", ":"), default=str))
 
     @property
+    def from_trusted_proxy(self) -> bool:
+        """The peer is a proxy whose headers name the client and the request's start (HC_TRUSTED_PROXIES)."""
+        try:
+            peer = ipaddress.ip_address(self.request.remote_ip or "")
+        except ValueError:
+            return False
+        return any(peer in net for net in self.services.settings.trusted_proxies)
+
+    @property
     def client_ip(self) -> str:
         """The peer's address, or the X-Real-IP its proxy set when the peer is a trusted proxy.
 
@@ -60,19 +70,30 @@ class JsonHandler(tornado.web.RequestHandler):
         """
         peer = self.request.remote_ip or ""
         forwarded = self.request.headers.get("X-Real-IP")
-        if forwarded:
+        if forwarded and self.from_trusted_proxy:
             try:
-                peer_addr = ipaddress.ip_address(peer)
-                if any(peer_addr in net for net in self.services.settings.trusted_proxies):
-                    return str(ipaddress.ip_address(forwarded.strip()))
+                return str(ipaddress.ip_address(forwarded.strip()))
             except ValueError:
                 pass
         return peer
+
+    def waited(self) -> float:
+        """Seconds since the request arrived: at the proxy (its ``X-Request-Start: t=<epoch seconds>``, believed
+        only from a trusted proxy) or, without one, at this replica."""
+        started = self.request._start_time
+        header = self.request.headers.get("X-Request-Start")
+        if header and self.from_trusted_proxy:
+            try:
+                started = min(started, float(header.removeprefix("t=")))
+            except ValueError:
+                pass
+        return max(0.0, time.time() - started)
 
     def answer_error(self, exc: CheckoutError) -> None:
         """The one mapping of a ``CheckoutError`` to an HTTP answer: its status, headers and JSON body."""
         for name, value in exc.headers.items():
             self.set_header(name, value)
+        self.set_header("X-Error-Code", exc.code)  # for nginx's access log: why, without reading bodies
         self.set_status(exc.status)
         self.finish(json.dumps(exc.body(), separators=(",", ":")))
 

@@ -11,7 +11,8 @@ from hypercheckout.settings import Settings
 
 ERROR_CODES = [
     "invalid_request", "not_found", "unknown_product", "out_of_stock", "limit_reached", "request_in_progress",
-    "idempotency_key_reused", "rate_limited", "banned", "unavailable", "method_not_allowed", "internal_error",
+    "idempotency_key_reused", "rate_limited", "banned", "unavailable", "overloaded", "method_not_allowed",
+    "internal_error", "forbidden",
 ]
 
 
@@ -34,6 +35,10 @@ def _json(schema_ref: str, description: str) -> dict[str, Any]:
 def document(settings: Settings) -> dict[str, Any]:
     identifier = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
     unavailable = _error("PostgreSQL (or the replica) is unavailable; nothing was sold.", retry_after=False)
+    purchase_unavailable = _error(
+        "unavailable: PostgreSQL (or the replica) is unavailable, with outcome nothing_sold or unknown; or "
+        "overloaded: refused by admission control before any work (outcome nothing_sold, Retry-After set).",
+        retry_after=True)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -70,7 +75,7 @@ def document(settings: Settings) -> dict[str, Any]:
                                   retry_after=True),
                     "422": _error("idempotency_key_reused: the key was used with another body."),
                     "429": _error("rate_limited or banned.", retry_after=True),
-                    "503": unavailable,
+                    "503": purchase_unavailable,
                 },
             }},
             "/products": {"get": {
@@ -164,8 +169,9 @@ def document(settings: Settings) -> dict[str, Any]:
                         "message": {"type": "string"},
                         "remaining": {"type": "integer", "minimum": 0},
                         "limit": {"type": "integer", "minimum": 1},
-                        "outcome": {"const": "unknown", "description": "503 only: the connection broke while "
-                                    "committing; retry with the same Idempotency-Key to learn the outcome."},
+                        "outcome": {"enum": ["nothing_sold", "unknown"], "description": "503 only: nothing_sold "
+                                    "when that is certain; unknown when the connection broke while committing "
+                                    "(retry with the same Idempotency-Key to learn the outcome)."},
                     },
                 }},
             },

@@ -17,9 +17,19 @@ class PurchaseHandler(JsonHandler):
         try:
             await self._purchase()
         except CheckoutError as exc:
+            self._code = exc.code
             self.answer_error(exc)
 
     async def _purchase(self) -> None:
+        services = self.services
+        # First, before even parsing: when the replica cannot serve in time, saying so must cost next to nothing.
+        services.admission.enter(self.waited())
+        try:
+            await self._admitted()
+        finally:
+            services.admission.leave()
+
+    async def _admitted(self) -> None:
         services = self.services
         settings = services.settings
         request = parse_purchase(
@@ -45,7 +55,7 @@ class PurchaseHandler(JsonHandler):
 
     def on_finish(self) -> None:
         super().on_finish()
-        self.services.hits.record(self.get_status())
+        self.services.hits.record(self.get_status(), getattr(self, "_code", None))
 
 
 default_handlers = [(r"/purchase", PurchaseHandler)]

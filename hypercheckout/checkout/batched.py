@@ -21,6 +21,7 @@ from hypercheckout.checkout.errors import (
     limit_reached,
     out_of_stock,
     outcome_unknown,
+    overloaded,
     shutting_down,
     unavailable,
     unknown_product,
@@ -48,11 +49,14 @@ class _ProductQueue:
 class BatchedStrategy:
     name = "batched"
 
-    def __init__(self, store: Store, *, replica: str, window_ms: float = 2.0, max_batch: int = 64) -> None:
+    def __init__(self, store: Store, *, replica: str, window_ms: float = 2.0, max_batch: int = 64,
+                 max_queue: int = 512) -> None:
         self._store = store
         self._replica = replica
         self._window = window_ms / 1000
         self._max_batch = max_batch
+        self._max_queue = max_queue  # buyers of one product waiting here at most; more are refused
+        self.refused = 0  # purchases refused for a full queue, for /metrics
         self._queues: dict[int, _ProductQueue] = {}
         self._closing = False
         self.batch_sizes: Counter[int] = Counter()  # batch size -> batches settled; for metrics and tests
@@ -63,6 +67,9 @@ class BatchedStrategy:
         queue = self._queues.get(request.product_id)
         if queue is None:
             queue = self._queues[request.product_id] = _ProductQueue()
+        if len(queue.waiting) >= self._max_queue:
+            self.refused += 1
+            raise overloaded()
         loop = asyncio.get_running_loop()
         waiter = _Waiter(request, loop.create_future(), loop.time())
         queue.waiting.append(waiter)

@@ -69,6 +69,14 @@ def shutting_down() -> CheckoutError:
                          extra=dict(NOTHING_SOLD))
 
 
+def overloaded(retry_after: int = 1) -> CheckoutError:
+    """Refused by admission control before any work: certain that nothing was sold."""
+    return CheckoutError(
+        503, "overloaded", f"too many purchases right now; nothing was sold, retry in {retry_after} s",
+        extra=dict(NOTHING_SOLD), headers={"Retry-After": str(retry_after)},
+    )
+
+
 def outcome_unknown() -> CheckoutError:
     """The connection to PostgreSQL broke while a purchase was committing: it may or may not have been placed."""
     return CheckoutError(
