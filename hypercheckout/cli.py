@@ -69,11 +69,15 @@ async def _with_store(settings: Settings, action: Callable[[Store, Any], Awaitab
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(args, port=args.port, replica_id=args.replica_id, host=args.host,
                              strategy=args.strategy)
-    # asyncio's own loop, not uvloop: after PostgreSQL restarted, uvloop kept closed poll handles for the file
-    # descriptors of aiopg's dead connections, and a new client connection that reused such a number was dropped
-    # ("the handler is closed"), for as long as the replica ran. Seen in tests/test_faults.py; the price is about a
-    # quarter more CPU per request (load-tests/README.md).
-    asyncio.run(serve(settings))
+    if settings.event_loop == "uvloop":
+        # Not the default: an earlier session saw uvloop keep poll handles of aiopg's dead connections after a
+        # PostgreSQL restart and drop client connections that reused those descriptors; this session could not
+        # reproduce that mechanism, but one fault-test run in 58 failed (load-tests/README.md).
+        import uvloop
+
+        uvloop.run(serve(settings))
+    else:
+        asyncio.run(serve(settings))
     return 0
 
 

@@ -51,14 +51,16 @@ class TlsFiles:
     strict_transport_security: bool = False
 
 
-# Open files nginx's workers want: a client connection and one to a replica each, for 10,000+ clients, plus files.
+# Open files nginx's workers want: one per client connection and per connection to a replica (those are bounded by
+# the front door's limit and the keepalive pool), plus its own files; a herd of 10,000 may land on one worker.
 WANTED_FILES = 65536
-FILES_KEPT_BACK = 1024  # log files, the listening sockets, the upstream keepalive pool
+HERD_CONNECTIONS = 12_000  # 10,000 clients, the connections to the replicas, and room to spare
+FILES_KEPT_BACK = 1024  # log files, the listening sockets
 
 
 def worker_connections_for(files: int) -> int:
-    """Connections per nginx worker that ``files`` open files allow (each proxied request holds two)."""
-    return max(1024, (files - FILES_KEPT_BACK) // 2)
+    """Connections per nginx worker that ``files`` open files allow."""
+    return max(1024, files - FILES_KEPT_BACK)
 
 
 def raise_file_limit(wanted: int = WANTED_FILES) -> int:
@@ -79,7 +81,7 @@ def raise_file_limit(wanted: int = WANTED_FILES) -> int:
 
 def render_nginx_config(*, listen: str, upstreams: list[str], runtime_dir: str, log_dir: str,
                         user: str | None = None, tls: TlsFiles | None = None, files: int = WANTED_FILES,
-                        purchase_concurrency: int = 192, overload_answers: int = 4000,
+                        purchase_concurrency: int = 192, overload_answers: int = 2500,
                         template: Path = NGINX_TEMPLATE) -> str:
     """The nginx.conf for these replicas, from the one template that docker-compose uses too.
 
@@ -395,7 +397,7 @@ class Cluster:
             + (f"  Warning    the open-file limit could be raised only to {self.files}: nginx takes about "
                f"{worker_connections_for(self.files):,} connections per worker, fewer than a herd of 10,000 "
                "needs (raise the hard limit: ulimit -Hn, or LimitNOFILE for a service)\n"
-               if self.files < WANTED_FILES else "") +
+               if worker_connections_for(self.files) < HERD_CONNECTIONS else "") +
             f"  Data dir   {self.data_dir}  (logs in logs/; `hypercheckout status --data-dir {self.data_dir}`)\n"
             "Ctrl-C stops everything.\n"
         )

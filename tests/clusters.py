@@ -63,7 +63,13 @@ class RunningCluster:
 
 @contextmanager
 def cluster_workdir() -> Iterator[Path]:
-    """A temporary folder for clusters' data dirs."""
+    """A temporary folder for clusters' data dirs; kept, with every log, when HC_TEST_KEEP_CLUSTERS is set."""
+    if os.environ.get("HC_TEST_KEEP_CLUSTERS"):
+        kept = Path(tempfile.mkdtemp(prefix="hc-cluster-kept-"))
+        os.chmod(kept, 0o755)
+        print(f"keeping cluster data and logs in {kept}")
+        yield kept
+        return
     # As root, the cluster's PostgreSQL runs as another user, who must be able to enter the data dir.
     with tempfile.TemporaryDirectory(prefix="hc-cluster-") as tmp:
         os.chmod(tmp, 0o755)

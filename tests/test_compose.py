@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from hypercheckout.cluster import render_nginx_config
+from hypercheckout.cluster import FILES_KEPT_BACK, HERD_CONNECTIONS, render_nginx_config
 from hypercheckout.localservices import free_port
 from hypercheckout.settings import Settings, documentation
 from tests.helpers import run_cli
@@ -100,10 +100,10 @@ def test_nginx_is_configured_from_the_same_template_for_the_app_port() -> None:
     assert done.returncode == 0, done.stderr
     assert f"server app:{APP_ENV['HC_PORT']} " in done.stdout
     assert "listen 80 backlog=4096;" in done.stdout and "user nginx;" in done.stdout
-    # A herd of 10,000 clients fits: two connections each (client, replica), and the files to hold them.
+    # A herd of 10,000 clients fits in one worker, with its connections to the replicas, and the files to hold them.
     connections = int(re.search(r"worker_connections (\d+);", done.stdout).group(1))
     files = int(re.search(r"worker_rlimit_nofile (\d+);", done.stdout).group(1))
-    assert connections >= 2 * 10_000 and files >= 2 * connections
+    assert connections >= HERD_CONNECTIONS and files >= connections + FILES_KEPT_BACK
     assert SERVICES["nginx"]["ulimits"]["nofile"] == {"soft": files, "hard": files}
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert f"HC_PORT={APP_ENV['HC_PORT']}" in dockerfile and "COPY nginx" in dockerfile
