@@ -20,7 +20,7 @@ from hypercheckout.limiter import REDIS_ERRORS, RateLimiter
 from hypercheckout.login_throttle import LoginThrottle
 from hypercheckout.operations import reset_product, status_report
 from hypercheckout.settings import Settings, SettingsError, documentation
-from hypercheckout.store import Store, ensure_database
+from hypercheckout.store import MigrationError, Store, ensure_database
 
 CLUSTER_ENV = "cluster.env"
 
@@ -88,10 +88,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         created = await ensure_database(settings.database_url, timeout=settings.db_timeout)
         store = await Store.connect(settings.database_url, size=1, timeout=settings.db_timeout)
         try:
-            await store.migrate()
+            applied = await store.migrate()
+            version = await store.schema_version()
         finally:
             await store.close()
-        print("database created and migrated" if created else "schema up to date")
+        if created:
+            print("database created")
+        for migration in applied:
+            print(f"applied {migration.file}")
+        print(f"schema at version {version}" + ("" if applied else " (up to date)"))
         return 0
 
     return asyncio.run(run())
@@ -213,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--replica-id")
     p.add_argument("--strategy", choices=("pessimistic", "atomic", "batched"))
-    command("migrate", cmd_migrate, "create the database and schema if missing (idempotent)")
+    command("migrate", cmd_migrate, "create the database if missing and apply the schema migrations it has not had "
+                                    "(idempotent, safe to run concurrently)")
     p = command("reset", cmd_reset, "set a product's stock, delete its orders, clear sold-out flags everywhere")
     p.add_argument("--product", type=int, default=1)
     p.add_argument("--stock", type=int, help="new stock (default: the product's initial stock)")
@@ -259,6 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except REDIS_ERRORS as exc:
         print(f"hypercheckout: Redis unreachable: {exc}", file=sys.stderr)
+        return 1
+    except MigrationError as exc:
+        print(f"hypercheckout: {exc}".splitlines()[0], file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

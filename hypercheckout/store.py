@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,40 +29,20 @@ log = logging.getLogger(__name__)
 SEED_PRODUCT_ID = 1
 SEED_STOCK = 10_000
 
-# Serialises migrations: three replicas starting at once would otherwise race on CREATE TABLE IF NOT EXISTS.
+# Serialises migrations: three replicas starting at once would otherwise race to apply the same one.
 MIGRATION_LOCK = 0x4843_4D49  # "HCMI"
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS products (
-    id             bigserial PRIMARY KEY,
-    name           text    NOT NULL,
-    stock          integer NOT NULL CHECK (stock >= 0),
-    initial_stock  integer NOT NULL CHECK (initial_stock >= 0),
-    per_user_limit integer CHECK (per_user_limit IS NULL OR per_user_limit >= 1)
-);
-CREATE TABLE IF NOT EXISTS orders (
-    id         bigserial   PRIMARY KEY,
-    user_id    bigint      NOT NULL CHECK (user_id >= 1),
-    product_id bigint      NOT NULL REFERENCES products (id) ON DELETE CASCADE,
-    quantity   integer     NOT NULL CHECK (quantity >= 1),
-    created_at timestamptz NOT NULL DEFAULT now(),
-    replica    text        NOT NULL
-);
--- Σ quantity per product (status, invariant checks) and "last N orders of a product" (dashboard).
-CREATE INDEX IF NOT EXISTS orders_product_id_idx ON orders (product_id, id);
--- A buyer's orders of one product (per-user limits).
-CREATE INDEX IF NOT EXISTS orders_product_user_idx ON orders (product_id, user_id);
--- Idempotency-Key → the order its first request placed. Written in the transaction that inserts that order, so an
--- acknowledged order and its key cannot disagree. The reference is checked at COMMIT: a batch claims keys for the
--- order ids it has reserved before it inserts the orders. A refused request leaves no row (nothing to replay).
-CREATE TABLE IF NOT EXISTS idempotency_keys (
-    key         text        PRIMARY KEY,
-    fingerprint text        NOT NULL,
-    order_id    bigint      NOT NULL REFERENCES orders (id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
-    created_at  timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX IF NOT EXISTS idempotency_keys_created_at_idx ON idempotency_keys (created_at);
+# Numbered migrations, hypercheckout/migrations/NNNN_name.sql, each applied once, in its own transaction.
+MIGRATION_FILE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
+MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
 """
+# Read under the advisory lock: a replica that waited for another's migration sees it applied.
+APPLIED_MIGRATIONS = "SELECT version FROM schema_migrations"
+RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name) VALUES (%(version)s, %(name)s)"
 
 SEED = """
 INSERT INTO products (id, name, stock, initial_stock)
@@ -351,12 +334,35 @@ class Store:
 
     # --- schema ----------------------------------------------------------------------------------------------------
 
-    async def migrate(self, *, seed_stock: int = SEED_STOCK) -> None:
-        """Create the schema if it is missing and seed product 1 on a fresh database. Safe to run concurrently."""
+    async def migrate(self, *, seed_stock: int = SEED_STOCK,
+                      migrations: Sequence[Migration] | None = None) -> list[Migration]:
+        """Apply the migrations this database has not had, oldest first, each in a transaction of its own under
+        the advisory lock (a failing one leaves nothing behind and stops the rest); then seed product 1 on a fresh
+        database. Safe to run concurrently. Returns the migrations applied now."""
+        applied_now = []
+        for migration in load_migrations() if migrations is None else migrations:
+            async with self.transaction() as cur:
+                await cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                await cur.execute(MIGRATIONS_TABLE)
+                await cur.execute(APPLIED_MIGRATIONS)
+                if migration.version in {row[0] for row in await cur.fetchall()}:
+                    continue
+                try:
+                    await cur.execute(migration.sql)
+                except psycopg2.Error as exc:
+                    raise MigrationError(f"migration {migration.file} failed: {exc}".strip()) from exc
+                await cur.execute(RECORD_MIGRATION, {"version": migration.version, "name": migration.name})
+            applied_now.append(migration)
         async with self.transaction() as cur:
             await cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            await cur.execute(SCHEMA)
             await cur.execute(SEED, {"id": SEED_PRODUCT_ID, "stock": seed_stock})
+        return applied_now
+
+    async def schema_version(self) -> int:
+        async with self.cursor() as cur:
+            await cur.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+            (version,) = await cur.fetchone()
+            return int(version)
 
     async def ping(self) -> None:
         async with self.cursor() as cur:
@@ -510,6 +516,35 @@ class Store:
                 return None
             await cur.execute(DELETE_ORDERS, {"product_id": product_id})
             return int(cur.rowcount)
+
+
+class MigrationError(RuntimeError):
+    """A migration failed; its transaction was rolled back and it is not recorded."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def file(self) -> str:
+        return f"{self.version:04d}_{self.name}.sql"
+
+
+def load_migrations(directory: Path | None = None) -> list[Migration]:
+    """The numbered SQL files of ``directory`` (default: the package's migrations/), by version."""
+    folder = directory or Path(str(resources.files("hypercheckout").joinpath("migrations")))
+    found = []
+    for path in folder.iterdir():
+        match = MIGRATION_FILE.fullmatch(path.name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), path.read_text(encoding="utf-8")))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"two migrations share a version in {folder}")
+    return sorted(found, key=lambda m: m.version)
 
 
 def _raise_if_cancelled_by_server(exc: asyncio.CancelledError) -> None:
