@@ -9,7 +9,7 @@ COPY templates ./templates
 COPY static ./static
 # Editable, so the package finds nginx/, templates/ and static/ beside it exactly as in a checkout.
 RUN pip install --no-cache-dir -e . \
- && useradd --system --no-create-home hypercheckout
+ && useradd --system --uid 10001 --user-group --no-create-home hypercheckout
 USER hypercheckout
 
 ENV HC_HOST=0.0.0.0 \
