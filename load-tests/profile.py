@@ -63,6 +63,16 @@ def cpu_seconds(pids: dict[int, str]) -> Counter[str]:
     return total
 
 
+def redis_calls(url: str | None) -> dict[str, int]:
+    """Commands Redis has executed so far, by name (its own count, INFO commandstats)."""
+    if not url:
+        return {}
+    import redis
+
+    stats = redis.Redis.from_url(url).info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+
+
 def summarise(raw: Path, rows: int) -> str:
     """py-spy's raw output (one collapsed stack and its count per line) → the top frames, self and inclusive."""
     own: Counter[str] = Counter()
@@ -91,6 +101,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rows", type=int, default=20)
+    parser.add_argument("--redis-url", help="also count the Redis commands per request (INFO commandstats)")
     args = parser.parse_args()
     env = {"healthz": {"WRK_MODE": "healthz"}, "purchase": {}, "limited": {"WRK_USER": "7"}}[args.mode]
     if PY_SPY is None:
@@ -107,9 +118,11 @@ def main() -> int:
             PY_SPY, "record", "--pid", str(replica), "--duration", str(int(args.seconds) - 2), "--rate", "250",
             "--format", "raw", "-o", str(raw), "--nonblocking"],), kwargs={"capture_output": True})
         before = cpu_seconds(pids)
+        redis_before = redis_calls(args.redis_url)
         spy.start()
         figure = wrk(args.url, seconds=args.seconds, connections=args.connections, **env)
         after = cpu_seconds(pids)
+        redis_after = redis_calls(args.redis_url)
         spy.join()
         print(f"{args.mode}: {figure.rate:,.0f} req/s, p50 {figure.p50_ms:.2f} ms, p99 {figure.p99_ms:.2f} ms, "
               f"non-2xx {figure.non_2xx:,}")
@@ -117,6 +130,12 @@ def main() -> int:
         for kind in sorted(after):
             used = after[kind] - before[kind]
             print(f"  {kind:<9} {used:6.2f} cpu-s  {1e6 * used / max(1, figure.requests):6.0f} us")
+        if args.redis_url:
+            print("Redis commands per request:")
+            for command in sorted(redis_after):
+                calls = redis_after[command] - redis_before.get(command, 0)
+                if calls:
+                    print(f"  {command:<12} {calls / max(1, figure.requests):.3f}")
         print(f"\npy-spy on one replica (pid {replica}):")
         print(summarise(raw, args.rows) if raw.exists() else "py-spy wrote nothing (permissions?)")
     return 0
