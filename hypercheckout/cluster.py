@@ -30,7 +30,15 @@ from typing import IO, Any
 from mirakuru import HTTPExecutor, TCPExecutor
 from mirakuru.exceptions import ExecutorError
 
-from hypercheckout.localservices import PrivatePostgres, PrivateRedis, ServiceError, free_port, port_open, tail
+from hypercheckout.localservices import (
+    PrivatePostgres,
+    PrivateRedis,
+    ServiceError,
+    free_port,
+    port_open,
+    tail,
+    write_private,
+)
 from hypercheckout.operations import reset_product
 from hypercheckout.settings import Settings
 from hypercheckout.store import Store, ensure_database
@@ -126,17 +134,6 @@ def write_env_file(path: Path, values: Mapping[str, str]) -> None:
     lines = ["# Written by `hypercheckout up`; `hypercheckout <command> --data-dir DIR` reads it."]
     lines += [f"{key}={shlex.quote(value)}" for key, value in values.items()]
     write_private(path, "\n".join(lines) + "\n")
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read (secrets), replacing it atomically. The mode is given when the file
-    is created, so no other user can open it in between, whatever the umask."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    tmp.replace(path)
 
 
 def self_signed_certificate(directory: Path) -> TlsFiles:

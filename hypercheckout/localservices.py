@@ -100,13 +100,22 @@ def read_secret(path: Path) -> str | None:
         return None
 
 
-def new_secret(path: Path) -> str:
-    """A random password, written to ``path`` readable by its owner only (mode given at creation)."""
-    value = secrets.token_urlsafe(24)
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (secrets), replacing it atomically. The mode is given when the file
+    is created, so no other user can open it in between, whatever the umask."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write(value + "\n")
+        handle.write(text)
+    tmp.replace(path)
+
+
+def new_secret(path: Path) -> str:
+    """A random password, written to ``path`` readable by its owner only."""
+    value = secrets.token_urlsafe(24)
+    write_private(path, value + "\n")
     return value
 
 
@@ -209,11 +218,8 @@ class PrivateRedis:
         if not program:
             raise ServiceError(f"redis-server not found. {INSTALL_HINT}")
         # The password goes in a file of its own (mode 0600), not on the command line, where `ps` shows it.
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "auth.conf"
-        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"requirepass {self.password}\n")
+        write_private(conf, f"requirepass {self.password}\n")
         cmd = [program, str(conf), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
                "--logfile", str(self.log_path), "--daemonize", "no", "--protected-mode", "yes"]
         if self.persist:
