@@ -72,7 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.event_loop == "uvloop":
         # Not the default: an earlier session saw uvloop keep poll handles of aiopg's dead connections after a
         # PostgreSQL restart and drop client connections that reused those descriptors; this session could not
-        # reproduce that mechanism, but one fault-test run in 58 failed (load-tests/README.md).
+        # reproduce that mechanism on demand; the fault test still failed twice in 59 runs (load-tests/README.md).
         import uvloop
 
         uvloop.run(serve(settings))
