@@ -88,13 +88,15 @@ def raise_file_limit(wanted: int = WANTED_FILES) -> int:
 
 
 def render_nginx_config(*, listen: str, upstreams: list[str], runtime_dir: str, log_dir: str,
-                        user: str | None = None, tls: TlsFiles | None = None, files: int = WANTED_FILES,
-                        purchase_concurrency: int = 192, overload_answers: int = 2500,
+                        purchase_concurrency: int, overload_answers: int, user: str | None = None,
+                        tls: TlsFiles | None = None, files: int = WANTED_FILES,
                         template: Path = NGINX_TEMPLATE) -> str:
     """The nginx.conf for these replicas, from the one template that docker-compose uses too.
 
     ``user`` is the account nginx's workers run as when it is started by root (None: nginx's default); ``tls``
-    makes the listener https only, with that certificate; ``files`` is the open-file limit its workers may take.
+    makes the listener https only, with that certificate; ``files`` is the open-file limit its workers may take;
+    ``purchase_concurrency`` and ``overload_answers`` are the front door's limits (from Settings: the per-replica
+    HC_FRONT_DOOR_IN_FLIGHT times the replicas, and HC_OVERLOAD_ANSWERS).
     """
     servers = "\n".join(f"        server {u} max_fails=3 fail_timeout=2s;" for u in upstreams)
     tls_directives = ""

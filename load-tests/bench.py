@@ -35,7 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import Backends, private_backends  # noqa: E402
+from harness import Backends, percentile, private_backends  # noqa: E402
 
 from hypercheckout.cluster import FILES_KEPT_BACK, raise_file_limit  # noqa: E402
 
@@ -81,13 +81,6 @@ class Figure:
     @property
     def rate(self) -> float:
         return self.requests / self.seconds
-
-
-def percentile(values: list[float], share: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 def read_access_log(path: Path, offset: int) -> tuple[list[dict[str, object]], int]:

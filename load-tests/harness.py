@@ -21,6 +21,14 @@ from hypercheckout.cluster import Cluster  # noqa: E402
 from hypercheckout.localservices import PrivatePostgres, PrivateRedis, free_port  # noqa: E402
 
 
+def percentile(values: list[float], share: float) -> float:
+    """The value below which ``share`` of ``values`` lie (0 for none)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
 class Backends:
     """One PostgreSQL and one Redis for every cluster of a run, so that a restart with other settings is quick."""
 

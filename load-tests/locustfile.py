@@ -128,6 +128,7 @@ def tell_master(environment, name: str) -> None:  # type: ignore[no-untyped-def]
 class Buyer(FastHttpUser):
     abstract = True
     quantities: tuple[int, ...] = (1,)
+    honours_429 = False  # the rate-limit shield's bots do not; real buyers (the herd) do
 
     def on_start(self) -> None:
         index = getattr(self.environment.runner, "worker_index", 0)
@@ -161,8 +162,6 @@ class Buyer(FastHttpUser):
         if outcome == "overloaded" or (status == 429 and self.honours_429):
             gevent.sleep(float(response.headers.get("Retry-After", "1")))
         return status, remaining
-
-    honours_429 = False  # the rate-limit shield's bots do not; real buyers (the herd) do
 
 
 class WriteLimitUser(Buyer):

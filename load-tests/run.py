@@ -29,7 +29,7 @@ import psycopg2
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import Backends, private_backends  # noqa: E402
+from harness import Backends, percentile, private_backends  # noqa: E402
 
 from hypercheckout.cluster import CLUSTER_ENV, raise_file_limit, read_env_file  # noqa: E402
 
@@ -225,13 +225,6 @@ def run_scenario(scenario: Scenario, target: Backends | ExternalCluster, out: Pa
     print(f"  stock {result.stock:,} + sold {result.sold:,} = {result.initial:,}; "
           f"{result.orders_checked:,} acknowledged orders found in PostgreSQL; {verdict}", flush=True)
     return result
-
-
-def percentile(values: list[float], share: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 def chart(result: Outcome, path: Path) -> None:

@@ -112,7 +112,10 @@ def test_nginx_is_configured_from_the_same_template_for_the_app_port() -> None:
 @pytest.mark.skipif(not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists()), reason="nginx not installed")
 def test_the_nginx_template_is_valid_nginx(tmp_path: Path) -> None:
     conf = tmp_path / "nginx.conf"
+    defaults = Settings.from_env({})
     conf.write_text(render_nginx_config(listen=f"127.0.0.1:{free_port()}", upstreams=["127.0.0.1:8000"],
+                                        purchase_concurrency=defaults.front_door_in_flight,
+                                        overload_answers=defaults.overload_answers,
                                         runtime_dir=str(tmp_path), log_dir=str(tmp_path)))
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     done = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "e.log")],
