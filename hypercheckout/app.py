@@ -22,6 +22,7 @@ from hypercheckout.api import health, openapi, products, purchase
 from hypercheckout.api.base import NotFoundHandler
 from hypercheckout.checkout.admission import Admission
 from hypercheckout.checkout.idempotency import KeyJanitor
+from hypercheckout.checkout.schedule import SaleSchedule
 from hypercheckout.checkout.service import Checkout
 from hypercheckout.checkout.soldout import SoldOutFlags
 from hypercheckout.checkout.strategy import Strategy, make_strategy
@@ -62,6 +63,7 @@ class Services:
     limiter: RateLimiter
     strategy: Strategy
     sold_out: SoldOutFlags
+    schedule: SaleSchedule
     checkout: Checkout
     hits: HitCounter
     janitor: KeyJanitor
@@ -133,6 +135,9 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
     sold_out = SoldOutFlags(
         store, client, prefix=settings.redis_prefix, recheck_seconds=settings.soldout_recheck_ms / 1000,
     )
+    schedule = SaleSchedule(store, refresh_seconds=settings.schedule_refresh_ms / 1000)
+    await schedule.load()  # before the first request: a replica never sells on an empty copy of the windows
+    sold_out.listeners.append(schedule.changed)
     hits = HitCounter(
         client, prefix=settings.redis_prefix, replica=settings.replica_id,
         flush_seconds=settings.stats_flush_ms / 1000,
@@ -144,11 +149,12 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
     janitor = KeyJanitor(store, ttl=settings.idempotency_ttl_hours * 3600,
                          interval=max(1.0, settings.idempotency_sweep_s))
     sold_out.start()
+    schedule.start()
     hits.start()
     janitor.start()
     services = Services(
         settings=settings, store=store, redis=client, limiter=limiter, strategy=strategy, sold_out=sold_out,
-        checkout=Checkout(strategy, sold_out, store), hits=hits, janitor=janitor,
+        schedule=schedule, checkout=Checkout(strategy, sold_out, store, schedule), hits=hits, janitor=janitor,
         metrics=Metrics(settings.replica_id), snapshots=snapshots, live=LiveHub(snapshots),
         login_throttle=login_throttle,
         admission=Admission(max_in_flight=settings.max_in_flight, max_wait=settings.admission_wait_ms / 1000),
@@ -175,6 +181,7 @@ async def stop_services(services: Services) -> None:
     await _bounded("the dashboard feed", services.live.close())
     await _bounded("settling accepted purchases", services.strategy.close())
     await _bounded("the sold-out listener", services.sold_out.close())
+    await _bounded("the sale schedule", services.schedule.close())
     await _bounded("the last hit counts", services.hits.close())
     await _bounded("the key janitor", services.janitor.close())
     await _bounded("Redis", services.redis.aclose())

@@ -8,7 +8,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from hypercheckout.checkout.errors import invalid_request, unknown_product
-from hypercheckout.checkout.soldout import announce_stock_changed
+from hypercheckout.checkout.soldout import announce_product_changed
 from hypercheckout.checkout.validation import MAX_ID, MAX_UNITS
 from hypercheckout.limiter import REDIS_ERRORS, RateLimiter
 from hypercheckout.login_throttle import LoginThrottle
@@ -50,7 +50,7 @@ async def reset_product(
     deleted = await store.reset_product(product_id, stock, per_user_limit=per_user_limit)
     if deleted is None:
         raise unknown_product(product_id)
-    announced = await announce_stock_changed(client, prefix, product_id)
+    announced = await announce_product_changed(client, prefix, product_id)
     if announced:
         await clear_hits(client, prefix)  # per-replica counts start again with the new sale
     return ResetResult(product_id=product_id, stock=stock, deleted_orders=deleted, announced=announced)

@@ -213,6 +213,10 @@ class Settings:
     soldout_recheck_ms: float = setting(
         "HC_SOLDOUT_RECHECK_MS", 500.0, _period_ms,
         "How often a replica re-reads PostgreSQL for products it believes sold out.")
+    schedule_refresh_ms: float = setting(
+        "HC_SCHEDULE_REFRESH_MS", 1000.0, _period_ms,
+        "How often a replica re-reads every product's sale window and limits from PostgreSQL (changes announced "
+        "over Redis arrive sooner).")
     stats_flush_ms: float = setting(
         "HC_STATS_FLUSH_MS", 250.0, _period_ms, "How often per-replica hit counts are flushed to Redis.")
     admin_token: str = setting("HC_ADMIN_TOKEN", "", _text, "Token for the admin dashboard (generated when empty).")

@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,14 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 
-from hypercheckout.checkout.errors import CheckoutError, outcome_unknown, statement_cancelled, unavailable
+from hypercheckout.checkout.errors import (
+    CheckoutError,
+    has_orders,
+    invalid_request,
+    outcome_unknown,
+    statement_cancelled,
+    unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +64,11 @@ SELECT setval('products_id_seq', GREATEST((SELECT max(id) FROM products), 1));
 # see the same stock.
 # With an Idempotency-Key the order's id is reserved here, so the key can be claimed for it before stock or
 # limits are looked at (a retry of a placed order must replay it, even once the product has sold out since).
+# now() is the transaction's start, which is also the order's created_at: the sale window is checked against the
+# very time the order will carry.
 LOCK_STOCK = """
-SELECT stock, per_user_limit, CASE WHEN %(reserve_id)s THEN nextval('orders_id_seq') END
+SELECT stock, per_user_limit, CASE WHEN %(reserve_id)s THEN nextval('orders_id_seq') END,
+       starts_at, ends_at, max_per_order, now()
 FROM products WHERE id = %(product_id)s FOR UPDATE
 """
 DECREMENT_STOCK = "UPDATE products SET stock = stock - %(quantity)s WHERE id = %(product_id)s"
@@ -73,11 +83,14 @@ RETURNING id, created_at
 # --- atomic: one statement, one round trip ----------------------------------------------------------------------
 # Under READ COMMITTED an UPDATE that waited for the row lock re-evaluates its WHERE against the newest row
 # version, so `stock >= quantity` is checked on the stock it decrements. The INSERT only runs for the row the
-# UPDATE returned, and the statement is one implicit transaction: both happen or neither does.
+# UPDATE returned, and the statement is one implicit transaction: both happen or neither does. The sale window is
+# checked with the statement's now(), the created_at of the order it inserts.
 BUY_ATOMIC = """
 WITH sold AS (
     UPDATE products SET stock = stock - %(quantity)s
     WHERE id = %(product_id)s AND stock >= %(quantity)s AND per_user_limit IS NULL
+      AND (starts_at IS NULL OR starts_at <= now()) AND (ends_at IS NULL OR now() < ends_at)
+      AND (max_per_order IS NULL OR max_per_order >= %(quantity)s)
     RETURNING id, stock
 ), placed AS (
     INSERT INTO orders (user_id, product_id, quantity, replica)
@@ -94,7 +107,8 @@ SELECT placed.id, placed.created_at, sold.stock FROM placed, sold
 LOCK_STOCK_FOR_BATCH = """
 BEGIN;
 SELECT stock, per_user_limit, now(),
-       ARRAY(SELECT nextval('orders_id_seq') FROM generate_series(1, %(count)s))
+       ARRAY(SELECT nextval('orders_id_seq') FROM generate_series(1, %(count)s)),
+       starts_at, ends_at, max_per_order
 FROM products WHERE id = %(product_id)s
 FOR UPDATE
 """
@@ -139,12 +153,11 @@ WHERE k.key = %(key)s
 EXPIRE_KEYS = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => %(seconds)s)"
 
 # --- reading ---------------------------------------------------------------------------------------------------------
-LIST_PRODUCTS = """
-SELECT id, name, stock, initial_stock, per_user_limit FROM products ORDER BY id
-"""
-GET_PRODUCT = """
-SELECT id, name, stock, initial_stock, per_user_limit FROM products WHERE id = %(product_id)s
-"""
+PRODUCT_COLUMNS = "id, name, stock, initial_stock, per_user_limit, starts_at, ends_at, max_per_order"
+LIST_PRODUCTS = f"SELECT {PRODUCT_COLUMNS} FROM products ORDER BY id"
+GET_PRODUCT = f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id = %(product_id)s"
+# What a replica keeps in memory to refuse purchases outside a sale window without asking PostgreSQL.
+SALE_RULES = "SELECT id, starts_at, ends_at, max_per_order FROM products"
 # Products among the given ids that have stock again (or no longer exist): their sold-out flags are stale.
 RESTOCKED = """
 SELECT ids.id FROM unnest(%(ids)s::bigint[]) AS ids (id)
@@ -152,7 +165,7 @@ LEFT JOIN products p ON p.id = ids.id
 WHERE p.id IS NULL OR p.stock > 0
 """
 STATUS = """
-SELECT p.id, p.name, p.stock, p.initial_stock, p.per_user_limit,
+SELECT p.id, p.name, p.stock, p.initial_stock, p.per_user_limit, p.starts_at, p.ends_at, p.max_per_order,
        COALESCE(sum(o.quantity), 0)::bigint AS sold, count(o.id) AS orders
 FROM products p LEFT JOIN orders o ON o.product_id = p.id
 GROUP BY p.id ORDER BY p.id
@@ -170,6 +183,35 @@ UPDATE products SET stock = %(stock)s, initial_stock = %(stock)s,
 WHERE id = %(product_id)s RETURNING id
 """
 DELETE_ORDERS = "DELETE FROM orders WHERE product_id = %(product_id)s"
+CREATE_PRODUCT = f"""
+INSERT INTO products (name, stock, initial_stock, per_user_limit, max_per_order, starts_at, ends_at)
+VALUES (%(name)s, %(stock)s, %(stock)s, %(per_user_limit)s, %(max_per_order)s, %(starts_at)s, %(ends_at)s)
+RETURNING {PRODUCT_COLUMNS}
+"""
+# Every purchase holds this lock while it inserts an order: taken first, it makes the order count and the sums
+# read by the next statements final (under READ COMMITTED each statement sees everything committed before it).
+LOCK_PRODUCT = "SELECT id FROM products WHERE id = %(product_id)s FOR UPDATE"
+COUNT_ORDERS = "SELECT count(*) FROM orders WHERE product_id = %(product_id)s"
+# One statement for any subset of fields: set_x says whether x is given (a given NULL clears it). A new stock
+# keeps the orders, so the initial stock becomes stock + units sold and the invariant stock + Σ quantity = initial
+# stock still holds.
+UPDATE_PRODUCT = f"""
+UPDATE products SET
+    name           = CASE WHEN %(set_name)s THEN %(name)s::text ELSE name END,
+    per_user_limit = CASE WHEN %(set_per_user_limit)s THEN %(per_user_limit)s::integer ELSE per_user_limit END,
+    max_per_order  = CASE WHEN %(set_max_per_order)s THEN %(max_per_order)s::integer ELSE max_per_order END,
+    starts_at      = CASE WHEN %(set_starts_at)s THEN %(starts_at)s::timestamptz ELSE starts_at END,
+    ends_at        = CASE WHEN %(set_ends_at)s THEN %(ends_at)s::timestamptz ELSE ends_at END,
+    stock          = CASE WHEN %(set_stock)s THEN %(stock)s::integer ELSE stock END,
+    initial_stock  = CASE WHEN %(set_stock)s
+                          THEN %(stock)s::integer + (SELECT COALESCE(sum(quantity), 0)::integer FROM orders
+                                                     WHERE product_id = %(product_id)s)
+                          ELSE initial_stock END
+WHERE id = %(product_id)s
+RETURNING {PRODUCT_COLUMNS}
+"""
+# Its orders go with it (ON DELETE CASCADE), and their idempotency keys with them.
+DELETE_PRODUCT = "DELETE FROM products WHERE id = %(product_id)s"
 
 # Errors that mean "the database is not there right now", as opposed to a bug in a statement.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -185,20 +227,51 @@ OPEN_TRANSACTION = (psycopg2.extensions.TRANSACTION_STATUS_INTRANS, psycopg2.ext
 
 
 @dataclass(frozen=True, slots=True)
+class SaleRules:
+    """When a product may be bought and how many units at once: checked before stock, in memory and in the
+    locked transaction alike."""
+
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+    max_per_order: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Product:
     id: int
     name: str
     stock: int
     initial_stock: int
     per_user_limit: int | None
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+    max_per_order: int | None = None  # None: the service's HC_MAX_QUANTITY
 
-    def as_json(self) -> dict[str, Any]:
+    @property
+    def rules(self) -> SaleRules:
+        return SaleRules(self.starts_at, self.ends_at, self.max_per_order)
+
+    def status(self, now: datetime) -> str:
+        """``ended`` past the end, ``scheduled`` before the start, else ``sold_out`` at 0, else ``live``."""
+        if self.ends_at is not None and now >= self.ends_at:
+            return "ended"
+        if self.starts_at is not None and now < self.starts_at:
+            return "scheduled"
+        return "sold_out" if self.stock == 0 else "live"
+
+    def as_json(self, max_quantity: int, now: datetime | None = None) -> dict[str, Any]:
+        """The product as GET /products/{id} shows it; ``max_per_order`` is the one in force (the product's own,
+        never above the service's HC_MAX_QUANTITY)."""
         return {
             "id": self.id,
             "name": self.name,
             "stock": self.stock,
             "initial_stock": self.initial_stock,
             "per_user_limit": self.per_user_limit,
+            "max_per_order": min(self.max_per_order or max_quantity, max_quantity),
+            "starts_at": None if self.starts_at is None else self.starts_at.isoformat(),
+            "ends_at": None if self.ends_at is None else self.ends_at.isoformat(),
+            "status": self.status(now or datetime.now(UTC)),
         }
 
 
@@ -214,6 +287,8 @@ class LockedStock:
     stock: int
     per_user_limit: int | None
     order_id: int | None  # reserved for this purchase when asked for
+    rules: SaleRules
+    now: datetime  # the transaction's time, which its order carries as created_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +297,28 @@ class BatchLock:
     per_user_limit: int | None
     now: datetime
     order_ids: list[int]
+    rules: SaleRules
+
+
+@dataclass(frozen=True, slots=True)
+class ProductChanges:
+    """The fields an operator sets on a product. Only those named in ``given`` are written; a given None clears a
+    field that may be empty (a limit, a window's end)."""
+
+    name: Any = None
+    stock: Any = None
+    per_user_limit: Any = None
+    max_per_order: Any = None
+    starts_at: Any = None
+    ends_at: Any = None
+    given: frozenset[str] = frozenset()  # which of the fields above were given
+
+    def params(self) -> dict[str, Any]:
+        values = {name: getattr(self, name) for name in UPDATABLE}
+        return {**values, **{f"set_{name}": name in self.given for name in UPDATABLE}}
+
+
+UPDATABLE = ("name", "stock", "per_user_limit", "max_per_order", "starts_at", "ends_at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,8 +434,8 @@ class Store:
     async def migrate(self, *, seed_stock: int = SEED_STOCK,
                       migrations: Sequence[Migration] | None = None) -> list[Migration]:
         """Apply the migrations this database has not had, oldest first, each in a transaction of its own under
-        the advisory lock (a failing one leaves nothing behind and stops the rest); then seed product 1 on a fresh
-        database. Safe to run concurrently. Returns the migrations applied now."""
+        the advisory lock (a failing one leaves nothing behind and stops the rest). The first one also seeds
+        product 1. Safe to run concurrently. Returns the migrations applied now."""
         applied_now = []
         for migration in load_migrations() if migrations is None else migrations:
             async with self.transaction() as cur:
@@ -351,11 +448,11 @@ class Store:
                     await cur.execute(migration.sql)
                 except psycopg2.Error as exc:
                     raise MigrationError(f"migration {migration.file} failed: {exc}".strip()) from exc
+                if migration.version == 1:
+                    # Seeded once, with the schema: a product the operator deleted later stays deleted.
+                    await cur.execute(SEED, {"id": SEED_PRODUCT_ID, "stock": seed_stock})
                 await cur.execute(RECORD_MIGRATION, {"version": migration.version, "name": migration.name})
             applied_now.append(migration)
-        async with self.transaction() as cur:
-            await cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            await cur.execute(SEED, {"id": SEED_PRODUCT_ID, "stock": seed_stock})
         return applied_now
 
     async def schema_version(self) -> int:
@@ -376,7 +473,10 @@ class Store:
         there is no such product."""
         await cur.execute(LOCK_STOCK, {"product_id": product_id, "reserve_id": reserve_id})
         row = await cur.fetchone()
-        return None if row is None else LockedStock(stock=row[0], per_user_limit=row[1], order_id=row[2])
+        if row is None:
+            return None
+        return LockedStock(stock=row[0], per_user_limit=row[1], order_id=row[2], rules=SaleRules(*row[3:6]),
+                           now=row[6])
 
     @staticmethod
     async def decrement_stock(cur: aiopg.Cursor, product_id: int, quantity: int) -> None:
@@ -415,8 +515,10 @@ class Store:
     async def lock_for_batch(cur: aiopg.Cursor, product_id: int, count: int) -> BatchLock | None:
         await cur.execute(LOCK_STOCK_FOR_BATCH, {"product_id": product_id, "count": count})
         row = await cur.fetchone()
-        return None if row is None else BatchLock(stock=row[0], per_user_limit=row[1], now=row[2],
-                                                 order_ids=list(row[3]))
+        if row is None:
+            return None
+        return BatchLock(stock=row[0], per_user_limit=row[1], now=row[2], order_ids=list(row[3]),
+                         rules=SaleRules(*row[4:7]))
 
     @staticmethod
     async def settle_batch(
@@ -485,11 +587,16 @@ class Store:
             await cur.execute(RESTOCKED, {"ids": list(product_ids)})
             return [row[0] for row in await cur.fetchall()]
 
+    async def sale_rules(self) -> dict[int, SaleRules]:
+        async with self.cursor() as cur:
+            await cur.execute(SALE_RULES)
+            return {row[0]: SaleRules(*row[1:4]) for row in await cur.fetchall()}
+
     async def status(self) -> list[ProductStatus]:
         async with self.cursor() as cur:
             await cur.execute(STATUS)
             return [
-                ProductStatus(product=Product(*row[:5]), sold=row[5], orders=row[6]) for row in await cur.fetchall()
+                ProductStatus(product=Product(*row[:8]), sold=row[8], orders=row[9]) for row in await cur.fetchall()
             ]
 
     async def recent_orders(self, limit: int = 20) -> list[dict[str, Any]]:
@@ -516,6 +623,52 @@ class Store:
                 return None
             await cur.execute(DELETE_ORDERS, {"product_id": product_id})
             return int(cur.rowcount)
+
+
+    async def create_product(self, changes: ProductChanges) -> Product:
+        async with self.transaction() as cur:
+            with _refusing_bad_values():
+                await cur.execute(CREATE_PRODUCT, changes.params())
+            return Product(*await cur.fetchone())
+
+    async def update_product(self, product_id: int, changes: ProductChanges) -> Product | None:
+        """The product as changed, or None if it does not exist."""
+        async with self.transaction() as cur:
+            await cur.execute(LOCK_PRODUCT, {"product_id": product_id})
+            if await cur.fetchone() is None:
+                return None
+            with _refusing_bad_values():
+                await cur.execute(UPDATE_PRODUCT, {**changes.params(), "product_id": product_id})
+            return Product(*await cur.fetchone())
+
+    async def delete_product(self, product_id: int, *, with_orders: bool) -> int | None:
+        """Delete the product (and, with ``with_orders``, its orders); returns the orders deleted, or None if it
+        does not exist. Raises 409 ``has_orders`` if it has orders and ``with_orders`` is false."""
+        async with self.transaction() as cur:
+            await cur.execute(LOCK_PRODUCT, {"product_id": product_id})
+            if await cur.fetchone() is None:
+                return None
+            await cur.execute(COUNT_ORDERS, {"product_id": product_id})
+            (orders,) = await cur.fetchone()
+            if orders and not with_orders:
+                raise has_orders(product_id, orders)
+            await cur.execute(DELETE_PRODUCT, {"product_id": product_id})
+            return int(orders)
+
+
+@contextmanager
+def _refusing_bad_values() -> Iterator[None]:
+    """A value the schema refuses (a window ending before it starts, a number out of range) is the operator's
+    mistake, answered 400 with PostgreSQL's reason; the transaction rolls back, so nothing is written."""
+    try:
+        yield
+    except (psycopg2.errors.CheckViolation, psycopg2.errors.NumericValueOutOfRange,
+            psycopg2.errors.StringDataRightTruncation, psycopg2.errors.DatetimeFieldOverflow) as exc:
+        reason = (exc.diag.message_primary or "value refused").splitlines()[0]
+        constraint = exc.diag.constraint_name or ""
+        if constraint == "products_window_check":
+            reason = "ends_at must be after starts_at"
+        raise invalid_request(reason) from exc
 
 
 class MigrationError(RuntimeError):

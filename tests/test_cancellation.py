@@ -18,6 +18,7 @@ from hypercheckout.app import redis_client
 from hypercheckout.checkout.batched import BatchedStrategy
 from hypercheckout.checkout.errors import CheckoutError
 from hypercheckout.checkout.models import Order, PurchaseRequest
+from hypercheckout.checkout.schedule import SaleSchedule
 from hypercheckout.checkout.service import Checkout
 from hypercheckout.checkout.soldout import SoldOutFlags
 from hypercheckout.checkout.strategy import make_strategy
@@ -37,7 +38,9 @@ async def replica(settings: Settings, strategy: str, name: str = "test-1") -> As
     chosen = make_strategy(strategy, store, replica=name)
     flags = SoldOutFlags(store, client, prefix=settings.redis_prefix, recheck_seconds=60)
     try:
-        yield Checkout(chosen, flags, store)
+        schedule = SaleSchedule(store, refresh_seconds=60)
+        await schedule.load()
+        yield Checkout(chosen, flags, store, schedule)
     finally:
         await chosen.close()
         await client.aclose()

@@ -30,7 +30,7 @@ async def test_a_retry_returns_the_first_answer_and_buys_nothing_more(
     from hypercheckout.checkout.strategy import make_strategy
 
     services.checkout = Checkout(make_strategy(strategy, services.store, replica="test-1"), services.sold_out,
-                                 services.store)
+                                 services.store, services.schedule)
     first = await buy(http_client, base_url, user=7, qty=2, headers=key("order-7-a"))
     again = await buy(http_client, base_url, user=7, qty=2, headers=key("order-7-a"))
     assert (first.status, again.status) == (200, 200)

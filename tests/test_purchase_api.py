@@ -92,7 +92,7 @@ async def test_postgres_unreachable_is_a_503_and_sells_nothing_then_recovers(
     from hypercheckout.checkout.strategy import make_strategy
 
     services.checkout = Checkout(make_strategy(strategy, services.store, replica="test-1"), services.sold_out,
-                                 services.store)
+                                 services.store, services.schedule)
     name = database_url.rsplit("/", 1)[1]
     assert (await buy(http_client, base_url)).status == 200
     sql(pg_server_url, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
@@ -128,7 +128,8 @@ async def test_redis_unreachable_fails_open_and_readyz_says_so_but_stays_ready(h
 async def test_products_are_listed_and_read_one_by_one(http_client, base_url) -> None:
     listed = await get(http_client, f"{base_url}/products")
     assert listed.body == {"products": [
-        {"id": 1, "name": "Flash-sale product", "stock": 10000, "initial_stock": 10000, "per_user_limit": None},
+        {"id": 1, "name": "Flash-sale product", "stock": 10000, "initial_stock": 10000, "per_user_limit": None,
+         "max_per_order": 10, "starts_at": None, "ends_at": None, "status": "live"},
     ]}
     one = await get(http_client, f"{base_url}/products/1")
     assert one.body["stock"] == 10000

@@ -72,7 +72,8 @@ class Snapshotter:
         try:
             rows = await self._store.status()
             snapshot["products"] = [
-                {**r.product.as_json(), "sold": r.sold, "orders": r.orders, "sold_out": r.product.stock == 0}
+                {**r.product.as_json(settings.max_quantity), "sold": r.sold, "orders": r.orders,
+                 "sold_out": r.product.stock == 0}
                 for r in rows
             ]
             snapshot["orders"] = sum(r.orders for r in rows)

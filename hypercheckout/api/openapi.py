@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from hypercheckout.api.base import JsonHandler
-from hypercheckout.checkout.validation import MAX_ID
+from hypercheckout.catalog import MAX_NAME
+from hypercheckout.checkout.validation import MAX_ID, MAX_UNITS
 from hypercheckout.settings import Settings
 
 ERROR_CODES = [
     "invalid_request", "not_found", "unknown_product", "out_of_stock", "limit_reached", "request_in_progress",
     "idempotency_key_reused", "rate_limited", "banned", "unavailable", "overloaded", "method_not_allowed",
-    "internal_error", "forbidden",
+    "internal_error", "forbidden", "sale_not_started", "sale_ended", "has_orders", "unauthorized",
 ]
 
 
@@ -39,6 +40,8 @@ def document(settings: Settings) -> dict[str, Any]:
         "unavailable: PostgreSQL (or the replica) is unavailable, with outcome nothing_sold or unknown; or "
         "overloaded: refused by admission control before any work (outcome nothing_sold, Retry-After set).",
         retry_after=True)
+    product_id = {"name": "product_id", "in": "path", "required": True,
+                  "schema": {"type": "integer", "minimum": 1, "maximum": 999_999_999_999_999_999}}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -70,8 +73,10 @@ def document(settings: Settings) -> dict[str, Any]:
                                 "schema": {"type": "string", "enum": ["true"]}}}},
                     "400": _error("Malformed body, field or Idempotency-Key; nothing was written."),
                     "404": _error("No such product."),
-                    "409": _error("out_of_stock (with remaining), limit_reached (with limit) or "
-                                  "request_in_progress (the same Idempotency-Key is being processed).",
+                    "409": _error("out_of_stock (with remaining), limit_reached (with limit), "
+                                  "request_in_progress (the same Idempotency-Key is being processed), "
+                                  "sale_not_started (with starts_at; Retry-After: whole seconds to the start) or "
+                                  "sale_ended (with ends_at).",
                                   retry_after=True),
                     "422": _error("idempotency_key_reused: the key was used with another body."),
                     "429": _error("rate_limited or banned.", retry_after=True),
@@ -80,17 +85,17 @@ def document(settings: Settings) -> dict[str, Any]:
             }},
             "/products": {"get": {
                 "operationId": "listProducts",
-                "summary": "Every product with its stock.",
+                "summary": "Every product with its stock, sale window and status.",
                 "responses": {"200": _json("ProductList", "The products."), "503": unavailable},
             }},
             "/products/{product_id}": {"get": {
                 "operationId": "getProduct",
                 "summary": "One product with its stock.",
-                "parameters": [{"name": "product_id", "in": "path", "required": True,
-                                "schema": {"type": "integer", "minimum": 1, "maximum": 999_999_999_999_999_999}}],
+                "parameters": [product_id],
                 "responses": {"200": _json("Product", "The product."), "404": _error("No such product."),
                               "503": unavailable},
             }},
+            **_admin_paths(product_id),
             "/healthz": {"get": {
                 "operationId": "health",
                 "summary": "The process answers.",
@@ -132,15 +137,46 @@ def document(settings: Settings) -> dict[str, Any]:
                 },
             },
             "Product": {
+                "type": "object", "additionalProperties": False, "required": list(_product(settings)),
+                "properties": _product(settings),
+            },
+            "AdminProduct": {
+                "type": "object", "additionalProperties": False, "required": [*_product(settings), "sold", "orders"],
+                "properties": {**_product(settings), "sold": {"type": "integer", "minimum": 0},
+                               "orders": {"type": "integer", "minimum": 0}},
+            },
+            "AdminProductList": {
+                "type": "object", "additionalProperties": False, "required": ["products"],
+                "properties": {"products": {"type": "array",
+                                            "items": {"$ref": "#/components/schemas/AdminProduct"}}},
+            },
+            "NewProduct": {
+                "type": "object", "additionalProperties": False, "required": ["name", "stock"],
+                "properties": _product_input(settings),
+            },
+            "ProductChanges": {
+                "type": "object", "additionalProperties": False, "minProperties": 1,
+                "description": "Only the fields given change. A new stock keeps the orders: initial_stock becomes "
+                               "stock + units sold.",
+                "properties": _product_input(settings),
+            },
+            "Reset": {
                 "type": "object", "additionalProperties": False,
-                "required": ["id", "name", "stock", "initial_stock", "per_user_limit"],
-                "properties": {
-                    "id": identifier,
-                    "name": {"type": "string"},
-                    "stock": {"type": "integer", "minimum": 0},
-                    "initial_stock": {"type": "integer", "minimum": 0},
-                    "per_user_limit": {"type": ["integer", "null"], "minimum": 1},
-                },
+                "description": "Set stock and initial stock (default: the initial stock) and delete the product's "
+                               "orders; per_user_limit null removes the limit.",
+                "properties": {"stock": _product_input(settings)["stock"],
+                               "per_user_limit": _product_input(settings)["per_user_limit"]},
+            },
+            "ResetResult": {
+                "type": "object", "additionalProperties": False,
+                "required": ["product_id", "stock", "deleted_orders", "announced"],
+                "properties": {"product_id": identifier, "stock": {"type": "integer", "minimum": 0},
+                               "deleted_orders": {"type": "integer", "minimum": 0},
+                               "announced": {"type": "boolean"}},
+            },
+            "Deleted": {
+                "type": "object", "additionalProperties": False, "required": ["deleted", "deleted_orders"],
+                "properties": {"deleted": identifier, "deleted_orders": {"type": "integer", "minimum": 0}},
             },
             "ProductList": {
                 "type": "object", "additionalProperties": False, "required": ["products"],
@@ -169,13 +205,101 @@ def document(settings: Settings) -> dict[str, Any]:
                         "message": {"type": "string"},
                         "remaining": {"type": "integer", "minimum": 0},
                         "limit": {"type": "integer", "minimum": 1},
+                        "starts_at": {"type": "string", "format": "date-time"},
+                        "ends_at": {"type": "string", "format": "date-time"},
+                        "orders": {"type": "integer", "minimum": 1},
                         "outcome": {"enum": ["nothing_sold", "unknown"], "description": "503 only: nothing_sold "
                                     "when that is certain; unknown when the connection broke while committing "
                                     "(retry with the same Idempotency-Key to learn the outcome)."},
                     },
                 }},
             },
+        }, "securitySchemes": {
+            "adminToken": {"type": "http", "scheme": "bearer",
+                           "description": "The admin token (HC_ADMIN_TOKEN). Wrong tokens count as failed logins."},
         }},
+    }
+
+
+def _product(settings: Settings) -> dict[str, Any]:
+    """A product's fields as the API shows them."""
+    when = {"type": ["string", "null"], "format": "date-time"}
+    return {
+        "id": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+        "name": {"type": "string"},
+        "stock": {"type": "integer", "minimum": 0},
+        "initial_stock": {"type": "integer", "minimum": 0},
+        "per_user_limit": {"type": ["integer", "null"], "minimum": 1},
+        "max_per_order": {"type": "integer", "minimum": 1, "maximum": settings.max_quantity,
+                          "description": "The most units one order may ask for (the product's own, at most the "
+                                         "service's)."},
+        "starts_at": {**when, "description": "Purchases before it get 409 sale_not_started; null: on sale now."},
+        "ends_at": {**when, "description": "Purchases from it on get 409 sale_ended; null: no end."},
+        "status": {"enum": ["scheduled", "live", "sold_out", "ended"]},
+    }
+
+
+def _product_input(settings: Settings) -> dict[str, Any]:
+    """A product's fields as an operator sets them."""
+    when = {"anyOf": [{"type": "string", "maxLength": 64}, {"type": "null"}],
+            "description": "ISO 8601 with a UTC offset (2026-12-01T10:00:00+01:00 or ...Z), +SECONDS from now, "
+                           "now, or null (none)."}
+    return {
+        "name": {"type": "string", "minLength": 1, "maxLength": MAX_NAME},
+        "stock": {"type": "integer", "minimum": 0, "maximum": MAX_UNITS},
+        "per_user_limit": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_UNITS}, {"type": "null"}]},
+        "max_per_order": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": settings.max_quantity},
+                                    {"type": "null"}]},
+        "starts_at": when,
+        "ends_at": when,
+    }
+
+
+def _admin_paths(product_id: dict[str, Any]) -> dict[str, Any]:
+    secured = {"security": [{"adminToken": []}], "tags": ["admin"]}
+    common = {
+        "400": _error("A bad field or body; nothing was written."),
+        "401": {**_error("Missing or wrong admin token."), "headers": {"WWW-Authenticate": {
+            "description": "Bearer.", "schema": {"type": "string"}}}},
+        "429": _error("Too many failed admin logins from this address (or in total).", retry_after=True),
+        "503": _error("PostgreSQL unreachable, or Redis (failed attempts cannot be counted, so the API is "
+                      "closed)."),
+    }
+    one = {**common, "404": _error("No such product.")}
+
+    def request(schema: str, required: bool = True) -> dict[str, Any]:
+        return {"required": required, "content": {"application/json": {"schema": {
+            "$ref": f"#/components/schemas/{schema}"}}}}
+
+    return {
+        "/admin/api/products": {
+            "get": {**secured, "operationId": "adminListProducts", "summary": "Every product, with sold and orders.",
+                    "responses": {"200": _json("AdminProductList", "The products."), **common}},
+            "post": {**secured, "operationId": "adminCreateProduct", "summary": "Create a product (a sale).",
+                     "requestBody": request("NewProduct"),
+                     "responses": {"201": {**_json("Product", "Created."), "headers": {"Location": {
+                         "description": "The product's admin URL.", "schema": {"type": "string"}}}}, **common}},
+        },
+        "/admin/api/products/{product_id}": {
+            "get": {**secured, "parameters": [product_id], "operationId": "adminGetProduct", "summary": "One product, with sold and orders.",
+                    "responses": {"200": _json("AdminProduct", "The product."), **one}},
+            "patch": {**secured, "parameters": [product_id], "operationId": "adminUpdateProduct",
+                      "summary": "Change a product's name, stock, window or limits.",
+                      "requestBody": request("ProductChanges"),
+                      "responses": {"200": _json("Product", "As changed."), **one}},
+            "delete": {**secured, "operationId": "adminDeleteProduct",
+                       "summary": "Delete a product; refused while it has orders unless with_orders=true.",
+                       "parameters": [product_id, {"name": "with_orders", "in": "query", "required": False,
+                                       "schema": {"type": "boolean"}}],
+                       "responses": {"200": _json("Deleted", "Deleted."),
+                                     "409": _error("has_orders: the product has orders."), **one}},
+        },
+        "/admin/api/products/{product_id}/reset": {
+            "post": {**secured, "parameters": [product_id], "operationId": "adminResetProduct",
+                     "summary": "Set the stock and delete the product's orders.",
+                     "requestBody": request("Reset", required=False),
+                     "responses": {"200": _json("ResetResult", "Reset."), **one}},
+        },
     }
 
 

@@ -1,4 +1,4 @@
-"""GET /products and GET /products/{id}: the stock as PostgreSQL has it now."""
+"""GET /products and GET /products/{id}: the stock, sale window and status as PostgreSQL has them now."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ class ProductsHandler(JsonHandler):
 
     async def get(self) -> None:
         products = await self.services.store.list_products()
-        self.write_json({"products": [p.as_json() for p in products]})
+        max_quantity = self.services.settings.max_quantity
+        self.write_json({"products": [p.as_json(max_quantity) for p in products]})
 
 
 class ProductHandler(JsonHandler):
@@ -21,11 +22,13 @@ class ProductHandler(JsonHandler):
         product = await self.services.store.get_product(int(product_id))
         if product is None:
             raise unknown_product(int(product_id))
-        self.write_json(product.as_json())
+        self.write_json(product.as_json(self.services.settings.max_quantity))
 
 
 # The id pattern is bounded so that int() can never see a number too large for PostgreSQL's bigint.
+PRODUCT_ID = r"([1-9][0-9]{0,17})"
+
 default_handlers = [
     (r"/products", ProductsHandler),
-    (r"/products/([1-9][0-9]{0,17})", ProductHandler),
+    (rf"/products/{PRODUCT_ID}", ProductHandler),
 ]

@@ -10,7 +10,9 @@ from __future__ import annotations
 from hypercheckout.checkout.errors import out_of_stock, unknown_product
 from hypercheckout.checkout.models import Order, PurchaseRequest
 from hypercheckout.checkout.pessimistic import buy_in_transaction
-from hypercheckout.store import Store
+from hypercheckout.store import SaleRules, Store
+
+NO_RULES = SaleRules()
 
 
 class AtomicStrategy:
@@ -31,7 +33,8 @@ class AtomicStrategy:
             product = await self._store.get_product(request.product_id)
             if product is None:
                 raise unknown_product(request.product_id)
-            if product.per_user_limit is not None:
+            if product.per_user_limit is not None or product.rules != NO_RULES:
+                # The rules are decided under the row lock, against the time the order would carry.
                 return await buy_in_transaction(self._store, request, self._replica)
             raise out_of_stock(request.product_id, product.stock, request.quantity)
         order_id, created_at, remaining = placed

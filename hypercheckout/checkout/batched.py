@@ -27,6 +27,7 @@ from hypercheckout.checkout.errors import (
     unknown_product,
 )
 from hypercheckout.checkout.models import Order, PurchaseRequest
+from hypercheckout.checkout.schedule import check_sale
 from hypercheckout.store import Store
 
 log = logging.getLogger(__name__)
@@ -154,9 +155,17 @@ class BatchedStrategy:
                     [requests[i].fingerprint for i in keyed], [locked.order_ids[i] for i in keyed],
                 )
                 taken = {i for i in keyed if requests[i].idempotency_key not in claimed}
-            live = [i for i in range(len(requests)) if i not in taken]
+            # The sale's rules, against the transaction's time (the orders' created_at).
+            refused: dict[int, CheckoutError] = {}
+            for i in range(len(requests)):
+                if i not in taken:
+                    try:
+                        check_sale(product_id, locked.rules, requests[i].quantity, locked.now)
+                    except CheckoutError as exc:
+                        refused[i] = exc
+            live = [i for i in range(len(requests)) if i not in taken and i not in refused]
             owned: dict[int, int] = {}
-            if locked.per_user_limit is not None:
+            if locked.per_user_limit is not None and live:
                 owned = await Store.owned(cur, product_id, [requests[i].user_id for i in live])
             allocation = allocate(
                 locked.stock, [requests[i].quantity for i in live], users=[requests[i].user_id for i in live],
@@ -170,13 +179,14 @@ class BatchedStrategy:
                     user_ids=[requests[i].user_id for i in granted],
                     quantities=[requests[i].quantity for i in granted],
                     # Claimed for a request that was refused: only orders are remembered.
-                    released_keys=[requests[i].idempotency_key or "" for i, ok in zip(
-                        live, allocation.granted, strict=True) if not ok and i in keyed],
+                    released_keys=[requests[i].idempotency_key or "" for i in keyed
+                                   if i not in taken and i not in granted],
                 )
             # Nothing granted: no COMMIT was sent, so store.transaction rolls back, and the claimed keys go with it.
         outcomes: dict[int, Order | CheckoutError | DuplicateKey] = {
             i: DuplicateKey(requests[i].idempotency_key or "") for i in taken
         }
+        outcomes.update(refused)
         for i, ok, before, refusal in zip(live, allocation.granted, allocation.remaining_before,
                                           allocation.refusals, strict=True):
             request = requests[i]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from datetime import datetime
 from typing import Any
 
 
@@ -48,6 +50,36 @@ def out_of_stock(product_id: int, remaining: int, requested: int) -> CheckoutErr
         409, "out_of_stock", f"product {product_id} has {remaining} left, {requested} requested",
         extra={"remaining": remaining},
     )
+
+
+def sale_not_started(product_id: int, starts_at: datetime, seconds_left: float) -> CheckoutError:
+    """Before the window opens. Retry-After is whole seconds to the start, at least 1: a client that honours it
+    arrives at (or just after) the start, never before."""
+    retry_after = max(1, math.ceil(seconds_left))
+    return CheckoutError(
+        409, "sale_not_started", f"the sale of product {product_id} starts at {starts_at.isoformat()}",
+        extra={"starts_at": starts_at.isoformat()}, headers={"Retry-After": str(retry_after)},
+    )
+
+
+def sale_ended(product_id: int, ends_at: datetime) -> CheckoutError:
+    return CheckoutError(409, "sale_ended", f"the sale of product {product_id} ended at {ends_at.isoformat()}",
+                         extra={"ends_at": ends_at.isoformat()})
+
+
+def too_many_for_one_order(product_id: int, maximum: int) -> CheckoutError:
+    return invalid_request(f"quantity must be between 1 and {maximum} for product {product_id}")
+
+
+def has_orders(product_id: int, orders: int) -> CheckoutError:
+    return CheckoutError(409, "has_orders", f"product {product_id} has {orders} order(s); delete them with it "
+                                            "explicitly (with_orders) or keep the product",
+                         extra={"orders": orders})
+
+
+def unauthorized() -> CheckoutError:
+    return CheckoutError(401, "unauthorized", "missing or wrong admin token (Authorization: Bearer <token>)",
+                         headers={"WWW-Authenticate": 'Bearer realm="hypercheckout-admin"'})
 
 
 NOTHING_SOLD = {"outcome": "nothing_sold"}

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from hypercheckout.checkout.errors import DuplicateKey, limit_reached, out_of_stock, unknown_product
 from hypercheckout.checkout.models import Order, PurchaseRequest
+from hypercheckout.checkout.schedule import check_sale
 from hypercheckout.store import Store
 
 
 async def buy_in_transaction(store: Store, request: PurchaseRequest, replica: str) -> Order:
-    """Everything under the product's row lock, in one transaction: limit, stock, order, key."""
+    """Everything under the product's row lock, in one transaction: key, sale window, limit, stock, order."""
     key = request.idempotency_key
     async with store.transaction() as cur:
         locked = await Store.lock_stock(cur, request.product_id, reserve_id=key is not None)
@@ -21,6 +22,7 @@ async def buy_in_transaction(store: Store, request: PurchaseRequest, replica: st
         # claim back with everything else.
         if key is not None and not await Store.claim_keys(cur, [key], [request.fingerprint], [locked.order_id]):
             raise DuplicateKey(key)  # a committed order holds the key: the checkout service replays it
+        check_sale(request.product_id, locked.rules, request.quantity, locked.now)
         if limit is not None:
             owned = (await Store.owned(cur, request.product_id, [request.user_id])).get(request.user_id, 0)
             if owned + request.quantity > limit:

@@ -1,4 +1,5 @@
-"""The purchase use case: Idempotency-Key replays, the sold-out fast path, then the configured strategy."""
+"""The purchase use case: Idempotency-Key replays, the in-memory refusals (sale window, sold out), then the
+configured strategy."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ from hypercheckout.checkout.errors import (
     request_in_progress,
 )
 from hypercheckout.checkout.models import Order, PurchaseRequest
+from hypercheckout.checkout.schedule import SaleSchedule
 from hypercheckout.checkout.soldout import SoldOutFlags
 from hypercheckout.checkout.strategy import Strategy
 from hypercheckout.store import Store
 
 
 class Checkout:
-    def __init__(self, strategy: Strategy, sold_out: SoldOutFlags, store: Store) -> None:
+    def __init__(self, strategy: Strategy, sold_out: SoldOutFlags, store: Store, schedule: SaleSchedule) -> None:
         self.strategy = strategy
         self.sold_out = sold_out
+        self.schedule = schedule
         self._store = store
         self._keys_in_flight: set[str] = set()  # this replica's; other replicas' wait on the key's row instead
 
@@ -56,12 +59,15 @@ class Checkout:
                      created_at=stored.created_at, remaining=None, replica=stored.replica, replayed=True)
 
     async def _sell(self, request: PurchaseRequest) -> Order:
-        """A product seen at 0 is refused without a database round trip — unless the request has an
-        Idempotency-Key: its first try may still be in flight on another replica, about to take the last unit, and
-        the retry must wait for that outcome (the strategy claims the key under the row lock) rather than be told
-        a definite "out of stock"."""
-        if request.idempotency_key is None and self.sold_out.is_sold_out(request.product_id):
-            raise out_of_stock(request.product_id, 0, request.quantity)
+        """A purchase outside the sale window and a product seen at 0 are refused without a database round trip —
+        unless the request has an Idempotency-Key: its first try may still be in flight on another replica, about
+        to take the last unit or to commit just before the end, and the retry must wait for that outcome (the
+        strategy claims the key under the row lock, then checks the same rules) rather than be told a definite
+        refusal."""
+        if request.idempotency_key is None:
+            self.schedule.check(request)
+            if self.sold_out.is_sold_out(request.product_id):
+                raise out_of_stock(request.product_id, 0, request.quantity)
         try:
             order = await self.strategy.purchase(request)
         except CheckoutError as exc:

@@ -2,8 +2,9 @@
 
 The flag is a cache of PostgreSQL, so it must not outlive a restock. Two mechanisms clear it:
 
-* **Redis pub/sub** (``{prefix}stock-changed``): `reset` publishes the product id, every replica clears the flag
-  within milliseconds. Fast, but a message sent while a replica's subscription is down is lost.
+* **Redis pub/sub** (``{prefix}product-changed``): `reset` and every product change publish the product id, every
+  replica clears the flag within milliseconds (and tells its other listeners, the sale schedule among them).
+  Fast, but a message sent while a replica's subscription is down is lost.
 * **PostgreSQL recheck**: while any product is flagged, each replica asks PostgreSQL every ``recheck`` seconds
   (one small query for all flagged products) whether it has stock again. This is the guarantee — it holds with
   Redis down and for stock changed by hand in SQL — and bounds a stale flag to ``recheck`` (0.5 s by default).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -28,12 +30,13 @@ ALL_PRODUCTS = "*"
 
 
 def channel_name(prefix: str) -> str:
-    return f"{prefix}stock-changed"
+    return f"{prefix}product-changed"
 
 
-async def announce_stock_changed(client: aioredis.Redis, prefix: str, product_id: int | None = None) -> bool:
-    """Tell every replica that a product's stock changed (None: every product). False if Redis is unreachable;
-    the replicas' PostgreSQL recheck will then clear their flags within ``HC_SOLDOUT_RECHECK_MS``."""
+async def announce_product_changed(client: aioredis.Redis, prefix: str, product_id: int | None = None) -> bool:
+    """Tell every replica that a product changed — stock, window, limits, or deleted (None: every product). False
+    if Redis is unreachable; the replicas' PostgreSQL re-reads then catch up within ``HC_SOLDOUT_RECHECK_MS`` (flags)
+    and ``HC_SCHEDULE_REFRESH_MS`` (sale windows)."""
     try:
         await client.publish(channel_name(prefix), ALL_PRODUCTS if product_id is None else str(product_id))
     except (TimeoutError, redis.exceptions.RedisError, OSError):
@@ -41,8 +44,15 @@ async def announce_stock_changed(client: aioredis.Redis, prefix: str, product_id
     return True
 
 
+ChangeListener = Callable[[int | None], None]  # told a product id, or None for "any product may have changed"
+
+
 class SoldOutFlags:
+    """The flags, and the one subscription to product changes: ``listeners`` hear every change it receives, and
+    ``None`` after each (re)subscription, since changes may have been missed while it was down."""
+
     def __init__(self, store: Store, client: aioredis.Redis, *, prefix: str, recheck_seconds: float) -> None:
+        self.listeners: list[ChangeListener] = []
         self._store = store
         self._redis = client
         self._channel = channel_name(prefix)
@@ -90,6 +100,13 @@ class SoldOutFlags:
                 task.cancel()
         self._tasks = []
 
+    def _tell(self, product_id: int | None) -> None:
+        for listener in self.listeners:
+            try:
+                listener(product_id)
+            except Exception:
+                log.exception("a product-change listener failed")
+
     async def _recheck_loop(self) -> None:
         while True:
             await asyncio.sleep(self._recheck)
@@ -108,6 +125,7 @@ class SoldOutFlags:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self._channel)
                     self._flagged.clear()  # messages may have been missed while not subscribed
+                    self._tell(None)
                     self.subscribed.set()
                     failures = 0
                     while not self._closing:
@@ -120,8 +138,10 @@ class SoldOutFlags:
                             data = data.decode()
                         if data == ALL_PRODUCTS:
                             self.clear()
+                            self._tell(None)
                         elif isinstance(data, str) and data.isdigit():
                             self.clear(int(data))
+                            self._tell(int(data))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any Redis trouble: the PostgreSQL recheck keeps flags honest meanwhile

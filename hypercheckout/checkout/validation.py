@@ -51,21 +51,27 @@ def parse_address(raw: str) -> str:
         raise invalid_request(f"{raw[:60]!r} is not an IP address") from None
 
 
-def parse_purchase(body: bytes, *, max_quantity: int, max_body_bytes: int,
-                   idempotency_key: str | None = None) -> PurchaseRequest:
-    """Parse and validate a ``POST /purchase`` body or raise a 400 ``CheckoutError`` saying what is wrong."""
+def parse_json_body(body: bytes, max_body_bytes: int, *, empty: str = "body is empty; expected a JSON object") -> Any:
+    """Strict JSON (no duplicate keys, no NaN) within a size limit, or a 400 saying what is wrong."""
     if len(body) > max_body_bytes:
         raise invalid_request(f"body is larger than {max_body_bytes} bytes")
     if not body.strip():
-        raise invalid_request("body is empty; expected a JSON object with user_id, product_id and quantity")
+        raise invalid_request(empty)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise invalid_request("body is not valid UTF-8") from None
     try:
-        data = _DECODER.decode(text)
+        return _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
         raise invalid_request(f"body is not valid JSON: {exc}") from None
+
+
+def parse_purchase(body: bytes, *, max_quantity: int, max_body_bytes: int,
+                   idempotency_key: str | None = None) -> PurchaseRequest:
+    """Parse and validate a ``POST /purchase`` body or raise a 400 ``CheckoutError`` saying what is wrong."""
+    data = parse_json_body(body, max_body_bytes,
+                           empty="body is empty; expected a JSON object with user_id, product_id and quantity")
     if not isinstance(data, dict):
         raise invalid_request("body must be a JSON object")
     unknown = sorted(set(data) - set(FIELDS))

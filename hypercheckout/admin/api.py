@@ -1,0 +1,137 @@
+"""The admin JSON API for automation: products and resets, authenticated with ``Authorization: Bearer <token>``.
+
+No cookie is involved, so there is nothing for cross-site request forgery to ride on (JsonHandler skips the XSRF
+check). Wrong tokens count as failed logins: the same throttle as the login form caps guesses per address and in
+total, and a locked-out address learns nothing, not even whether its guess was right.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from hypercheckout import catalog
+from hypercheckout.api.base import JsonHandler
+from hypercheckout.api.products import PRODUCT_ID
+from hypercheckout.checkout.errors import CheckoutError, unauthorized, unknown_product
+from hypercheckout.checkout.validation import parse_json_body
+from hypercheckout.login_throttle import ThrottleUnavailable
+from hypercheckout.operations import reset_product
+from hypercheckout.store import Product, ProductChanges
+
+ADMIN_MAX_BODY = 16 * 1024
+BEARER = "bearer "
+
+
+class AdminApiHandler(JsonHandler):
+    async def prepare(self) -> None:
+        super().prepare()
+        services = self.services
+        throttle, address = services.login_throttle, self.client_ip
+        try:
+            lockout = await throttle.lockout(address)
+        except ThrottleUnavailable:
+            raise CheckoutError(503, "unavailable", "admin API closed for now: failed attempts cannot be counted "
+                                                    "(Redis is unreachable); retry shortly") from None
+        if lockout is not None:
+            seconds = max(1, int(lockout.retry_after + 0.999))
+            raise CheckoutError(429, "rate_limited", f"too many failed admin logins; retry in {seconds} s",
+                                headers={"Retry-After": str(seconds)})
+        header = self.request.headers.get("Authorization", "")
+        token = header[len(BEARER):].strip() if header[:len(BEARER)].lower() == BEARER else ""
+        if not token or not hmac.compare_digest(token.encode(), services.settings.admin_token.encode()):
+            services.failed_logins += 1
+            try:
+                await throttle.failed(address)
+            except ThrottleUnavailable:
+                pass  # the next attempt is refused until Redis answers again
+            raise unauthorized()
+
+    def body_json(self) -> Any:
+        return parse_json_body(self.request.body, ADMIN_MAX_BODY)
+
+    def product_json(self, product: Product, **extra: Any) -> dict[str, Any]:
+        return {**product.as_json(self.services.settings.max_quantity), **extra}
+
+    def changed(self, product_id: int) -> None:
+        """This replica at once; the others by the announcement (or their periodic re-read)."""
+        self.services.schedule.changed(product_id)
+        self.services.sold_out.clear(product_id)
+
+
+class ProductsApiHandler(AdminApiHandler):
+    route = "/admin/api/products"
+
+    async def get(self) -> None:
+        rows = await self.services.store.status()
+        self.write_json({"products": [self.product_json(r.product, sold=r.sold, orders=r.orders) for r in rows]})
+
+    async def post(self) -> None:
+        services = self.services
+        changes = catalog.changes_from_json(self.body_json(), creating=True,
+                                            max_quantity=services.settings.max_quantity)
+        result = await catalog.create_product(services.store, services.redis, services.settings.redis_prefix,
+                                              changes)
+        assert result.product is not None
+        self.changed(result.product.id)
+        self.set_header("Location", f"/admin/api/products/{result.product.id}")
+        self.write_json(self.product_json(result.product), status=201)
+
+
+class ProductApiHandler(AdminApiHandler):
+    route = "/admin/api/products/{id}"
+
+    async def get(self, product_id: str) -> None:
+        wanted = int(product_id)
+        for row in await self.services.store.status():
+            if row.product.id == wanted:
+                self.write_json(self.product_json(row.product, sold=row.sold, orders=row.orders))
+                return
+        raise unknown_product(wanted)
+
+    async def patch(self, product_id: str) -> None:
+        services = self.services
+        changes = catalog.changes_from_json(self.body_json(), creating=False,
+                                            max_quantity=services.settings.max_quantity)
+        result = await catalog.update_product(services.store, services.redis, services.settings.redis_prefix,
+                                              int(product_id), changes)
+        assert result.product is not None
+        self.changed(result.product.id)
+        self.write_json(self.product_json(result.product))
+
+    async def delete(self, product_id: str) -> None:
+        services = self.services
+        with_orders = self.get_query_argument("with_orders", "false").lower()
+        if with_orders not in ("true", "false"):
+            raise CheckoutError(400, "invalid_request", "with_orders must be true or false")
+        result = await catalog.delete_product(services.store, services.redis, services.settings.redis_prefix,
+                                              int(product_id), with_orders=with_orders == "true")
+        self.changed(int(product_id))
+        self.write_json({"deleted": int(product_id), "deleted_orders": result.deleted_orders})
+
+
+class ResetApiHandler(AdminApiHandler):
+    route = "/admin/api/products/{id}/reset"
+
+    async def post(self, product_id: str) -> None:
+        services = self.services
+        body = self.body_json() if self.request.body.strip() else {}
+        if not isinstance(body, dict) or set(body) - {"stock", "per_user_limit"}:
+            raise CheckoutError(400, "invalid_request", "the body may hold stock and per_user_limit only")
+        # An empty body resets to the initial stock; a null per_user_limit removes the limit.
+        changes = catalog.changes_from_json(body, creating=False, max_quantity=services.settings.max_quantity) \
+            if body else ProductChanges()
+        stock = changes.stock if "stock" in changes.given else None
+        limit = (changes.per_user_limit or 0) if "per_user_limit" in changes.given else None
+        result = await reset_product(services.store, services.redis, services.settings.redis_prefix,
+                                     int(product_id), stock, per_user_limit=limit)
+        self.changed(result.product_id)
+        self.write_json({"product_id": result.product_id, "stock": result.stock,
+                         "deleted_orders": result.deleted_orders, "announced": result.announced})
+
+
+default_handlers = [
+    (r"/admin/api/products", ProductsApiHandler),
+    (rf"/admin/api/products/{PRODUCT_ID}", ProductApiHandler),
+    (rf"/admin/api/products/{PRODUCT_ID}/reset", ResetApiHandler),
+]
