@@ -1,4 +1,4 @@
-"""The `hypercheckout` command: serve, migrate, reset, unban, status, settings."""
+"""The `hypercheckout` command: serve, up, migrate, product, reset, unban, status, settings."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hypercheckout import catalog
 from hypercheckout.app import redis_client, serve
 from hypercheckout.checkout.errors import CheckoutError
-from hypercheckout.checkout.validation import parse_address
+from hypercheckout.checkout.validation import MAX_ID, parse_address, parse_whole_number
 from hypercheckout.cluster import read_env_file
 from hypercheckout.limiter import REDIS_ERRORS, RateLimiter
 from hypercheckout.login_throttle import LoginThrottle
@@ -120,6 +121,60 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return asyncio.run(_with_store(settings, action))
 
 
+PRODUCT_OPTIONS = ("name", "stock", "starts_at", "ends_at", "per_user_limit", "max_per_order")
+
+
+def _product_line(product: dict[str, Any]) -> str:
+    window = ", ".join(part for part in (
+        f"starts {product['starts_at']}" if product["starts_at"] else "",
+        f"ends {product['ends_at']}" if product["ends_at"] else "") if part) or "no window"
+    limit = product["per_user_limit"] or "none"
+    return (f"product {product['id']} {product['name']!r}: {product['status']}, stock {product['stock']} / "
+            f"initial {product['initial_stock']}, {window}, per buyer {limit}, per order {product['max_per_order']}")
+
+
+def _print_product(product: dict[str, Any], as_json: bool) -> None:
+    print(json.dumps(product, indent=2) if as_json else _product_line(product))
+
+
+def _warn_unannounced(settings: Settings, announced: bool) -> None:
+    if not announced:
+        print("warning: Redis unreachable; replicas see the change within "
+              f"{settings.schedule_refresh_ms:.0f} ms by re-reading PostgreSQL", file=sys.stderr)
+
+
+def cmd_product(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+
+    async def action(store: Store, client: Any) -> int:
+        prefix, max_quantity = settings.redis_prefix, settings.max_quantity
+        if args.action == "list":
+            rows = [{**r.product.as_json(max_quantity), "sold": r.sold, "orders": r.orders}
+                    for r in await store.status()]
+            if args.json:
+                print(json.dumps({"products": rows}, indent=2))
+            for row in [] if args.json else rows:
+                print(_product_line(row) + f", sold {row['sold']} in {row['orders']} order(s)")
+            return 0
+        if args.action == "delete":
+            result = await catalog.delete_product(store, client, prefix, args.id, with_orders=args.with_orders)
+            print(f"product {args.id} deleted with {result.deleted_orders} order(s)")
+            _warn_unannounced(settings, result.announced)
+            return 0
+        fields = {name: getattr(args, name) for name in PRODUCT_OPTIONS}
+        changes = catalog.changes_from_text(fields, creating=args.action == "create", max_quantity=max_quantity)
+        if args.action == "create":
+            result = await catalog.create_product(store, client, prefix, changes)
+        else:
+            result = await catalog.update_product(store, client, prefix, args.id, changes)
+        assert result.product is not None
+        _print_product(result.product.as_json(max_quantity), args.json)
+        _warn_unannounced(settings, result.announced)
+        return 0
+
+    return asyncio.run(_with_store(settings, action))
+
+
 def cmd_unban(args: argparse.Namespace) -> int:
     settings = load_settings(args)
 
@@ -196,6 +251,13 @@ def cmd_nginx_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _product_id(text: str) -> int:
+    try:
+        return parse_whole_number(text, "product id", 1, MAX_ID)
+    except CheckoutError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
 def _address(text: str) -> str:
     try:
         return parse_address(text)
@@ -225,6 +287,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stock", type=int, help="new stock (default: the product's initial stock)")
     p.add_argument("--per-user-limit", type=int, metavar="N",
                    help="most units one buyer may own of the product (0: no limit; default: unchanged)")
+    p = command("product", cmd_product, "list, create, update or delete products (sales)")
+    actions = p.add_subparsers(dest="action", required=True)
+    when = ("ISO 8601 with an offset (2026-12-01T10:00:00+01:00, …Z), +SECONDS from now, now, or none")
+    for name in ("create", "update"):
+        a = actions.add_parser(name, help=f"{name} a product and print it (as GET /products/{{id}} shows it)")
+        if name == "update":
+            a.add_argument("id", type=_product_id)
+        a.add_argument("--name", required=name == "create")
+        a.add_argument("--stock", required=name == "create",
+                       help="units on sale" + ("" if name == "create" else " from now on (orders kept: the initial "
+                                                                            "stock becomes stock + units sold)"))
+        a.add_argument("--starts-at", metavar="WHEN", help=f"start of the sale: {when} (default: on sale now)")
+        a.add_argument("--ends-at", metavar="WHEN", help=f"end of the sale: {when} (default: no end)")
+        a.add_argument("--per-user-limit", metavar="N", help="most units one buyer may own (0 or none: no limit)")
+        a.add_argument("--max-per-order", metavar="N", help="most units one order may ask for (none: HC_MAX_QUANTITY)")
+        a.add_argument("--json", action="store_true")
+    a = actions.add_parser("list", help="every product with its status, sold units and orders")
+    a.add_argument("--json", action="store_true")
+    a = actions.add_parser("delete", help="delete a product (refused while it has orders, unless --with-orders)")
+    a.add_argument("id", type=_product_id)
+    a.add_argument("--with-orders", action="store_true", help="delete its orders too")
+    for a in actions.choices.values():
+        # Also after the action (`product create --data-dir D …`); SUPPRESS keeps one given before it.
+        a.add_argument("--data-dir", default=argparse.SUPPRESS, help="use the cluster `hypercheckout up` started "
+                                                                     "in this directory")
     p = command("unban", cmd_unban, "lift bans and rate-limit state")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--all", action="store_true", help="every ban, strike, bucket and admin-login lockout")

@@ -101,3 +101,60 @@ def test_numbers_beyond_the_columns_are_one_line_errors_and_change_nothing(setti
         assert done.returncode == 1, done
         assert done.stderr.startswith("hypercheckout: invalid_request: ") and done.stderr.count("\n") == 1, done
     assert stock_of(settings.database_url) == 10_000
+
+
+def test_products_are_created_listed_updated_and_deleted_from_the_cli(settings: Settings) -> None:
+    env = settings_env(settings)
+    created = run_cli("product", "create", "--name", "Hoodie drop", "--stock", "40", "--starts-at", "+3600",
+                      "--ends-at", "2099-01-01T00:00:00+02:00", "--per-user-limit", "2", "--max-per-order", "1",
+                      "--json", env=env)
+    assert created.returncode == 0, created.stderr
+    product = json.loads(created.stdout)
+    pid = product["id"]
+    assert (product["name"], product["stock"], product["status"], product["ends_at"]) == (
+        "Hoodie drop", 40, "scheduled", "2098-12-31T22:00:00+00:00")
+    assert (product["per_user_limit"], product["max_per_order"]) == (2, 1)
+
+    updated = run_cli("product", "update", str(pid), "--starts-at", "now", "--per-user-limit", "none", "--json",
+                      env=env)
+    assert updated.returncode == 0, updated.stderr
+    assert (json.loads(updated.stdout)["status"], json.loads(updated.stdout)["per_user_limit"]) == ("live", None)
+    listed = run_cli("product", "list", env=env)
+    assert f"product {pid} 'Hoodie drop': live, stock 40 / initial 40" in listed.stdout, listed.stdout
+    as_json = json.loads(run_cli("product", "list", "--json", env=env).stdout)
+    assert [p["id"] for p in as_json["products"]] == [1, pid]
+
+    sql(settings.database_url, "INSERT INTO orders (user_id, product_id, quantity, replica) VALUES (3, %s, 1, 'x')",
+        (pid,))
+    refused = run_cli("product", "delete", str(pid), env=env)
+    assert refused.returncode == 1 and refused.stderr.startswith("hypercheckout: has_orders: product"), refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    reset = run_cli("reset", "--product", str(pid), "--stock", "5", env=env)  # reset works for any product
+    assert reset.returncode == 0 and "1 order(s) deleted" in reset.stdout, reset.stderr
+    deleted = run_cli("product", "delete", str(pid), "--with-orders", env=env)
+    assert deleted.returncode == 0, deleted.stderr
+    assert sql(settings.database_url, "SELECT count(*) FROM products WHERE id = %s", (pid,)) == [(0,)]
+
+
+def test_bad_product_options_are_one_line_errors_with_nothing_written(settings: Settings) -> None:
+    env = settings_env(settings)
+    before = sql(settings.database_url, "SELECT * FROM products ORDER BY id")
+    for args in (["create", "--name", "x", "--stock", "-3"],
+                 ["create", "--name", "x", "--stock", "ten"],
+                 ["create", "--name", "x", "--stock", "3000000000"],
+                 ["create", "--name", "", "--stock", "3"],
+                 ["create", "--name", "x", "--stock", "3", "--starts-at", "next tuesday"],
+                 ["create", "--name", "x", "--stock", "3", "--starts-at", "2030-01-01T10:00:00"],
+                 ["create", "--name", "x", "--stock", "3", "--starts-at", "+60", "--ends-at", "+10"],
+                 ["create", "--name", "x", "--stock", "3", "--max-per-order", "500"],
+                 ["update", "1", "--ends-at", "2000-01-01T00:00:00Z", "--starts-at", "2001-01-01T00:00:00Z"],
+                 ["update", "1"],
+                 ["update", "999999", "--name", "y"],
+                 ["delete", "999999"]):
+        done = run_cli("product", *args, env=env)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("hypercheckout: "), (
+            args, done.stderr)
+    usage = run_cli("product", "update", "0", "--name", "y", env=env)
+    assert usage.returncode == 2 and "product id must be a whole number" in usage.stderr
+    assert sql(settings.database_url, "SELECT * FROM products ORDER BY id") == before

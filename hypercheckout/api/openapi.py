@@ -281,7 +281,8 @@ def _admin_paths(product_id: dict[str, Any]) -> dict[str, Any]:
                          "description": "The product's admin URL.", "schema": {"type": "string"}}}}, **common}},
         },
         "/admin/api/products/{product_id}": {
-            "get": {**secured, "parameters": [product_id], "operationId": "adminGetProduct", "summary": "One product, with sold and orders.",
+            "get": {**secured, "parameters": [product_id], "operationId": "adminGetProduct",
+                    "summary": "One product, with sold and orders.",
                     "responses": {"200": _json("AdminProduct", "The product."), **one}},
             "patch": {**secured, "parameters": [product_id], "operationId": "adminUpdateProduct",
                       "summary": "Change a product's name, stock, window or limits.",
