@@ -69,26 +69,82 @@
 
   function setText(node, text) { if (node.textContent !== text) node.textContent = text; }
 
-  // A number field the operator owns from the first keystroke until its value was sent and accepted.
-  function ownedNumberInput(attrs) {
-    const input = el("input", { type: "number", min: "0", step: "1", inputmode: "numeric", ...attrs });
+  // A field the operator owns from the first keystroke until its value was sent and accepted.
+  function ownedInput(attrs) {
+    const input = el("input", attrs);
     input.addEventListener("input", () => { input.dataset.edited = "true"; });
     return input;
   }
+  const ownedNumberInput = (attrs) => ownedInput({ type: "number", min: "0", step: "1", inputmode: "numeric",
+                                                   ...attrs });
   const untouched = (input) => input.dataset.edited !== "true" && document.activeElement !== input;
+  function follow(input, value) { if (untouched(input) && input.value !== value) input.value = value; }
+
+  // The server's clock, as far as the snapshots tell it: countdowns end when the server's sale starts.
+  let clockOffset = 0;
+  const serverNow = () => Date.now() + clockOffset;
+
+  function statusOf(p, now) {
+    if (p.ends_at && now >= Date.parse(p.ends_at)) return "ended";
+    if (p.starts_at && now < Date.parse(p.starts_at)) return "scheduled";
+    return p.stock === 0 ? "sold_out" : "live";
+  }
+  const BADGES = { scheduled: "SCHEDULED", live: "LIVE", sold_out: "SOLD OUT", ended: "ENDED" };
+
+  function duration(ms) {
+    const total = Math.max(0, Math.ceil(ms / 1000));
+    const d = Math.floor(total / 86400), h = Math.floor((total % 86400) / 3600);
+    const m = Math.floor((total % 3600) / 60), sec = total % 60;
+    const clock = [h, m, sec].map((n) => String(n).padStart(2, "0")).join(":");
+    return d ? `${d}d ${clock}` : clock;
+  }
+
+  // Status and countdown follow the clock between pushes: the badge turns LIVE at the start instant itself.
+  function tick(card) {
+    const p = card.product;
+    if (!p) return;
+    const now = serverNow();
+    const status = statusOf(p, now);
+    const badge = card.querySelector("[data-field=badge]");
+    const wanted = "badge badge-" + status.replace("_", "");
+    if (badge.className !== wanted) badge.className = wanted;
+    setText(badge, BADGES[status]);
+    card.dataset.status = status;
+    let countdown = "";
+    if (status === "scheduled") countdown = "starts in " + duration(Date.parse(p.starts_at) - now);
+    else if (p.ends_at && status !== "ended") countdown = "ends in " + duration(Date.parse(p.ends_at) - now);
+    setText(card.querySelector("[data-field=countdown]"), countdown);
+  }
+
+  const when = (iso) => (iso ? new Date(iso).toLocaleString() : "");
 
   function productCard(p) {
     const input = ownedNumberInput({ "aria-label": "New stock for " + p.name, id: "reset-stock-" + p.id,
                                      value: String(p.initial_stock) });
     const reset = el("button", { type: "button", id: "reset-" + p.id }, "Reset");
+    const edit = (name, label, attrs) => el("label", {}, label,
+      ownedInput({ name, id: `edit-${name}-${p.id}`, ...attrs }));
+    const form = el("form", { class: "product-form", id: "edit-" + p.id, novalidate: "" },
+      edit("name", "Name", { maxlength: "200" }),
+      edit("starts_at", "Starts", { placeholder: "empty: on sale now" }),
+      edit("ends_at", "Ends", { placeholder: "empty: no end" }),
+      edit("per_user_limit", "Per buyer", { inputmode: "numeric", placeholder: "no limit" }),
+      edit("max_per_order", "Per order", { inputmode: "numeric" }),
+      el("div", { class: "reset" }, el("button", { type: "submit", id: "save-" + p.id }, "Save"),
+         el("button", { type: "button", class: "danger", id: "delete-" + p.id }, "Delete")));
     const card = el("div", { class: "card", id: "product-" + p.id },
       el("div", { class: "row" }, el("strong", { "data-field": "title" }), el("span", { "data-field": "badge" })),
+      el("div", { class: "countdown", "data-field": "countdown", role: "timer" }),
       el("div", { class: "big", "data-field": "stock", "aria-label": "stock left" }),
       el("div", { class: "muted small", "data-field": "summary" }),
       el("div", { class: "progress", role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100",
                   "aria-label": "share sold" }, el("div", { "data-field": "bar" })),
-      el("div", { class: "reset" }, input, reset));
+      el("div", { class: "muted small", "data-field": "window" }),
+      el("div", { class: "reset" }, input, reset),
+      el("details", {}, el("summary", {}, "Edit window and limits"), form));
     reset.addEventListener("click", () => resetProduct(card, input));
+    form.addEventListener("submit", (event) => { event.preventDefault(); saveProduct(card, form); });
+    card.querySelector("#delete-" + p.id).addEventListener("click", () => deleteProduct(card));
     return card;
   }
 
@@ -97,16 +153,22 @@
     const field = (name) => card.querySelector(`[data-field=${name}]`);
     const pct = p.initial_stock ? Math.round((100 * p.sold) / p.initial_stock) : 0;
     setText(field("title"), `#${p.id} ${p.name}`);
-    const badge = field("badge");
-    badge.className = "badge " + (p.sold_out ? "badge-soldout" : "badge-selling");
-    setText(badge, p.sold_out ? "SOLD OUT" : "SELLING");
     setText(field("stock"), fmt(p.stock));
     setText(field("summary"), `left · ${fmt(p.sold)} sold of ${fmt(p.initial_stock)} (${pct}%) · ` +
-      `${fmt(p.orders)} orders` + (p.per_user_limit ? ` · at most ${fmt(p.per_user_limit)} per buyer` : ""));
+      `${fmt(p.orders)} orders` + (p.per_user_limit ? ` · at most ${fmt(p.per_user_limit)} per buyer` : "") +
+      ` · ${fmt(p.max_per_order)} per order`);
+    setText(field("window"), [p.starts_at ? "from " + when(p.starts_at) : "on sale now",
+                              p.ends_at ? "until " + when(p.ends_at) : "no end"].join(" · "));
     field("bar").style.width = pct + "%";
     card.querySelector(".progress").setAttribute("aria-valuenow", String(pct));
-    const input = card.querySelector("input");
-    if (untouched(input) && input.value !== String(p.initial_stock)) input.value = String(p.initial_stock);
+    follow(card.querySelector("#reset-stock-" + p.id), String(p.initial_stock));
+    const form = card.querySelector("form");
+    follow(form.elements.name, p.name);
+    follow(form.elements.starts_at, p.starts_at || "");
+    follow(form.elements.ends_at, p.ends_at || "");
+    follow(form.elements.per_user_limit, p.per_user_limit ? String(p.per_user_limit) : "");
+    follow(form.elements.max_per_order, String(p.max_per_order));
+    tick(card);
   }
 
   async function resetProduct(card, input) {
@@ -125,6 +187,40 @@
           "deleted." + (done.announced ? "" : " Redis was unreachable: replicas pick it up within a second."));
     } catch (err) { say("Reset failed: " + err.message + " Nothing was changed."); }
   }
+
+  async function saveProduct(card, form) {
+    const p = card.product;
+    const fields = Object.fromEntries(new FormData(form).entries());
+    try {
+      const done = await post("/admin/products/" + p.id, fields);
+      for (const input of form.elements) delete input.dataset.edited;
+      updateProductCard(card, { ...p, ...done.product });
+      say(`Product ${p.id} saved: ${BADGES[done.product.status].toLowerCase()}.` +
+          (done.announced ? "" : " Redis was unreachable: replicas pick it up within a second."));
+    } catch (err) { say("Save failed: " + err.message + " Nothing was changed."); }
+  }
+
+  async function deleteProduct(card) {
+    const p = card.product;
+    const orders = p.orders ? ` and its ${fmt(p.orders)} orders (${fmt(p.sold)} units sold)` : "";
+    if (!window.confirm(`Delete "${p.name}" (product ${p.id})${orders}? This cannot be undone.`)) return;
+    try {
+      const done = await post(`/admin/products/${p.id}/delete`, { with_orders: p.orders ? "true" : "false" });
+      card.remove();
+      say(`Product ${done.deleted} deleted with ${fmt(done.deleted_orders)} orders.`);
+    } catch (err) { say("Delete failed: " + err.message); }
+  }
+
+  $("create-product").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const form = event.target;
+    const fields = Object.fromEntries(new FormData(form).entries());
+    try {
+      const done = await post("/admin/products", fields);
+      form.reset();
+      say(`Product ${done.product.id} "${done.product.name}" created: ${BADGES[done.product.status].toLowerCase()}.`);
+    } catch (err) { say("Create failed: " + err.message + " Nothing was created."); }
+  });
 
   function renderProducts(products) {
     syncKeyed($("products"), products, (p) => p.id, productCard, updateProductCard);
@@ -232,6 +328,7 @@
 
   function render(snap) {
     $("served-by").textContent = snap.replica;
+    if (snap.time) clockOffset = snap.time * 1000 - Date.now();
     renderProducts(snap.products || []);
     renderReplicas(snap.hits || {}, snap.replicas || {});
     renderLimits(snap);
@@ -255,6 +352,8 @@
       retryDelay = Math.min(retryDelay * 2, 5000);
     };
   }
+
+  setInterval(() => { for (const card of $("products").children) tick(card); }, 250);
 
   setInterval(() => {
     if (lastMessageAt && Date.now() - lastMessageAt > STALE_AFTER_MS) {

@@ -107,8 +107,8 @@ def stop_cluster(cluster: RunningCluster) -> None:
 
 
 def purchase(url: str, user: int, qty: int = 1,  # type: ignore[type-arg]
-             context: ssl.SSLContext | None = None) -> tuple[int, dict]:
-    body = json.dumps({"user_id": user, "product_id": 1, "quantity": qty}).encode()
+             context: ssl.SSLContext | None = None, product: int = 1) -> tuple[int, dict]:
+    body = json.dumps({"user_id": user, "product_id": product, "quantity": qty}).encode()
     request = urllib.request.Request(f"{url}/purchase", data=body, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=30, context=context) as response:

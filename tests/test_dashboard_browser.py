@@ -14,6 +14,7 @@ import shutil
 import signal
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,8 +104,11 @@ def page(cluster: RunningCluster) -> Iterator[object]:
             refused: list[str] = []
             page.on("console", lambda message: refused.append(message.text)
                     if "Content Security Policy" in message.text else None)
+            errors: list[str] = []  # an uncaught exception in the page's own code
+            page.on("pageerror", lambda error: errors.append(str(error)))
             yield page
             assert refused == [], refused
+            assert errors == [], errors
         finally:
             browser.close()
 
@@ -255,3 +259,90 @@ def test_an_operator_watches_a_sale_resets_it_and_unbans_a_spammer(cluster: Runn
     left = cluster.status()["products"][0]["stock"]
     assert left == 777 - answers.count(200) - 1
     expect(stock).to_have_text(f"{left:,}")
+
+
+def test_an_operator_stages_a_drop_and_watches_it_count_down_to_the_start(  # type: ignore[no-untyped-def]
+        cluster: RunningCluster, page) -> None:
+    log_in(page, cluster.url)
+    page.click("#new-product summary")
+    form = page.locator("#create-product")
+    result = page.locator("#action-result")
+    # A bad field: the server's reason on the page, nothing created.
+    form.locator("[name=name]").fill("Sneaker drop")
+    form.locator("[name=stock]").fill("ten")
+    page.click("#create-submit")
+    expect(result).to_have_text(re.compile(r"^Create failed: stock must be a whole number .* Nothing was created\.$"))
+    assert "Sneaker drop" not in cluster.cli("product", "list").stdout
+
+    form.locator("[name=stock]").fill("30")
+    form.locator("[name=starts_at]").fill("+6")
+    form.locator("[name=per_user_limit]").fill("2")
+    page.click("#create-submit")
+    expect(result).to_have_text(re.compile(r'^Product \d+ "Sneaker drop" created: scheduled\.$'))
+    pid = int(re.search(r"Product (\d+)", result.inner_text()).group(1))  # type: ignore[union-attr]
+    card = page.locator(f"#product-{pid}")
+    badge, countdown = card.locator("[data-field=badge]"), card.locator("[data-field=countdown]")
+    expect(badge).to_have_text("SCHEDULED")
+    expect(countdown).to_have_text(re.compile(r"^starts in 00:00:0[1-6]$"))
+    first = countdown.inner_text()
+    expect(countdown).not_to_have_text(first)  # it counts down between pushes
+    assert countdown.inner_text() < first
+    status, body = purchase(cluster.url, 777001, product=pid)
+    assert (status, body["error"]["code"]) == (409, "sale_not_started"), body
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    card.screenshot(path=str(ARTIFACTS / "dashboard-drop-countdown.png"))
+
+    # At the start the badge turns by the clock, and the sale is open on every replica at once.
+    expect(badge).to_have_text("LIVE", timeout=10_000)
+    expect(countdown).to_have_text("")
+    sold = [purchase(cluster.url, 777002 + i, qty=2, product=pid)[0] for i in range(3)]
+    assert sold == [200, 200, 200], sold
+    expect(card.locator("[data-field=stock]")).to_have_text("24")
+    expect(card.locator("[data-field=summary]")).to_contain_text("6 sold of 30 (20%) · 3 orders · at most 2 per buyer")
+
+    # The window is edited on the card: an end an hour away starts its own countdown.
+    card.locator("details summary").click()
+    page.fill(f"#edit-ends_at-{pid}", "+3600")
+    page.fill(f"#edit-max_per_order-{pid}", "0")  # not a valid maximum: refused, nothing saved
+    page.click(f"#save-{pid}")
+    expect(result).to_have_text(re.compile(r"^Save failed: max_per_order must be a whole number from 1 to 10"))
+    page.fill(f"#edit-max_per_order-{pid}", "1")
+    page.click(f"#save-{pid}")
+    expect(result).to_have_text(f"Product {pid} saved: live.")
+    expect(countdown).to_have_text(re.compile(r"^ends in 00:59:[0-5]\d$"))
+    status, body = purchase(cluster.url, 777010, qty=2, product=pid)
+    assert (status, body["error"]["code"]) == (400, "invalid_request"), body  # at most 1 per order now
+
+    # Deleting it names its orders in the confirmation, and takes them with it.
+    dialogs: list[str] = []
+    page.once("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.accept()))
+    page.click(f"#delete-{pid}")
+    expect(result).to_have_text(f"Product {pid} deleted with 3 orders.")
+    assert "and its 3 orders (6 units sold)" in dialogs[0], dialogs
+    expect(card).to_have_count(0)
+    assert purchase(cluster.url, 777011, product=pid)[0] == 404
+
+
+def test_twenty_products_fit_one_page(cluster: RunningCluster, page) -> None:  # type: ignore[no-untyped-def]
+    created = []
+    for i in range(20):
+        request = urllib.request.Request(
+            f"{cluster.url}/admin/api/products", method="POST", headers={"Authorization": f"Bearer {TOKEN}"},
+            data=json.dumps({"name": f"Drop {i + 1}", "stock": 100 * (i + 1), "starts_at": f"+{60 * (i + 1)}"})
+            .encode())
+        with urllib.request.urlopen(request, timeout=10) as response:
+            created.append(json.loads(response.read())["id"])
+    try:
+        log_in(page, cluster.url)
+        expect(page.locator("#products .card")).to_have_count(len(created) + 1)
+        expect(page.locator(f"#product-{created[-1]} [data-field=countdown]")).to_have_text(
+            re.compile(r"^starts in 00:(19|20):\d\d$"))
+        # Cards sit side by side: twenty of them take a few screens on a laptop, not twenty-one.
+        height = page.evaluate("document.querySelector('#products').getBoundingClientRect().height")
+        assert height < 3 * 1100, height
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1360
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-products.png"), full_page=True)
+    finally:
+        for pid in created:
+            cluster.cli("product", "delete", str(pid))

@@ -6,10 +6,12 @@ import json
 
 import tornado.web
 
+from hypercheckout import catalog
 from hypercheckout.admin.base import AdminHandler
 from hypercheckout.checkout.errors import CheckoutError, invalid_request
 from hypercheckout.checkout.validation import MAX_ID, MAX_UNITS, parse_address, parse_whole_number
 from hypercheckout.operations import reset_product
+from hypercheckout.store import Product, ProductChanges
 
 
 class DashboardHandler(AdminHandler):
@@ -47,8 +49,70 @@ class ResetHandler(ActionHandler):
         result = await reset_product(services.store, services.redis, services.settings.redis_prefix,
                                      product_id, stock)
         services.sold_out.clear(product_id)  # this replica at once; the others by the announcement
+        services.schedule.changed(product_id)
         self.write_json({"product_id": result.product_id, "stock": result.stock,
                          "deleted_orders": result.deleted_orders, "announced": result.announced})
+
+
+PRODUCT_FORM_FIELDS = ("name", "stock", "starts_at", "ends_at", "per_user_limit", "max_per_order")
+
+
+class ProductFormHandler(ActionHandler):
+    """The dashboard's product forms: text fields as the CLI takes them (``catalog.changes_from_text``). A field
+    left out of the form is left as it is; an empty limit or time clears it."""
+
+    def form_changes(self, *, creating: bool) -> ProductChanges:
+        unknown = sorted(set(self.request.body_arguments) - {*PRODUCT_FORM_FIELDS, "_xsrf"})
+        if unknown:
+            raise invalid_request(f"unknown field(s): {', '.join(unknown)}")
+        fields = {name: self.get_body_argument(name, None) for name in PRODUCT_FORM_FIELDS}
+        if creating:  # an empty optional field of the creation form means "not set", not "cleared"
+            fields = {name: value for name, value in fields.items()
+                      if value is not None and (value.strip() or name in ("name", "stock"))}
+        return catalog.changes_from_text(fields, creating=creating,
+                                         max_quantity=self.services.settings.max_quantity)
+
+    def answer(self, product_id: int, product: Product | None, announced: bool, **extra: object) -> None:
+        services = self.services
+        services.schedule.changed(product_id)  # this replica at once; the others by the announcement
+        services.sold_out.clear(product_id)
+        body = {} if product is None else {"product": product.as_json(services.settings.max_quantity)}
+        self.write_json({**body, **extra, "announced": announced})
+
+
+class CreateProductHandler(ProductFormHandler):
+    route = "/admin/products"
+
+    async def post(self) -> None:
+        services = self.services
+        result = await catalog.create_product(services.store, services.redis, services.settings.redis_prefix,
+                                              self.form_changes(creating=True))
+        assert result.product is not None
+        self.answer(result.product.id, result.product, result.announced)
+
+
+class UpdateProductHandler(ProductFormHandler):
+    route = "/admin/products/{id}"
+
+    async def post(self, product_id: str) -> None:
+        services = self.services
+        result = await catalog.update_product(services.store, services.redis, services.settings.redis_prefix,
+                                              int(product_id), self.form_changes(creating=False))
+        self.answer(int(product_id), result.product, result.announced)
+
+
+class DeleteProductHandler(ProductFormHandler):
+    route = "/admin/products/{id}/delete"
+
+    async def post(self, product_id: str) -> None:
+        services = self.services
+        with_orders = self.get_body_argument("with_orders", "false")
+        if with_orders not in ("true", "false"):
+            raise invalid_request("with_orders must be true or false")
+        result = await catalog.delete_product(services.store, services.redis, services.settings.redis_prefix,
+                                              int(product_id), with_orders=with_orders == "true")
+        self.answer(int(product_id), None, result.announced, deleted=int(product_id),
+                    deleted_orders=result.deleted_orders)
 
 
 class UnbanHandler(ActionHandler):

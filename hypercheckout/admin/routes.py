@@ -1,9 +1,18 @@
 """The admin routes, concatenated into the application's route table by app.make_app."""
 
 from hypercheckout.admin import api
-from hypercheckout.admin.dashboard import ClearLimitsHandler, DashboardHandler, ResetHandler, UnbanHandler
+from hypercheckout.admin.dashboard import (
+    ClearLimitsHandler,
+    CreateProductHandler,
+    DashboardHandler,
+    DeleteProductHandler,
+    ResetHandler,
+    UnbanHandler,
+    UpdateProductHandler,
+)
 from hypercheckout.admin.live import LiveSocket
 from hypercheckout.admin.login import LoginHandler, LogoutHandler
+from hypercheckout.api.products import PRODUCT_ID
 
 default_handlers = [
     (r"/admin/?", DashboardHandler),
@@ -13,5 +22,8 @@ default_handlers = [
     (r"/admin/reset", ResetHandler),
     (r"/admin/unban", UnbanHandler),
     (r"/admin/clear-limits", ClearLimitsHandler),
+    (r"/admin/products", CreateProductHandler),
+    (rf"/admin/products/{PRODUCT_ID}", UpdateProductHandler),
+    (rf"/admin/products/{PRODUCT_ID}/delete", DeleteProductHandler),
     *api.default_handlers,
 ]
