@@ -5,6 +5,7 @@ Measures, one after another against the same private PostgreSQL and Redis:
 * the no-op ceiling: ``GET /healthz`` (nginx + replicas + the load generator, no domain work);
 * successful purchases/s while stock lasts, for each strategy (pessimistic, atomic, batched), limiter off;
 * sold-out rejections/s (stock 0: answered from the replicas' sold-out flags);
+* not-started rejections/s (a sale an hour ahead: answered from the replicas' copy of the schedule);
 * rate-limited rejections/s (one buyer over its rate: one Redis script call each);
 * latency at about half the batched maximum, paced with wrk's ``delay()`` (wrk2 is not packaged in Debian);
 * the overload curve: purchases at 64, 1,000, 4,000 and 10,000 connections, far past what the replicas can serve:
@@ -150,6 +151,11 @@ class Bench:
             wrk(url, seconds=1, connections=4)  # every replica sees the product at 0 once
             soldout = self.paired("sold-out rejections (409)", url)
             assert soldout.non_2xx == soldout.requests, "a sold-out product sold something"
+            # A sale an hour away: refused by each replica's copy of the schedule, also without PostgreSQL.
+            later = json.loads(self.cli("product", "create", "--name", "Later", "--stock", str(PLENTY),
+                                        "--starts-at", "+3600", "--json"))
+            early = self.paired("not-started rejections (409)", url, WRK_PRODUCT=str(later["id"]))
+            assert early.non_2xx == early.requests, "a sale that has not started sold something"
             self.cli("reset", "--stock", str(PLENTY))
             batched = self.paired("purchases (batched)", url)
             self.check_invariant(batched)

@@ -7,6 +7,9 @@
   every answer is 409. The run ends by itself ``HC_LOAD_AFTER_SOLD_OUT`` seconds after the first sold-out answer.
 * ``HerdUser`` — the herd: 10,000 users arrive within 10 s, each wanting one unit of a 10,000-unit sale, as real
   buyers would: each tries until it has bought or the product is sold out, and honours ``Retry-After``.
+* ``DropUser`` — the drop: buyers of several products (``HC_LOAD_PRODUCTS``) whose sales start at the same instant
+  a few seconds ahead. Each arrives early, is told ``sale_not_started``, waits the ``Retry-After`` it was given and
+  fires at the start; then like the herd, until it has bought or its product is sold out.
 
 409, 429 and 503 ``overloaded`` (refused by admission control, nothing sold, ``Retry-After`` set) are expected
 answers of a flash sale, counted as successes; anything else (another 5xx, a 4xx, a dropped connection) is a
@@ -134,10 +137,10 @@ class Buyer(FastHttpUser):
         index = getattr(self.environment.runner, "worker_index", 0)
         self.user_id = index * ids_per_worker + next(buyer_ids)
 
-    def buy(self) -> tuple[int, int | None]:
-        """Buy; returns the status and, for a 409, the stock the answer says is left. An ``overloaded`` answer
-        makes this buyer wait its Retry-After, as a real client would."""
-        body = {"user_id": self.user_id, "product_id": PRODUCT, "quantity": random.choice(self.quantities)}
+    def buy(self, product: int = PRODUCT) -> tuple[int, int | None]:
+        """Buy; returns the status and, for a 409, the stock the answer says is left. An ``overloaded`` or
+        ``sale_not_started`` answer makes this buyer wait its Retry-After, as a real client would."""
+        body = {"user_id": self.user_id, "product_id": product, "quantity": random.choice(self.quantities)}
         started = time.perf_counter()
         with self.client.post("/purchase", json=body, name="POST /purchase", catch_response=True) as response:
             ms = 1000 * (time.perf_counter() - started)
@@ -149,7 +152,10 @@ class Buyer(FastHttpUser):
             elif status in (409, 429, 503) and response.text:
                 error = response.json().get("error", {})
                 code, remaining = error.get("code"), error.get("remaining")
-            if status in EXPECTED:
+            if status == 409 and code == "sale_not_started" and response.headers.get("Retry-After"):
+                outcome = "not_started"
+                response.success()
+            elif status in EXPECTED:
                 outcome = str(status)
                 response.success()
             elif status == 503 and code == "overloaded" and response.headers.get("Retry-After"):
@@ -159,7 +165,7 @@ class Buyer(FastHttpUser):
                 outcome = "5xx" if status >= 500 else "other"
                 response.failure(f"{status}: {(response.text or '')[:200]}")
             tally.add(outcome, response.headers.get("X-Replica") if response.headers else None, order_id, ms)
-        if outcome == "overloaded" or (status == 429 and self.honours_429):
+        if outcome in ("overloaded", "not_started") or (status == 429 and self.honours_429):
             gevent.sleep(float(response.headers.get("Retry-After", "1")))
         return status, remaining
 
@@ -235,3 +241,30 @@ class FlashSaleDrainUser(Buyer):
         if self.buy() == (409, 0) and tally.sold_out_at is None:
             tally.sold_out_at = time.time()
             tell_master(self.environment, "finish_soon")
+
+
+DROP_PRODUCTS = [int(p) for p in os.environ.get("HC_LOAD_PRODUCTS", "").split(",") if p]
+
+
+class DropUser(Buyer):
+    """Scenario 5: a buyer of one of the drop's products (spread evenly by buyer id); one unit, tried until
+    bought or sold out, ``sale_not_started`` and ``Retry-After`` honoured. Done buyers stay idle, as in the herd."""
+
+    honours_429 = True
+    done = False
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.product = DROP_PRODUCTS[self.user_id % len(DROP_PRODUCTS)]
+
+    def wait_time(self) -> float:
+        return 3600.0 if self.done else 0.0
+
+    @task
+    def purchase(self) -> None:
+        if self.done:
+            return
+        status, remaining = self.buy(self.product)
+        if status == 200 or (status == 409 and remaining == 0):
+            self.done = True
+            tell_master(self.environment, "buyers_done")

@@ -1,11 +1,13 @@
-"""`make scenarios`: the original's three load scenarios and the herd, headless, one after another, checked and
-reported.
+"""`make scenarios`: the original's three load scenarios, the herd and the drop, headless, one after another,
+checked and reported.
 
 Starts private PostgreSQL and Redis and, for each scenario, nginx and three replicas with the scenario's settings
 (or uses a running cluster: ``--url`` with ``--data-dir``). Before each scenario the stock is reset and bans are
 cleared; after it the invariant is checked: ``stock + sold == initial``, every order id answered with a 200
-exists in PostgreSQL, and the drain ends at exactly 0. Writes ``load-tests/results/<date>/report.md`` with a
-table and one chart per scenario (answers/s by outcome, latency over time, per-replica share).
+exists in PostgreSQL, and the drain ends at exactly 0. The drop creates its own products, all starting at one
+instant a few seconds ahead, and checks each: exactly its stock sold, and no order dated before its start.
+Writes ``load-tests/results/<date>/report.md`` with a table and one chart per scenario (answers/s by outcome,
+latency over time, per-replica share), and for the drop a chart of orders per product after the start.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +36,9 @@ from harness import Backends, percentile, private_backends  # noqa: E402
 from hypercheckout.cluster import CLUSTER_ENV, raise_file_limit, read_env_file  # noqa: E402
 
 PLENTY = 10_000_000
-OUTCOMES = ("200", "409", "429", "overloaded", "5xx", "other")
-COLORS = {"200": "#16a34a", "409": "#d97706", "429": "#7c3aed", "overloaded": "#64748b", "5xx": "#dc2626",
-          "other": "#2563eb"}
+OUTCOMES = ("200", "409", "not_started", "429", "overloaded", "5xx", "other")
+COLORS = {"200": "#16a34a", "409": "#d97706", "not_started": "#0891b2", "429": "#7c3aed", "overloaded": "#64748b",
+          "5xx": "#dc2626", "other": "#2563eb"}
 HERD_OK_P99_GOAL_MS = 500  # the herd's served buyers: p99 of their 200s
 
 
@@ -52,6 +54,8 @@ class Scenario:
     settings: dict[str, str] = field(default_factory=dict)
     sells_out: bool = False  # the stock must end at exactly 0
     processes: int = 1  # Locust worker processes (the herd's 10,000 users need more than one)
+    drop_stocks: list[int] = field(default_factory=list)  # the drop: one product per stock, all starting at once
+    lead: float = 0.0  # the drop: seconds from creating its products to their start
 
 
 @dataclass
@@ -74,13 +78,20 @@ class Outcome:
     per_second: dict[str, dict[str, int]]
     ok_p50: float = 0.0  # 200s only, client-side
     ok_p99: float = 0.0
+    drop: list[dict[str, Any]] = field(default_factory=list)  # per product of the drop, from PostgreSQL
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
+def drop_stocks(users: int) -> list[int]:
+    """Five sales of different sizes, together half as many units as buyers: every one sells out."""
+    return [max(1, round(users * share)) for share in (0.02, 0.05, 0.10, 0.15, 0.18)]
+
+
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
+    drop = drop_stocks(args.drop_users)
     # Every simulated buyer comes from 127.0.0.1 here, so the per-address limit would be one shared bucket: off.
     return [
         Scenario("write-limit", "Write limit: 100 users, limiter off, stock plenty", "WriteLimitUser",
@@ -99,6 +110,11 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
                  "limiter off, Retry-After honoured", "HerdUser", users=args.herd_users,
                  spawn_rate=args.herd_users / 3, stock=args.herd_users, seconds=args.drain_timeout,
                  sells_out=True, processes=args.herd_processes),
+        # Five sales start at one instant; their buyers arrive early, are told when, and fire at the start.
+        Scenario("drop", f"Drop: {args.drop_users:,} buyers of 5 products ({', '.join(map(str, drop))} units) that "
+                 f"start at the same instant, {args.drop_lead:g} s after creation", "DropUser", users=args.drop_users,
+                 spawn_rate=args.drop_users / 3, stock=sum(drop), seconds=args.drop_lead + args.drain_timeout,
+                 sells_out=True, processes=args.herd_processes, drop_stocks=drop, lead=args.drop_lead),
     ]
 
 
@@ -124,7 +140,8 @@ class ExternalCluster:
         yield self.url
 
 
-def run_locust(scenario: Scenario, url: str, out: Path, after_sold_out: float) -> dict[str, Any]:
+def run_locust(scenario: Scenario, url: str, out: Path, after_sold_out: float,
+               extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     prefix = out / scenario.name
     tally_path = out / f"{scenario.name}-tally.json"
     command = [sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py"), "--headless", "--only-summary",
@@ -133,7 +150,8 @@ def run_locust(scenario: Scenario, url: str, out: Path, after_sold_out: float) -
                "--loglevel", "WARNING", scenario.user_class]
     if scenario.processes > 1:
         command[-1:-1] = ["--processes", str(scenario.processes)]
-    env = {**os.environ, "HC_LOAD_OUTCOMES": str(tally_path), "HC_LOAD_AFTER_SOLD_OUT": f"{after_sold_out:g}"}
+    env = {**os.environ, "HC_LOAD_OUTCOMES": str(tally_path), "HC_LOAD_AFTER_SOLD_OUT": f"{after_sold_out:g}",
+           **(extra_env or {})}
     # Progress lines (and Locust's closing summary) go straight to the terminal. Locust exits 1 when any request
     # failed; the report says so, the run goes on.
     done = subprocess.run(command, env=env)
@@ -180,19 +198,40 @@ def check_orders(database_url: str, order_ids: list[int]) -> list[str]:
 def run_scenario(scenario: Scenario, target: Backends | ExternalCluster, out: Path,
                  after_sold_out: float) -> Outcome:
     print(f"\n== {scenario.title}", flush=True)
+    drop: list[dict[str, Any]] = []
     with target.cluster(**scenario.settings) as url:
-        target.cli("reset", "--stock", str(scenario.stock))
         target.cli("unban", "--all")
+        extra_env = {}
+        if scenario.drop_stocks:
+            starts_at = (datetime.now(UTC) + timedelta(seconds=scenario.lead)).isoformat()
+            ids = [json.loads(target.cli("product", "create", "--name", f"Drop {i + 1}", "--stock", str(stock),
+                                         "--starts-at", starts_at, "--json"))["id"]
+                   for i, stock in enumerate(scenario.drop_stocks)]
+            extra_env["HC_LOAD_PRODUCTS"] = ",".join(map(str, ids))
+        else:
+            target.cli("reset", "--stock", str(scenario.stock))
         started = time.monotonic()
-        tally = run_locust(scenario, url, out, after_sold_out)
+        tally = run_locust(scenario, url, out, after_sold_out, extra_env)
         seconds = time.monotonic() - started
         status = json.loads(target.cli("status", "--json"))
-    product = status["products"][0]
     problems = []
-    if product["stock"] + product["sold"] != product["initial_stock"]:
-        problems.append(f"stock {product['stock']} + sold {product['sold']} != {product['initial_stock']}")
-    if scenario.sells_out and product["stock"] != 0:
-        problems.append(f"the sale ended with {product['stock']} units left")
+    if scenario.drop_stocks:
+        drop = drop_results(target.env["HC_DATABASE_URL"], ids)
+        for row in drop:
+            if row["stock"] + row["sold"] != row["initial"]:
+                problems.append(f"product {row['id']}: stock {row['stock']} + sold {row['sold']} != {row['initial']}")
+            if row["stock"] != 0:
+                problems.append(f"product {row['id']}: the sale ended with {row['stock']} units left")
+            if row["early"]:
+                problems.append(f"product {row['id']}: {row['early']} orders dated before the start")
+        product = {"stock": sum(r["stock"] for r in drop), "sold": sum(r["sold"] for r in drop),
+                   "initial_stock": sum(r["initial"] for r in drop)}
+    else:
+        product = status["products"][0]
+        if product["stock"] + product["sold"] != product["initial_stock"]:
+            problems.append(f"stock {product['stock']} + sold {product['sold']} != {product['initial_stock']}")
+        if scenario.sells_out and product["stock"] != 0:
+            problems.append(f"the sale ended with {product['stock']} units left")
     problems += check_orders(target.env["HC_DATABASE_URL"], tally["order_ids"])
 
     stats = next(r for r in read_rows(out / f"{scenario.name}_stats.csv") if r["Name"] == "Aggregated")
@@ -214,7 +253,7 @@ def run_scenario(scenario: Scenario, target: Backends | ExternalCluster, out: Pa
         stock=product["stock"], sold=product["sold"], initial=product["initial_stock"],
         orders_checked=len(tally["order_ids"]), problems=problems, history=history,
         per_second=tally["per_second"], ok_p50=percentile(tally["ok_ms"], 0.50),
-        ok_p99=percentile(tally["ok_ms"], 0.99),
+        ok_p99=percentile(tally["ok_ms"], 0.99), drop=drop,
     )
     verdict = "invariant holds" if result.ok else "PROBLEMS: " + "; ".join(problems)
     total = sum(counts.values())
@@ -222,9 +261,54 @@ def run_scenario(scenario: Scenario, target: Backends | ExternalCluster, out: Pa
           + ", ".join(f"{k} {v:,}" for k, v in counts.items() if v)
           + f"; p50 {result.p50:.0f} ms, p95 {result.p95:.0f} ms, p99 {result.p99:.0f} ms (200s: p50 "
             f"{result.ok_p50:.0f} ms, p99 {result.ok_p99:.0f} ms); failures {failures:,}")
+    for row in drop:
+        print(f"  product {row['id']}: {row['sold']:,} of {row['initial']:,} sold, first order "
+              f"{row['first_ms']:.0f} ms after the start, sold out {row['sold_out_ms']:.0f} ms after it, "
+              f"{row['early']} orders before it")
     print(f"  stock {result.stock:,} + sold {result.sold:,} = {result.initial:,}; "
           f"{result.orders_checked:,} acknowledged orders found in PostgreSQL; {verdict}", flush=True)
     return result
+
+
+def drop_results(database_url: str, product_ids: list[int]) -> list[dict[str, Any]]:
+    """Per product of the drop, read from PostgreSQL: stock, units sold, orders dated before the start, and when
+    (after the start, by the orders' created_at) the first order and the last one were placed."""
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+        cur.execute("""
+            SELECT p.id, p.stock, p.initial_stock, p.starts_at, COALESCE(sum(o.quantity), 0), count(o.id),
+                   count(o.id) FILTER (WHERE o.created_at < p.starts_at),
+                   extract(epoch FROM min(o.created_at) - p.starts_at) * 1000,
+                   extract(epoch FROM max(o.created_at) - p.starts_at) * 1000,
+                   array_agg(extract(epoch FROM o.created_at - p.starts_at) ORDER BY o.created_at)
+                       FILTER (WHERE o.id IS NOT NULL)
+            FROM products p LEFT JOIN orders o ON o.product_id = p.id
+            WHERE p.id = ANY(%s) GROUP BY p.id ORDER BY p.id""", (product_ids,))
+        rows = cur.fetchall()
+    conn.close()
+    return [{"id": r[0], "stock": r[1], "initial": r[2], "starts_at": r[3].isoformat(), "sold": int(r[4]),
+             "orders": r[5], "early": r[6], "first_ms": float(r[7] or 0), "sold_out_ms": float(r[8] or 0),
+             "order_times": [float(t) for t in r[9] or []]} for r in rows]
+
+
+def drop_chart(result: Outcome, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for row in result.drop:
+        times = row["order_times"]
+        ax.step([0.0, *times], [0, *range(1, len(times) + 1)], where="post",
+                label=f"product {row['id']} ({row['initial']:,} units): sold out at {row['sold_out_ms'] / 1000:.2f} s")
+    ax.axvline(0, color="#0f172a", linewidth=1)
+    ax.set(title="The drop: orders placed per product, by seconds after the common start (PostgreSQL created_at)",
+           xlabel="s after starts_at", ylabel="orders")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def chart(result: Outcome, path: Path) -> None:
@@ -280,7 +364,8 @@ def report(results: list[Outcome], out: Path, started: str, source: str) -> Path
         total = sum(r.counts.values())
         other = r.counts["5xx"] + r.counts["other"]
         per_s = r.seconds or 1
-        shown = (total, r.counts["200"], r.counts["409"], r.counts["429"], r.counts["overloaded"], other)
+        shown = (total, r.counts["200"], r.counts["409"] + r.counts["not_started"], r.counts["429"],
+                 r.counts["overloaded"], other)
         rates = " | ".join(f"{n / per_s:,.0f}" for n in shown)
         verdict = "holds" if r.ok else "**" + "; ".join(r.problems) + "**"
         lines.append(f"| {r.scenario.name} | {r.users:,} | {r.seconds:.0f} | {rates} | {r.p50:.0f} | {r.p95:.0f} | "
@@ -293,6 +378,19 @@ def report(results: list[Outcome], out: Path, started: str, source: str) -> Path
     if herd is not None:
         met = "met" if herd.ok_p99 <= HERD_OK_P99_GOAL_MS else "**missed**"
         lines += [f"Herd goal, p99 of 200s ≤ {HERD_OK_P99_GOAL_MS} ms: {met} ({herd.ok_p99:.0f} ms).", ""]
+    drop = next((r for r in results if r.scenario.name == "drop"), None)
+    if drop is not None:
+        lines += ["## The drop, per product", "",
+                  f"All five start at {drop.drop[0]['starts_at'] if drop.drop else '?'}; buyers arrived before it, "
+                  f"were told `sale_not_started` ({drop.counts['not_started']:,} times) and came back after the "
+                  "Retry-After they were given. Times are from the orders' created_at in PostgreSQL.", "",
+                  "| product | units | sold | orders | orders before the start | first order after the start | "
+                  "sold out after the start | invariant |", "|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for row in drop.drop:
+            holds = "holds" if row["stock"] + row["sold"] == row["initial"] and row["stock"] == 0 else "**broken**"
+            lines.append(f"| {row['id']} | {row['initial']:,} | {row['sold']:,} | {row['orders']:,} | {row['early']} | "
+                         f"{row['first_ms']:.0f} ms | {row['sold_out_ms']:.0f} ms | {holds} |")
+        lines += ["", "![drop per product](drop-products.png)", ""]
     for r in results:
         shares = ", ".join(f"{name} {100 * n / max(1, sum(r.replicas.values())):.0f}%"
                            for name, n in sorted(r.replicas.items()))
@@ -316,7 +414,10 @@ def main() -> int:
     parser.add_argument("--herd-users", type=int, default=10_000,
                         help="buyers of the herd, arriving within 10 s, one unit each for as many units (10,000)")
     parser.add_argument("--herd-processes", type=int, default=1, help="Locust processes for the herd (default 1)")
-    parser.add_argument("--only", choices=["write-limit", "rate-limit-shield", "flash-sale-drain", "herd"],
+    parser.add_argument("--drop-users", type=int, default=5000, help="buyers of the drop (default 5,000)")
+    parser.add_argument("--drop-lead", type=float, default=10,
+                        help="seconds from creating the drop's products to their common start (default 10)")
+    parser.add_argument("--only", choices=["write-limit", "rate-limit-shield", "flash-sale-drain", "herd", "drop"],
                         action="append",
                         help="run only this scenario (repeatable)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / datetime.now().strftime("%Y-%m-%d"))
@@ -333,6 +434,8 @@ def main() -> int:
         for scenario in chosen:
             results.append(run_scenario(scenario, target, args.out, args.after_sold_out))
             chart(results[-1], args.out / f"{scenario.name}.png")
+            if results[-1].drop:
+                drop_chart(results[-1], args.out / "drop-products.png")
 
     if args.url:
         run_all(ExternalCluster(args.url, args.data_dir))
