@@ -123,6 +123,7 @@ class Bench:
         self.figures: list[Figure] = []
         self.curve: list[Step] = []
         self.steps = OVERLOAD_STEPS
+        self.log_offset = 0  # how far check_invariant has read nginx's access log
 
     def record(self, name: str, figure: Figure, *, connections: int, ceiling: float, note: str = "") -> Figure:
         figure.name, figure.note, figure.connections, figure.ceiling = name, note, connections, ceiling
@@ -134,6 +135,7 @@ class Bench:
     def paired(self, name: str, url: str, *, connections: int | None = None, **env: str) -> Figure:
         """The no-op ceiling, then this run, back to back on the same cluster."""
         connections = connections or self.connections
+        self.skip_access_log()
         ceiling = wrk(url, seconds=self.seconds, connections=connections, WRK_MODE="healthz").rate
         figure = wrk(url, seconds=self.seconds, connections=connections, **env)
         return self.record(name, figure, connections=connections, ceiling=ceiling)
@@ -264,6 +266,13 @@ class Bench:
                     note=f"target {target:,.0f}/s: {connections} connections, each pausing {delay_ms:.1f} ms")
         self.check_invariant(figure, connections)
 
+    def skip_access_log(self) -> None:
+        """What nginx logged so far is not this run's (each cluster's nginx may start a new log)."""
+        time.sleep(1.5)  # nginx flushes its access log every second
+        if self.log_offset > self.backends.access_log.stat().st_size:
+            self.log_offset = 0
+        _, self.log_offset = read_access_log(self.backends.access_log, self.log_offset)
+
     def check_invariant(self, figure: Figure, connections: int | None = None) -> None:
         status = self.backends.status()
         product = status["products"][0]
@@ -271,7 +280,17 @@ class Bench:
         ok = figure.requests - figure.non_2xx
         # Requests in flight when wrk stops are answered after it stopped counting: at most one per connection.
         assert 0 <= status["orders"] - ok <= (connections or self.connections), (status["orders"], ok)
-        assert figure.non_2xx == 0, f"{figure.non_2xx} purchases were refused while stock lasted"
+        # While stock lasts the only refusal allowed is admission control's (503 overloaded, nothing sold): on a
+        # slow moment of a shared machine a purchase can wait past HC_ADMISSION_WAIT_MS.
+        time.sleep(1.5)  # nginx flushes its access log every second
+        entries, self.log_offset = read_access_log(self.backends.access_log, self.log_offset)
+        # 499: wrk hung up on requests in flight when its run ended.
+        refused = [(e["status"], e.get("code")) for e in entries
+                   if e.get("uri") == "/purchase" and e["status"] not in (200, 499)]
+        others = [r for r in refused if r != (503, "overloaded")]
+        assert not others, f"purchases refused while stock lasted: {others[:5]} ({len(others)} in all)"
+        if refused:
+            figure.note = (figure.note + "; " if figure.note else "") + f"{len(refused)} x 503 overloaded"
 
     def table(self) -> str:
         if not self.figures:
@@ -291,8 +310,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10, help="length of each wrk run (default 10)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
-    parser.add_argument("--only", choices=("all", "overload"), default="all",
-                        help="overload: only the overload curve (default: everything)")
+    parser.add_argument("--only", choices=("all", "overload", "figures"), default="all",
+                        help="overload: only the overload curve; figures: everything but it (default: everything)")
     parser.add_argument("--steps", type=lambda text: tuple(int(n) for n in text.split(",")), default=OVERLOAD_STEPS,
                         help="connections of the overload curve, comma-separated (default 64,1000,4000,10000)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / datetime.now().strftime("%Y-%m-%d"),

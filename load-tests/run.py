@@ -352,7 +352,8 @@ def report(results: list[Outcome], out: Path, started: str, source: str) -> Path
     lines = [
         f"# make scenarios — {started}",
         "",
-        f"Target: {source}. Machine: {os.cpu_count()} cores; Locust (FastHttpUser, one process), nginx, three "
+        f"Target: {source}. Machine: {os.cpu_count()} cores; Locust (FastHttpUser; the herd and the drop in "
+        "--herd-processes processes), nginx, three "
         "replicas, PostgreSQL and Redis all on it. 409, 429 and 503 overloaded (with Retry-After) are expected "
         "answers; a failure is anything else.",
         "",

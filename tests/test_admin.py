@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -319,3 +320,42 @@ async def test_the_dashboard_says_when_redis_is_unreachable(services: Services) 
         await dead.aclose()
     assert (snapshot["postgres"], snapshot["redis"]) == ("ok", "unreachable")
     assert snapshot["products"][0]["stock"] == 10_000  # PostgreSQL's side still shows
+
+
+@pytest.mark.gen_test
+async def test_the_dashboards_product_forms_create_update_delete_and_refuse_bad_fields(
+        browser: Browser, services: Services) -> None:
+    url = services.settings.database_url
+    assert (await browser.post("/admin/products", {"name": "x", "stock": "1"})).code == 403  # not logged in
+    await browser.log_in()
+    before = sql(url, "SELECT * FROM products ORDER BY id")
+    for fields in ({"name": "x", "stock": "ten"}, {"name": "", "stock": "1"}, {"stock": "1"},
+                   {"name": "x", "stock": "1", "starts_at": "soon"}, {"name": "x", "stock": "1", "colour": "red"},
+                   {"name": "x", "stock": "1", "starts_at": "+60", "ends_at": "+30"},
+                   {"name": "x", "stock": "1", "max_per_order": "11"}):
+        refused = await browser.post("/admin/products", fields)
+        assert refused.code == 400, (fields, refused.body)
+        assert json.loads(refused.body)["error"]["code"] == "invalid_request"
+    assert sql(url, "SELECT * FROM products ORDER BY id") == before
+    # Empty optional fields of the creation form mean "not set".
+    created = await browser.post("/admin/products", {"name": "Drop", "stock": "12", "starts_at": "+600",
+                                                     "ends_at": "", "per_user_limit": "", "max_per_order": ""})
+    product = json.loads(created.body)["product"]
+    assert (product["status"], product["per_user_limit"], product["ends_at"]) == ("scheduled", None, None)
+    for _ in range(100):  # this replica re-reads the schedule at once (the others on the announcement)
+        if services.schedule.rules(product["id"]) is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert services.schedule.rules(product["id"]) is not None
+    updated = await browser.post(f"/admin/products/{product['id']}", {"starts_at": "", "per_user_limit": "3"})
+    assert json.loads(updated.body)["product"]["status"] == "live"
+    assert json.loads(updated.body)["product"]["per_user_limit"] == 3
+    bad = await browser.post(f"/admin/products/{product['id']}", {"ends_at": "2000-01-01T00:00:00Z",
+                                                                   "starts_at": "2001-01-01T00:00:00Z"})
+    assert bad.code == 400
+    sql(url, "INSERT INTO orders (user_id, product_id, quantity, replica) VALUES (1, %s, 1, 'x')", (product["id"],))
+    kept = await browser.post(f"/admin/products/{product['id']}/delete", {})
+    assert (kept.code, json.loads(kept.body)["error"]["code"]) == (409, "has_orders")
+    deleted = await browser.post(f"/admin/products/{product['id']}/delete", {"with_orders": "true"})
+    assert json.loads(deleted.body)["deleted_orders"] == 1
+    assert sql(url, "SELECT count(*) FROM products WHERE id = %s", (product["id"],)) == [(0,)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
 from typing import Any
 
 
@@ -52,19 +51,19 @@ def out_of_stock(product_id: int, remaining: int, requested: int) -> CheckoutErr
     )
 
 
-def sale_not_started(product_id: int, starts_at: datetime, seconds_left: float) -> CheckoutError:
-    """Before the window opens. Retry-After is whole seconds to the start, at least 1: a client that honours it
-    arrives at (or just after) the start, never before."""
+def sale_not_started(product_id: int, starts_at: str, seconds_left: float) -> CheckoutError:
+    """Before the window opens (``starts_at`` in ISO 8601). Retry-After is whole seconds to the start, at least 1:
+    a client that honours it arrives at (or just after) the start, never before."""
     retry_after = max(1, math.ceil(seconds_left))
     return CheckoutError(
-        409, "sale_not_started", f"the sale of product {product_id} starts at {starts_at.isoformat()}",
-        extra={"starts_at": starts_at.isoformat()}, headers={"Retry-After": str(retry_after)},
+        409, "sale_not_started", f"the sale of product {product_id} starts at {starts_at}",
+        extra={"starts_at": starts_at}, headers={"Retry-After": str(retry_after)},
     )
 
 
-def sale_ended(product_id: int, ends_at: datetime) -> CheckoutError:
-    return CheckoutError(409, "sale_ended", f"the sale of product {product_id} ended at {ends_at.isoformat()}",
-                         extra={"ends_at": ends_at.isoformat()})
+def sale_ended(product_id: int, ends_at: str) -> CheckoutError:
+    return CheckoutError(409, "sale_ended", f"the sale of product {product_id} ended at {ends_at}",
+                         extra={"ends_at": ends_at})
 
 
 def too_many_for_one_order(product_id: int, maximum: int) -> CheckoutError:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 
 from hypercheckout.checkout.errors import (
     CheckoutError,
@@ -32,35 +34,54 @@ log = logging.getLogger(__name__)
 
 def check_sale(product_id: int, rules: SaleRules, quantity: int, now: datetime) -> None:
     """Raise the refusal for buying ``quantity`` units at ``now`` under ``rules``, if any."""
-    if rules.starts_at is not None and now < rules.starts_at:
-        raise sale_not_started(product_id, rules.starts_at, (rules.starts_at - now).total_seconds())
-    if rules.ends_at is not None and now >= rules.ends_at:
-        raise sale_ended(product_id, rules.ends_at)
-    if rules.max_per_order is not None and quantity > rules.max_per_order:
-        raise too_many_for_one_order(product_id, rules.max_per_order)
+    _Window.of(rules).check(product_id, quantity, now.timestamp())
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """Rules ready for the hot path: times as epoch seconds (a float comparison) and their ISO text made once, so
+    refusing the herd before a start costs what a sold-out refusal does."""
+
+    starts: float | None
+    ends: float | None
+    max_per_order: int | None
+    starts_text: str
+    ends_text: str
+
+    @classmethod
+    def of(cls, rules: SaleRules) -> _Window:
+        starts, ends = rules.starts_at, rules.ends_at
+        return cls(None if starts is None else starts.timestamp(), None if ends is None else ends.timestamp(),
+                   rules.max_per_order, "" if starts is None else starts.isoformat(),
+                   "" if ends is None else ends.isoformat())
+
+    def check(self, product_id: int, quantity: int, now: float) -> None:
+        if self.starts is not None and now < self.starts:
+            raise sale_not_started(product_id, self.starts_text, self.starts - now)
+        if self.ends is not None and now >= self.ends:
+            raise sale_ended(product_id, self.ends_text)
+        if self.max_per_order is not None and quantity > self.max_per_order:
+            raise too_many_for_one_order(product_id, self.max_per_order)
 
 
 class SaleSchedule:
     """This replica's copy of every product's sale rules. A product it does not know (created a moment ago) is
     left to the transaction's check."""
 
-    def __init__(self, store: Store, *, refresh_seconds: float, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(self, store: Store, *, refresh_seconds: float, clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._refresh = refresh_seconds
         self._clock = clock
         self._rules: dict[int, SaleRules] = {}
+        self._windows: dict[int, _Window] = {}
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.reads = 0  # completed reads from PostgreSQL, for tests and /metrics
 
     def check(self, request: PurchaseRequest) -> None:
-        rules = self._rules.get(request.product_id)
-        if rules is not None:
-            check_sale(request.product_id, rules, request.quantity, self._clock())
+        window = self._windows.get(request.product_id)
+        if window is not None:
+            window.check(request.product_id, request.quantity, self._clock())
 
     def rules(self, product_id: int) -> SaleRules | None:
         return self._rules.get(product_id)
@@ -71,7 +92,9 @@ class SaleSchedule:
         self._changed.set()
 
     async def load(self) -> None:
-        self._rules = await self._store.sale_rules()
+        rules = await self._store.sale_rules()
+        self._windows = {product_id: _Window.of(r) for product_id, r in rules.items()}
+        self._rules = rules
         self.reads += 1
 
     def start(self) -> None:
