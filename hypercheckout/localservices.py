@@ -191,9 +191,14 @@ class PrivatePostgres:
             raise ServiceError(f"PostgreSQL did not start:\n{done.stdout}{done.stderr}\n{tail(self.log_path)}")
         return self.url
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "fast") -> None:
+        """``fast``: roll back open transactions and shut down cleanly; ``immediate``: quit at once, as a crash
+        does (the next start recovers from the WAL)."""
         if self.initialised():
-            self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "stop")
+            self._run("pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "stop")
+
+    def running(self) -> bool:
+        return self.initialised() and self._run("pg_ctl", "-D", str(self.data_dir), "status").returncode == 0
 
 
 class PrivateRedis:

@@ -1,0 +1,527 @@
+"""`make chaos`: a seeded fault campaign against a real cluster, with a client history and a checker.
+
+One cluster (PostgreSQL, Redis, three replicas, nginx — `hypercheckout up`'s own ``Cluster``, driven in this
+process so that the nemesis can kill and restart its pieces) serves every run. Each run:
+
+1. creates fresh products: one with plenty of stock and a per-user limit, two with little stock that sell out
+   during the run, one plain;
+2. sends purchases from concurrent buyers for ``--duration`` seconds — buyers drawn from a small pool (so that
+   per-user limits bite), random products and quantities, every purchase with an Idempotency-Key of its own — and
+   writes each operation to the history: key, request, answer (or timeout / connection error), times;
+3. meanwhile a nemesis injects faults on a schedule drawn from the run's seed, overlapping: SIGKILL a replica and
+   restart it, SIGSTOP/SIGCONT a replica, restart PostgreSQL (fast and immediate), kill and restart Redis, reload
+   nginx;
+4. heals everything, then retries every operation whose outcome is unknown (no answer, a 5xx other than a
+   definite refusal) with its key until its outcome is known;
+5. checks the history against PostgreSQL (``check``): no oversell, nothing lost, nothing unexpected, nothing
+   duplicated, per-user limits kept, no undersell.
+
+The same seed gives the same products, fault schedule and workload shape (what each buyer sends, in order);
+timings, and so answers, differ. A run with a violation keeps its history and the cluster's logs and prints its
+seed; the command then fails.
+
+    python load-tests/chaos.py --runs 50 --seed 1 --duration 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+from tornado.httpclient import HTTPClientError
+from tornado.simple_httpclient import SimpleAsyncHTTPClient
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from hypercheckout.cluster import Cluster, raise_file_limit  # noqa: E402
+from hypercheckout.localservices import free_port  # noqa: E402
+
+FAULTS = ("kill-replica", "pause-replica", "postgres-restart-fast", "postgres-restart-immediate", "redis-restart",
+          "nginx-reload")
+REQUEST_TIMEOUT = 5.0  # seconds; a purchase not answered by then is an operation with an unknown outcome
+DEFINITE = {200, 400, 404, 409, 422, 429}  # 503 is definite only with "outcome": "nothing_sold"
+
+
+# --- the history ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class Operation:
+    key: str
+    user: int
+    product: int
+    quantity: int
+    started: float
+    ended: float = 0.0
+    status: int | None = None  # None: no answer (timeout, connection error)
+    body: dict[str, Any] = field(default_factory=dict)
+    resolved: int | None = None  # for an info operation: the status its key finally got
+    resolved_body: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """Jepsen's classes: ok (200), fail (a definite refusal: nothing was sold), info (outcome unknown)."""
+        if self.status == 200:
+            return "ok"
+        if self.status in DEFINITE:
+            return "fail"
+        if self.status == 503 and self.body.get("error", {}).get("outcome") == "nothing_sold":
+            return "fail"
+        return "info"
+
+    @property
+    def final(self) -> tuple[int | None, dict[str, Any]]:
+        """What is known of this key in the end: the first answer, or for an info operation its resolution."""
+        return (self.status, self.body) if self.kind != "info" else (self.resolved, self.resolved_body)
+
+
+@dataclass
+class ProductPlan:
+    name: str
+    stock: int
+    per_user_limit: int | None
+    weight: float
+
+
+@dataclass
+class Fault:
+    at: float  # seconds into the run
+    kind: str
+    target: int  # a replica's index where it matters
+    hold: float  # seconds before it is healed (restart, SIGCONT)
+
+
+@dataclass
+class Plan:
+    """Everything a seed decides."""
+
+    seed: str
+    products: list[ProductPlan]
+    faults: list[Fault]
+    buyers: int
+    users: int
+
+
+def make_plan(seed: str, *, duration: float, buyers: int, faults_per_second: float, replicas: int) -> Plan:
+    rng = random.Random(seed)
+    products = [
+        ProductPlan("limited", rng.randint(5_000, 20_000), rng.randint(2, 5), 0.3),
+        ProductPlan("scarce", rng.randint(20, 60), None, 0.3),
+        ProductPlan("scarce-limited", rng.randint(30, 80), rng.randint(1, 3), 0.2),
+        ProductPlan("plain", rng.randint(500, 5_000), None, 0.2),
+    ]
+    count = max(1, round(duration * faults_per_second * rng.uniform(0.8, 1.2)))
+    faults = sorted((Fault(at=rng.uniform(0.5, duration * 0.9), kind=rng.choice(FAULTS),
+                           target=rng.randrange(replicas), hold=rng.uniform(0.5, 3.0)) for _ in range(count)),
+                    key=lambda f: f.at)
+    return Plan(seed=seed, products=products, faults=faults, buyers=buyers, users=rng.randint(20, 60))
+
+
+# --- the nemesis ----------------------------------------------------------------------------------------------------
+
+class Nemesis:
+    """Injects a plan's faults into a running ``Cluster`` and heals them; several may overlap."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.lock = threading.Lock()  # one change to a piece at a time
+        self.paused: set[int] = set()
+        self.injected: Counter[str] = Counter()
+
+    def run(self, faults: list[Fault], started: float, stop: threading.Event) -> None:
+        timers = []
+        for fault in faults:
+            delay = started + fault.at - time.monotonic()
+            if stop.wait(max(0.0, delay)):
+                break
+            self.inject(fault)
+            heal = threading.Timer(fault.hold, self.heal, args=(fault,))
+            heal.start()
+            timers.append(heal)
+        for timer in timers:
+            timer.join()
+
+    def inject(self, fault: Fault) -> None:
+        cluster = self.cluster
+        with self.lock:
+            self.injected[fault.kind] += 1
+            if fault.kind == "kill-replica":
+                replica = cluster.apps[fault.target]
+                self.paused.discard(fault.target)
+                if replica.running():
+                    replica.kill(wait=True, sig=signal.SIGKILL)
+            elif fault.kind == "pause-replica":
+                replica = cluster.apps[fault.target]
+                if replica.running() and fault.target not in self.paused:
+                    os.kill(replica.process.pid, signal.SIGSTOP)
+                    self.paused.add(fault.target)
+            elif fault.kind.startswith("postgres-restart"):
+                mode = "immediate" if fault.kind.endswith("immediate") else "fast"
+                postgres = cluster.postgres
+                assert postgres is not None
+                postgres.stop(mode=mode)
+            elif fault.kind == "redis-restart":
+                if cluster.redis is not None and cluster.redis.running():
+                    cluster.redis.kill(wait=True, sig=signal.SIGKILL)
+            elif fault.kind == "nginx-reload":
+                assert cluster.nginx is not None
+                os.kill(cluster.nginx.process.pid, signal.SIGHUP)
+
+    def heal(self, fault: Fault | None = None) -> None:
+        """Undo one fault (None: everything that is down or paused). PostgreSQL and Redis come first: a replica
+        starting without PostgreSQL exits, and is started again by a later heal."""
+        cluster = self.cluster
+        with self.lock:
+            kinds = FAULTS if fault is None else (fault.kind,)
+            try:
+                if any(k.startswith("postgres") for k in kinds) and not postgres_running(cluster):
+                    assert cluster.postgres is not None
+                    cluster.postgres.start()
+                if "redis-restart" in kinds and cluster.redis is not None and not cluster.redis.running():
+                    cluster.redis.start()
+                for index, replica in enumerate(cluster.apps):
+                    if fault is not None and fault.target != index:
+                        continue
+                    if "pause-replica" in kinds and index in self.paused:
+                        if replica.running():
+                            os.kill(replica.process.pid, signal.SIGCONT)
+                        self.paused.discard(index)
+                    if "kill-replica" in kinds and not replica.running():
+                        replica.start()
+            except Exception as exc:  # healed again at the end of the run
+                print(f"    (heal of {fault.kind if fault else 'everything'} deferred: {exc!r:.200})",
+                      file=sys.stderr, flush=True)
+                if fault is None:
+                    raise
+
+
+def postgres_running(cluster: Cluster) -> bool:
+    return cluster.postgres is not None and cluster.postgres.running()
+
+
+# --- the workload ---------------------------------------------------------------------------------------------------
+
+def admin(cluster: Cluster, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"{cluster.url}{path}", method=method, data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {cluster.env['HC_ADMIN_TOKEN']}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+async def purchase(client: SimpleAsyncHTTPClient, url: str, op: Operation) -> tuple[int | None, dict[str, Any]]:
+    body = json.dumps({"user_id": op.user, "product_id": op.product, "quantity": op.quantity})
+    try:
+        response = await client.fetch(f"{url}/purchase", method="POST", body=body, raise_error=False,
+                                       headers={"Content-Type": "application/json", "Idempotency-Key": op.key},
+                                       request_timeout=REQUEST_TIMEOUT, connect_timeout=REQUEST_TIMEOUT)
+    except (TimeoutError, HTTPClientError, OSError):
+        return None, {}
+    if response.code == 599:  # tornado's "no answer"
+        return None, {}
+    try:
+        return response.code, json.loads(response.body or b"{}")
+    except ValueError:
+        return response.code, {"raw": response.body[:200].decode("latin-1")}
+
+
+async def workload(url: str, plan: Plan, product_ids: list[int], duration: float) -> list[Operation]:
+    history: list[Operation] = []
+    client = SimpleAsyncHTTPClient(force_instance=True, max_clients=plan.buyers)
+    weights = [p.weight for p in plan.products]
+    deadline = time.monotonic() + duration
+
+    async def buyer(index: int) -> None:
+        rng = random.Random(f"{plan.seed}/buyer/{index}")  # each buyer's sequence is the seed's
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            product = rng.choices(range(len(product_ids)), weights)[0]
+            op = Operation(key=f"{plan.seed}/{index}/{n}", user=rng.randint(1, plan.users),
+                           product=product_ids[product], quantity=rng.randint(1, 3), started=time.time())
+            history.append(op)
+            op.status, op.body = await purchase(client, url, op)
+            op.ended = time.time()
+            await asyncio.sleep(rng.uniform(0, 0.02))
+
+    try:
+        await asyncio.gather(*(buyer(i) for i in range(plan.buyers)))
+    finally:
+        client.close()
+    return history
+
+
+async def resolve(url: str, unknown: list[Operation], *, attempts: int = 30) -> None:
+    """Retry each operation whose outcome is unknown, with its key, until the answer is definite."""
+    client = SimpleAsyncHTTPClient(force_instance=True, max_clients=20)
+    try:
+        async def one(op: Operation) -> None:
+            for _ in range(attempts):
+                status, body = await purchase(client, url, op)
+                probe = Operation(op.key, op.user, op.product, op.quantity, 0, status=status, body=body)
+                if probe.kind != "info" and not (status == 409 and body.get("error", {}).get("code") ==
+                                                 "request_in_progress"):
+                    op.resolved, op.resolved_body = status, body
+                    return
+                await asyncio.sleep(0.5)
+
+        await asyncio.gather(*(one(op) for op in unknown))
+    finally:
+        client.close()
+
+
+# --- the checker ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class ProductState:
+    id: int
+    stock: int
+    initial: int
+    per_user_limit: int | None
+
+
+@dataclass
+class Order:
+    id: int
+    key: str | None
+    user: int
+    product: int
+    quantity: int
+
+
+def read_database(database_url: str, product_ids: list[int]) -> tuple[list[ProductState], list[Order]]:
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id, stock, initial_stock, per_user_limit FROM products WHERE id = ANY(%s)",
+                    (product_ids,))
+        products = [ProductState(*row) for row in cur.fetchall()]
+        cur.execute("SELECT o.id, k.key, o.user_id, o.product_id, o.quantity FROM orders o "
+                    "LEFT JOIN idempotency_keys k ON k.order_id = o.id WHERE o.product_id = ANY(%s)",
+                    (product_ids,))
+        orders = [Order(*row) for row in cur.fetchall()]
+    conn.close()
+    return products, orders
+
+
+def check(history: list[Operation], products: list[ProductState], orders: list[Order]) -> list[str]:
+    """Every violation of the invariants, in words (empty: the run is clean)."""
+    problems = []
+    sold: Counter[int] = Counter()
+    for order in orders:
+        sold[order.product] += order.quantity
+    for product in products:
+        if product.stock < 0 or product.stock + sold[product.id] != product.initial:
+            problems.append(f"oversell: product {product.id} stock {product.stock} + sold {sold[product.id]} != "
+                            f"{product.initial}")
+    by_key: dict[str | None, list[Order]] = {}
+    for order in orders:
+        by_key.setdefault(order.key, []).append(order)
+    for key, found in by_key.items():
+        if key is None:
+            problems.append(f"unexpected: {len(found)} order(s) without an Idempotency-Key, e.g. {found[0]}")
+        elif len(found) > 1:
+            problems.append(f"duplicated: key {key} has {len(found)} orders")
+    ops = {op.key: op for op in history}
+    for op in history:
+        placed = by_key.get(op.key, [])
+        status, body = op.final
+        if op.kind == "ok" or status == 200:
+            order_id = body.get("order_id")
+            if not any(o.id == order_id and o.user == op.user and o.quantity == op.quantity and
+                       o.product == op.product for o in placed):
+                problems.append(f"lost: key {op.key} was answered order {order_id}, which does not exist as sold")
+        elif status is None:
+            problems.append(f"unresolved: key {op.key} still has no definite answer")
+        elif placed:
+            problems.append(f"unexpected: key {op.key} was refused ({status} "
+                            f"{body.get('error', {}).get('code')}) yet has order {placed[0].id}")
+    for key in by_key:
+        if key is not None and key not in ops:
+            problems.append(f"unexpected: order for key {key}, which no client sent")
+    limits = {p.id: p.per_user_limit for p in products}
+    owned: Counter[tuple[int, int]] = Counter()
+    for order in orders:
+        owned[(order.product, order.user)] += order.quantity
+    for (product, user), units in owned.items():
+        limit = limits.get(product)
+        if limit is not None and units > limit:
+            problems.append(f"limit: buyer {user} owns {units} of product {product}, limit {limit}")
+    # Stock only falls during a run: a product said to have 0 left must end with 0.
+    final = {p.id: p.stock for p in products}
+    for op in history:
+        for status, body in ((op.status, op.body), (op.resolved, op.resolved_body)):
+            error = body.get("error", {}) if status == 409 else {}
+            if error.get("code") == "out_of_stock" and error.get("remaining") == 0 and final.get(op.product):
+                problems.append(f"undersell: key {op.key} was told product {op.product} had 0 left; it ends with "
+                                f"{final[op.product]}")
+    return problems
+
+
+# --- a run, and the campaign ----------------------------------------------------------------------------------------
+
+@dataclass
+class RunResult:
+    index: int
+    seed: str
+    operations: int
+    kinds: dict[str, int]
+    info_sold: int
+    info_not_sold: int
+    faults: dict[str, int]
+    violations: list[str]
+    seconds: float
+
+
+def heal_fully(nemesis: Nemesis, attempts: int = 5) -> None:
+    for attempt in range(attempts):
+        try:
+            nemesis.heal()
+            return
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1)
+
+
+def wait_ready(cluster: Cluster, timeout: float = 60) -> None:
+    """Every replica answers /readyz directly (PostgreSQL reachable), and nginx answers."""
+    deadline = time.monotonic() + timeout
+    ports = [int(p) for p in cluster.env["HC_REPLICA_PORTS"].split(",")]
+    for url in [f"http://127.0.0.1:{p}/readyz" for p in ports] + [f"{cluster.url}/healthz"]:
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} not ready after healing")
+            time.sleep(0.1)
+
+
+def one_run(cluster: Cluster, nemesis: Nemesis, index: int, plan: Plan, duration: float, out: Path) -> RunResult:
+    started = time.monotonic()
+    product_ids = [admin(cluster, "POST", "/admin/api/products",
+                         {"name": f"chaos {plan.seed} {p.name}", "stock": p.stock, "per_user_limit": p.per_user_limit})
+                   ["id"] for p in plan.products]
+    before = Counter(nemesis.injected)
+    stop = threading.Event()
+    runner = threading.Thread(target=nemesis.run, args=(plan.faults, time.monotonic(), stop), name="nemesis")
+    runner.start()
+    try:
+        history = asyncio.run(workload(cluster.url, plan, product_ids, duration))
+    finally:
+        stop.set()
+        runner.join()
+    heal_fully(nemesis)
+    wait_ready(cluster)
+    unknown = [op for op in history if op.kind == "info"]
+    asyncio.run(resolve(cluster.url, unknown))
+    products, orders = read_database(cluster.env["HC_DATABASE_URL"], product_ids)
+    violations = check(history, products, orders)
+    injected = Counter(nemesis.injected)
+    injected.subtract(before)
+    result = RunResult(
+        index=index, seed=plan.seed, operations=len(history), kinds=dict(Counter(op.kind for op in history)),
+        info_sold=sum(1 for op in unknown if op.resolved == 200),
+        info_not_sold=sum(1 for op in unknown if op.resolved not in (200, None)),
+        faults={k: v for k, v in injected.items() if v}, violations=violations,
+        seconds=time.monotonic() - started)
+    if violations:
+        keep = out / f"run-{index}"
+        keep.mkdir(parents=True, exist_ok=True)
+        with (keep / "history.jsonl").open("w") as handle:
+            for op in history:
+                handle.write(json.dumps(asdict(op)) + "\n")
+        shutil.copytree(cluster.log_dir, keep / "logs", dirs_exist_ok=True)
+        (keep / "plan.json").write_text(json.dumps(asdict(plan), indent=2))
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--seed", default="1", help="the campaign's seed; run i uses <seed>-<i>")
+    parser.add_argument("--duration", type=float, default=20, help="seconds of purchases per run")
+    parser.add_argument("--buyers", type=int, default=24, help="concurrent buyers")
+    parser.add_argument("--faults-per-second", type=float, default=0.5)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "chaos")
+    parser.add_argument("--data-dir", type=Path, help="the cluster's data dir (default: a temporary one)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    raise_file_limit()
+    workdir = Path(tempfile.mkdtemp(prefix="hc-chaos-", dir="/tmp"))
+    workdir.chmod(0o755)  # as root, PostgreSQL runs as another user who must reach its data dir
+    data_dir = args.data_dir or workdir / "cluster"
+    port = free_port()
+    env = {**os.environ, "HC_RATE_LIMIT": "off", "HC_IP_RATE_LIMIT": "off", "HC_LOG_LEVEL": "WARNING",
+           # Short timeouts so that a paused or dead piece costs seconds, not the whole run.
+           "HC_DB_TIMEOUT": os.environ.get("HC_DB_TIMEOUT", "3")}
+    cluster = Cluster(data_dir=data_dir, port=port, replicas=3, environ=env, out=sys.stderr)
+    results: list[RunResult] = []
+    print(f"chaos: {args.runs} runs of {args.duration:g} s, seed {args.seed}, {args.buyers} buyers, about "
+          f"{args.faults_per_second:g} faults/s; cluster in {data_dir}", flush=True)
+    cluster.start()
+    nemesis = Nemesis(cluster)
+    try:
+        for index in range(1, args.runs + 1):
+            plan = make_plan(f"{args.seed}-{index}", duration=args.duration, buyers=args.buyers,
+                             faults_per_second=args.faults_per_second, replicas=cluster.replicas)
+            result = one_run(cluster, nemesis, index, plan, args.duration, args.out)
+            results.append(result)
+            kinds = result.kinds
+            print(f"run {index:3d} seed {result.seed}: {result.operations:5d} ops (ok {kinds.get('ok', 0)}, fail "
+                  f"{kinds.get('fail', 0)}, info {kinds.get('info', 0)} → sold {result.info_sold}, not sold "
+                  f"{result.info_not_sold}); faults {sum(result.faults.values())} "
+                  f"{dict(sorted(result.faults.items()))}; violations {len(result.violations)}", flush=True)
+            for problem in result.violations[:10]:
+                print(f"    VIOLATION: {problem}", flush=True)
+    finally:
+        nemesis.heal()
+        cluster.stop()
+        if not args.data_dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    total = summarise(results)
+    print(total, flush=True)
+    (args.out / "summary.json").write_text(json.dumps(
+        {"runs": [asdict(r) for r in results], "seed": args.seed, "duration": args.duration,
+         "buyers": args.buyers}, indent=2) + "\n")
+    failing = [r for r in results if r.violations]
+    if failing:
+        print("FAILED: seeds " + ", ".join(r.seed for r in failing) + f"; histories and logs in {args.out}",
+              flush=True)
+        return 1
+    return 0
+
+
+def summarise(results: list[RunResult]) -> str:
+    kinds: Counter[str] = Counter()
+    faults: Counter[str] = Counter()
+    for r in results:
+        kinds.update(r.kinds)
+        faults.update(r.faults)
+    return (f"total: {len(results)} runs, {sum(r.operations for r in results):,} operations (ok {kinds['ok']:,}, "
+            f"fail {kinds['fail']:,}, info {kinds['info']:,} → sold {sum(r.info_sold for r in results):,}, not sold "
+            f"{sum(r.info_not_sold for r in results):,}); faults {sum(faults.values()):,} "
+            f"({', '.join(f'{k} {faults[k]}' for k in FAULTS)}); violations "
+            f"{sum(len(r.violations) for r in results)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

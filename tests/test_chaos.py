@@ -1,0 +1,91 @@
+"""The fault campaign itself: its checker must catch every kind of violation, and a short campaign against a real
+cluster must run, inject faults of several kinds, and find none."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LOAD_TESTS = Path(__file__).resolve().parent.parent / "load-tests"
+spec = importlib.util.spec_from_file_location("chaos", LOAD_TESTS / "chaos.py")
+assert spec is not None and spec.loader is not None
+chaos = importlib.util.module_from_spec(spec)
+sys.modules["chaos"] = chaos  # dataclasses look their module up by name
+spec.loader.exec_module(chaos)
+
+Op, Order, State = chaos.Operation, chaos.Order, chaos.ProductState
+
+
+def ok(key: str, order_id: int, user: int = 1, product: int = 7, qty: int = 1) -> chaos.Operation:
+    return Op(key, user, product, qty, 0.0, status=200, body={"order_id": order_id})
+
+
+def refused(key: str, code: str = "out_of_stock", remaining: int = 0, product: int = 7) -> chaos.Operation:
+    return Op(key, 1, product, 1, 0.0, status=409, body={"error": {"code": code, "remaining": remaining}})
+
+
+def test_a_clean_history_passes() -> None:
+    history = [ok("a", 1), ok("b", 2, user=2), refused("c")]
+    orders = [Order(1, "a", 1, 7, 1), Order(2, "b", 2, 7, 1)]
+    assert chaos.check(history, [State(7, 0, 2, None)], orders) == []
+
+
+@pytest.mark.parametrize(("history", "stock", "orders", "says"), [
+    ([ok("a", 1)], 0, [Order(1, "a", 1, 7, 1), Order(2, "a", 1, 7, 1)], "duplicated"),
+    ([ok("a", 1)], 1, [], "lost"),
+    ([ok("a", 1, qty=2)], 0, [Order(1, "a", 1, 7, 1)], "lost"),  # the order is not what the buyer was told
+    ([refused("a")], 0, [Order(1, "a", 1, 7, 1)], "unexpected"),  # refused, yet placed
+    ([ok("a", 1)], 0, [Order(1, "a", 1, 7, 1), Order(2, "zz", 1, 7, 1)], "no client sent"),
+    ([ok("a", 1)], 0, [Order(1, "a", 1, 7, 1), Order(2, None, 1, 7, 1)], "without an Idempotency-Key"),
+    ([ok("a", 1)], -1, [Order(1, "a", 1, 7, 1)], "oversell"),
+    ([ok("a", 1), refused("b")], 5, [Order(1, "a", 1, 7, 1)], "oversell"),  # 5 + 1 != 2: units vanished
+    ([Op("a", 1, 7, 1, 0.0)], 2, [], "unresolved"),  # no answer and never resolved
+])
+def test_every_kind_of_violation_is_caught(history, stock, orders, says) -> None:  # type: ignore[no-untyped-def]
+    problems = chaos.check(history, [State(7, stock, 2, None)], orders)
+    assert any(says in p for p in problems), problems
+
+
+def test_limits_and_undersell_are_caught() -> None:
+    history = [ok("a", 1, qty=2), ok("b", 2, qty=2), refused("c", remaining=0)]
+    orders = [Order(1, "a", 1, 7, 2), Order(2, "b", 1, 7, 2)]
+    problems = chaos.check(history, [State(7, 6, 10, 3)], orders)
+    assert any(p.startswith("limit: buyer 1 owns 4") for p in problems), problems
+    assert any(p.startswith("undersell") for p in problems), problems  # told 0 left; 6 remain
+
+
+def test_an_info_operation_is_judged_by_its_resolution() -> None:
+    timed_out = Op("a", 1, 7, 1, 0.0, status=None, resolved=200, resolved_body={"order_id": 1})
+    gone = Op("b", 1, 7, 1, 0.0, status=503, body={"error": {"outcome": "unknown"}}, resolved=409,
+              resolved_body={"error": {"code": "out_of_stock", "remaining": 0}})
+    assert (timed_out.kind, gone.kind) == ("info", "info")
+    assert chaos.check([timed_out, gone], [State(7, 0, 1, None)], [Order(1, "a", 1, 7, 1)]) == []
+
+
+def test_the_same_seed_plans_the_same_run() -> None:
+    first = chaos.make_plan("s-1", duration=20, buyers=8, faults_per_second=0.5, replicas=3)
+    again = chaos.make_plan("s-1", duration=20, buyers=8, faults_per_second=0.5, replicas=3)
+    other = chaos.make_plan("s-2", duration=20, buyers=8, faults_per_second=0.5, replicas=3)
+    assert first == again and first != other
+    assert len(first.faults) >= 5
+
+
+def test_a_short_campaign_injects_faults_and_finds_no_violation(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(LOAD_TESTS / "chaos.py"), "--runs", "2", "--duration", "8", "--seed", "ci",
+         "--buyers", "12", "--faults-per-second", "1", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=400, env={**os.environ, "HC_LOG_LEVEL": "WARNING"})
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    runs = summary["runs"]
+    assert len(runs) == 2 and all(r["violations"] == [] for r in runs)
+    assert all(r["operations"] > 50 and r["kinds"].get("ok", 0) > 0 for r in runs)
+    kinds = {kind for r in runs for kind in r["faults"]}
+    assert sum(sum(r["faults"].values()) for r in runs) >= 10 and len(kinds) >= 3, runs
+    assert "violations 0" in done.stdout
