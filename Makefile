@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install install-load test up system-deps browser-deps load-deps lint bench scenarios
+.PHONY: install install-load test up system-deps browser-deps load-deps lint bench scenarios chaos
 
 # The venv is rebuilt when the package's dependencies change.
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -71,3 +71,7 @@ bench: install-load system-deps load-deps
 
 scenarios: install-load system-deps
 	$(BIN)/python load-tests/run.py $(ARGS)
+
+# A seeded fault campaign against a real cluster (load-tests/chaos.py): ARGS="--runs 50 --seed 7 --duration 20".
+chaos: install system-deps
+	$(BIN)/python load-tests/chaos.py $(ARGS)

@@ -205,7 +205,8 @@ class Nemesis:
                     if "kill-replica" in kinds and not replica.running():
                         replica.start()
             except Exception as exc:  # healed again at the end of the run
-                print(f"    (heal of {fault.kind if fault else 'everything'} deferred: {exc!r:.200})",
+                # The exception's name only: some of mirakuru's have a repr that recurses.
+                print(f"    (heal of {fault.kind if fault else 'everything'} deferred: {type(exc).__name__})",
                       file=sys.stderr, flush=True)
                 if fault is None:
                     raise
@@ -385,6 +386,15 @@ class RunResult:
     faults: dict[str, int]
     violations: list[str]
     seconds: float
+    answers: dict[str, int] = field(default_factory=dict)  # "200", "409 out_of_stock", "none", … (first answers)
+
+
+def answer_name(op: Operation) -> str:
+    if op.status is None:
+        return "no answer"
+    error = op.body.get("error", {})
+    name = f"{op.status} {error['code']}" if error.get("code") else str(op.status)
+    return f"{name} ({error['outcome']})" if error.get("outcome") else name
 
 
 def heal_fully(nemesis: Nemesis, attempts: int = 5) -> None:
@@ -442,7 +452,7 @@ def one_run(cluster: Cluster, nemesis: Nemesis, index: int, plan: Plan, duration
         info_sold=sum(1 for op in unknown if op.resolved == 200),
         info_not_sold=sum(1 for op in unknown if op.resolved not in (200, None)),
         faults={k: v for k, v in injected.items() if v}, violations=violations,
-        seconds=time.monotonic() - started)
+        seconds=time.monotonic() - started, answers=dict(Counter(answer_name(op) for op in history)))
     if violations:
         keep = out / f"run-{index}"
         keep.mkdir(parents=True, exist_ok=True)
@@ -513,14 +523,17 @@ def main() -> int:
 def summarise(results: list[RunResult]) -> str:
     kinds: Counter[str] = Counter()
     faults: Counter[str] = Counter()
+    answers: Counter[str] = Counter()
     for r in results:
         kinds.update(r.kinds)
         faults.update(r.faults)
+        answers.update(r.answers)
     return (f"total: {len(results)} runs, {sum(r.operations for r in results):,} operations (ok {kinds['ok']:,}, "
             f"fail {kinds['fail']:,}, info {kinds['info']:,} → sold {sum(r.info_sold for r in results):,}, not sold "
             f"{sum(r.info_not_sold for r in results):,}); faults {sum(faults.values()):,} "
             f"({', '.join(f'{k} {faults[k]}' for k in FAULTS)}); violations "
-            f"{sum(len(r.violations) for r in results)}")
+            f"{sum(len(r.violations) for r in results)}\nfirst answers: "
+            + ", ".join(f"{name} {n:,}" for name, n in answers.most_common()))
 
 
 if __name__ == "__main__":
