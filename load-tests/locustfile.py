@@ -200,22 +200,14 @@ def herd_clock(**_kwargs) -> None:  # type: ignore[no-untyped-def]
     herd_started["at"] = time.time()
 
 
-class HerdUser(Buyer):
-    """Scenario 4: one unit each, tried until bought or sold out, Retry-After honoured. A buyer who is done stays
-    (idle): Locust would replace a stopped user with a new buyer, and the herd is these buyers, no more.
+class UntilServed(Buyer):
+    """One unit of ``product``, tried until bought or sold out, Retry-After honoured. A buyer who is done stays
+    (idle): Locust would replace a stopped user with a new buyer, and the crowd is these buyers, no more."""
 
-    Every buyer arrives at an instant of its own, uniformly within HC_LOAD_HERD_ARRIVAL_S (10 s), after all are
-    spawned (HC_LOAD_HERD_SPAWN_S): Locust spawns a second's worth of users at once, and a thousand buyers
-    starting in the same instant of one process would wait for each other inside Locust — time that would be
-    counted as the service's."""
-
+    abstract = True
     honours_429 = True
     done = False
-
-    def on_start(self) -> None:
-        super().on_start()
-        arrival = herd_started["at"] + HERD_SPAWN_SECONDS + random.uniform(0, HERD_ARRIVAL_SECONDS)
-        gevent.sleep(max(0.0, arrival - time.time()))
+    product = PRODUCT
 
     def wait_time(self) -> float:
         return 3600.0 if self.done else 0.0
@@ -224,10 +216,24 @@ class HerdUser(Buyer):
     def purchase(self) -> None:
         if self.done:
             return
-        status, remaining = self.buy()
+        status, remaining = self.buy(self.product)
         if status == 200 or (status == 409 and remaining == 0):
             self.done = True
             tell_master(self.environment, "buyers_done")
+
+
+class HerdUser(UntilServed):
+    """Scenario 4: buyers of product HC_LOAD_PRODUCT (1) until served.
+
+    Every buyer arrives at an instant of its own, uniformly within HC_LOAD_HERD_ARRIVAL_S (10 s), after all are
+    spawned (HC_LOAD_HERD_SPAWN_S): Locust spawns a second's worth of users at once, and a thousand buyers
+    starting in the same instant of one process would wait for each other inside Locust — time that would be
+    counted as the service's."""
+
+    def on_start(self) -> None:
+        super().on_start()
+        arrival = herd_started["at"] + HERD_SPAWN_SECONDS + random.uniform(0, HERD_ARRIVAL_SECONDS)
+        gevent.sleep(max(0.0, arrival - time.time()))
 
 
 class FlashSaleDrainUser(Buyer):
@@ -246,25 +252,10 @@ class FlashSaleDrainUser(Buyer):
 DROP_PRODUCTS = [int(p) for p in os.environ.get("HC_LOAD_PRODUCTS", "").split(",") if p]
 
 
-class DropUser(Buyer):
-    """Scenario 5: a buyer of one of the drop's products (spread evenly by buyer id); one unit, tried until
-    bought or sold out, ``sale_not_started`` and ``Retry-After`` honoured. Done buyers stay idle, as in the herd."""
-
-    honours_429 = True
-    done = False
+class DropUser(UntilServed):
+    """Scenario 5: a buyer of one of the drop's products (spread evenly by buyer id), until served; before the
+    start it is told ``sale_not_started`` and waits the ``Retry-After`` it was given (``Buyer.buy``)."""
 
     def on_start(self) -> None:
         super().on_start()
         self.product = DROP_PRODUCTS[self.user_id % len(DROP_PRODUCTS)]
-
-    def wait_time(self) -> float:
-        return 3600.0 if self.done else 0.0
-
-    @task
-    def purchase(self) -> None:
-        if self.done:
-            return
-        status, remaining = self.buy(self.product)
-        if status == 200 or (status == 409 and remaining == 0):
-            self.done = True
-            tell_master(self.environment, "buyers_done")
