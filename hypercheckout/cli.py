@@ -231,8 +231,19 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     load_settings(argparse.Namespace())  # a bad HC_* value stops here, before anything starts
     cluster = Cluster(data_dir=Path(args.data_dir or ".hypercheckout"), port=args.port, replicas=args.replicas,
-                      stock=args.stock, tls=args.tls)
+                      stock=args.stock, tls=args.tls, pg_standby=args.pg_standby)
     return cluster.run()
+
+
+def cmd_failover(args: argparse.Namespace) -> int:
+    from hypercheckout.cluster import ClusterError, fail_over
+
+    try:
+        fail_over(Path(args.data_dir or ".hypercheckout"), sys.stdout)
+    except ClusterError as exc:
+        print(f"hypercheckout failover: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_nginx_config(args: argparse.Namespace) -> int:
@@ -327,6 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(DATA/tls/); admin cookies become Secure and __Host- prefixed")
     p.add_argument("--replicas", type=int, default=3)
     p.add_argument("--stock", type=int, help="set product 1's stock (and delete its orders) at start")
+    p.add_argument("--pg-standby", action="store_true",
+                   help="a second PostgreSQL as a synchronous streaming-replication standby (every commit is on "
+                        "both before it is acknowledged); replicas follow a promotion by themselves")
+    command("failover", cmd_failover, "kill the PostgreSQL primary of a cluster started with `up --pg-standby` "
+                                      "(SIGKILL) and promote its standby (pg_ctl promote)")
     p = command("nginx-config", cmd_nginx_config, "print nginx.conf for a set of replicas (docker-compose uses it)")
     p.add_argument("--listen", default="8080")
     p.add_argument("--upstream", action="append", required=True, help="host:port of a replica (repeatable)")

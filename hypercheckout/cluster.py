@@ -8,6 +8,7 @@ SIGTERM, escalating to SIGKILL. PostgreSQL is driven by its own pg_ctl, whose ``
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import resource
@@ -46,6 +47,9 @@ from hypercheckout.store import Store, ensure_database
 log = logging.getLogger(__name__)
 
 CLUSTER_ENV = "cluster.env"
+# Which of the two PostgreSQL data dirs is the primary (`failover` swaps them): {"primary": …, "standby": …}.
+POSTGRES_ROLES = "postgres-roles.json"
+DEFAULT_ROLES = {"primary": "postgres", "standby": "postgres-standby"}
 NGINX_TEMPLATE = Path(__file__).resolve().parent.parent / "nginx" / "nginx.conf.template"
 NGINX_HINT = "Debian/Ubuntu: sudo apt-get install nginx; macOS: brew install nginx"
 
@@ -159,6 +163,43 @@ def self_signed_certificate(directory: Path) -> TlsFiles:
     return files
 
 
+def postgres_roles(data_dir: Path) -> dict[str, str]:
+    path = data_dir / POSTGRES_ROLES
+    if not path.is_file():
+        return dict(DEFAULT_ROLES)
+    roles = json.loads(path.read_text())
+    if set(roles) != set(DEFAULT_ROLES) or set(roles.values()) != set(DEFAULT_ROLES.values()):
+        raise ClusterError(f"{path} must name the two data dirs, {sorted(DEFAULT_ROLES.values())}")
+    return roles
+
+
+def write_postgres_roles(data_dir: Path, roles: Mapping[str, str]) -> None:
+    (data_dir / POSTGRES_ROLES).write_text(json.dumps(dict(roles)) + "\n")
+
+
+def fail_over(data_dir: Path, out: IO[str]) -> float:
+    """Lose the primary (SIGKILL, every process of it) and promote the standby with PostgreSQL's own
+    `pg_ctl promote`; returns the seconds the promotion took. Nothing is decided here beyond that: production
+    leaves it to Patroni or CloudNativePG (docs/scaling.md)."""
+    data_dir = data_dir.absolute()
+    roles = postgres_roles(data_dir)
+    primary = PrivatePostgres(data_dir / roles["primary"])
+    standby = PrivatePostgres(data_dir / roles["standby"])
+    if not standby.is_standby or not standby.running():
+        raise ClusterError(f"no running standby in {standby.data_dir}: start the cluster with `up --pg-standby`")
+    if not primary.running():
+        raise ClusterError(f"the primary in {primary.data_dir} is not running")
+    pid = primary.crash()
+    print(f"primary {primary.data_dir.name} (pid {pid}) killed with SIGKILL", file=out, flush=True)
+    started = time.monotonic()
+    standby.promote()
+    took = time.monotonic() - started
+    write_postgres_roles(data_dir, {"primary": roles["standby"], "standby": roles["primary"]})
+    print(f"standby {standby.data_dir.name} promoted in {took:.2f} s; it is the primary now. The next "
+          f"`up --pg-standby` makes {primary.data_dir.name} a fresh standby of it.", file=out, flush=True)
+    return took
+
+
 class ClusterError(RuntimeError):
     """A piece of the cluster failed to start; the message carries the end of its log."""
 
@@ -170,10 +211,12 @@ class Cluster:
     replicas: int = 3
     stock: int | None = None
     tls: bool = False
+    pg_standby: bool = False  # a second PostgreSQL as a synchronous streaming-replication standby
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     out: IO[str] = field(default_factory=lambda: sys.stdout)
 
     postgres: PrivatePostgres | None = field(default=None, init=False)
+    standby: PrivatePostgres | None = field(default=None, init=False)
     redis: TCPExecutor | None = field(default=None, init=False)
     apps: list[HTTPExecutor] = field(default_factory=list, init=False)
     nginx: HTTPExecutor | TCPExecutor | None = field(default=None, init=False)
@@ -240,18 +283,40 @@ class Cluster:
         if self.environ.get("HC_DATABASE_URL"):
             return self.environ["HC_DATABASE_URL"]
         pool = int(self.environ.get("HC_DB_POOL_SIZE", "10"))
-        self.postgres = PrivatePostgres(self.data_dir / "postgres", max_connections=self.replicas * pool + 30)
+        roles = postgres_roles(self.data_dir)
+        # With a standby, every commit waits until the standby has it on disk too: an acknowledged order survives
+        # losing the primary. Given at start only, so the promoted standby does not wait for a standby of its own.
+        sync = ["synchronous_standby_names='*'", "synchronous_commit=on"] if self.pg_standby else []
+        self.postgres = PrivatePostgres(self.data_dir / roles["primary"], max_connections=self.replicas * pool + 30,
+                                        options=sync)
         if self.postgres.user:
             # As root, PostgreSQL runs as an unprivileged user who must be able to reach its directory.
             check = subprocess.run(["runuser", "-u", self.postgres.user, "--", "test", "-x", str(self.data_dir)])
             if check.returncode != 0:
                 raise ClusterError(f"user {self.postgres.user!r} cannot enter {self.data_dir}; use a --data-dir "
                                    "outside private home directories")
+        if self.postgres.is_standby:
+            raise ClusterError(f"{self.postgres.data_dir} is a standby, not a primary; {POSTGRES_ROLES} is stale")
         try:
             url = self.postgres.start()
+            if not self.pg_standby:
+                return url.rsplit("/", 1)[0] + "/hypercheckout"
+            self.standby = PrivatePostgres(self.data_dir / roles["standby"], max_connections=self.replicas * pool + 30)
+            if not self.standby.is_standby:
+                # None yet, or the old primary of a failover: its data ends where the new primary took over (and
+                # may hold commits no client was told of). A fresh copy of the primary replaces it.
+                print(f"cloning {self.standby.data_dir.name} from the primary (pg_basebackup) …", file=self.out,
+                      flush=True)
+                self.standby.clone_from(self.postgres)
+            self.standby.start()
+            write_postgres_roles(self.data_dir, roles)
         except ServiceError as exc:
             raise ClusterError(str(exc)) from None
-        return url.rsplit("/", 1)[0] + "/hypercheckout"
+        # Both servers, in order; libpq connects to the first that accepts writes, so a replica whose connection
+        # broke finds the promoted standby by itself.
+        credentials = f"postgres:{self.postgres.password}@" if self.postgres.password else "postgres@"
+        return (f"postgresql://{credentials}127.0.0.1:{self.postgres.port},127.0.0.1:{self.standby.port}"
+                "/hypercheckout?target_session_attrs=read-write")
 
     def _start_redis(self) -> str:
         if self.environ.get("HC_REDIS_URL"):
@@ -366,9 +431,10 @@ class Cluster:
         if self.redis is not None:
             self._stop(self.redis)
             self.redis = None
-        if self.postgres is not None:
-            self.postgres.stop()
-            self.postgres = None
+        for server in (self.standby, self.postgres):
+            if server is not None and server.running():
+                server.stop()
+        self.postgres = self.standby = None
         for handle in self._logs:
             handle.close()
         self._logs = []

@@ -6,16 +6,18 @@ commands run as the ``postgres`` system user (or ``nobody``), which then owns th
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 INSTALL_HINT = (
@@ -127,11 +129,14 @@ class PrivatePostgres:
     no password file, still starts and is reached without one."""
 
     def __init__(self, data_dir: Path, port: int | None = None, *, max_connections: int = 200,
-                 durable: bool = True) -> None:
+                 durable: bool = True, options: Sequence[str] = ()) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.port = port or free_port()
         self.max_connections = max_connections
         self.durable = durable  # False: fsync off, for throwaway test databases only
+        # Extra server settings given at start (-c name=value), not written into the data dir: a standby cloned
+        # from this server does not inherit them (synchronous_standby_names must not follow it to a promotion).
+        self.options = list(options)
         self.user = _unprivileged_user()
         self.log_path = self.data_dir / "postgres.log"
         self.password_file = secret_beside(self.data_dir)
@@ -142,11 +147,11 @@ class PrivatePostgres:
         credentials = f"postgres:{self.password}" if self.password else "postgres"
         return f"postgresql://{credentials}@127.0.0.1:{self.port}/postgres"
 
-    def _run(self, program: str, *args: str) -> subprocess.CompletedProcess[str]:
+    def _run(self, program: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         cmd = [str(find_postgres_bin(program)), *args]
         if self.user:
             cmd = ["runuser", "-u", self.user, "--", *cmd]
-        return subprocess.run(cmd, capture_output=True, text=True)
+        return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
 
     def initialised(self) -> bool:
         return (self.data_dir / "PG_VERSION").is_file()
@@ -185,6 +190,7 @@ class PrivatePostgres:
         ]
         if not self.durable:
             options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        options += [f"-c {option}" for option in self.options]
         done = self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_path), "-w", "-t", "60",
                          "-o", " ".join(options), "start")
         if done.returncode != 0:
@@ -197,8 +203,65 @@ class PrivatePostgres:
         if self.initialised():
             self._run("pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "stop")
 
+    # --- streaming replication -------------------------------------------------------------------------------------
+
+    @property
+    def is_standby(self) -> bool:
+        return (self.data_dir / "standby.signal").exists()
+
+    def clone_from(self, primary: PrivatePostgres) -> None:
+        """Make this data dir a streaming-replication standby of ``primary`` (running): a base backup with its WAL,
+        ``standby.signal`` and the primary's address written by pg_basebackup itself (``-R``)."""
+        if self.data_dir.exists():
+            shutil.rmtree(self.data_dir)
+        self.data_dir.mkdir(parents=True)
+        if self.user:
+            shutil.chown(self.data_dir, self.user)
+        os.chmod(self.data_dir, 0o700)
+        done = self._run("pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+                         "-D", str(self.data_dir), "-R", "-X", "stream", "-c", "fast",
+                         env={"PGPASSWORD": primary.password or ""})
+        if done.returncode != 0:
+            raise ServiceError(f"pg_basebackup from port {primary.port} failed:\n{done.stderr or done.stdout}")
+        # A primary made synchronous with ALTER SYSTEM has that in postgresql.auto.conf, which the copy brings
+        # along: promoted, this server would wait for a standby of its own that does not exist.
+        auto = self.data_dir / "postgresql.auto.conf"
+        lines = auto.read_text().splitlines(keepends=True)
+        auto.write_text("".join(line for line in lines if not line.startswith("synchronous_standby_names")))
+        # The copy has the primary's users and passwords: so does this server's password file.
+        if primary.password:
+            write_private(self.password_file, primary.password + "\n")
+            self.password = primary.password
+
+    def promote(self) -> None:
+        done = self._run("pg_ctl", "-D", str(self.data_dir), "-w", "-t", "60", "promote")
+        if done.returncode != 0:
+            raise ServiceError(f"pg_ctl promote failed:\n{done.stderr or done.stdout}")
+
+    def crash(self) -> int:
+        """SIGKILL the postmaster and every process of it at once, as losing the machine would; returns its pid."""
+        pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        victims = [pid]
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+            victims += [int(child) for child in children]
+        for victim in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: not _alive(pid), timeout=10, what=f"PostgreSQL (pid {pid}) to die")
+        return pid
+
     def running(self) -> bool:
         return self.initialised() and self._run("pg_ctl", "-D", str(self.data_dir), "status").returncode == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "\tZ" in status.read_text())  # a zombie is dead, only not yet reaped
 
 
 class PrivateRedis:

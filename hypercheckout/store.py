@@ -335,39 +335,92 @@ class StoredOrder:
 
 
 class Store:
-    """The PostgreSQL side of HyperCheckout. Holds the pool; every method maps connection trouble to a 503."""
+    """The PostgreSQL side of HyperCheckout. Holds the pool; every method maps connection trouble to a 503.
 
-    def __init__(self, pool: aiopg.Pool) -> None:
+    A URL naming several hosts (``postgresql://…@h1:5432,h2:5432/db?target_session_attrs=read-write``) is a
+    primary and its standbys. libpq would pick the writable one by itself, but aiopg's asynchronous connect loses
+    track of the socket when libpq moves on from a host that is down (aiopg issues #647 and #837): so the pool is
+    made for one host at a time — the first that accepts writes — and, once connections fail, the hosts are asked
+    again in order, which is how a promoted standby is found after a failover."""
+
+    FOLLOW_EVERY = 0.5  # seconds between two searches for the writable host
+
+    def __init__(self, pool: aiopg.Pool, *, urls: Sequence[str] = (), url: str = "", size: int = 1,
+                 timeout: float = 5.0) -> None:
         self.pool = pool
+        self._urls = list(urls)  # one per host, in the order given; empty or one: nothing to follow
+        self._url = url  # the host the pool is for
+        self._size = size
+        self._timeout = timeout
+        self._following: asyncio.Task[None] | None = None
+        self._followed_at = 0.0
+        self.primary_changes = 0
 
     @classmethod
     async def connect(cls, url: str, *, size: int, timeout: float) -> Store:
-        try:
-            pool = await aiopg.create_pool(
-                url, minsize=1, maxsize=size, timeout=timeout, connect_timeout=max(1, int(timeout)),
-            )
-        except CONNECTION_ERRORS as exc:
-            raise unavailable() from exc
-        return cls(pool)
+        urls = split_hosts(url)
+        for candidate in urls:
+            try:
+                pool = await _create_pool(candidate, size, timeout)
+            except CONNECTION_ERRORS as exc:
+                failure: BaseException = exc
+                continue
+            return cls(pool, urls=urls, url=candidate, size=size, timeout=timeout)
+        raise unavailable() from failure
 
     async def close(self) -> None:
+        if self._following is not None:
+            self._following.cancel()
+            await asyncio.gather(self._following, return_exceptions=True)
         self.pool.close()
         await self.pool.wait_closed()
+
+    def _suspect(self) -> None:
+        """A connection failed: with several hosts, look for the writable one (at most every FOLLOW_EVERY s)."""
+        if len(self._urls) < 2 or (self._following is not None and not self._following.done()):
+            return
+        now = asyncio.get_running_loop().time()
+        if now - self._followed_at < self.FOLLOW_EVERY:
+            return
+        self._followed_at = now
+        self._following = asyncio.create_task(self._follow_primary(), name="postgres-follow-primary")
+
+    async def _follow_primary(self) -> None:
+        for candidate in self._urls:
+            try:
+                probe = await aiopg.connect(candidate, timeout=self._timeout)
+            except CONNECTION_ERRORS:
+                continue  # down, or a standby (target_session_attrs refuses a read-only server)
+            await probe.close()
+            if candidate == self._url:
+                return  # the same server as before: it was restarting
+            try:
+                pool = await _create_pool(candidate, self._size, self._timeout)
+            except CONNECTION_ERRORS:
+                return
+            old, self.pool, self._url = self.pool, pool, candidate
+            self.primary_changes += 1
+            log.warning("PostgreSQL: now using %s, the writable host", urlsplit(candidate).netloc.rpartition("@")[2])
+            old.close()  # its connections are to a server that is gone or read-only; in-flight ones fail there
+            return
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[aiopg.Connection]:
         """A pooled connection; failing to get one means PostgreSQL is unavailable and nothing was done."""
+        pool = self.pool
         try:
-            conn = await self.pool.acquire()
+            conn = await pool.acquire()
         except (*CONNECTION_ERRORS, RuntimeError) as exc:
             # RuntimeError: an event loop may refuse the socket of a new connection that reuses a broken one's file
-            # descriptor (uvloop: "the handler is closed"); the next attempt gets a fresh one.
+            # descriptor (uvloop: "the handler is closed"); the next attempt gets a fresh one. Also aiopg's answer
+            # when the pool was closed because another host became the primary.
+            self._suspect()
             raise unavailable() from exc
         try:
             yield conn
         finally:
             try:
-                await self.pool.release(conn)
+                await pool.release(conn)
             except Exception:
                 # Releasing also refills the pool, and that can fail while PostgreSQL restarts. The work done on
                 # this connection is finished (perhaps committed): it must not be reported as failed.
@@ -380,6 +433,7 @@ class Store:
             async with self.connection() as conn, conn.cursor() as cur:
                 yield cur
         except CONNECTION_ERRORS as exc:
+            self._suspect()
             raise _answer_for(exc) from exc
         except asyncio.CancelledError as exc:
             _raise_if_cancelled_by_server(exc)
@@ -415,6 +469,7 @@ class Store:
                     except Exception:
                         conn.close()  # the server rolls back a transaction whose connection is gone
         except CONNECTION_ERRORS as exc:
+            self._suspect()
             raise _answer_for(exc) from exc
         except asyncio.CancelledError as exc:
             _raise_if_cancelled_by_server(exc)
@@ -669,6 +724,19 @@ def _refusing_bad_values() -> Iterator[None]:
         if constraint == "products_window_check":
             reason = "ends_at must be after starts_at"
         raise invalid_request(reason) from exc
+
+
+def split_hosts(url: str) -> list[str]:
+    """``postgresql://u:p@h1:1,h2:2/db?q`` → one URL per host, same credentials, database and options."""
+    parts = urlsplit(url)
+    credentials, at, hosts = parts.netloc.rpartition("@")
+    if "," not in hosts:
+        return [url]
+    return [urlunsplit(parts._replace(netloc=f"{credentials}{at}{host}")) for host in hosts.split(",")]
+
+
+async def _create_pool(url: str, size: int, timeout: float) -> aiopg.Pool:
+    return await aiopg.create_pool(url, minsize=1, maxsize=size, timeout=timeout, connect_timeout=max(1, int(timeout)))
 
 
 class MigrationError(RuntimeError):

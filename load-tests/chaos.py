@@ -50,11 +50,12 @@ from tornado.simple_httpclient import SimpleAsyncHTTPClient
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from hypercheckout.cluster import Cluster, raise_file_limit  # noqa: E402
+from hypercheckout.cluster import Cluster, raise_file_limit, write_postgres_roles  # noqa: E402
 from hypercheckout.localservices import free_port  # noqa: E402
 
 FAULTS = ("kill-replica", "pause-replica", "postgres-restart-fast", "postgres-restart-immediate", "redis-restart",
           "nginx-reload")
+FAILOVER = "postgres-failover"  # with --pg-standby only
 REQUEST_TIMEOUT = 5.0  # seconds; a purchase not answered by then is an operation with an unknown outcome
 DEFINITE = {200, 400, 404, 409, 422, 429}  # 503 is definite only with "outcome": "nothing_sold"
 
@@ -118,7 +119,8 @@ class Plan:
     users: int
 
 
-def make_plan(seed: str, *, duration: float, buyers: int, faults_per_second: float, replicas: int) -> Plan:
+def make_plan(seed: str, *, duration: float, buyers: int, faults_per_second: float, replicas: int,
+              kinds: tuple[str, ...] = FAULTS) -> Plan:
     rng = random.Random(seed)
     products = [
         ProductPlan("limited", rng.randint(5_000, 20_000), rng.randint(2, 5), 0.3),
@@ -127,7 +129,7 @@ def make_plan(seed: str, *, duration: float, buyers: int, faults_per_second: flo
         ProductPlan("plain", rng.randint(500, 5_000), None, 0.2),
     ]
     count = max(1, round(duration * faults_per_second * rng.uniform(0.8, 1.2)))
-    faults = sorted((Fault(at=rng.uniform(0.5, duration * 0.9), kind=rng.choice(FAULTS),
+    faults = sorted((Fault(at=rng.uniform(0.5, duration * 0.9), kind=rng.choice(kinds),
                            target=rng.randrange(replicas), hold=rng.uniform(0.5, 3.0)) for _ in range(count)),
                     key=lambda f: f.at)
     return Plan(seed=seed, products=products, faults=faults, buyers=buyers, users=rng.randint(20, 60))
@@ -182,17 +184,30 @@ class Nemesis:
             elif fault.kind == "nginx-reload":
                 assert cluster.nginx is not None
                 os.kill(cluster.nginx.process.pid, signal.SIGHUP)
+            elif fault.kind == FAILOVER:
+                primary, standby = cluster.postgres, cluster.standby
+                if primary is None or standby is None or not standby.is_standby or not standby.running() \
+                        or not primary.running():
+                    self.injected[fault.kind] -= 1  # no standby to fail over to right now: not injected
+                    return
+                primary.crash()
+                standby.promote()
+                cluster.postgres, cluster.standby = standby, primary
+                write_postgres_roles(cluster.data_dir, {"primary": standby.data_dir.name,
+                                                        "standby": primary.data_dir.name})
 
     def heal(self, fault: Fault | None = None) -> None:
         """Undo one fault (None: everything that is down or paused). PostgreSQL and Redis come first: a replica
         starting without PostgreSQL exits, and is started again by a later heal."""
         cluster = self.cluster
         with self.lock:
-            kinds = FAULTS if fault is None else (fault.kind,)
+            kinds = (*FAULTS, FAILOVER) if fault is None else (fault.kind,)
             try:
                 if any(k.startswith("postgres") for k in kinds) and not postgres_running(cluster):
                     assert cluster.postgres is not None
                     cluster.postgres.start()
+                if FAILOVER in kinds and cluster.standby is not None and not cluster.standby.is_standby:
+                    rebuild_standby(cluster)
                 if "redis-restart" in kinds and cluster.redis is not None and not cluster.redis.running():
                     cluster.redis.start()
                 for index, replica in enumerate(cluster.apps):
@@ -210,6 +225,25 @@ class Nemesis:
                       file=sys.stderr, flush=True)
                 if fault is None:
                     raise
+
+
+def rebuild_standby(cluster: Cluster) -> None:
+    """After a failover: the old primary becomes a fresh copy of the new one, which is then made synchronous
+    again (commits wait for the standby from here on)."""
+    primary, standby = cluster.postgres, cluster.standby
+    assert primary is not None and standby is not None
+    if standby.running():
+        standby.stop(mode="immediate")
+    standby.clone_from(primary)
+    standby.start()
+    conn = psycopg2.connect(primary.url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+            cur.execute("SELECT pg_reload_conf()")
+    finally:
+        conn.close()
 
 
 def postgres_running(cluster: Cluster) -> bool:
@@ -473,6 +507,8 @@ def main() -> int:
     parser.add_argument("--faults-per-second", type=float, default=0.5)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "chaos")
     parser.add_argument("--data-dir", type=Path, help="the cluster's data dir (default: a temporary one)")
+    parser.add_argument("--pg-standby", action="store_true",
+                        help="PostgreSQL with a synchronous standby (`up --pg-standby`); adds the failover fault")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     raise_file_limit()
@@ -483,7 +519,9 @@ def main() -> int:
     env = {**os.environ, "HC_RATE_LIMIT": "off", "HC_IP_RATE_LIMIT": "off", "HC_LOG_LEVEL": "WARNING",
            # Short timeouts so that a paused or dead piece costs seconds, not the whole run.
            "HC_DB_TIMEOUT": os.environ.get("HC_DB_TIMEOUT", "3")}
-    cluster = Cluster(data_dir=data_dir, port=port, replicas=3, environ=env, out=sys.stderr)
+    cluster = Cluster(data_dir=data_dir, port=port, replicas=3, environ=env, out=sys.stderr,
+                      pg_standby=args.pg_standby)
+    kinds = (*FAULTS, FAILOVER) if args.pg_standby else FAULTS
     results: list[RunResult] = []
     print(f"chaos: {args.runs} runs of {args.duration:g} s, seed {args.seed}, {args.buyers} buyers, about "
           f"{args.faults_per_second:g} faults/s; cluster in {data_dir}", flush=True)
@@ -492,7 +530,7 @@ def main() -> int:
     try:
         for index in range(1, args.runs + 1):
             plan = make_plan(f"{args.seed}-{index}", duration=args.duration, buyers=args.buyers,
-                             faults_per_second=args.faults_per_second, replicas=cluster.replicas)
+                             faults_per_second=args.faults_per_second, replicas=cluster.replicas, kinds=kinds)
             result = one_run(cluster, nemesis, index, plan, args.duration, args.out)
             results.append(result)
             kinds = result.kinds
@@ -531,7 +569,7 @@ def summarise(results: list[RunResult]) -> str:
     return (f"total: {len(results)} runs, {sum(r.operations for r in results):,} operations (ok {kinds['ok']:,}, "
             f"fail {kinds['fail']:,}, info {kinds['info']:,} → sold {sum(r.info_sold for r in results):,}, not sold "
             f"{sum(r.info_not_sold for r in results):,}); faults {sum(faults.values()):,} "
-            f"({', '.join(f'{k} {faults[k]}' for k in FAULTS)}); violations "
+            f"({', '.join(f'{k} {faults[k]}' for k in (*FAULTS, FAILOVER) if faults[k])}); violations "
             f"{sum(len(r.violations) for r in results)}\nfirst answers: "
             + ", ".join(f"{name} {n:,}" for name, n in answers.most_common()))
 

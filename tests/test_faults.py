@@ -44,6 +44,7 @@ class Attempt:
     status: int | None = None  # None: no answer at all
     body: dict | None = None  # type: ignore[type-arg]
     replica: str | None = None  # which replica answered (X-Replica)
+    ended: float = 0.0  # time.monotonic() when the answer (or its absence) was known
 
     @property
     def outcome_unknown(self) -> bool:
@@ -90,6 +91,7 @@ class Load(threading.Thread):
                     attempt.replica = answer.headers.get("X-Replica")
                 except Exception:
                     pass
+                attempt.ended = time.monotonic()
 
         async def dropper() -> None:
             host, port = urlsplit(self.url).hostname, urlsplit(self.url).port
