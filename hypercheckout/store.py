@@ -795,16 +795,24 @@ async def ensure_database(url: str, *, timeout: float = 5.0) -> bool:
     """Create the database named in ``url`` when the server says it does not exist. True if it was created.
 
     A fresh local PostgreSQL has only ``postgres``; creating ours on first start keeps `serve` zero-configuration.
+    With several hosts, each is asked in turn (see ``Store``: aiopg cannot move past a host that is down).
     """
-    try:
-        conn = await aiopg.connect(url, timeout=timeout)
-    except psycopg2.OperationalError as exc:
-        if "does not exist" not in str(exc):
-            raise unavailable() from exc
-    else:
+    missing = None
+    for candidate in split_hosts(url):
+        try:
+            conn = await aiopg.connect(candidate, timeout=timeout)
+        except psycopg2.OperationalError as exc:
+            if "does not exist" in str(exc):
+                missing = candidate
+                break
+            continue  # down, or a standby refused by target_session_attrs
+        except CONNECTION_ERRORS:
+            continue
         await conn.close()
         return False
-    parts = urlsplit(url)
+    if missing is None:
+        raise unavailable()
+    parts = urlsplit(missing)
     name = parts.path.lstrip("/")
     if not name.replace("_", "").replace("-", "").isalnum():
         raise CheckoutError(400, "invalid_request", f"refusing to create a database named {name!r}")

@@ -521,7 +521,7 @@ def main() -> int:
            "HC_DB_TIMEOUT": os.environ.get("HC_DB_TIMEOUT", "3")}
     cluster = Cluster(data_dir=data_dir, port=port, replicas=3, environ=env, out=sys.stderr,
                       pg_standby=args.pg_standby)
-    kinds = (*FAULTS, FAILOVER) if args.pg_standby else FAULTS
+    fault_kinds = (*FAULTS, FAILOVER) if args.pg_standby else FAULTS
     results: list[RunResult] = []
     print(f"chaos: {args.runs} runs of {args.duration:g} s, seed {args.seed}, {args.buyers} buyers, about "
           f"{args.faults_per_second:g} faults/s; cluster in {data_dir}", flush=True)
@@ -530,7 +530,7 @@ def main() -> int:
     try:
         for index in range(1, args.runs + 1):
             plan = make_plan(f"{args.seed}-{index}", duration=args.duration, buyers=args.buyers,
-                             faults_per_second=args.faults_per_second, replicas=cluster.replicas, kinds=kinds)
+                             faults_per_second=args.faults_per_second, replicas=cluster.replicas, kinds=fault_kinds)
             result = one_run(cluster, nemesis, index, plan, args.duration, args.out)
             results.append(result)
             kinds = result.kinds
