@@ -56,6 +56,7 @@ from hypercheckout.localservices import free_port  # noqa: E402
 FAULTS = ("kill-replica", "pause-replica", "postgres-restart-fast", "postgres-restart-immediate", "redis-restart",
           "nginx-reload")
 FAILOVER = "postgres-failover"  # with --pg-standby only
+# Whatever the nemesis does, a client is answered within the contract: 503 when a dependency is down, never 500.
 REQUEST_TIMEOUT = 5.0  # seconds; a purchase not answered by then is an operation with an unknown outcome
 DEFINITE = {200, 400, 404, 409, 422, 429}  # 503 is definite only with "outcome": "nothing_sold"
 
@@ -396,6 +397,11 @@ def check(history: list[Operation], products: list[ProductState], orders: list[O
         limit = limits.get(product)
         if limit is not None and units > limit:
             problems.append(f"limit: buyer {user} owns {units} of product {product}, limit {limit}")
+    # Dependencies down are 503s (nginx turns its own 502/504 into 503 too): any other 5xx breaks the contract.
+    for op in history:
+        for status in (op.status, op.resolved):
+            if status is not None and status >= 500 and status != 503:
+                problems.append(f"contract: key {op.key} was answered {status}")
     # Stock only falls during a run: a product said to have 0 left must end with 0.
     final = {p.id: p.stock for p in products}
     for op in history:

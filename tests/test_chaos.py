@@ -46,6 +46,8 @@ def test_a_clean_history_passes() -> None:
     ([ok("a", 1)], -1, [Order(1, "a", 1, 7, 1)], "oversell"),
     ([ok("a", 1), refused("b")], 5, [Order(1, "a", 1, 7, 1)], "oversell"),  # 5 + 1 != 2: units vanished
     ([Op("a", 1, 7, 1, 0.0)], 2, [], "unresolved"),  # no answer and never resolved
+    ([Op("a", 1, 7, 1, 0.0, status=500, resolved=409, resolved_body={"error": {"code": "out_of_stock"}})], 2, [],
+     "contract"),  # a 500 is never an answer, whatever broke
 ])
 def test_every_kind_of_violation_is_caught(history, stock, orders, says) -> None:  # type: ignore[no-untyped-def]
     problems = chaos.check(history, [State(7, stock, 2, None)], orders)
