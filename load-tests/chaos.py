@@ -253,12 +253,22 @@ def postgres_running(cluster: Cluster) -> bool:
 
 # --- the workload ---------------------------------------------------------------------------------------------------
 
-def admin(cluster: Cluster, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    request = urllib.request.Request(
-        f"{cluster.url}{path}", method=method, data=None if body is None else json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {cluster.env['HC_ADMIN_TOKEN']}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
+def admin(cluster: Cluster, method: str, path: str, body: dict[str, Any] | None = None,
+          attempts: int = 20) -> dict[str, Any]:
+    """An admin API call; a 503 (a replica still finding the new primary, a standby still catching up while
+    commits wait for it) is asked again, as an operator's script would."""
+    for attempt in range(attempts):
+        request = urllib.request.Request(
+            f"{cluster.url}{path}", method=method, data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {cluster.env['HC_ADMIN_TOKEN']}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("not reached")
 
 
 async def purchase(client: SimpleAsyncHTTPClient, url: str, op: Operation) -> tuple[int | None, dict[str, Any]]:
@@ -449,8 +459,13 @@ def heal_fully(nemesis: Nemesis, attempts: int = 5) -> None:
 
 
 def wait_ready(cluster: Cluster, timeout: float = 60) -> None:
-    """Every replica answers /readyz directly (PostgreSQL reachable), and nginx answers."""
+    """Every replica answers /readyz directly (PostgreSQL reachable), nginx answers, and a standby, if any, is
+    streaming (until it is, every commit waits for it)."""
     deadline = time.monotonic() + timeout
+    while cluster.standby is not None and cluster.postgres is not None and not streaming(cluster.postgres.url):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the standby is not streaming after healing")
+        time.sleep(0.2)
     ports = [int(p) for p in cluster.env["HC_REPLICA_PORTS"].split(",")]
     for url in [f"http://127.0.0.1:{p}/readyz" for p in ports] + [f"{cluster.url}/healthz"]:
         while True:
@@ -463,6 +478,19 @@ def wait_ready(cluster: Cluster, timeout: float = 60) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{url} not ready after healing")
             time.sleep(0.1)
+
+
+def streaming(primary_url: str) -> bool:
+    try:
+        conn = psycopg2.connect(primary_url, connect_timeout=2)
+    except psycopg2.Error:
+        return False
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
+            return bool(cur.fetchone()[0])
+    finally:
+        conn.close()
 
 
 def one_run(cluster: Cluster, nemesis: Nemesis, index: int, plan: Plan, duration: float, out: Path) -> RunResult:
