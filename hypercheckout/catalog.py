@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from hypercheckout.checkout.errors import invalid_request, unknown_product
 from hypercheckout.checkout.soldout import announce_product_changed
 from hypercheckout.checkout.validation import MAX_ID, MAX_UNITS, parse_whole_number
+from hypercheckout.redisclient import RedisClient
 from hypercheckout.store import UPDATABLE, Product, ProductChanges, Store
 
 MAX_NAME = 200
@@ -121,12 +120,12 @@ class Changed:
     announced: bool  # False: Redis was down; replicas catch up by their periodic re-read
 
 
-async def create_product(store: Store, client: aioredis.Redis, prefix: str, changes: ProductChanges) -> Changed:
+async def create_product(store: Store, client: RedisClient, prefix: str, changes: ProductChanges) -> Changed:
     product = await store.create_product(changes)
     return Changed(product, 0, await announce_product_changed(client, prefix, product.id))
 
 
-async def update_product(store: Store, client: aioredis.Redis, prefix: str, product_id: int,
+async def update_product(store: Store, client: RedisClient, prefix: str, product_id: int,
                          changes: ProductChanges) -> Changed:
     _check_id(product_id)
     product = await store.update_product(product_id, changes)
@@ -135,7 +134,7 @@ async def update_product(store: Store, client: aioredis.Redis, prefix: str, prod
     return Changed(product, 0, await announce_product_changed(client, prefix, product_id))
 
 
-async def delete_product(store: Store, client: aioredis.Redis, prefix: str, product_id: int, *,
+async def delete_product(store: Store, client: RedisClient, prefix: str, product_id: int, *,
                          with_orders: bool) -> Changed:
     _check_id(product_id)
     deleted = await store.delete_product(product_id, with_orders=with_orders)

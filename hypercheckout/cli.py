@@ -231,7 +231,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     load_settings(argparse.Namespace())  # a bad HC_* value stops here, before anything starts
     cluster = Cluster(data_dir=Path(args.data_dir or ".hypercheckout"), port=args.port, replicas=args.replicas,
-                      stock=args.stock, tls=args.tls, pg_standby=args.pg_standby)
+                      stock=args.stock, tls=args.tls, pg_standby=args.pg_standby,
+                      redis_cluster=args.redis_cluster)
     return cluster.run()
 
 
@@ -341,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pg-standby", action="store_true",
                    help="a second PostgreSQL as a synchronous streaming-replication standby (every commit is on "
                         "both before it is acknowledged); replicas follow a promotion by themselves")
+    p.add_argument("--redis-cluster", action="store_true",
+                   help="a Redis Cluster of three masters with a replica each (DATA/redis-cluster/) instead of one "
+                        "Redis server; replicas follow a master's failover by themselves")
     command("failover", cmd_failover, "kill the PostgreSQL primary of a cluster started with `up --pg-standby` "
                                       "(SIGKILL) and promote its standby (pg_ctl promote)")
     p = command("nginx-config", cmd_nginx_config, "print nginx.conf for a set of replicas (docker-compose uses it)")

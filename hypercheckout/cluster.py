@@ -34,6 +34,7 @@ from mirakuru.exceptions import ExecutorError
 from hypercheckout.localservices import (
     PrivatePostgres,
     PrivateRedis,
+    PrivateRedisCluster,
     ServiceError,
     free_port,
     port_open,
@@ -212,12 +213,14 @@ class Cluster:
     stock: int | None = None
     tls: bool = False
     pg_standby: bool = False  # a second PostgreSQL as a synchronous streaming-replication standby
+    redis_cluster: bool = False  # a Redis Cluster (three masters, three replicas) instead of one Redis server
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     out: IO[str] = field(default_factory=lambda: sys.stdout)
 
     postgres: PrivatePostgres | None = field(default=None, init=False)
     standby: PrivatePostgres | None = field(default=None, init=False)
     redis: TCPExecutor | None = field(default=None, init=False)
+    redis_nodes: PrivateRedisCluster | None = field(default=None, init=False)
     apps: list[HTTPExecutor] = field(default_factory=list, init=False)
     nginx: HTTPExecutor | TCPExecutor | None = field(default=None, init=False)
     env: dict[str, str] = field(default_factory=dict, init=False)
@@ -321,6 +324,12 @@ class Cluster:
     def _start_redis(self) -> str:
         if self.environ.get("HC_REDIS_URL"):
             return self.environ["HC_REDIS_URL"]
+        if self.redis_cluster:
+            self.redis_nodes = PrivateRedisCluster(self.data_dir / "redis-cluster")
+            try:
+                return self.redis_nodes.start()
+            except ServiceError as exc:
+                raise ClusterError(str(exc)) from None
         server = PrivateRedis(self.data_dir / "redis")
         server.data_dir.mkdir(parents=True, exist_ok=True)
         self.redis = TCPExecutor(server.command(), host="127.0.0.1", port=server.port, timeout=30,
@@ -431,6 +440,9 @@ class Cluster:
         if self.redis is not None:
             self._stop(self.redis)
             self.redis = None
+        if self.redis_nodes is not None:
+            self.redis_nodes.stop()
+            self.redis_nodes = None
         for server in (self.standby, self.postgres):
             if server is not None and server.running():
                 server.stop()

@@ -4,6 +4,15 @@ Keyed by buyer (``user_id``) and by client address, each with its own rate. If R
 fails open — PostgreSQL still guarantees nothing is oversold — and, to keep a dead Redis from adding its timeout
 to every purchase, skips Redis entirely for a second after a failure. Such events are counted and logged once per
 interval, not per request.
+
+Keys are spread over ``SHARDS`` hash tags by identity: an identity's ban, bucket and strike keys and its shard's
+two dashboard indexes share one tag, hence one Redis Cluster slot. On one Redis server both identities of an
+attempt go in one script call. On a Redis Cluster they usually live in different slots (a script may not touch
+two), so the limiter makes one call per identity, concurrently — one round trip of time, as before — and
+combines the answers in the script's own order of precedence; an identity whose call took room from its bucket
+while the other refused gets the room back (ratelimit_refund.lua). The decision to allow or refuse is the same
+as in one call. One difference remains, when both identities are refused at once: each gets its strike (one
+call stops at the first refusal).
 """
 
 from __future__ import annotations
@@ -11,12 +20,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 
-import redis.asyncio as aioredis
 import redis.exceptions
+
+from hypercheckout.redisclient import RedisClient, is_cluster
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +38,28 @@ LOG_INTERVAL = 10.0  # seconds between two fail-open log lines
 LOCAL_DENY_ENTRIES = 50_000  # identities remembered at most; expired ones are dropped first
 
 ALLOWED, LIMITED, BANNED = 0, 1, 2
+SHARDS = 64  # hash tags the limiter's keys are spread over: at most this many cluster masters share its load
+
+
+def shard_of(member: str) -> int:
+    """The shard of identity ``member`` ("user:7", "ip:10.0.0.1")."""
+    return zlib.crc32(member.encode()) % SHARDS
+
+
+def shard_prefix(prefix: str, shard: int) -> str:
+    """``{prefix}{rl<n>}:``, the start of every key of a shard: the braces make it the key's cluster hash tag."""
+    return f"{prefix}{{rl{shard}}}:"
+
+
+def limit_key(prefix: str, kind: str, member: str) -> str:
+    """The ``kind`` key ("ban", "tat" or "strikes") of identity ``member``."""
+    return f"{shard_prefix(prefix, shard_of(member))}{kind}:{member}"
+
+
+def index_keys(prefix: str, shard: int) -> tuple[str, str]:
+    """The banned and limited indexes of a shard."""
+    start = shard_prefix(prefix, shard)
+    return f"{start}index:banned", f"{start}index:limited"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +146,24 @@ def load_script(name: str) -> str:
     return resources.files("hypercheckout").joinpath("lua", name).read_text(encoding="utf-8")
 
 
+@dataclass(frozen=True, slots=True)
+class _Limit:
+    interval: int  # µs between attempts at the sustained rate; 0: no limit
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """One identity's part of a decision, as a script call gave it."""
+    verdict: int
+    retry_ms: int
+    strikes: int
+
+
 class RateLimiter:
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         prefix: str,
         user_rate: float | None,
@@ -129,29 +177,30 @@ class RateLimiter:
     ) -> None:
         self._redis = client
         self._prefix = prefix
+        self._cluster = is_cluster(client)
         self._script = client.register_script(load_script("ratelimit.lua"))
-        self._args = (
-            int(1_000_000 / user_rate) if user_rate else 0,
-            user_burst,
-            int(1_000_000 / ip_rate) if ip_rate else 0,
-            ip_burst,
-            ban_after if ban_seconds > 0 else 0,
-            max(1, int(ban_window * 1000)),
-            max(1, int(ban_seconds * 1000)),
-        )
-        # Indexes of who is banned / being limited, kept by the script, so listing them never scans the keyspace.
-        self._banned_index = f"{prefix}index:banned"
-        self._limited_index = f"{prefix}index:limited"
+        self._refund = client.register_script(load_script("ratelimit_refund.lua"))
+        self._limits = {
+            "user": _Limit(int(1_000_000 / user_rate) if user_rate else 0, user_burst),
+            "ip": _Limit(int(1_000_000 / ip_rate) if ip_rate else 0, ip_burst),
+        }
+        ban_after = ban_after if ban_seconds > 0 else 0
+        self._common = (ban_after, max(1, int(ban_window * 1000)), max(1, int(ban_seconds * 1000)))
         self.enabled = bool(user_rate or ip_rate)
         # (decision, where it was made) -> count, for /metrics: allowed/limited/banned by redis or local memory
         self.decisions: Counter[tuple[str, str]] = Counter()
-        self._denials = LocalDenials(self._args[4], local_deny_seconds)
+        self._denials = LocalDenials(ban_after, local_deny_seconds)
         self.fail_open_events = 0
-        self._skip_until = 0.0
+        # When a call failed, Redis is skipped for FAILURE_BACKOFF: all of it on one server, only the shard's hash
+        # tag on a cluster (the other masters keep limiting while one fails over).
+        self._skip_until: dict[int, float] = {}
         self._last_log = 0.0
 
-    def _key(self, kind: str, identity: str, value: str) -> str:
-        return f"{self._prefix}{kind}:{identity}:{value}"
+    def _key(self, kind: str, member: str) -> str:
+        return limit_key(self._prefix, kind, member)
+
+    def _backoff_slot(self, member: str) -> int:
+        return shard_of(member) if self._cluster else 0
 
     async def check(self, user_id: int | str, client_ip: str) -> Decision:
         """Decide one attempt of a buyer (or another identity, e.g. an admin login) from an address.
@@ -159,37 +208,93 @@ class RateLimiter:
         if not self.enabled:
             return ALLOW
         now = time.monotonic()
-        user, ip = str(user_id), client_ip
-        user_identity, ip_identity = f"user:{user}", f"ip:{ip}"
-        refusal = self._denials.refuse(user_identity, "user", now) or self._denials.refuse(ip_identity, "ip", now)
+        members = {"user": f"user:{user_id}", "ip": f"ip:{client_ip}"}
+        refusal = self._denials.refuse(members["user"], "user", now) or self._denials.refuse(members["ip"], "ip", now)
         if refusal is not None:
             self.decisions["banned" if refusal.banned else "limited", "local"] += 1
             return refusal
-        if now < self._skip_until:
+        backoff = {self._backoff_slot(m) for m in members.values()}
+        if any(now < self._skip_until.get(slot, 0.0) for slot in backoff):
             return self._fail_open(None)
-        keys = [
-            self._key("ban", "user", user), self._key("ban", "ip", ip),
-            self._key("tat", "user", user), self._key("tat", "ip", ip),
-            self._key("strikes", "user", user), self._key("strikes", "ip", ip),
-            self._banned_index, self._limited_index,
-        ]
-        extra = (self._denials.take_pending(user_identity), self._denials.take_pending(ip_identity))
+        extra = {kind: self._denials.take_pending(member) for kind, member in members.items()}
         try:
-            verdict, retry_ms, which, strikes = await self._script(keys=keys, args=(*self._args, user, ip, *extra))
+            if self._cluster and shard_of(members["user"]) != shard_of(members["ip"]):
+                answers = await self._decide_apart(members, extra)
+            else:
+                answers = await self._decide_together(members, extra)
         except REDIS_ERRORS as exc:
-            self._skip_until = time.monotonic() + FAILURE_BACKOFF
+            failed_at = time.monotonic() + FAILURE_BACKOFF
+            for slot in backoff:
+                self._skip_until[slot] = failed_at
             return self._fail_open(exc)
-        if verdict == ALLOWED:
+        refused = [(kind, answer) for kind, answer in answers.items() if answer.verdict != ALLOWED]
+        if not refused:
             self.decisions["allowed", "redis"] += 1
-            self._denials.forget(user_identity, ip_identity)
+            self._denials.forget(*members.values())
             return ALLOW
-        decision = Decision(
-            allowed=False, banned=verdict == BANNED, retry_after=int(retry_ms) / 1000,
-            identity="user" if which == 1 else "ip",
+        decisions = {
+            kind: Decision(allowed=False, banned=answer.verdict == BANNED, retry_after=answer.retry_ms / 1000,
+                           identity=kind)
+            for kind, answer in refused
+        }
+        for kind, answer in refused:
+            self._denials.remember(members[kind], decisions[kind], answer.strikes, now)
+        # The order of precedence of one script call: a ban before a rate, the buyer before the address.
+        kind, answer = max(refused, key=lambda r: (r[1].verdict, r[0] == "user"))
+        self.decisions["banned" if answer.verdict == BANNED else "limited", "redis"] += 1
+        return decisions[kind]
+
+    def _call_args(self, members: Sequence[tuple[str, str]], extra: dict[str, int]) -> tuple[list[str], list[object]]:
+        keys: list[str] = []
+        args: list[object] = list(self._common)
+        for kind, member in members:
+            limit = self._limits[kind]
+            keys += [self._key("ban", member), self._key("tat", member), self._key("strikes", member),
+                     *index_keys(self._prefix, shard_of(member))]
+            args += [limit.interval, limit.burst, member, extra[kind]]
+        return keys, args
+
+    async def _decide_together(self, members: dict[str, str], extra: dict[str, int]) -> dict[str, _Answer]:
+        """One script call for both identities (one server, or a cluster when both hash to one shard)."""
+        order = list(members.items())
+        keys, args = self._call_args(order, extra)
+        verdict, retry_ms, which, strikes = await self._script(keys=keys, args=args)
+        if verdict == ALLOWED:
+            return {kind: _Answer(ALLOWED, 0, 0) for kind in members}
+        return {order[int(which) - 1][0]: _Answer(int(verdict), int(retry_ms), int(strikes))}
+
+    async def _decide_apart(self, members: dict[str, str], extra: dict[str, int]) -> dict[str, _Answer]:
+        """One script call per identity, in parallel, each within its own slot; room taken by an identity whose
+        attempt the other refused is given back. A refusal stands even if the other call failed (that shard's
+        master may be failing over); with no refusal, a failed call fails the attempt open."""
+        kinds = list(members)
+        results = await asyncio.gather(
+            *(self._script(keys=keys, args=args)
+              for keys, args in (self._call_args([(kind, members[kind])], extra) for kind in kinds)),
+            return_exceptions=True,
         )
-        self._denials.remember(user_identity if which == 1 else ip_identity, decision, int(strikes), now)
-        self.decisions["banned" if decision.banned else "limited", "redis"] += 1
-        return decision
+        answers: dict[str, _Answer] = {}
+        failure: BaseException | None = None
+        for kind, result in zip(kinds, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, REDIS_ERRORS):
+                    raise result
+                failure = result
+            else:
+                verdict, retry_ms, _, strikes = result
+                answers[kind] = _Answer(int(verdict), int(retry_ms), int(strikes))
+        refused = any(a.verdict != ALLOWED for a in answers.values())
+        if failure is not None and not refused:
+            raise failure
+        if refused:
+            for kind, answer in answers.items():
+                if answer.verdict == ALLOWED and self._limits[kind].interval:
+                    try:
+                        await self._refund(keys=[self._key("tat", members[kind])],
+                                           args=[self._limits[kind].interval])
+                    except REDIS_ERRORS:
+                        pass  # the bucket refills by itself within one interval
+        return answers
 
     def _fail_open(self, exc: BaseException | None) -> Decision:
         self.fail_open_events += 1
@@ -205,76 +310,94 @@ class RateLimiter:
 
     # --- bans: listable and clearable from the CLI and the dashboard ----------------------------------------------
 
+    async def _read_indexes(self, which: int, **zrange: object) -> list[tuple[int, bytes, float]]:
+        """(shard, member, score) of every shard's banned (``which`` 0) or limited (1) index."""
+        pipe = self._redis.pipeline(transaction=False)
+        for shard in range(SHARDS):
+            pipe.zrange(index_keys(self._prefix, shard)[which], **zrange)
+        found = []
+        for shard, rows in enumerate(await pipe.execute()):
+            found += [(shard, member, score) for member, score in rows]
+        return found
+
+    async def _drop_from_index(self, which: int, shards_members: list[tuple[int, str]]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for shard, member in shards_members:
+            pipe.zrem(index_keys(self._prefix, shard)[which], member)
+        await pipe.execute()
+
     async def bans(self) -> list[Ban]:
-        """Active bans, from the index the script keeps (a ban key deleted or expired since drops out)."""
-        members = [m.decode() for m in await self._redis.zrange(self._banned_index, 0, -1)]
-        if not members:
+        """Active bans, from the indexes the script keeps (a ban key deleted or expired since drops out)."""
+        listed = await self._read_indexes(0, start=0, end=-1, withscores=True)
+        if not listed:
             return []
         pipe = self._redis.pipeline(transaction=False)
-        for member in members:
-            pipe.pttl(f"{self._prefix}ban:{member}")
+        for _, member, _ in listed:
+            pipe.pttl(self._key("ban", member.decode()))
         ttls = await pipe.execute()
         found, gone = [], []
-        for member, ttl in zip(members, ttls, strict=True):
+        for (shard, raw, _), ttl in zip(listed, ttls, strict=True):
+            member = raw.decode()
             if ttl is None or ttl <= 0:
-                gone.append(member)
+                gone.append((shard, member))
                 continue
             kind, _, value = member.partition(":")
             found.append(Ban(kind=kind, value=value, seconds_left=ttl / 1000))
         if gone:
-            await self._redis.zrem(self._banned_index, *gone)
+            await self._drop_from_index(0, gone)
         return sorted(found, key=lambda b: (b.kind, b.value))
 
     async def top_limited(self, limit: int = 10) -> list[dict[str, object]]:
         """Identities with the most recent rejections (strikes toward a ban), most first."""
-        ranked = await self._redis.zrevrange(self._limited_index, 0, limit * 2 - 1, withscores=True)
+        listed = await self._read_indexes(1, start=0, end=limit * 2 - 1, desc=True, withscores=True)
+        ranked = sorted(listed, key=lambda row: -row[2])[:limit * 2]
         if not ranked:
             return []
         pipe = self._redis.pipeline(transaction=False)
-        for member, _ in ranked:
-            pipe.exists(f"{self._prefix}strikes:{member.decode()}")
+        for _, member, _ in ranked:
+            pipe.exists(self._key("strikes", member.decode()))
         alive = await pipe.execute()
         found, gone = [], []
-        for (member, score), exists in zip(ranked, alive, strict=True):
-            name = member.decode()
+        for (shard, raw, score), exists in zip(ranked, alive, strict=True):
+            member = raw.decode()
             if not exists:  # its strike window ended: nothing counts toward a ban any more
-                gone.append(name)
+                gone.append((shard, member))
                 continue
-            kind, _, value = name.partition(":")
+            kind, _, value = member.partition(":")
             found.append({"kind": kind, "value": value, "rejections": int(score)})
         if gone:
-            await self._redis.zrem(self._limited_index, *gone)
+            await self._drop_from_index(1, gone)
         return found[:limit]
 
     async def unban(self, *, user_id: int | None = None, ip: str | None = None) -> int:
         """Lift the ban of one buyer or address and forget its strikes and bucket; returns keys removed."""
-        keys, members = [], []
-        for identity, value in (("user", None if user_id is None else str(user_id)), ("ip", ip)):
-            if value is not None:
-                keys += [self._key(kind, identity, value) for kind in ("ban", "strikes", "tat")]
-                members.append(f"{identity}:{value}")
-        if not keys:
+        members = [f"{kind}:{value}" for kind, value in (("user", user_id), ("ip", ip)) if value is not None]
+        if not members:
             return 0
         self._denials.forget(*members)  # this replica at once; the others within their local_deny_seconds
         pipe = self._redis.pipeline(transaction=False)
-        pipe.delete(*keys)
-        pipe.zrem(self._banned_index, *members)
-        pipe.zrem(self._limited_index, *members)
-        removed, _, _ = await pipe.execute()
-        return int(removed)
+        for member in members:
+            pipe.delete(*(self._key(kind, member) for kind in ("ban", "strikes", "tat")))
+            for index in index_keys(self._prefix, shard_of(member)):
+                pipe.zrem(index, member)
+        results = await pipe.execute()
+        return int(sum(results[0::3]))
 
     async def clear_all(self) -> int:
         """Lift every ban and reset every bucket and strike counter ("clear all rate limits")."""
         removed = 0
         self._denials.clear()
-        await self._redis.delete(self._banned_index, self._limited_index)
-        for kind in ("ban", "strikes", "tat"):
-            batch: list[str | bytes] = []
-            async for key in self._redis.scan_iter(match=f"{self._prefix}{kind}:*", count=500):
-                batch.append(key)
-                if len(batch) >= 500:
-                    removed += await self._redis.delete(*batch)
-                    batch = []
-            if batch:
+        pipe = self._redis.pipeline(transaction=False)
+        for shard in range(SHARDS):
+            pipe.delete(*index_keys(self._prefix, shard))
+        await pipe.execute()
+        batch: list[bytes] = []
+        # On a cluster, scan_iter walks every master and delete() splits its keys by slot.
+        async for key in self._redis.scan_iter(match=f"{self._prefix}{{rl*", count=500):
+            batch.append(key)
+            if len(batch) >= 500:
                 removed += await self._redis.delete(*batch)
+                batch = []
+        if batch:
+            removed += await self._redis.delete(*batch)
         return int(removed)

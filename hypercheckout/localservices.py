@@ -268,14 +268,18 @@ class PrivateRedis:
     """One redis-server on 127.0.0.1 with its files in ``data_dir``; keeps nothing on disk unless ``persist``.
     It requires a password, kept beside ``data_dir`` (a server started again on the same dir uses the same)."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, *, persist: bool = False) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, *, persist: bool = False,
+                 password: str | None = None, config: str = "") -> None:
         self.data_dir = Path(data_dir).absolute()
         self.port = port or free_port()
         self.persist = persist
         self.log_path = self.data_dir / "redis.log"
         self.process: subprocess.Popen[bytes] | None = None
-        password_file = secret_beside(self.data_dir)
-        self.password = read_secret(password_file) or new_secret(password_file)
+        self.config = config  # more lines of redis.conf (the cluster's), written with the password
+        if password is None:
+            password_file = secret_beside(self.data_dir)
+            password = read_secret(password_file) or new_secret(password_file)
+        self.password = password
 
     @property
     def url(self) -> str:
@@ -287,7 +291,7 @@ class PrivateRedis:
             raise ServiceError(f"redis-server not found. {INSTALL_HINT}")
         # The password goes in a file of its own (mode 0600), not on the command line, where `ps` shows it.
         conf = self.data_dir / "auth.conf"
-        write_private(conf, f"requirepass {self.password}\n")
+        write_private(conf, f"requirepass {self.password}\n{self.config}")
         cmd = [program, str(conf), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
                "--logfile", str(self.log_path), "--daemonize", "no", "--protected-mode", "yes"]
         if self.persist:
@@ -318,3 +322,128 @@ class PrivateRedis:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, as a fault test wants one."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+CLUSTER_NODE_TIMEOUT_MS = 1000  # how long a master may be silent before its replica takes over (~2-3 s in all)
+
+
+class PrivateRedisCluster:
+    """A Redis Cluster on 127.0.0.1: ``masters`` masters with one replica each, every node a `PrivateRedis` in a
+    directory of its own under ``data_dir``, all with one password (in a file beside ``data_dir``), formed by
+    ``redis-cli --cluster create``. Nothing is kept on disk but each node's cluster config (nodes.conf), so a
+    node killed and started again rejoins the cluster (as a replica of whoever took over its slots)."""
+
+    def __init__(self, data_dir: Path, *, masters: int = 3) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        password_file = secret_beside(self.data_dir)
+        self.password = read_secret(password_file) or new_secret(password_file)
+        ports_file = self.data_dir / "ports"
+        # Each node: its port and its cluster bus port (by default port + 10000, which may be taken or too high).
+        pairs = [tuple(int(p) for p in pair.split(":")) for pair in ports_file.read_text().split()] \
+            if ports_file.exists() else []
+        if len(pairs) != masters * 2:
+            pairs = [(free_port(), free_port()) for _ in range(masters * 2)]
+        self.masters = masters
+        config = (f"masterauth {self.password}\ncluster-enabled yes\ncluster-config-file nodes.conf\n"
+                  f"cluster-node-timeout {CLUSTER_NODE_TIMEOUT_MS}\n"
+                  # Slots on healthy masters keep serving while one master's replica takes over.
+                  "cluster-require-full-coverage no\n"
+                  # A replica takes over however long it was cut off: limits are not worth an unavailable shard.
+                  "cluster-replica-validity-factor 0\n")
+        self.nodes = [PrivateRedis(self.data_dir / f"node-{port}", port, password=self.password,
+                                   config=f"{config}cluster-port {bus}\n")
+                      for port, bus in pairs]
+        self._pairs = pairs
+        self._ports_file = ports_file
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+        return f"redis+cluster://:{self.password}@{hosts}"
+
+    def node(self, port: int) -> PrivateRedis:
+        return next(n for n in self.nodes if n.port == port)
+
+    def start(self) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        formed = self._ports_file.exists()
+        write_private(self._ports_file, " ".join(f"{port}:{bus}" for port, bus in self._pairs) + "\n")
+        try:
+            for node in self.nodes:
+                node.start()
+            if not formed:
+                self._create()
+            wait_until(self._healthy, timeout=30, what="the Redis Cluster to cover every slot")
+        except ServiceError:
+            self.stop()
+            raise
+        return self.url
+
+    def _cli(self, port: int, *args: str, check: bool = True) -> str:
+        program = shutil.which("redis-cli")
+        if not program:
+            raise ServiceError(f"redis-cli not found. {INSTALL_HINT}")
+        # The password goes by environment, not on the command line, where `ps` shows it.
+        done = subprocess.run([program, "-h", "127.0.0.1", "-p", str(port), *args], capture_output=True,
+                              text=True, env={**os.environ, "REDISCLI_AUTH": self.password}, timeout=60)
+        if check and done.returncode != 0:
+            raise ServiceError(f"redis-cli {' '.join(args)}: {done.stdout}{done.stderr}")
+        return done.stdout
+
+    def _create(self) -> None:
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        self._cli(self.nodes[0].port, "--cluster", "create", *addresses, "--cluster-replicas", "1",
+                  "--cluster-yes")
+
+    def info(self, port: int) -> dict[str, str]:
+        """CLUSTER INFO of one node ({} if it does not answer)."""
+        try:
+            text = self._cli(port, "cluster", "info")
+        except (ServiceError, subprocess.TimeoutExpired):
+            return {}
+        return dict(line.split(":", 1) for line in text.split() if ":" in line)
+
+    def roles(self) -> dict[int, str]:
+        """Port → "master" or "slave" for every running node, as the cluster itself sees them."""
+        alive = {n.port for n in self.nodes if n.process is not None and n.process.poll() is None}
+        text = self._cli(next(iter(alive)), "cluster", "nodes")
+        found = {}
+        for line in text.splitlines():
+            fields = line.split()
+            port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+            if port in alive:
+                found[port] = "master" if "master" in fields[2].split(",") else "slave"
+        return found
+
+    def master_of_slot(self, slot: int) -> int:
+        """The port of the master serving ``slot`` now."""
+        alive = [n.port for n in self.nodes if n.process is not None and n.process.poll() is None]
+        for port in alive:
+            text = self._cli(port, "cluster", "nodes", check=False)
+            for line in text.splitlines():
+                fields = line.split()
+                if "master" not in fields[2] or "fail" in fields[2]:
+                    continue
+                for part in fields[8:]:
+                    first, _, last = part.partition("-")
+                    if part[0].isdigit() and int(first) <= slot <= int(last or first):
+                        return int(fields[1].split("@")[0].rsplit(":", 1)[1])
+        raise ServiceError(f"no master serves slot {slot}")
+
+    def _healthy(self) -> bool:
+        running = [n for n in self.nodes if n.process is not None and n.process.poll() is None]
+        return bool(running) and all(self.info(n.port).get("cluster_state") == "ok" for n in running)
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        wait_until(self._healthy, timeout=timeout, what="the Redis Cluster to cover every slot", interval=0.1)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

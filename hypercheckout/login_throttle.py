@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
 from hypercheckout.limiter import REDIS_ERRORS, Ban, load_script
+from hypercheckout.redisclient import RedisClient
 
 WINDOW_SECONDS = 3600
 
@@ -28,7 +27,7 @@ class Lockout:
 
 
 class LoginThrottle:
-    def __init__(self, client: aioredis.Redis, *, prefix: str, per_address: int, total: int,
+    def __init__(self, client: RedisClient, *, prefix: str, per_address: int, total: int,
                  window: float = WINDOW_SECONDS) -> None:
         self._redis = client
         # One hash tag for every key: the script touches several, and a Redis Cluster needs them in one slot.

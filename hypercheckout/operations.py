@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from hypercheckout.checkout.errors import invalid_request, unknown_product
 from hypercheckout.checkout.soldout import announce_product_changed
 from hypercheckout.checkout.validation import MAX_ID, MAX_UNITS
 from hypercheckout.limiter import REDIS_ERRORS, RateLimiter
 from hypercheckout.login_throttle import LoginThrottle
+from hypercheckout.redisclient import RedisClient
 from hypercheckout.stats import clear_hits
 from hypercheckout.store import Store
 
@@ -31,7 +30,7 @@ class ResetResult:
 
 
 async def reset_product(
-    store: Store, client: aioredis.Redis, prefix: str, product_id: int, stock: int | None = None, *,
+    store: Store, client: RedisClient, prefix: str, product_id: int, stock: int | None = None, *,
     per_user_limit: int | None = None,
 ) -> ResetResult:
     """Set stock and initial stock (default: the current initial stock), delete the product's orders, and tell

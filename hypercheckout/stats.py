@@ -17,9 +17,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-import redis.asyncio as aioredis
-
 from hypercheckout.limiter import REDIS_ERRORS
+from hypercheckout.redisclient import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ def outcome_of(status: int, code: str | None = None) -> str:
 
 
 class HitCounter:
-    def __init__(self, client: aioredis.Redis, *, prefix: str, replica: str, flush_seconds: float,
+    def __init__(self, client: RedisClient, *, prefix: str, replica: str, flush_seconds: float,
                  clock: Callable[[], float] = time.time) -> None:
         self._redis = client
         self._prefix = prefix
@@ -97,7 +96,7 @@ class HitCounter:
         return True
 
 
-async def read_outcomes(client: aioredis.Redis, prefix: str, first: int, last: int) -> list[dict[str, int]]:
+async def read_outcomes(client: RedisClient, prefix: str, first: int, last: int) -> list[dict[str, int]]:
     """Per second from ``first`` to ``last`` (epoch seconds, inclusive): {"t": second, outcome: count, …}."""
     pipe = client.pipeline(transaction=False)
     seconds = list(range(first, last + 1))
@@ -111,17 +110,17 @@ async def read_outcomes(client: aioredis.Redis, prefix: str, first: int, last: i
     return history
 
 
-async def read_replicas(client: aioredis.Redis, prefix: str) -> dict[str, float]:
+async def read_replicas(client: RedisClient, prefix: str) -> dict[str, float]:
     """Replica → seconds since its last flush (a replica silent for long is gone or idle)."""
     raw = await client.hgetall(f"{prefix}replicas")
     now = time.time()
     return {k.decode(): round(now - float(v), 1) for k, v in raw.items()}
 
 
-async def replica_hits(client: aioredis.Redis, prefix: str) -> dict[str, int]:
+async def replica_hits(client: RedisClient, prefix: str) -> dict[str, int]:
     raw = await client.hgetall(f"{prefix}hits")
     return {k.decode(): int(v) for k, v in raw.items()}
 
 
-async def clear_hits(client: aioredis.Redis, prefix: str) -> None:
+async def clear_hits(client: RedisClient, prefix: str) -> None:
     await client.delete(f"{prefix}hits")

@@ -1,5 +1,6 @@
 """Real PostgreSQL and Redis for every test: private servers started once per session on free loopback ports
-(or the ones named by HC_TEST_DATABASE_URL / HC_TEST_REDIS_URL), a fresh database per test cloned from a migrated
+(or the ones named by HC_TEST_DATABASE_URL / HC_TEST_REDIS_URL; a Redis Cluster for the tests that want one,
+or HC_TEST_REDIS_CLUSTER_URL), a fresh database per test cloned from a migrated
 template, and a Redis key prefix of its own per test — no test sees another's state."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import psycopg2
 import pytest
 
 from hypercheckout.app import Services, make_app, start_services, stop_services
-from hypercheckout.localservices import PrivatePostgres, PrivateRedis
+from hypercheckout.localservices import PrivatePostgres, PrivateRedis, PrivateRedisCluster
 from hypercheckout.settings import Settings
 from hypercheckout.store import Store
 
@@ -53,7 +54,7 @@ def pg_server_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+def redis_server_url() -> Iterator[str]:
     if os.environ.get("HC_TEST_REDIS_URL"):
         yield os.environ["HC_TEST_REDIS_URL"]
         return
@@ -63,6 +64,35 @@ def redis_url() -> Iterator[str]:
             yield server.start()
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[PrivateRedisCluster | None]:
+    """A private Redis Cluster (three masters, three replicas), or None when HC_TEST_REDIS_CLUSTER_URL names one."""
+    if os.environ.get("HC_TEST_REDIS_CLUSTER_URL"):
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="hc-test-redis-cluster-") as tmp:
+        cluster = PrivateRedisCluster(Path(tmp) / "cluster")
+        try:
+            cluster.start()
+            yield cluster
+        finally:
+            cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(redis_cluster: PrivateRedisCluster | None) -> str:
+    return redis_cluster.url if redis_cluster else os.environ["HC_TEST_REDIS_CLUSTER_URL"]
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest, redis_server_url: str) -> str:
+    """One Redis server, or the Redis Cluster for a test marked ``@ON_BOTH_REDIS`` (tests/helpers.py); the
+    cluster starts only if a test asks for it."""
+    if getattr(request, "param", "one server") == "cluster":
+        return str(request.getfixturevalue("redis_cluster_url"))
+    return redis_server_url
 
 
 @pytest.fixture(scope="session")

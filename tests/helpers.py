@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg2
-import redis.asyncio as aioredis
+import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from hypercheckout.limiter import RateLimiter
+from hypercheckout.redisclient import RedisClient, connect
 
 PURCHASE_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}  # what `curl -d` sends
 
@@ -113,8 +114,14 @@ def settings_env(settings: Any) -> dict[str, str]:
         "HC_REDIS_PREFIX": settings.redis_prefix,
         "HC_LOG_LEVEL": "WARNING",
     }
-def limiter_for(url: str, prefix: str, **overrides: Any) -> tuple[aioredis.Redis, RateLimiter]:
-    client = aioredis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25)
+# Runs a test on one Redis server and on a Redis Cluster (three masters, three replicas): the test must take
+# ``redis_url``, or ``settings`` (which takes it).
+ON_BOTH_REDIS = pytest.mark.parametrize("redis_url", ["one server", "cluster"], indirect=True)
+
+
+def limiter_for(url: str, prefix: str, **overrides: Any) -> tuple[RedisClient, RateLimiter]:
+    """A limiter on one Redis server or a cluster (``redis+cluster://``), with test defaults."""
+    client = connect(url, timeout=0.25, max_connections=64)
     options: dict[str, Any] = {"user_rate": 10.0, "user_burst": 3, "ip_rate": None, "ip_burst": 1,
                                "ban_after": 1000, "ban_window": 60, "ban_seconds": 60, "local_deny_seconds": 0.25,
                                **overrides}

@@ -10,13 +10,13 @@ from http.cookies import SimpleCookie
 from urllib.parse import urlencode
 
 import pytest
-import redis
 import tornado.websocket
 from tornado.httpclient import HTTPClientError, HTTPRequest
 
 from hypercheckout.app import Services
+from hypercheckout.limiter import limit_key
 from hypercheckout.localservices import free_port
-from tests.helpers import orders_of, run_cli, settings_env, sql, stock_of
+from tests.helpers import ON_BOTH_REDIS, orders_of, run_cli, settings_env, sql, stock_of
 
 TOKEN = "test-admin-token"  # the settings fixture's
 
@@ -139,6 +139,7 @@ async def test_logins_fail_closed_when_redis_is_unreachable(browser: Browser, se
     assert "hc_admin" not in browser.cookies
 
 
+@ON_BOTH_REDIS
 @pytest.mark.gen_test
 @pytest.mark.settings(login_failures_per_address=1)
 async def test_a_login_lockout_is_listed_and_lifted_one_address_at_a_time(browser: Browser,
@@ -208,18 +209,20 @@ async def test_a_next_with_a_line_break_cannot_break_the_login_redirect(browser:
     assert kept.headers["Location"] == "/admin/"
 
 
+@ON_BOTH_REDIS
 @pytest.mark.gen_test
 async def test_unban_and_clear_all_from_the_dashboard(browser: Browser, services: Services) -> None:
-    client = redis.Redis.from_url(services.settings.redis_url)
+    client = services.redis
     prefix = services.settings.redis_prefix
-    client.set(f"{prefix}ban:user:5", 1, px=60_000)
-    client.set(f"{prefix}ban:ip:10.9.9.9", 1, px=60_000)
+    user_ban, ip_ban = limit_key(prefix, "ban", "user:5"), limit_key(prefix, "ban", "ip:10.9.9.9")
+    await client.set(user_ban, 1, px=60_000)
+    await client.set(ip_ban, 1, px=60_000)
     await browser.log_in()
     assert (await browser.post("/admin/unban", {"kind": "user", "value": "5"})).code == 200
-    assert client.exists(f"{prefix}ban:user:5") == 0
-    assert client.exists(f"{prefix}ban:ip:10.9.9.9") == 1
+    assert await client.exists(user_ban) == 0
+    assert await client.exists(ip_ban) == 1
     assert (await browser.post("/admin/clear-limits", {})).code == 200
-    assert client.exists(f"{prefix}ban:ip:10.9.9.9") == 0
+    assert await client.exists(ip_ban) == 0
 
 
 @pytest.mark.gen_test

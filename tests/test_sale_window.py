@@ -25,7 +25,7 @@ from hypercheckout.checkout.strategy import make_strategy
 from hypercheckout.localservices import free_port
 from hypercheckout.settings import Settings
 from hypercheckout.store import ProductChanges, SaleRules, Store
-from tests.helpers import assert_invariant, buy, orders_of, sql
+from tests.helpers import ON_BOTH_REDIS, assert_invariant, buy, orders_of, sql
 from tests.replicas import running_replicas
 
 STRATEGIES = ["pessimistic", "atomic", "batched"]
@@ -176,6 +176,7 @@ async def seen_by_all(replicas: list[Services], product_id: int, wanted: SaleRul
     return time.monotonic() - started
 
 
+@ON_BOTH_REDIS
 def test_a_schedule_change_reaches_every_replica_within_a_second_over_redis(settings: Settings) -> None:
     # The periodic re-read is an hour away: only the announcement can bring the change.
     settings = settings.replace(schedule_refresh_ms=3_600_000)

@@ -10,7 +10,7 @@ from hypercheckout.checkout.errors import CheckoutError
 from hypercheckout.checkout.models import PurchaseRequest
 from hypercheckout.localservices import free_port
 from hypercheckout.settings import Settings
-from tests.helpers import run_cli, set_stock, settings_env, sql, stock_of
+from tests.helpers import ON_BOTH_REDIS, run_cli, set_stock, settings_env, sql, stock_of
 
 
 async def wait_for_condition(condition, timeout: float) -> float:  # type: ignore[no-untyped-def]
@@ -28,6 +28,7 @@ async def sell_out(services: Services) -> None:
     assert services.sold_out.is_sold_out(1)
 
 
+@ON_BOTH_REDIS
 def test_sold_out_is_answered_from_memory_and_a_reset_elsewhere_clears_it(settings: Settings) -> None:
     # The PostgreSQL recheck is pushed out of the way: only the reset's pub/sub message can clear the flag here.
     settings = settings.replace(soldout_recheck_ms=60_000)

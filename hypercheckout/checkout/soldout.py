@@ -18,10 +18,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-import redis.asyncio as aioredis
 import redis.exceptions
 
 from hypercheckout.checkout.errors import CheckoutError
+from hypercheckout.redisclient import RedisClient
 from hypercheckout.store import Store
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def channel_name(prefix: str) -> str:
     return f"{prefix}product-changed"
 
 
-async def announce_product_changed(client: aioredis.Redis, prefix: str, product_id: int | None = None) -> bool:
+async def announce_product_changed(client: RedisClient, prefix: str, product_id: int | None = None) -> bool:
     """Tell every replica that a product changed — stock, window, limits, or deleted (None: every product). False
     if Redis is unreachable; the replicas' PostgreSQL re-reads then catch up within ``HC_SOLDOUT_RECHECK_MS`` (flags)
     and ``HC_SCHEDULE_REFRESH_MS`` (sale windows)."""
@@ -51,7 +51,7 @@ class SoldOutFlags:
     """The flags, and the one subscription to product changes: ``listeners`` hear every change it receives, and
     ``None`` after each (re)subscription, since changes may have been missed while it was down."""
 
-    def __init__(self, store: Store, client: aioredis.Redis, *, prefix: str, recheck_seconds: float) -> None:
+    def __init__(self, store: Store, client: RedisClient, *, prefix: str, recheck_seconds: float) -> None:
         self.listeners: list[ChangeListener] = []
         self._store = store
         self._redis = client

@@ -1,85 +1,89 @@
--- One round trip decides a purchase attempt for a buyer and a client address together.
+-- Decides a purchase attempt for one or more identities (a buyer, a client address) together.
 --
 -- Each identity has a GCRA bucket (generic cell rate algorithm: one "theoretical arrival time" per key), a strike
--- counter and a ban key. An attempt is allowed only when neither identity is banned and both buckets have room;
--- a refused attempt consumes nothing. Each refusal is a strike for the identity that was over its rate; at
+-- counter and a ban key. An attempt is allowed only when no identity is banned and every bucket has room; a
+-- refused attempt consumes nothing. Each refusal is a strike for the identity that was over its rate; at
 -- ban_after strikes within the strike window that identity is banned. Every key is written together with its
 -- expiry in this script, so no key can be left without one (the original's bug).
 --
--- Two sorted sets index the identities the dashboard lists, so that it never scans the keyspace: "banned" (score:
--- when the ban ends, Redis time in ms) and "limited" (score: current strikes; capped at LIMITED_MAX members, the
--- fewest strikes dropped first). Members are "user:<id>" / "ip:<address>"; both sets expire when idle.
+-- Two sorted sets per shard index the identities the dashboard lists, so that it never scans the keyspace:
+-- "banned" (score: when the ban ends, Redis time in ms) and "limited" (score: current strikes; capped at
+-- LIMITED_MAX members, the fewest strikes dropped first). Members are "user:<id>" / "ip:<address>"; the sets
+-- expire when idle. An identity's keys and its shard's two indexes share one hash tag, so on a Redis Cluster a
+-- call for one identity runs within one slot. On one Redis server the limiter passes both identities in one call;
+-- on a cluster, one call each, in parallel (see limiter.py for how the answers combine).
 --
 -- A replica that was told "limited" refuses that identity's next attempts itself until the retry time; it sends
--- those refusals along with its next call as extra strikes (ARGV 10, 11), so that they count toward a ban.
+-- those refusals along with its next call as extra strikes, so that they count toward a ban.
 --
--- KEYS: 1 ban:user  2 ban:ip  3 tat:user  4 tat:ip  5 strikes:user  6 strikes:ip  7 banned index  8 limited index
--- ARGV: 1 user interval µs (0 = no user limit)  2 user burst  3 ip interval µs (0 = no ip limit)  4 ip burst
---       5 ban_after (0 = never ban)  6 strike window ms  7 ban ms  8 user id  9 client address
---       10 extra strikes for the user  11 extra strikes for the address
--- Returns {verdict, retry_after_ms, identity, strikes}: verdict 0 allowed, 1 rate limited, 2 banned; identity 1
--- user, 2 ip; strikes: the refused identity's strikes so far (verdict 1 only).
+-- KEYS: five per identity, in order: ban, tat, strikes, banned index, limited index
+-- ARGV: 1 ban_after (0 = never ban)  2 strike window ms  3 ban ms
+--       then four per identity: interval µs (0 = no limit), burst, member, extra strikes
+-- Returns {verdict, retry_after_ms, identity, strikes}: verdict 0 allowed, 1 rate limited, 2 banned; identity:
+-- the refused one's position in this call (1, 2); strikes: its strikes so far (verdict 1 only).
 
 local LIMITED_MAX = 1000
-local members = {'user:' .. ARGV[8], 'ip:' .. ARGV[9]}
+local count = #KEYS / 5
+local ban_after, strike_window, ban_ms = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+
+local function key(i, n) return KEYS[(i - 1) * 5 + n] end
+local function arg(i, n) return ARGV[3 + (i - 1) * 4 + n] end
 
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])  -- µs, one clock for every replica
 
-for i = 1, 2 do
-  local ttl = redis.call('PTTL', KEYS[i])
+for i = 1, count do
+  local ttl = redis.call('PTTL', key(i, 1))
   if ttl > 0 then
     return {2, ttl, i, 0}
   end
 end
 
-local function add_strikes(i, count)
-  local strikes = redis.call('INCRBY', KEYS[4 + i], count)
-  if strikes == count then redis.call('PEXPIRE', KEYS[4 + i], ARGV[6]) end  -- a new counter: its window starts
+local function add_strikes(i, n)
+  local strikes = redis.call('INCRBY', key(i, 3), n)
+  if strikes == n then redis.call('PEXPIRE', key(i, 3), strike_window) end  -- a new counter: its window starts
   return strikes
 end
 
-for i = 1, 2 do
-  local extra = tonumber(ARGV[9 + i])
+for i = 1, count do
+  local extra = tonumber(arg(i, 4))
   if extra > 0 then add_strikes(i, extra) end
 end
 
-local intervals = {tonumber(ARGV[1]), tonumber(ARGV[3])}
-local bursts = {tonumber(ARGV[2]), tonumber(ARGV[4])}
 local new_tats = {}
-
-for i = 1, 2 do
-  local interval = intervals[i]
+for i = 1, count do
+  local interval = tonumber(arg(i, 1))
   if interval > 0 then
-    local tat = tonumber(redis.call('GET', KEYS[2 + i]) or now)
+    local tat = tonumber(redis.call('GET', key(i, 2)) or now)
     if tat < now then tat = now end
-    local allowance = (bursts[i] - 1) * interval
+    local allowance = (tonumber(arg(i, 2)) - 1) * interval
     if tat - now > allowance then
       local retry_ms = math.ceil((tat - now - allowance) / 1000)
       local strikes = add_strikes(i, 1)
-      if tonumber(ARGV[5]) > 0 and strikes >= tonumber(ARGV[5]) then
-        redis.call('SET', KEYS[i], strikes, 'PX', ARGV[7])
-        redis.call('DEL', KEYS[4 + i])
-        redis.call('ZREM', KEYS[8], members[i])
-        redis.call('ZADD', KEYS[7], math.floor(now / 1000) + tonumber(ARGV[7]), members[i])
-        redis.call('PEXPIRE', KEYS[7], ARGV[7])  -- every ban lasts as long: the newest one outlives the others
-        return {2, tonumber(ARGV[7]), i, 0}
+      local member = arg(i, 3)
+      if ban_after > 0 and strikes >= ban_after then
+        redis.call('SET', key(i, 1), strikes, 'PX', ban_ms)
+        redis.call('DEL', key(i, 3))
+        redis.call('ZREM', key(i, 5), member)
+        redis.call('ZADD', key(i, 4), math.floor(now / 1000) + ban_ms, member)
+        redis.call('PEXPIRE', key(i, 4), ban_ms)  -- every ban lasts as long: the newest one outlives the others
+        return {2, ban_ms, i, 0}
       end
-      redis.call('ZADD', KEYS[8], strikes, members[i])
-      if redis.call('ZCARD', KEYS[8]) > LIMITED_MAX then
-        redis.call('ZREMRANGEBYRANK', KEYS[8], 0, -LIMITED_MAX - 1)
+      redis.call('ZADD', key(i, 5), strikes, member)
+      if redis.call('ZCARD', key(i, 5)) > LIMITED_MAX then
+        redis.call('ZREMRANGEBYRANK', key(i, 5), 0, -LIMITED_MAX - 1)
       end
-      redis.call('PEXPIRE', KEYS[8], ARGV[6])
+      redis.call('PEXPIRE', key(i, 5), strike_window)
       return {1, retry_ms, i, strikes}
     end
     new_tats[i] = tat + interval
   end
 end
 
-for i = 1, 2 do
+for i = 1, count do
   if new_tats[i] then
     -- The bucket is full again once now reaches the new TAT: it can expire then.
-    redis.call('SET', KEYS[2 + i], new_tats[i], 'PX', math.ceil((new_tats[i] - now) / 1000) + 1)
+    redis.call('SET', key(i, 2), new_tats[i], 'PX', math.ceil((new_tats[i] - now) / 1000) + 1)
   end
 end
 return {0, 0, 0, 0}
