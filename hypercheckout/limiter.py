@@ -28,11 +28,14 @@ from importlib import resources
 
 import redis.exceptions
 
-from hypercheckout.redisclient import RedisClient, is_cluster
+from hypercheckout.redisclient import CLIENT_FAULTS, RedisClient, is_cluster
 
 log = logging.getLogger(__name__)
 
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
+# ...and what redis-py itself may raise for a call that failed: caught only around the call itself, so that a bug of
+# ours is not taken for Redis trouble.
+CALL_FAILED = (*REDIS_ERRORS, *CLIENT_FAULTS)
 FAILURE_BACKOFF = 1.0  # seconds without trying Redis after it failed
 LOG_INTERVAL = 10.0  # seconds between two fail-open log lines
 LOCAL_DENY_ENTRIES = 50_000  # identities remembered at most; expired ones are dropped first
@@ -222,7 +225,7 @@ class RateLimiter:
                 answers = await self._decide_apart(members, extra)
             else:
                 answers = await self._decide_together(members, extra)
-        except REDIS_ERRORS as exc:
+        except CALL_FAILED as exc:
             failed_at = time.monotonic() + FAILURE_BACKOFF
             for slot in backoff:
                 self._skip_until[slot] = failed_at
@@ -277,7 +280,7 @@ class RateLimiter:
         failure: BaseException | None = None
         for kind, result in zip(kinds, results, strict=True):
             if isinstance(result, BaseException):
-                if not isinstance(result, REDIS_ERRORS):
+                if not isinstance(result, CALL_FAILED):
                     raise result
                 failure = result
             else:
@@ -292,7 +295,7 @@ class RateLimiter:
                     try:
                         await self._refund(keys=[self._key("tat", members[kind])],
                                            args=[self._limits[kind].interval])
-                    except REDIS_ERRORS:
+                    except CALL_FAILED:
                         pass  # the bucket refills by itself within one interval
         return answers
 

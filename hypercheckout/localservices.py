@@ -410,36 +410,45 @@ class PrivateRedisCluster:
             return {}
         return dict(line.split(":", 1) for line in text.split() if ":" in line)
 
+    def _cluster_nodes(self) -> list[list[str]]:
+        """CLUSTER NODES as the first node that answers sees it (this object need not have started them)."""
+        for node in self.nodes:
+            try:
+                text = self._cli(node.port, "cluster", "nodes")
+            except (ServiceError, subprocess.TimeoutExpired):
+                continue
+            if text.strip():
+                return [line.split() for line in text.splitlines() if line.strip()]
+        raise ServiceError("no node of the Redis Cluster answers")
+
+    @staticmethod
+    def _port(fields: list[str]) -> int:
+        return int(fields[1].split("@")[0].rsplit(":", 1)[1])
+
     def roles(self) -> dict[int, str]:
-        """Port → "master" or "slave" for every running node, as the cluster itself sees them."""
-        alive = {n.port for n in self.nodes if n.process is not None and n.process.poll() is None}
-        text = self._cli(next(iter(alive)), "cluster", "nodes")
+        """Port → "master", "slave" or "fail" for every node, as the cluster itself sees them."""
         found = {}
-        for line in text.splitlines():
-            fields = line.split()
-            port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
-            if port in alive:
-                found[port] = "master" if "master" in fields[2].split(",") else "slave"
+        for fields in self._cluster_nodes():
+            flags = fields[2].split(",")
+            found[self._port(fields)] = "fail" if "fail" in flags else "master" if "master" in flags else "slave"
         return found
 
-    def master_of_slot(self, slot: int) -> int:
-        """The port of the master serving ``slot`` now."""
-        alive = [n.port for n in self.nodes if n.process is not None and n.process.poll() is None]
-        for port in alive:
-            text = self._cli(port, "cluster", "nodes", check=False)
-            for line in text.splitlines():
-                fields = line.split()
-                if "master" not in fields[2] or "fail" in fields[2]:
-                    continue
-                for part in fields[8:]:
-                    first, _, last = part.partition("-")
-                    if part[0].isdigit() and int(first) <= slot <= int(last or first):
-                        return int(fields[1].split("@")[0].rsplit(":", 1)[1])
-        raise ServiceError(f"no master serves slot {slot}")
+    def master_of_slot(self, slot: int) -> int | None:
+        """The port of the master serving ``slot`` now, by the cluster's own word; None while none does (its master
+        failed and no replica has taken over yet)."""
+        for fields in self._cluster_nodes():
+            if "master" not in fields[2].split(",") or "fail" in fields[2].split(","):
+                continue
+            for part in fields[8:]:
+                first, _, last = part.partition("-")
+                if first.isdigit() and int(first) <= slot <= int(last or first):
+                    return self._port(fields)
+        return None
 
     def _healthy(self) -> bool:
-        running = [n for n in self.nodes if n.process is not None and n.process.poll() is None]
-        return bool(running) and all(self.info(n.port).get("cluster_state") == "ok" for n in running)
+        """Every node that answers says the cluster is ok (all slots served); a dead node does not answer."""
+        states = [info.get("cluster_state") for info in map(self.info, (n.port for n in self.nodes)) if info]
+        return bool(states) and all(state == "ok" for state in states)
 
     def wait_healthy(self, timeout: float = 30) -> None:
         wait_until(self._healthy, timeout=timeout, what="the Redis Cluster to cover every slot", interval=0.1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hypercheckout.limiter import REDIS_ERRORS, Ban, load_script
+from hypercheckout.limiter import CALL_FAILED, Ban, load_script
 from hypercheckout.redisclient import RedisClient
 
 WINDOW_SECONDS = 3600
@@ -56,7 +56,7 @@ class LoginThrottle:
                 pipe.get(key)
                 pipe.pttl(key)
             mine, mine_ttl, everyone, everyone_ttl = await pipe.execute()
-        except REDIS_ERRORS as exc:
+        except CALL_FAILED as exc:
             raise ThrottleUnavailable(str(exc)) from exc
         if everyone is not None and int(everyone) >= self._total:
             return Lockout(retry_after=max(everyone_ttl, 1000) / 1000, everyone=True)
@@ -68,7 +68,7 @@ class LoginThrottle:
         try:
             await self._script(keys=[self._address_key(address), self._total_key, self._index],
                                args=[self._window_ms, self._per_address, address])
-        except REDIS_ERRORS as exc:
+        except CALL_FAILED as exc:
             raise ThrottleUnavailable(str(exc)) from exc
 
     async def succeeded(self, address: str) -> None:

@@ -18,6 +18,11 @@ from redis.retry import Retry
 
 RedisClient: TypeAlias = aioredis.Redis | RedisCluster
 
+# redis-py (8.1) can fail a call on a connection closed under it with AttributeError or TypeError instead of
+# ConnectionError (redis/redis-py#4287); seen here when a cluster master was killed mid-load: "'NoneType' object
+# has no attribute 'writelines'". To a caller they mean what a dropped connection means: the call failed.
+CLIENT_FAULTS = (AttributeError, TypeError)
+
 CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
 
 # Connections per cluster node. A cluster node's pool does not queue a call for a free connection, it raises, which

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from hypercheckout.limiter import REDIS_ERRORS
+from hypercheckout.limiter import CALL_FAILED
 from hypercheckout.redisclient import RedisClient
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class HitCounter:
         pipe.hset(f"{self._prefix}replicas", self._replica, f"{self._clock():.3f}")
         try:
             await pipe.execute()
-        except REDIS_ERRORS:
+        except CALL_FAILED:
             # Kept for the next flush, but only the seconds Redis would still hold: during a long outage the
             # per-second history must not grow by one entry a second forever. The total is one number.
             oldest = int(self._clock()) - OUTCOME_TTL

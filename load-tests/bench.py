@@ -7,6 +7,9 @@ Measures, one after another against the same private PostgreSQL and Redis:
 * sold-out rejections/s (stock 0: answered from the replicas' sold-out flags);
 * not-started rejections/s (a sale an hour ahead: answered from the replicas' copy of the schedule);
 * rate-limited rejections/s (one buyer over its rate: one Redis script call each);
+* the limiter on one Redis server and on a Redis Cluster (three masters with a replica each, on this machine):
+  purchases with the limiter deciding each one (buyer and address: one script call on one server, two in
+  parallel on the cluster) and rate-limited rejections, each as a ratio to the one-server figure of the same run;
 * latency at about half the batched maximum, paced with wrk's ``delay()`` (wrk2 is not packaged in Debian);
 * the overload curve: purchases at 64, 1,000, 4,000 and 10,000 connections, far past what the replicas can serve:
   200s/s next to the peak of the curve, every other answer by status and error code, connection errors, and
@@ -141,6 +144,9 @@ class Bench:
         return self.record(name, figure, connections=connections, ceiling=ceiling)
 
     def run(self, parts: str = "all") -> None:
+        if parts == "redis":
+            self.redis_cluster_cost()
+            return
         if parts in ("all", "overload"):
             with self.cluster(HC_STRATEGY="batched") as url:
                 self.overload_curve(url, self.steps)
@@ -178,6 +184,31 @@ class Bench:
             self.cli("reset", "--stock", str(PLENTY))
             limited = self.paired("rate-limited rejections (429)", url, WRK_USER="7")
             assert limited.requests - limited.non_2xx <= self.seconds + 2, "the limiter let too much through"
+        if parts == "all":
+            self.redis_cluster_cost()
+
+    def redis_cluster_cost(self) -> None:
+        """The limiter's cost on a Redis Cluster against one Redis server, in the same run and the same settings.
+        Every purchase is decided by the limiter for its buyer (a new one each time: allowed) and for its address
+        (127.0.0.1 for all, through nginx: its limit set out of reach, yet decided each time)."""
+        limits = {"HC_STRATEGY": "batched", "HC_RATE_LIMIT": "1/s", "HC_RATE_BURST": "1",
+                  "HC_BAN_AFTER": "1000000000", "HC_IP_RATE_LIMIT": "100000000/s", "HC_IP_RATE_BURST": "100000000"}
+        found: dict[str, tuple[Figure, Figure]] = {}
+        for where, redis_url in (("one Redis", self.backends.env["HC_REDIS_URL"]),
+                                 ("Redis Cluster", self.backends.redis_cluster_url())):
+            with self.cluster(HC_REDIS_URL=redis_url, **limits) as url:
+                self.cli("reset", "--stock", str(PLENTY))
+                bought = self.paired(f"purchases, limiter on ({where})", url)
+                self.check_invariant(bought)
+                limited = self.paired(f"rate-limited rejections ({where})", url, WRK_USER="8")
+                assert limited.requests - limited.non_2xx <= self.seconds + 2, "the limiter let too much through"
+                found[where] = bought, limited
+        (one_bought, one_limited), (cl_bought, cl_limited) = found["one Redis"], found["Redis Cluster"]
+        for figure, base in ((cl_bought, one_bought), (cl_limited, one_limited)):
+            ratio = (f"{figure.rate / base.rate:.2f} of one Redis's req/s; {figure.rate / figure.ceiling:.2f} of "
+                     f"its ceiling vs {base.rate / base.ceiling:.2f}")
+            figure.note = f"{figure.note}; {ratio}" if figure.note else ratio
+            print(f"  {figure.name}: {figure.note}", flush=True)
 
     def overload_curve(self, url: str, steps: tuple[int, ...] = OVERLOAD_STEPS) -> None:
         """Purchases at ever more connections, stock plenty, limiter off: goodput must hold and the excess must
@@ -295,13 +326,14 @@ class Bench:
     def table(self) -> str:
         if not self.figures:
             return ""
-        pessimistic = next(f.rate for f in self.figures if f.name == "purchases (pessimistic)")
+        pessimistic = next((f.rate for f in self.figures if f.name == "purchases (pessimistic)"), None)
         lines = ["| run | connections | req/s | ceiling req/s | vs ceiling | vs pessimistic | p50 ms | p99 ms | "
                  "non-2xx | note |",
                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for f in self.figures:
+            versus = f"{f.rate / pessimistic:.2f}" if pessimistic else "—"
             lines.append(f"| {f.name} | {f.connections} | {f.rate:,.0f} | {f.ceiling:,.0f} | "
-                         f"{f.rate / f.ceiling:.2f} | {f.rate / pessimistic:.2f} | {f.p50_ms:.2f} | {f.p99_ms:.2f} | "
+                         f"{f.rate / f.ceiling:.2f} | {versus} | {f.p50_ms:.2f} | {f.p99_ms:.2f} | "
                          f"{f.non_2xx:,} | {f.note} |")
         return "\n".join(lines)
 
@@ -310,8 +342,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10, help="length of each wrk run (default 10)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
-    parser.add_argument("--only", choices=("all", "overload", "figures"), default="all",
-                        help="overload: only the overload curve; figures: everything but it (default: everything)")
+    parser.add_argument("--only", choices=("all", "overload", "figures", "redis"), default="all",
+                        help="overload: only the overload curve; figures: everything but it; redis: only the limiter "
+                             "on one Redis against a Redis Cluster (default: everything)")
     parser.add_argument("--steps", type=lambda text: tuple(int(n) for n in text.split(",")), default=OVERLOAD_STEPS,
                         help="connections of the overload curve, comma-separated (default 64,1000,4000,10000)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / datetime.now().strftime("%Y-%m-%d"),

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from hypercheckout.cluster import Cluster  # noqa: E402
-from hypercheckout.localservices import PrivatePostgres, PrivateRedis, free_port  # noqa: E402
+from hypercheckout.localservices import PrivatePostgres, PrivateRedis, PrivateRedisCluster, free_port  # noqa: E402
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -35,6 +35,15 @@ class Backends:
     def __init__(self, env: dict[str, str], workdir: Path) -> None:
         self.env = env  # HC_DATABASE_URL, HC_REDIS_URL
         self.workdir = workdir
+        self.redis_cluster: PrivateRedisCluster | None = None
+
+    def redis_cluster_url(self) -> str:
+        """A Redis Cluster (three masters, three replicas) for the clusters that ask for one; started once, on
+        first use, and stopped with the other backends."""
+        if self.redis_cluster is None:
+            self.redis_cluster = PrivateRedisCluster(self.workdir / "redis-cluster")
+            self.redis_cluster.start()
+        return self.redis_cluster.url
 
     def cli(self, *args: str) -> str:
         done = subprocess.run([sys.executable, "-m", "hypercheckout", *args], capture_output=True, text=True,
@@ -72,10 +81,14 @@ def private_backends() -> Iterator[Backends]:
         os.chmod(workdir, 0o755)  # as root, PostgreSQL runs as another user who must enter it
         postgres = PrivatePostgres(workdir / "postgres", durable=True, max_connections=200)
         redis = PrivateRedis(workdir / "redis")
+        backends: Backends | None = None
         try:
             env = {"HC_DATABASE_URL": postgres.start().rsplit("/", 1)[0] + "/hypercheckout",
                    "HC_REDIS_URL": redis.start()}
-            yield Backends(env, workdir)
+            backends = Backends(env, workdir)
+            yield backends
         finally:
+            if backends is not None and backends.redis_cluster is not None:
+                backends.redis_cluster.stop()
             redis.stop()
             postgres.stop()

@@ -77,7 +77,7 @@ def cluster_workdir() -> Iterator[Path]:
 
 
 def start_cluster(data_dir: Path, replicas: int = 3, *, tls: bool = False, pg_standby: bool = False,
-                  **env: str) -> RunningCluster:
+                  redis_cluster: bool = False, **env: str) -> RunningCluster:
     """`hypercheckout up` with the limiter off unless ``env`` (extra HC_* variables) turns it on, and admission
     control's wait rule off: on two cores shared with a browser and the test's own clients, a purchase can sit
     100 ms in a replica's accept queue, and an honest 503 `overloaded` there says nothing about what these tests
@@ -89,7 +89,8 @@ def start_cluster(data_dir: Path, replicas: int = 3, *, tls: bool = False, pg_st
     with output.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "hypercheckout", "up", "--data-dir", str(data_dir), "--port", str(port),
-             "--replicas", str(replicas), *(["--tls"] if tls else []), *(["--pg-standby"] if pg_standby else [])],
+             "--replicas", str(replicas), *(["--tls"] if tls else []), *(["--pg-standby"] if pg_standby else []),
+             *(["--redis-cluster"] if redis_cluster else [])],
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )
     deadline = time.monotonic() + UP_TIMEOUT

@@ -174,6 +174,29 @@ def test_a_burst_larger_than_the_redis_pool_is_decided_not_waved_through(setting
     assert sum(d.allowed for d in decisions) == 3
 
 
+@ON_BOTH_REDIS
+def test_a_call_redis_py_fails_with_its_own_error_fails_open_not_the_purchase(redis_url: str,
+                                                                            redis_prefix: str) -> None:
+    """redis-py can fail a call on a connection closed under it with AttributeError or TypeError (seen once in
+    ten runs of tests/test_redis_cluster.py: a 500); the limiter takes it as Redis trouble."""
+    async def scenario() -> None:
+        client, limiter = limiter_for(redis_url, redis_prefix, user_rate=1.0, user_burst=1)
+        real = client.evalsha
+
+        async def torn_down(*args: object) -> object:
+            raise AttributeError("'NoneType' object has no attribute 'writelines'")
+
+        client.evalsha = torn_down  # type: ignore[method-assign]
+        decision = await limiter.check(4, "10.0.0.7")
+        assert decision.allowed and decision.failed_open
+        client.evalsha = real  # type: ignore[method-assign]
+        await asyncio.sleep(FAILURE_BACKOFF)
+        assert not (await limiter.check(4, "10.0.0.7")).failed_open
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_off_means_no_redis_call_at_all() -> None:
     async def scenario() -> None:
         client, limiter = limiter_for(f"redis://127.0.0.1:{free_port()}/0", "x:", user_rate=None, ip_rate=None)

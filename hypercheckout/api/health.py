@@ -6,7 +6,7 @@ import asyncio
 
 from hypercheckout.api.base import JsonHandler
 from hypercheckout.checkout.errors import CheckoutError
-from hypercheckout.limiter import REDIS_ERRORS
+from hypercheckout.limiter import CALL_FAILED
 from hypercheckout.metrics import CONTENT_TYPE
 
 
@@ -47,7 +47,7 @@ class ReadyHandler(JsonHandler):
     async def _redis(self) -> str:
         try:
             await self.services.redis.ping()
-        except REDIS_ERRORS:
+        except CALL_FAILED:
             return "unreachable"
         return "ok"
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import redis.exceptions
 
 from hypercheckout.checkout.errors import CheckoutError
-from hypercheckout.redisclient import RedisClient
+from hypercheckout.redisclient import CLIENT_FAULTS, RedisClient
 from hypercheckout.store import Store
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ async def announce_product_changed(client: RedisClient, prefix: str, product_id:
     and ``HC_SCHEDULE_REFRESH_MS`` (sale windows)."""
     try:
         await client.publish(channel_name(prefix), ALL_PRODUCTS if product_id is None else str(product_id))
-    except (TimeoutError, redis.exceptions.RedisError, OSError):
+    except (TimeoutError, redis.exceptions.RedisError, OSError, *CLIENT_FAULTS):
         return False
     return True
 
