@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from hypercheckout.redisclient import CLUSTER_SCHEMES, cluster_seeds
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 STRATEGIES = ("pessimistic", "atomic", "batched")
@@ -129,6 +131,22 @@ def _text(text: str) -> str:
     return text
 
 
+def _redis_url(text: str) -> str:
+    scheme = text.partition("://")[0]
+    if scheme not in ("redis", "rediss", "unix", *CLUSTER_SCHEMES):
+        raise ValueError("expected redis://, rediss://, unix:// or redis+cluster:// (a Redis Cluster's nodes)")
+    if scheme in CLUSTER_SCHEMES:
+        cluster_seeds(text)  # raises ValueError naming the bad part
+    return text
+
+
+def _redis_prefix(text: str) -> str:
+    # Braces would make part of the prefix every key's Redis Cluster hash tag: all keys in one slot.
+    if "{" in text or "}" in text:
+        raise ValueError("must not contain { or } (they choose a key's Redis Cluster slot)")
+    return text
+
+
 def setting(env: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
     """Declare one setting: its variable, default, parser and documentation, kept side by side."""
     return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
@@ -141,9 +159,12 @@ class Settings:
     database_url: str = setting(
         "HC_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/hypercheckout", _text,
         "PostgreSQL URL; the database is created on first start if the server allows it.")
-    redis_url: str = setting("HC_REDIS_URL", "redis://127.0.0.1:6379/0", _text, "Redis URL.")
+    redis_url: str = setting(
+        "HC_REDIS_URL", "redis://127.0.0.1:6379/0", _redis_url,
+        "Redis URL; a Redis Cluster as redis+cluster://[:password@]host:port[,host:port…] (its seed nodes).")
     redis_prefix: str = setting(
-        "HC_REDIS_PREFIX", "hc:", _text, "Prefix of every Redis key and channel, so deployments can share a Redis.")
+        "HC_REDIS_PREFIX", "hc:", _redis_prefix,
+        "Prefix of every Redis key and channel, so deployments can share a Redis.")
     host: str = setting("HC_HOST", "127.0.0.1", _text, "Address `serve` listens on.")
     port: int = setting("HC_PORT", 8000, _port, "Port `serve` listens on.")
     replica_id: str = setting(

@@ -366,12 +366,13 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     started = datetime.now().isoformat(timespec="seconds")
     machine = f"{os.cpu_count()} cores, {os.uname().machine}"
+    curve_section = (
+        f"\n\n## Overload curve\n\nPOST /purchase (batched, limiter off, stock plenty), wrk -t2, {args.seconds:g} s "
+        f"a step. Latency of all answers as wrk saw it; of 200s as nginx logged them (request_time).\n\n{curve}\n\n"
+        "![overload curve](overload-curve.png)") if bench.curve else ""
     (args.out / "bench.md").write_text(
         f"# make bench — {started}\n\nMachine: {machine}; wrk -t2 -c{args.connections}, {args.seconds:g} s per run, "
-        f"through nginx to 3 replicas, all on this machine.\n\n{table}\n\n## Overload curve\n\n"
-        f"POST /purchase (batched, limiter off, stock plenty), wrk -t2, {args.seconds:g} s a step. Latency of all "
-        f"answers as wrk saw it; of 200s as nginx logged them (request_time).\n\n{curve}\n\n"
-        "![overload curve](overload-curve.png)\n")
+        f"through nginx to 3 replicas, all on this machine.\n\n{table}{curve_section}\n")
     (args.out / "bench.json").write_text(json.dumps(
         {"started": started, "machine": machine, "seconds": args.seconds, "connections": args.connections,
          "figures": [{**asdict(f), "rate": f.rate} for f in bench.figures],

@@ -1,5 +1,6 @@
 import pytest
 
+from hypercheckout.redisclient import cluster_seeds, connect, is_cluster
 from hypercheckout.settings import Settings, SettingsError, documentation, parse_rate
 from tests.helpers import run_cli
 
@@ -30,10 +31,23 @@ def test_variables_override_defaults() -> None:
     # Periods of background loops: 0 would spin on the event loop; timeouts of 0 would fail every call.
     ("HC_SOLDOUT_RECHECK_MS", "0"), ("HC_STATS_FLUSH_MS", "0"), ("HC_STATS_FLUSH_MS", "nan"),
     ("HC_DB_TIMEOUT", "0"), ("HC_REDIS_TIMEOUT", "0"),
+    # A Redis Cluster is named by its nodes; braces in the prefix would pin every key to one slot.
+    ("HC_REDIS_URL", "http://127.0.0.1:6379"), ("HC_REDIS_URL", "redis+cluster://:pw@127.0.0.1"),
+    ("HC_REDIS_URL", "redis+cluster://127.0.0.1:7000,:7001"), ("HC_REDIS_PREFIX", "{hc}:"),
 ])
 def test_a_bad_value_names_its_variable(env: str, value: str) -> None:
     with pytest.raises(SettingsError, match=env):
         Settings.from_env({env: value})
+
+
+def test_a_redis_cluster_url_names_its_seed_nodes() -> None:
+    settings = Settings.from_env({"HC_REDIS_URL": "redis+cluster://:s3cr:et@127.0.0.1:7000, 127.0.0.2:7001"})
+    assert cluster_seeds(settings.redis_url) == [("127.0.0.1", 7000), ("127.0.0.2", 7001)]
+    client = connect(settings.redis_url, timeout=0.5, max_connections=4)  # connects on first use, not here
+    assert is_cluster(client)
+    assert [n.name for n in client.startup_nodes] == ["127.0.0.1:7000", "127.0.0.2:7001"]
+    assert client.connection_kwargs["password"] == "s3cr:et"
+    assert not is_cluster(connect("redis://127.0.0.1:6379/0", timeout=0.5, max_connections=4))
 
 
 def test_the_command_refuses_to_start_on_a_bad_value() -> None:
