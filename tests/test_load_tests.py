@@ -69,8 +69,11 @@ def test_the_benchmark_runs_every_figure_and_checks_the_invariant(tmp_path: Path
         ("purchases (batched) at ~half the max", 32),
         ("purchases (batched)", 32), ("purchases (batched)", 40), ("purchases (pessimistic)", 16),
         ("purchases (atomic)", 16), ("rate-limited rejections (429)", 16),
+        ("purchases, limiter on (one Redis)", 16), ("rate-limited rejections (one Redis)", 16),
+        ("purchases, limiter on (Redis Cluster)", 16), ("rate-limited rejections (Redis Cluster)", 16),
     ]
     assert all(f["requests"] > 0 and f["socket_errors"] == 0 and f["ceiling"] > 0 for f in figures)
     assert figures[0]["non_2xx"] == figures[0]["requests"]  # nothing sold while sold out
     assert figures[1]["non_2xx"] == figures[1]["requests"]  # nor before the start
     assert "vs ceiling" in (tmp_path / "bench.md").read_text()
+    assert "of one Redis's req/s" in figures[-1]["note"]  # the cluster's cost, as a ratio within the run
