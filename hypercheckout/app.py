@@ -17,10 +17,11 @@ import tornado.web
 from hypercheckout.admin import routes as admin_routes
 from hypercheckout.admin.live import LiveHub
 from hypercheckout.admin.snapshot import Snapshotter
-from hypercheckout.api import health, openapi, products, purchase
+from hypercheckout.api import health, openapi, products, purchase, queue, shop
 from hypercheckout.api.base import NotFoundHandler
 from hypercheckout.checkout.admission import Admission
 from hypercheckout.checkout.idempotency import KeyJanitor
+from hypercheckout.checkout.queue import WaitingRooms
 from hypercheckout.checkout.schedule import SaleSchedule
 from hypercheckout.checkout.service import Checkout
 from hypercheckout.checkout.soldout import SoldOutFlags
@@ -72,6 +73,7 @@ class Services:
     live: LiveHub
     login_throttle: LoginThrottle
     admission: Admission
+    rooms: WaitingRooms
     stopping: bool = False
     failed_logins: int = 0
     in_flight: int = 0
@@ -128,6 +130,8 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
     schedule = SaleSchedule(store, refresh_seconds=settings.schedule_refresh_ms / 1000)
     await schedule.load()  # before the first request: a replica never sells on an empty copy of the windows
     sold_out.listeners.append(schedule.changed)
+    rooms = WaitingRooms(client, store, schedule, sold_out, prefix=settings.redis_prefix,
+                         secret=settings.cookie_secret)
     hits = HitCounter(
         client, prefix=settings.redis_prefix, replica=settings.replica_id,
         flush_seconds=settings.stats_flush_ms / 1000,
@@ -144,7 +148,8 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
     janitor.start()
     services = Services(
         settings=settings, store=store, redis=client, limiter=limiter, strategy=strategy, sold_out=sold_out,
-        schedule=schedule, checkout=Checkout(strategy, sold_out, store, schedule), hits=hits, janitor=janitor,
+        schedule=schedule, checkout=Checkout(strategy, sold_out, store, schedule, rooms), rooms=rooms,
+        hits=hits, janitor=janitor,
         metrics=Metrics(settings.replica_id), snapshots=snapshots, live=LiveHub(snapshots),
         login_throttle=login_throttle,
         admission=Admission(max_in_flight=settings.max_in_flight, max_wait=settings.admission_wait_ms / 1000),
@@ -199,8 +204,8 @@ class StaticHandler(tornado.web.StaticFileHandler):
 
 
 def make_app(services: Services) -> tornado.web.Application:
-    routes = [*purchase.default_handlers, *products.default_handlers, *health.default_handlers,
-              *openapi.default_handlers,
+    routes = [*purchase.default_handlers, *products.default_handlers, *queue.default_handlers,
+              *health.default_handlers, *openapi.default_handlers, *shop.default_handlers,
               *admin_routes.default_handlers]
     return tornado.web.Application(
         routes,

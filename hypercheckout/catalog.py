@@ -24,6 +24,10 @@ _RELATIVE = re.compile(r"\+([0-9]{1,9})(\.[0-9]{1,6})?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 TIME_FIELDS = ("starts_at", "ends_at")
 CLEARABLE = ("per_user_limit", "max_per_order", "starts_at", "ends_at")
+NUMBERS = ("stock", "per_user_limit", "max_per_order", "admit_per_second", "pass_seconds")
+MAX_ADMIT_PER_SECOND = 1_000_000  # the columns' bounds (0003_waiting_room.sql)
+MAX_PASS_SECONDS = 86_400
+_YES, _NO = ("yes", "true", "on", "1"), ("no", "false", "off", "0", "")
 
 
 def parse_when(text: str, name: str, now: datetime) -> datetime | None:
@@ -83,6 +87,15 @@ def changes_from_json(data: Any, *, creating: bool, max_quantity: int, now: date
         values["per_user_limit"] = _number(data["per_user_limit"], "per_user_limit", 1, MAX_UNITS, clearable=True)
     if "max_per_order" in data:
         values["max_per_order"] = _number(data["max_per_order"], "max_per_order", 1, max_quantity, clearable=True)
+    if "waiting_room" in data:
+        if type(data["waiting_room"]) is not bool:
+            raise invalid_request("waiting_room must be true or false")
+        values["waiting_room"] = data["waiting_room"]
+    if "admit_per_second" in data:
+        values["admit_per_second"] = _number(data["admit_per_second"], "admit_per_second", 1, MAX_ADMIT_PER_SECOND,
+                                             clearable=False)
+    if "pass_seconds" in data:
+        values["pass_seconds"] = _number(data["pass_seconds"], "pass_seconds", 1, MAX_PASS_SECONDS, clearable=False)
     for name in TIME_FIELDS:
         if name in data:
             raw = data[name]
@@ -106,8 +119,12 @@ def changes_from_text(fields: Mapping[str, str | None], *, creating: bool, max_q
         text = raw.strip()
         if name in CLEARABLE and (text == "" or text.lower() == "none" or (name == "per_user_limit" and text == "0")):
             data[name] = None
-        elif name in ("stock", "per_user_limit", "max_per_order"):
+        elif name in NUMBERS:
             data[name] = parse_whole_number(text, name, 0, MAX_UNITS)
+        elif name == "waiting_room":
+            if text.lower() not in _YES + _NO:
+                raise invalid_request("waiting_room must be on or off")
+            data[name] = text.lower() in _YES
         else:
             data[name] = raw
     return changes_from_json(data, creating=creating, max_quantity=max_quantity, now=now)

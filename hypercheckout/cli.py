@@ -21,7 +21,7 @@ from hypercheckout.limiter import REDIS_ERRORS, RateLimiter
 from hypercheckout.login_throttle import LoginThrottle
 from hypercheckout.operations import reset_product, status_report
 from hypercheckout.settings import Settings, SettingsError, documentation
-from hypercheckout.store import MigrationError, Store, ensure_database
+from hypercheckout.store import DEFAULT_ADMIT_PER_SECOND, DEFAULT_PASS_SECONDS, MigrationError, Store, ensure_database
 
 CLUSTER_ENV = "cluster.env"
 
@@ -121,7 +121,8 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return asyncio.run(_with_store(settings, action))
 
 
-PRODUCT_OPTIONS = ("name", "stock", "starts_at", "ends_at", "per_user_limit", "max_per_order")
+PRODUCT_OPTIONS = ("name", "stock", "starts_at", "ends_at", "per_user_limit", "max_per_order", "waiting_room",
+                   "admit_per_second", "pass_seconds")
 
 
 def _product_line(product: dict[str, Any]) -> str:
@@ -129,8 +130,11 @@ def _product_line(product: dict[str, Any]) -> str:
         f"starts {product['starts_at']}" if product["starts_at"] else "",
         f"ends {product['ends_at']}" if product["ends_at"] else "") if part) or "no window"
     limit = product["per_user_limit"] or "none"
+    room = (f", waiting room: {product['admit_per_second']}/s, passes {product['pass_seconds']} s"
+            if product.get("waiting_room") else "")
     return (f"product {product['id']} {product['name']!r}: {product['status']}, stock {product['stock']} / "
-            f"initial {product['initial_stock']}, {window}, per buyer {limit}, per order {product['max_per_order']}")
+            f"initial {product['initial_stock']}, {window}, per buyer {limit}, per order {product['max_per_order']}"
+            f"{room}")
 
 
 def _print_product(product: dict[str, Any], as_json: bool) -> None:
@@ -314,6 +318,16 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--ends-at", metavar="WHEN", help=f"end of the sale: {when} (default: no end)")
         a.add_argument("--per-user-limit", metavar="N", help="most units one buyer may own (0 or none: no limit)")
         a.add_argument("--max-per-order", metavar="N", help="most units one order may ask for (none: HC_MAX_QUANTITY)")
+        room = a.add_mutually_exclusive_group()
+        room.add_argument("--waiting-room", dest="waiting_room", action="store_const", const="on",
+                          help="buyers join a queue and buy with the pass they get when admitted")
+        room.add_argument("--no-waiting-room", dest="waiting_room", action="store_const", const="off",
+                          help="buyers buy directly (default)")
+        a.add_argument("--admit-per-second", metavar="N",
+                       help=f"waiting room: buyers admitted a second, across all replicas (default "
+                            f"{DEFAULT_ADMIT_PER_SECOND}; changed during a sale, counts on from the admissions so far)")
+        a.add_argument("--pass-seconds", metavar="N",
+                       help=f"waiting room: seconds an admitted buyer's pass is valid (default {DEFAULT_PASS_SECONDS})")
         a.add_argument("--json", action="store_true")
     a = actions.add_parser("list", help="every product with its status, sold units and orders")
     a.add_argument("--json", action="store_true")

@@ -59,6 +59,10 @@ ON CONFLICT (id) DO NOTHING;
 SELECT setval('products_id_seq', GREATEST((SELECT max(id) FROM products), 1));
 """
 
+# A waiting room's defaults when a product is created without them (the columns' defaults, 0003_waiting_room.sql).
+DEFAULT_ADMIT_PER_SECOND = 100
+DEFAULT_PASS_SECONDS = 120
+
 # --- pessimistic: the original's transaction, statement by statement ------------------------------------------
 # FOR UPDATE makes concurrent buyers of one product queue on the row lock, so the check and the decrement below
 # see the same stock.
@@ -68,7 +72,7 @@ SELECT setval('products_id_seq', GREATEST((SELECT max(id) FROM products), 1));
 # very time the order will carry.
 LOCK_STOCK = """
 SELECT stock, per_user_limit, CASE WHEN %(reserve_id)s THEN nextval('orders_id_seq') END,
-       starts_at, ends_at, max_per_order, now()
+       starts_at, ends_at, max_per_order, waiting_room, now()
 FROM products WHERE id = %(product_id)s FOR UPDATE
 """
 DECREMENT_STOCK = "UPDATE products SET stock = stock - %(quantity)s WHERE id = %(product_id)s"
@@ -91,6 +95,7 @@ WITH sold AS (
     WHERE id = %(product_id)s AND stock >= %(quantity)s AND per_user_limit IS NULL
       AND (starts_at IS NULL OR starts_at <= now()) AND (ends_at IS NULL OR now() < ends_at)
       AND (max_per_order IS NULL OR max_per_order >= %(quantity)s)
+      AND (NOT waiting_room OR %(admitted)s)
     RETURNING id, stock
 ), placed AS (
     INSERT INTO orders (user_id, product_id, quantity, replica)
@@ -108,7 +113,7 @@ LOCK_STOCK_FOR_BATCH = """
 BEGIN;
 SELECT stock, per_user_limit, now(),
        ARRAY(SELECT nextval('orders_id_seq') FROM generate_series(1, %(count)s)),
-       starts_at, ends_at, max_per_order
+       starts_at, ends_at, max_per_order, waiting_room
 FROM products WHERE id = %(product_id)s
 FOR UPDATE
 """
@@ -153,11 +158,17 @@ WHERE k.key = %(key)s
 EXPIRE_KEYS = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => %(seconds)s)"
 
 # --- reading ---------------------------------------------------------------------------------------------------------
-PRODUCT_COLUMNS = "id, name, stock, initial_stock, per_user_limit, starts_at, ends_at, max_per_order"
+PRODUCT_COLUMNS = ("id, name, stock, initial_stock, per_user_limit, starts_at, ends_at, max_per_order, waiting_room, "
+                   "admit_per_second, pass_seconds, GREATEST(admission_origin, starts_at), admitted_before")
 LIST_PRODUCTS = f"SELECT {PRODUCT_COLUMNS} FROM products ORDER BY id"
 GET_PRODUCT = f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id = %(product_id)s"
-# What a replica keeps in memory to refuse purchases outside a sale window without asking PostgreSQL.
-SALE_RULES = "SELECT id, starts_at, ends_at, max_per_order FROM products"
+# What a replica keeps in memory to refuse purchases outside a sale window without asking PostgreSQL, and to answer
+# where a waiting room's tickets stand. Admission counts from the later of the room's origin and the sale's start.
+SALE_RULES = """
+SELECT id, starts_at, ends_at, max_per_order, waiting_room,
+       admit_per_second, pass_seconds, GREATEST(admission_origin, starts_at), admitted_before
+FROM products
+"""
 # Products among the given ids that have stock again (or no longer exist): their sold-out flags are stale.
 RESTOCKED = """
 SELECT ids.id FROM unnest(%(ids)s::bigint[]) AS ids (id)
@@ -166,7 +177,8 @@ WHERE p.id IS NULL OR p.stock > 0
 """
 STATUS = """
 SELECT p.id, p.name, p.stock, p.initial_stock, p.per_user_limit, p.starts_at, p.ends_at, p.max_per_order,
-       COALESCE(sum(o.quantity), 0)::bigint AS sold, count(o.id) AS orders
+       p.waiting_room, p.admit_per_second, p.pass_seconds, GREATEST(p.admission_origin, p.starts_at),
+       p.admitted_before, COALESCE(sum(o.quantity), 0)::bigint AS sold, count(o.id) AS orders
 FROM products p LEFT JOIN orders o ON o.product_id = p.id
 GROUP BY p.id ORDER BY p.id
 """
@@ -184,8 +196,11 @@ WHERE id = %(product_id)s RETURNING id
 """
 DELETE_ORDERS = "DELETE FROM orders WHERE product_id = %(product_id)s"
 CREATE_PRODUCT = f"""
-INSERT INTO products (name, stock, initial_stock, per_user_limit, max_per_order, starts_at, ends_at)
-VALUES (%(name)s, %(stock)s, %(stock)s, %(per_user_limit)s, %(max_per_order)s, %(starts_at)s, %(ends_at)s)
+INSERT INTO products (name, stock, initial_stock, per_user_limit, max_per_order, starts_at, ends_at,
+                      waiting_room, admit_per_second, pass_seconds, admission_origin)
+VALUES (%(name)s, %(stock)s, %(stock)s, %(per_user_limit)s, %(max_per_order)s, %(starts_at)s, %(ends_at)s,
+        COALESCE(%(waiting_room)s, false), COALESCE(%(admit_per_second)s, {DEFAULT_ADMIT_PER_SECOND}),
+        COALESCE(%(pass_seconds)s, {DEFAULT_PASS_SECONDS}), CASE WHEN %(waiting_room)s THEN now() END)
 RETURNING {PRODUCT_COLUMNS}
 """
 # Every purchase holds this lock while it inserts an order: taken first, it makes the order count and the sums
@@ -202,6 +217,22 @@ UPDATE products SET
     max_per_order  = CASE WHEN %(set_max_per_order)s THEN %(max_per_order)s::integer ELSE max_per_order END,
     starts_at      = CASE WHEN %(set_starts_at)s THEN %(starts_at)s::timestamptz ELSE starts_at END,
     ends_at        = CASE WHEN %(set_ends_at)s THEN %(ends_at)s::timestamptz ELSE ends_at END,
+    waiting_room   = CASE WHEN %(set_waiting_room)s THEN %(waiting_room)s::boolean ELSE waiting_room END,
+    admit_per_second = CASE WHEN %(set_admit_per_second)s THEN %(admit_per_second)s::integer
+                            ELSE admit_per_second END,
+    pass_seconds   = CASE WHEN %(set_pass_seconds)s THEN %(pass_seconds)s::integer ELSE pass_seconds END,
+    -- (SET sees the row as it was.) A room that opens counts its admissions from now; a new rate once admission
+    -- has begun keeps the count so far and counts on from now at the new rate.
+    admission_origin = CASE
+        WHEN %(set_waiting_room)s AND %(waiting_room)s AND NOT waiting_room THEN now()
+        WHEN %(set_admit_per_second)s AND waiting_room AND GREATEST(admission_origin, starts_at) <= now() THEN now()
+        ELSE admission_origin END,
+    admitted_before = CASE
+        WHEN %(set_waiting_room)s AND %(waiting_room)s AND NOT waiting_room THEN 0
+        WHEN %(set_admit_per_second)s AND waiting_room AND GREATEST(admission_origin, starts_at) <= now()
+        THEN admitted_before + floor(extract(epoch FROM now() - GREATEST(admission_origin, starts_at))
+                                     * admit_per_second)::bigint
+        ELSE admitted_before END,
     stock          = CASE WHEN %(set_stock)s THEN %(stock)s::integer ELSE stock END,
     initial_stock  = CASE WHEN %(set_stock)s
                           THEN %(stock)s::integer + (SELECT COALESCE(sum(quantity), 0)::integer FROM orders
@@ -234,6 +265,18 @@ class SaleRules:
     starts_at: datetime | None = None
     ends_at: datetime | None = None
     max_per_order: int | None = None
+    waiting_room: bool = False  # a purchase needs a valid Queue-Pass
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingRoom:
+    """How a product's waiting room admits: ``admitted_before`` tickets, then ``admit_per_second`` a second from
+    ``origin`` (None: not yet known — no start and the room never opened)."""
+
+    admit_per_second: int
+    pass_seconds: int
+    origin: datetime | None
+    admitted_before: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,10 +289,21 @@ class Product:
     starts_at: datetime | None = None
     ends_at: datetime | None = None
     max_per_order: int | None = None  # None: the service's HC_MAX_QUANTITY
+    waiting_room: bool = False
+    admit_per_second: int = DEFAULT_ADMIT_PER_SECOND
+    pass_seconds: int = DEFAULT_PASS_SECONDS
+    admission_origin: datetime | None = None  # the later of the room's origin and the start
+    admitted_before: int = 0
 
     @property
     def rules(self) -> SaleRules:
-        return SaleRules(self.starts_at, self.ends_at, self.max_per_order)
+        return SaleRules(self.starts_at, self.ends_at, self.max_per_order, self.waiting_room)
+
+    @property
+    def room(self) -> WaitingRoom | None:
+        if not self.waiting_room:
+            return None
+        return WaitingRoom(self.admit_per_second, self.pass_seconds, self.admission_origin, self.admitted_before)
 
     def status(self, now: datetime) -> str:
         """``ended`` past the end, ``scheduled`` before the start, else ``sold_out`` at 0, else ``live``."""
@@ -272,6 +326,9 @@ class Product:
             "starts_at": None if self.starts_at is None else self.starts_at.isoformat(),
             "ends_at": None if self.ends_at is None else self.ends_at.isoformat(),
             "status": self.status(now or datetime.now(UTC)),
+            "waiting_room": self.waiting_room,
+            **({"admit_per_second": self.admit_per_second, "pass_seconds": self.pass_seconds}
+               if self.waiting_room else {}),
         }
 
 
@@ -311,6 +368,9 @@ class ProductChanges:
     max_per_order: Any = None
     starts_at: Any = None
     ends_at: Any = None
+    waiting_room: Any = None
+    admit_per_second: Any = None
+    pass_seconds: Any = None
     given: frozenset[str] = frozenset()  # which of the fields above were given
 
     def params(self) -> dict[str, Any]:
@@ -318,7 +378,8 @@ class ProductChanges:
         return {**values, **{f"set_{name}": name in self.given for name in UPDATABLE}}
 
 
-UPDATABLE = ("name", "stock", "per_user_limit", "max_per_order", "starts_at", "ends_at")
+UPDATABLE = ("name", "stock", "per_user_limit", "max_per_order", "starts_at", "ends_at", "waiting_room",
+             "admit_per_second", "pass_seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -533,8 +594,8 @@ class Store:
         row = await cur.fetchone()
         if row is None:
             return None
-        return LockedStock(stock=row[0], per_user_limit=row[1], order_id=row[2], rules=SaleRules(*row[3:6]),
-                           now=row[6])
+        return LockedStock(stock=row[0], per_user_limit=row[1], order_id=row[2], rules=SaleRules(*row[3:7]),
+                           now=row[7])
 
     @staticmethod
     async def decrement_stock(cur: aiopg.Cursor, product_id: int, quantity: int) -> None:
@@ -555,14 +616,16 @@ class Store:
     # --- atomic ---------------------------------------------------------------------------------------------------
 
     async def buy_atomic(
-        self, user_id: int, product_id: int, quantity: int, replica: str,
+        self, user_id: int, product_id: int, quantity: int, replica: str, *, admitted: bool = False,
     ) -> tuple[int, datetime, int] | None:
-        """(order id, created_at, stock left) or None when the product is missing or short."""
+        """(order id, created_at, stock left) or None when the product is missing or short, or its rules refuse
+        (``admitted``: the buyer holds a valid pass of its waiting room)."""
         async with self.cursor() as cur:
             # One statement in autocommit: it is its own commit.
             await Store.commit(
                 cur, BUY_ATOMIC,
-                {"user_id": user_id, "product_id": product_id, "quantity": quantity, "replica": replica},
+                {"user_id": user_id, "product_id": product_id, "quantity": quantity, "replica": replica,
+                 "admitted": admitted},
             )
             row = await cur.fetchone()
             return None if row is None else (row[0], row[1], row[2])
@@ -576,7 +639,7 @@ class Store:
         if row is None:
             return None
         return BatchLock(stock=row[0], per_user_limit=row[1], now=row[2], order_ids=list(row[3]),
-                         rules=SaleRules(*row[4:7]))
+                         rules=SaleRules(*row[4:8]))
 
     @staticmethod
     async def settle_batch(
@@ -645,16 +708,19 @@ class Store:
             await cur.execute(RESTOCKED, {"ids": list(product_ids)})
             return [row[0] for row in await cur.fetchall()]
 
-    async def sale_rules(self) -> dict[int, SaleRules]:
+    async def sale_rules(self) -> dict[int, tuple[SaleRules, WaitingRoom | None]]:
+        """Every product's rules, and its waiting room if it has one."""
         async with self.cursor() as cur:
             await cur.execute(SALE_RULES)
-            return {row[0]: SaleRules(*row[1:4]) for row in await cur.fetchall()}
+            return {row[0]: (SaleRules(*row[1:5]), WaitingRoom(*row[5:9]) if row[4] else None)
+                    for row in await cur.fetchall()}
 
     async def status(self) -> list[ProductStatus]:
         async with self.cursor() as cur:
             await cur.execute(STATUS)
             return [
-                ProductStatus(product=Product(*row[:8]), sold=row[8], orders=row[9]) for row in await cur.fetchall()
+                ProductStatus(product=Product(*row[:13]), sold=row[13], orders=row[14])
+                for row in await cur.fetchall()
             ]
 
     async def recent_orders(self, limit: int = 20) -> list[dict[str, Any]]:

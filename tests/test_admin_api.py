@@ -41,7 +41,7 @@ async def test_a_product_goes_through_its_whole_life(http_client, base_url, sett
     assert created.headers["Location"] == f"/admin/api/products/{pid}"
     assert created.body == {"id": pid, "name": "Sneaker drop", "stock": 50, "initial_stock": 50,
                             "per_user_limit": 2, "max_per_order": 2, "starts_at": "2030-01-01T09:00:00+00:00",
-                            "ends_at": "2030-01-01T12:00:00+00:00", "status": "scheduled"}
+                            "ends_at": "2030-01-01T12:00:00+00:00", "status": "scheduled", "waiting_room": False}
     public = json.loads((await http_client.fetch(f"{base_url}/products/{pid}")).body)
     assert public == created.body  # the admin API and the public one say the same
     early = await buy(http_client, base_url, product=pid)
@@ -62,6 +62,16 @@ async def test_a_product_goes_through_its_whole_life(http_client, base_url, sett
     assert_invariant(settings.database_url, 102, product=pid)
     listed = await call(http_client, base_url, "GET", "/admin/api/products")
     assert [p["id"] for p in listed.body["products"]] == [1, pid]
+
+    # A waiting room, opened and tuned live: its fields show while it is on.
+    queued = await call(http_client, base_url, "PATCH", f"/admin/api/products/{pid}",
+                        {"waiting_room": True, "admit_per_second": 250, "pass_seconds": 90})
+    assert {k: queued.body[k] for k in ("waiting_room", "admit_per_second", "pass_seconds")} == {
+        "waiting_room": True, "admit_per_second": 250, "pass_seconds": 90}
+    passless = await buy(http_client, base_url, user=9, product=pid)
+    assert (passless.status, passless.body["error"]["code"]) == (403, "queue_pass_required")
+    closed = await call(http_client, base_url, "PATCH", f"/admin/api/products/{pid}", {"waiting_room": False})
+    assert "admit_per_second" not in closed.body and closed.body["waiting_room"] is False
 
     refused = await call(http_client, base_url, "DELETE", f"/admin/api/products/{pid}")
     assert (refused.status, refused.body["error"]["code"], refused.body["error"]["orders"]) == (409, "has_orders", 1)
@@ -108,6 +118,9 @@ BAD_BODIES = [
     (b'{"name": "a", "stock": 1, "per_user_limit": 0}', "per_user_limit must be a whole number from 1"),
     (b'{"name": "a", "stock": 1, "max_per_order": 11}', "max_per_order must be a whole number from 1 to 10"),
     (b'{"name": "a", "stock": 1, "starts_at": "tomorrow"}', "starts_at must be ISO 8601"),
+    (b'{"name": "a", "stock": 1, "waiting_room": "yes"}', "waiting_room must be true or false"),
+    (b'{"name": "a", "stock": 1, "admit_per_second": 0}', "admit_per_second must be a whole number from 1"),
+    (b'{"name": "a", "stock": 1, "pass_seconds": 86401}', "pass_seconds must be a whole number from 1 to 86400"),
     (b'{"name": "a", "stock": 1, "starts_at": "2030-01-01T10:00:00"}', "needs a UTC offset"),
     (b'{"name": "a", "stock": 1, "starts_at": 1893456000}', "starts_at must be an ISO 8601 string"),
     (b'{"name": "a", "stock": 1, "starts_at": "+60", "ends_at": "+30"}', "ends_at must be after starts_at"),

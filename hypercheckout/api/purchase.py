@@ -35,6 +35,7 @@ class PurchaseHandler(JsonHandler):
         request = parse_purchase(
             self.request.body, max_quantity=settings.max_quantity, max_body_bytes=settings.max_body_bytes,
             idempotency_key=parse_key(self.request.headers.get("Idempotency-Key")),
+            queue_pass=self.request.headers.get("Queue-Pass"),
         )
         if services.limiter.enabled:
             decision = await services.limiter.check(request.user_id, self.client_ip)

@@ -26,7 +26,7 @@ class AtomicStrategy:
         if request.idempotency_key is not None:
             return await buy_in_transaction(self._store, request, self._replica)
         placed = await self._store.buy_atomic(
-            request.user_id, request.product_id, request.quantity, self._replica,
+            request.user_id, request.product_id, request.quantity, self._replica, admitted=request.admitted,
         )
         if placed is None:
             # Nothing was written; a second, read-only statement says why.

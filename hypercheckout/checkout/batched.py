@@ -160,7 +160,8 @@ class BatchedStrategy:
             for i in range(len(requests)):
                 if i not in taken:
                     try:
-                        check_sale(product_id, locked.rules, requests[i].quantity, locked.now)
+                        check_sale(product_id, locked.rules, requests[i].quantity, locked.now,
+                                   admitted=requests[i].admitted)
                     except CheckoutError as exc:
                         refused[i] = exc
             live = [i for i in range(len(requests)) if i not in taken and i not in refused]

@@ -70,6 +70,29 @@ def too_many_for_one_order(product_id: int, maximum: int) -> CheckoutError:
     return invalid_request(f"quantity must be between 1 and {maximum} for product {product_id}")
 
 
+def queue_pass_required(product_id: int) -> CheckoutError:
+    return CheckoutError(403, "queue_pass_required",
+                         f"product {product_id} sells through its waiting room: join the queue "
+                         f"(POST /products/{product_id}/queue) and buy with the pass you are given (Queue-Pass)")
+
+
+def queue_pass_invalid(why: str) -> CheckoutError:
+    return CheckoutError(403, "queue_pass_invalid", f"the Queue-Pass is not valid: {why}")
+
+
+def queue_pass_expired(expired_at: str) -> CheckoutError:
+    return CheckoutError(403, "queue_pass_expired", f"the Queue-Pass expired at {expired_at}; join the queue again",
+                         extra={"expired_at": expired_at})
+
+
+def no_waiting_room(product_id: int) -> CheckoutError:
+    return CheckoutError(409, "no_waiting_room", f"product {product_id} has no waiting room: buy it directly")
+
+
+def unknown_ticket() -> CheckoutError:
+    return CheckoutError(404, "unknown_ticket", "no such ticket (forged, or its product no longer exists)")
+
+
 def has_orders(product_id: int, orders: int) -> CheckoutError:
     return CheckoutError(409, "has_orders", f"product {product_id} has {orders} order(s); delete them with it "
                                             "explicitly (with_orders) or keep the product",

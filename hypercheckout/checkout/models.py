@@ -12,6 +12,8 @@ class PurchaseRequest:
     product_id: int
     quantity: int
     idempotency_key: str | None = None
+    queue_pass: str | None = None  # the Queue-Pass header, as sent
+    admitted: bool = False  # the pass was checked: valid, unexpired, for this buyer and product
 
     @property
     def fingerprint(self) -> str:

@@ -22,7 +22,7 @@ async def buy_in_transaction(store: Store, request: PurchaseRequest, replica: st
         # claim back with everything else.
         if key is not None and not await Store.claim_keys(cur, [key], [request.fingerprint], [locked.order_id]):
             raise DuplicateKey(key)  # a committed order holds the key: the checkout service replays it
-        check_sale(request.product_id, locked.rules, request.quantity, locked.now)
+        check_sale(request.product_id, locked.rules, request.quantity, locked.now, admitted=request.admitted)
         if limit is not None:
             owned = (await Store.owned(cur, request.product_id, [request.user_id])).get(request.user_id, 0)
             if owned + request.quantity > limit:

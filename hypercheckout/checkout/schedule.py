@@ -22,19 +22,21 @@ from datetime import datetime
 
 from hypercheckout.checkout.errors import (
     CheckoutError,
+    queue_pass_required,
     sale_ended,
     sale_not_started,
     too_many_for_one_order,
 )
 from hypercheckout.checkout.models import PurchaseRequest
-from hypercheckout.store import SaleRules, Store
+from hypercheckout.store import SaleRules, Store, WaitingRoom
 
 log = logging.getLogger(__name__)
 
 
-def check_sale(product_id: int, rules: SaleRules, quantity: int, now: datetime) -> None:
-    """Raise the refusal for buying ``quantity`` units at ``now`` under ``rules``, if any."""
-    _Window.of(rules).check(product_id, quantity, now.timestamp())
+def check_sale(product_id: int, rules: SaleRules, quantity: int, now: datetime, *, admitted: bool = False) -> None:
+    """Raise the refusal for buying ``quantity`` units at ``now`` under ``rules``, if any (``admitted``: the buyer
+    holds a valid pass of the product's waiting room)."""
+    _Window.of(rules).check(product_id, quantity, now.timestamp(), admitted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,21 +49,24 @@ class _Window:
     max_per_order: int | None
     starts_text: str
     ends_text: str
+    waiting_room: bool
 
     @classmethod
     def of(cls, rules: SaleRules) -> _Window:
         starts, ends = rules.starts_at, rules.ends_at
         return cls(None if starts is None else starts.timestamp(), None if ends is None else ends.timestamp(),
                    rules.max_per_order, "" if starts is None else starts.isoformat(),
-                   "" if ends is None else ends.isoformat())
+                   "" if ends is None else ends.isoformat(), rules.waiting_room)
 
-    def check(self, product_id: int, quantity: int, now: float) -> None:
+    def check(self, product_id: int, quantity: int, now: float, admitted: bool) -> None:
         if self.starts is not None and now < self.starts:
             raise sale_not_started(product_id, self.starts_text, self.starts - now)
         if self.ends is not None and now >= self.ends:
             raise sale_ended(product_id, self.ends_text)
         if self.max_per_order is not None and quantity > self.max_per_order:
             raise too_many_for_one_order(product_id, self.max_per_order)
+        if self.waiting_room and not admitted:
+            raise queue_pass_required(product_id)
 
 
 class SaleSchedule:
@@ -74,6 +79,7 @@ class SaleSchedule:
         self._clock = clock
         self._rules: dict[int, SaleRules] = {}
         self._windows: dict[int, _Window] = {}
+        self._rooms: dict[int, WaitingRoom] = {}
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.reads = 0  # completed reads from PostgreSQL, for tests and /metrics
@@ -81,10 +87,18 @@ class SaleSchedule:
     def check(self, request: PurchaseRequest) -> None:
         window = self._windows.get(request.product_id)
         if window is not None:
-            window.check(request.product_id, request.quantity, self._clock())
+            window.check(request.product_id, request.quantity, self._clock(), request.admitted)
 
     def rules(self, product_id: int) -> SaleRules | None:
         return self._rules.get(product_id)
+
+    def room(self, product_id: int) -> WaitingRoom | None:
+        """The product's waiting room, if it has one (by this copy)."""
+        return self._rooms.get(product_id)
+
+    @property
+    def rooms(self) -> dict[int, WaitingRoom]:
+        return dict(self._rooms)
 
     def changed(self, product_id: int | None = None) -> None:
         """A product changed (or any may have): read again now. One task does every read, so a slow old read can
@@ -92,9 +106,10 @@ class SaleSchedule:
         self._changed.set()
 
     async def load(self) -> None:
-        rules = await self._store.sale_rules()
-        self._windows = {product_id: _Window.of(r) for product_id, r in rules.items()}
-        self._rules = rules
+        found = await self._store.sale_rules()
+        self._windows = {product_id: _Window.of(rules) for product_id, (rules, _) in found.items()}
+        self._rooms = {product_id: room for product_id, (_, room) in found.items() if room is not None}
+        self._rules = {product_id: rules for product_id, (rules, _) in found.items()}
         self.reads += 1
 
     def start(self) -> None:

@@ -11,6 +11,7 @@ from hypercheckout.checkout.errors import (
     request_in_progress,
 )
 from hypercheckout.checkout.models import Order, PurchaseRequest
+from hypercheckout.checkout.queue import WaitingRooms
 from hypercheckout.checkout.schedule import SaleSchedule
 from hypercheckout.checkout.soldout import SoldOutFlags
 from hypercheckout.checkout.strategy import Strategy
@@ -18,16 +19,21 @@ from hypercheckout.store import Store
 
 
 class Checkout:
-    def __init__(self, strategy: Strategy, sold_out: SoldOutFlags, store: Store, schedule: SaleSchedule) -> None:
+    def __init__(self, strategy: Strategy, sold_out: SoldOutFlags, store: Store, schedule: SaleSchedule,
+                 rooms: WaitingRooms | None = None) -> None:
         self.strategy = strategy
         self.sold_out = sold_out
         self.schedule = schedule
+        self.rooms = rooms
         self._store = store
         self._keys_in_flight: set[str] = set()  # this replica's; other replicas' wait on the key's row instead
 
     async def purchase(self, request: PurchaseRequest) -> Order:
         """Sell or raise ``CheckoutError``. With an Idempotency-Key, a key already used answers as it did the first
-        time (same order) or 422 for another body; one still being processed here answers 409."""
+        time (same order) or 422 for another body; one still being processed here answers 409. A Queue-Pass is
+        checked first (in memory): a bad one for a product with a waiting room is a 403."""
+        if self.rooms is not None:
+            request = self.rooms.check_pass(request)
         key = request.idempotency_key
         if key is None:
             return await self._sell(request)

@@ -10,6 +10,10 @@ The flag is a cache of PostgreSQL, so it must not outlive a restock. Two mechani
   Redis down and for stock changed by hand in SQL — and bounds a stale flag to ``recheck`` (0.5 s by default).
 
 A replica whose subscription reconnects drops every flag, since it may have missed messages meanwhile.
+
+A replica that flags a product also says so on the channel (``sold-out:<id>``), and the others flag it too: a
+replica that has sold nothing of it yet then refuses at once as well, and every waiting room's tickets turn
+``sold_out`` on every replica together. Such a flag is held to the same PostgreSQL recheck as the replica's own.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from hypercheckout.store import Store
 log = logging.getLogger(__name__)
 
 ALL_PRODUCTS = "*"
+SOLD_OUT = "sold-out:"
 
 
 def channel_name(prefix: str) -> str:
@@ -61,13 +66,30 @@ class SoldOutFlags:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._closed = asyncio.Event()  # wakes the listener's retry pause at shutdown
+        self._announcing: set[asyncio.Task[bool]] = set()
         self.subscribed = asyncio.Event()
 
     def is_sold_out(self, product_id: int) -> bool:
         return product_id in self._flagged
 
     def mark(self, product_id: int) -> None:
+        """This replica saw the product at 0: flag it here, and tell the other replicas (once per flagging)."""
+        if product_id in self._flagged:
+            return
         self._flagged.add(product_id)
+        try:
+            task = asyncio.get_running_loop().create_task(self._announce_sold_out(product_id))
+        except RuntimeError:
+            return  # no loop (a test calling in directly): nobody to tell
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
+
+    async def _announce_sold_out(self, product_id: int) -> bool:
+        try:
+            await self._redis.publish(self._channel, f"{SOLD_OUT}{product_id}")
+        except (TimeoutError, redis.exceptions.RedisError, OSError, *CLIENT_FAULTS):
+            return False  # the others find out by selling, as without the message
+        return True
 
     def clear(self, product_id: int | None = None) -> None:
         if product_id is None:
@@ -99,6 +121,8 @@ class SoldOutFlags:
             for task in still_running:
                 task.cancel()
         self._tasks = []
+        for task in list(self._announcing):
+            task.cancel()
 
     def _tell(self, product_id: int | None) -> None:
         for listener in self.listeners:
@@ -139,6 +163,8 @@ class SoldOutFlags:
                         if data == ALL_PRODUCTS:
                             self.clear()
                             self._tell(None)
+                        elif isinstance(data, str) and data.startswith(SOLD_OUT) and data[len(SOLD_OUT):].isdigit():
+                            self._flagged.add(int(data[len(SOLD_OUT):]))
                         elif isinstance(data, str) and data.isdigit():
                             self.clear(int(data))
                             self._tell(int(data))

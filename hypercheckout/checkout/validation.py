@@ -67,8 +67,27 @@ def parse_json_body(body: bytes, max_body_bytes: int, *, empty: str = "body is e
         raise invalid_request(f"body is not valid JSON: {exc}") from None
 
 
+def parse_join(body: bytes, *, max_body_bytes: int) -> int:
+    """The buyer of a ``POST /products/{id}/queue`` body (``{"user_id": N}``), or a 400 saying what is wrong."""
+    data = parse_json_body(body, max_body_bytes, empty="body is empty; expected a JSON object with user_id")
+    if not isinstance(data, dict):
+        raise invalid_request("body must be a JSON object")
+    unknown = sorted(set(data) - {"user_id"})
+    if unknown:
+        raise invalid_request(f"unknown field(s): {', '.join(unknown)}")
+    if "user_id" not in data:
+        raise invalid_request("missing field(s): user_id")
+    user_id = data["user_id"]
+    if type(user_id) is not int:
+        kind = "null" if user_id is None else type(user_id).__name__
+        raise invalid_request(f"user_id must be an integer, got {kind}")
+    if not 1 <= user_id <= MAX_ID:
+        raise invalid_request(f"user_id must be between 1 and {MAX_ID}")
+    return int(user_id)
+
+
 def parse_purchase(body: bytes, *, max_quantity: int, max_body_bytes: int,
-                   idempotency_key: str | None = None) -> PurchaseRequest:
+                   idempotency_key: str | None = None, queue_pass: str | None = None) -> PurchaseRequest:
     """Parse and validate a ``POST /purchase`` body or raise a 400 ``CheckoutError`` saying what is wrong."""
     data = parse_json_body(body, max_body_bytes,
                            empty="body is empty; expected a JSON object with user_id, product_id and quantity")
@@ -93,4 +112,5 @@ def parse_purchase(body: bytes, *, max_quantity: int, max_body_bytes: int,
         raise invalid_request(f"product_id must be between 1 and {MAX_ID}")
     if not 1 <= quantity <= max_quantity:
         raise invalid_request(f"quantity must be between 1 and {max_quantity}")
-    return PurchaseRequest(user_id=user_id, product_id=product_id, quantity=quantity, idempotency_key=idempotency_key)
+    return PurchaseRequest(user_id=user_id, product_id=product_id, quantity=quantity, idempotency_key=idempotency_key,
+                           queue_pass=queue_pass)
