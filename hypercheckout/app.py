@@ -139,7 +139,7 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
     login_throttle = LoginThrottle(client, prefix=settings.redis_prefix,
                                    per_address=settings.login_failures_per_address,
                                    total=settings.login_failures_total)
-    snapshots = Snapshotter(settings, store, client, limiter, login_throttle)
+    snapshots = Snapshotter(settings, store, client, limiter, login_throttle, rooms=rooms)
     janitor = KeyJanitor(store, ttl=settings.idempotency_ttl_hours * 3600,
                          interval=max(1.0, settings.idempotency_sweep_s))
     sold_out.start()

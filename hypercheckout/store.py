@@ -178,7 +178,8 @@ WHERE p.id IS NULL OR p.stock > 0
 STATUS = """
 SELECT p.id, p.name, p.stock, p.initial_stock, p.per_user_limit, p.starts_at, p.ends_at, p.max_per_order,
        p.waiting_room, p.admit_per_second, p.pass_seconds, GREATEST(p.admission_origin, p.starts_at),
-       p.admitted_before, COALESCE(sum(o.quantity), 0)::bigint AS sold, count(o.id) AS orders
+       p.admitted_before, COALESCE(sum(o.quantity), 0)::bigint AS sold, count(o.id) AS orders,
+       count(DISTINCT o.user_id) AS buyers
 FROM products p LEFT JOIN orders o ON o.product_id = p.id
 GROUP BY p.id ORDER BY p.id
 """
@@ -337,6 +338,7 @@ class ProductStatus:
     product: Product
     sold: int
     orders: int
+    buyers: int = 0  # distinct buyers with orders: in a waiting room, the passes used
 
 
 @dataclass(frozen=True, slots=True)
@@ -719,7 +721,7 @@ class Store:
         async with self.cursor() as cur:
             await cur.execute(STATUS)
             return [
-                ProductStatus(product=Product(*row[:13]), sold=row[13], orders=row[14])
+                ProductStatus(product=Product(*row[:13]), sold=row[13], orders=row[14], buyers=row[15])
                 for row in await cur.fetchall()
             ]
 

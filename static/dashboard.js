@@ -75,6 +75,11 @@
     input.addEventListener("input", () => { input.dataset.edited = "true"; });
     return input;
   }
+  function ownedSelect(attrs, options) {
+    const select = el("select", attrs, ...options.map((value) => el("option", { value }, value)));
+    select.addEventListener("change", () => { select.dataset.edited = "true"; });
+    return select;
+  }
   const ownedNumberInput = (attrs) => ownedInput({ type: "number", min: "0", step: "1", inputmode: "numeric",
                                                    ...attrs });
   const untouched = (input) => input.dataset.edited !== "true" && document.activeElement !== input;
@@ -130,6 +135,10 @@
       edit("ends_at", "Ends", { placeholder: "empty: no end" }),
       edit("per_user_limit", "Per buyer", { inputmode: "numeric", placeholder: "no limit" }),
       edit("max_per_order", "Per order", { inputmode: "numeric" }),
+      el("label", {}, "Waiting room", ownedSelect({ name: "waiting_room", id: "edit-waiting_room-" + p.id },
+                                                  ["off", "on"])),
+      edit("admit_per_second", "Admit / s", { inputmode: "numeric", placeholder: "100" }),
+      edit("pass_seconds", "Pass valid (s)", { inputmode: "numeric", placeholder: "120" }),
       el("div", { class: "reset" }, el("button", { type: "submit", id: "save-" + p.id }, "Save"),
          el("button", { type: "button", class: "danger", id: "delete-" + p.id }, "Delete")));
     const card = el("div", { class: "card", id: "product-" + p.id },
@@ -140,6 +149,7 @@
       el("div", { class: "progress", role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100",
                   "aria-label": "share sold" }, el("div", { "data-field": "bar" })),
       el("div", { class: "muted small", "data-field": "window" }),
+      el("div", { class: "small queue-line", "data-field": "queue" }),
       el("div", { class: "reset" }, input, reset),
       el("details", {}, el("summary", {}, "Edit window and limits"), form));
     reset.addEventListener("click", () => resetProduct(card, input));
@@ -159,6 +169,12 @@
       ` · ${fmt(p.max_per_order)} per order`);
     setText(field("window"), [p.starts_at ? "from " + when(p.starts_at) : "on sale now",
                               p.ends_at ? "until " + when(p.ends_at) : "no end"].join(" · "));
+    const q = p.queue;
+    setText(field("queue"), p.waiting_room
+      ? `Waiting room: ${q ? fmt(q.length) : "?"} joined · ` +
+        `${q ? fmt(q.admitted) : "?"} admitted · ` +
+        `${fmt(p.admit_per_second)}/s · passes of ${fmt(p.pass_seconds)} s · ${fmt(p.buyers ?? 0)} passes used`
+      : "");
     field("bar").style.width = pct + "%";
     card.querySelector(".progress").setAttribute("aria-valuenow", String(pct));
     follow(card.querySelector("#reset-stock-" + p.id), String(p.initial_stock));
@@ -168,6 +184,9 @@
     follow(form.elements.ends_at, p.ends_at || "");
     follow(form.elements.per_user_limit, p.per_user_limit ? String(p.per_user_limit) : "");
     follow(form.elements.max_per_order, String(p.max_per_order));
+    follow(form.elements.waiting_room, p.waiting_room ? "on" : "off");
+    follow(form.elements.admit_per_second, p.waiting_room ? String(p.admit_per_second) : "");
+    follow(form.elements.pass_seconds, p.waiting_room ? String(p.pass_seconds) : "");
     tick(card);
   }
 

@@ -280,3 +280,21 @@ async def test_joining_is_rate_limited_like_buying(http_client, base_url, settin
     for bad in ('{"user_id": 0}', '{"user_id": true}', '{"user": 1}', "[]", ""):
         answer = await post_raw(http_client, f"{base_url}/products/{pid}/queue", bad)
         assert (answer.status, answer.body["error"]["code"]) == (400, "invalid_request"), bad
+
+
+@pytest.mark.gen_test
+async def test_the_dashboard_and_metrics_show_each_rooms_queue(http_client, base_url, settings: Settings,  # type: ignore[no-untyped-def]
+                                                               services) -> None:
+    pid = room_product(settings.database_url, 10, rate=2, starts_at=datetime.now(UTC) + timedelta(hours=1))
+    await services.schedule.load()
+    for user in range(1, 6):
+        await join(http_client, base_url, pid, user)
+    services.snapshots._cached = None  # type: ignore[attr-defined]  # read afresh, not the 0.25 s cache
+    snapshot = await services.snapshots.get()
+    product = next(p for p in snapshot["products"] if p["id"] == pid)
+    assert product["queue"] == {"length": 5, "admitted": 0}  # an hour before the start
+    assert (product["admit_per_second"], product["buyers"]) == (2, 0)
+    assert "queue" not in next(p for p in snapshot["products"] if p["id"] == 1)
+    text = (await http_client.fetch(f"{base_url}/metrics")).body.decode()
+    assert f'hypercheckout_queue_length{{product="{pid}"}} 5.0' in text
+    assert f'hypercheckout_queue_admitted{{product="{pid}"}} 0.0' in text

@@ -54,7 +54,9 @@ class ResetHandler(ActionHandler):
                          "deleted_orders": result.deleted_orders, "announced": result.announced})
 
 
-PRODUCT_FORM_FIELDS = ("name", "stock", "starts_at", "ends_at", "per_user_limit", "max_per_order")
+PRODUCT_FORM_FIELDS = ("name", "stock", "starts_at", "ends_at", "per_user_limit", "max_per_order", "waiting_room",
+                       "admit_per_second", "pass_seconds")
+ROOM_NUMBERS = ("admit_per_second", "pass_seconds")  # empty: as they are (a product without a room shows none)
 
 
 class ProductFormHandler(ActionHandler):
@@ -69,6 +71,8 @@ class ProductFormHandler(ActionHandler):
         if creating:  # an empty optional field of the creation form means "not set", not "cleared"
             fields = {name: value for name, value in fields.items()
                       if value is not None and (value.strip() or name in ("name", "stock"))}
+        fields = {name: None if name in ROOM_NUMBERS and value is not None and not value.strip() else value
+                  for name, value in fields.items()}
         return catalog.changes_from_text(fields, creating=creating,
                                          max_quantity=self.services.settings.max_quantity)
 

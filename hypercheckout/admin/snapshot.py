@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from hypercheckout.checkout.errors import CheckoutError
+from hypercheckout.checkout.queue import WaitingRooms
 from hypercheckout.limiter import REDIS_ERRORS, RateLimiter
 from hypercheckout.login_throttle import LoginThrottle
 from hypercheckout.settings import Settings
@@ -26,8 +27,9 @@ def _rate(value: float | None) -> str:
 
 class Snapshotter:
     def __init__(self, settings: Settings, store: Store, redis: Any, limiter: RateLimiter,
-                 login_throttle: LoginThrottle, max_age: float = 0.25) -> None:
+                 login_throttle: LoginThrottle, max_age: float = 0.25, rooms: WaitingRooms | None = None) -> None:
         self._settings = settings
+        self._rooms = rooms
         self._store = store
         self._redis = redis
         self._limiter = limiter
@@ -73,7 +75,7 @@ class Snapshotter:
             rows = await self._store.status()
             snapshot["products"] = [
                 {**r.product.as_json(settings.max_quantity), "sold": r.sold, "orders": r.orders,
-                 "sold_out": r.product.stock == 0}
+                 "buyers": r.buyers, "sold_out": r.product.stock == 0}
                 for r in rows
             ]
             snapshot["orders"] = sum(r.orders for r in rows)
@@ -89,8 +91,19 @@ class Snapshotter:
             bans = [*await self._limiter.bans(), *await self._login_throttle.lockouts()]
             snapshot["bans"] = [b.as_json() for b in bans]
             snapshot["top_limited"] = await self._limiter.top_limited(10)
+            await self._queues(snapshot.get("products", []))
             snapshot["redis"] = "ok"
         except REDIS_ERRORS:
             snapshot.update(history=[], hits={}, replicas={}, bans=[], top_limited=[], redis="unreachable")
         snapshot["limiter_fail_open"] = self._limiter.fail_open_events
         return snapshot
+
+    async def _queues(self, products: list[dict[str, Any]]) -> None:
+        """Each waiting room's length (Redis) and admissions so far (arithmetic, this replica's copy)."""
+        rooms = [p for p in products if p.get("waiting_room")]
+        if self._rooms is None or not rooms:
+            return
+        lengths = await self._rooms.lengths([p["id"] for p in rooms])
+        for p in rooms:
+            length = lengths[p["id"]]
+            p["queue"] = {"length": length, "admitted": min(length, self._rooms.admitted(p["id"]) or 0)}

@@ -61,6 +61,11 @@ class MetricsHandler(JsonHandler):
             metrics.products = await self.services.store.list_products()
         except CheckoutError:
             metrics.products = []  # PostgreSQL is down: every other figure is still worth scraping
+        rooms = [p.id for p in metrics.products if p.waiting_room]
+        try:
+            metrics.queue_lengths = await self.services.rooms.lengths(rooms)
+        except CALL_FAILED:
+            metrics.queue_lengths = {}  # Redis is down: the queue lengths are not known
         self.set_header("Content-Type", CONTENT_TYPE)
         self.finish(metrics.render())
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from hypercheckout.api.base import JsonHandler
-from hypercheckout.catalog import MAX_NAME
+from hypercheckout.catalog import MAX_ADMIT_PER_SECOND, MAX_NAME, MAX_PASS_SECONDS
 from hypercheckout.checkout.validation import MAX_ID, MAX_UNITS
 from hypercheckout.settings import Settings
 
@@ -14,6 +14,7 @@ ERROR_CODES = [
     "invalid_request", "not_found", "unknown_product", "out_of_stock", "limit_reached", "request_in_progress",
     "idempotency_key_reused", "rate_limited", "banned", "unavailable", "overloaded", "method_not_allowed",
     "internal_error", "forbidden", "sale_not_started", "sale_ended", "has_orders", "unauthorized",
+    "queue_pass_required", "queue_pass_invalid", "queue_pass_expired", "no_waiting_room", "unknown_ticket",
 ]
 
 
@@ -61,6 +62,12 @@ def document(settings: Settings) -> dict[str, Any]:
                     "name": "Idempotency-Key", "in": "header", "required": False,
                     "description": "1-255 printable ASCII characters; remembered at least 24 hours.",
                     "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"},
+                }, {
+                    "name": "Queue-Pass", "in": "header", "required": False,
+                    "description": "For a product with a waiting room: the pass GET /queue/{ticket} gave once "
+                                   "admitted (a longer or malformed one is queue_pass_invalid). Ignored for a "
+                                   "product without one.",
+                    "schema": {"type": "string"},
                 }],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "$ref": "#/components/schemas/PurchaseRequest"}}}},
@@ -72,6 +79,9 @@ def document(settings: Settings) -> dict[str, Any]:
                                                "request with the same Idempotency-Key.",
                                 "schema": {"type": "string", "enum": ["true"]}}}},
                     "400": _error("Malformed body, field or Idempotency-Key; nothing was written."),
+                    "403": _error("queue_pass_required, queue_pass_invalid or queue_pass_expired (with expired_at): "
+                                  "the product has a waiting room and the Queue-Pass is missing, forged, another "
+                                  "buyer's or product's, or expired."),
                     "404": _error("No such product."),
                     "409": _error("out_of_stock (with remaining), limit_reached (with limit), "
                                   "request_in_progress (the same Idempotency-Key is being processed), "
@@ -94,6 +104,33 @@ def document(settings: Settings) -> dict[str, Any]:
                 "parameters": [product_id],
                 "responses": {"200": _json("Product", "The product."), "404": _error("No such product."),
                               "503": unavailable},
+            }},
+            "/products/{product_id}/queue": {"post": {
+                "operationId": "joinQueue",
+                "summary": "Join a product's waiting room; the same buyer joining again gets the same ticket.",
+                "parameters": [product_id],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "$ref": "#/components/schemas/JoinRequest"}}}},
+                "responses": {
+                    "202": _json("Ticket", "In line: the ticket, and where it stands now."),
+                    "400": _error("Malformed body or user_id."),
+                    "404": _error("No such product."),
+                    "409": _error("no_waiting_room: buy the product directly."),
+                    "429": _error("rate_limited or banned.", retry_after=True),
+                    "503": _error("overloaded, or the queue's store (Redis) is unreachable.", retry_after=True),
+                },
+            }},
+            "/queue/{ticket}": {"get": {
+                "operationId": "readTicket",
+                "summary": "Where a ticket stands: waiting (position, estimated wait), admitted (with the pass), "
+                           "expired, sold_out or ended. Answered from memory; poll it about once a second.",
+                "parameters": [{"name": "ticket", "in": "path", "required": True,
+                                "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,200}$"}}],
+                "responses": {
+                    "200": _json("Standing", "Where the ticket stands."),
+                    "404": _error("unknown_ticket: forged, or its product no longer exists."),
+                    "409": _error("no_waiting_room: the product's room was closed; buy directly."),
+                },
             }},
             **_admin_paths(product_id),
             "/healthz": {"get": {
@@ -123,6 +160,20 @@ def document(settings: Settings) -> dict[str, Any]:
                     "quantity": {"type": "integer", "minimum": 1, "maximum": settings.max_quantity},
                 },
             },
+            "JoinRequest": {
+                "type": "object", "additionalProperties": False, "required": ["user_id"],
+                "properties": {"user_id": identifier},
+            },
+            "Standing": {
+                "type": "object", "additionalProperties": False,
+                "required": ["product_id", *_standing()], "properties": {"product_id": identifier, **_standing()},
+            },
+            "Ticket": {
+                "type": "object", "additionalProperties": False,
+                "required": ["ticket", "product_id", *_standing()],
+                "properties": {"ticket": {"type": "string", "description": "Signed: keep it, poll with it."},
+                               "product_id": identifier, **_standing()},
+            },
             "Order": {
                 "type": "object", "additionalProperties": False,
                 "required": ["message", "order_id", "user_id", "product_id", "quantity", "created_at", "replica"],
@@ -137,11 +188,11 @@ def document(settings: Settings) -> dict[str, Any]:
                 },
             },
             "Product": {
-                "type": "object", "additionalProperties": False, "required": list(_product(settings)),
+                "type": "object", "additionalProperties": False, "required": _required(settings),
                 "properties": _product(settings),
             },
             "AdminProduct": {
-                "type": "object", "additionalProperties": False, "required": [*_product(settings), "sold", "orders"],
+                "type": "object", "additionalProperties": False, "required": [*_required(settings), "sold", "orders"],
                 "properties": {**_product(settings), "sold": {"type": "integer", "minimum": 0},
                                "orders": {"type": "integer", "minimum": 0}},
             },
@@ -208,6 +259,7 @@ def document(settings: Settings) -> dict[str, Any]:
                         "starts_at": {"type": "string", "format": "date-time"},
                         "ends_at": {"type": "string", "format": "date-time"},
                         "orders": {"type": "integer", "minimum": 1},
+                        "expired_at": {"type": "string", "format": "date-time"},
                         "outcome": {"enum": ["nothing_sold", "unknown"], "description": "503 only: nothing_sold "
                                     "when that is certain; unknown when the connection broke while committing "
                                     "(retry with the same Idempotency-Key to learn the outcome)."},
@@ -236,6 +288,27 @@ def _product(settings: Settings) -> dict[str, Any]:
         "starts_at": {**when, "description": "Purchases before it get 409 sale_not_started; null: on sale now."},
         "ends_at": {**when, "description": "Purchases from it on get 409 sale_ended; null: no end."},
         "status": {"enum": ["scheduled", "live", "sold_out", "ended"]},
+        "waiting_room": {"type": "boolean", "description": "Buyers join POST /products/{id}/queue and buy with "
+                                                           "the pass they are given (Queue-Pass)."},
+        "admit_per_second": {"type": "integer", "minimum": 1, "description": "Waiting room only."},
+        "pass_seconds": {"type": "integer", "minimum": 1, "description": "Waiting room only."},
+    }
+
+
+def _required(settings: Settings) -> list[str]:
+    """Every field of a product but the waiting room's own, shown only when it has one."""
+    return [name for name in _product(settings) if name not in ("admit_per_second", "pass_seconds")]
+
+
+def _standing() -> dict[str, Any]:
+    """Where a ticket stands (GET /queue/{ticket}, and the answer to joining)."""
+    return {
+        "status": {"enum": ["waiting", "admitted", "expired", "sold_out", "ended"]},
+        "position": {"type": ["integer", "null"], "minimum": 0,
+                     "description": "Tickets to be admitted before this one, itself included; 0 once admitted."},
+        "estimated_wait_s": {"type": ["integer", "null"], "minimum": 0},
+        "pass": {"type": ["string", "null"], "description": "Admitted only: send it as Queue-Pass."},
+        "pass_expires_at": {"type": ["string", "null"], "format": "date-time"},
     }
 
 
@@ -252,6 +325,10 @@ def _product_input(settings: Settings) -> dict[str, Any]:
                                     {"type": "null"}]},
         "starts_at": when,
         "ends_at": when,
+        "waiting_room": {"type": "boolean"},
+        "admit_per_second": {"type": "integer", "minimum": 1, "maximum": MAX_ADMIT_PER_SECOND,
+                             "description": "Changed during a sale, admission counts on from the admissions so far."},
+        "pass_seconds": {"type": "integer", "minimum": 1, "maximum": MAX_PASS_SECONDS},
     }
 
 
