@@ -169,6 +169,8 @@
       purchaseKey = null;
       outcome(`Order #${body.order_id} placed: ${body.quantity} unit(s). Thank you!`, true);
       $("buy-box").hidden = true;
+      $("queue-status").textContent = "Bought";
+      loadProduct().catch(() => {}); // the stock left, as it is now
       return;
     }
     const error = body.error || {};

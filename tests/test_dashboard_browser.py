@@ -346,3 +346,49 @@ def test_twenty_products_fit_one_page(cluster: RunningCluster, page) -> None:  #
     finally:
         for pid in created:
             cluster.cli("product", "delete", str(pid))
+
+
+def test_a_buyer_waits_in_line_on_the_shop_page_and_buys_when_admitted(  # type: ignore[no-untyped-def]
+        cluster: RunningCluster, page) -> None:
+    """The buyer's page end to end: the countdown to the start, joining, the place in line falling as the room
+    admits one buyer a second, the pass, the purchase and its outcome."""
+    made = json.loads(cluster.cli("product", "create", "--name", "Queued sneaker", "--stock", "5", "--starts-at",
+                                  "+5", "--waiting-room", "--admit-per-second", "1", "--pass-seconds", "60",
+                                  "--json").stdout)
+    pid = made["id"]
+    assert made["waiting_room"] is True and made["admit_per_second"] == 1
+    for early in (888001, 888002):  # two buyers ahead in line
+        body = json.dumps({"user_id": early}).encode()
+        request = urllib.request.Request(f"{cluster.url}/products/{pid}/queue", data=body, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 202
+    with urllib.request.urlopen(f"{cluster.url}/shop/{pid}", timeout=10) as response:
+        assert "public" in response.headers["Cache-Control"]  # the same page for every buyer: cacheable
+    page.set_viewport_size({"width": 720, "height": 480})
+    page.goto(f"{cluster.url}/shop/{pid}")
+    expect(page.locator("#name")).to_have_text("Queued sneaker")
+    countdown = page.locator("#countdown")
+    expect(countdown).to_have_text(re.compile(r"^Sale starts in 00:0[1-5]$"))
+    page.fill("#user", "888003")
+    page.click("#join")
+    expect(page.locator("#queue-status")).to_have_text("You are in line")
+    position = page.locator("#position")
+    expect(position).to_have_text("#3")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "shop-in-line.png"), full_page=True)
+    # One a second from the start: the place falls, then it is this buyer's turn.
+    expect(countdown).to_have_text("On sale now", timeout=10_000)
+    expect(position).to_have_text("#1", timeout=10_000)
+    expect(page.locator("#queue-status")).to_have_text("It is your turn", timeout=10_000)
+    expect(page.locator("#pass-left")).to_have_text(re.compile(r"^Your turn: your pass is valid for 00:[0-5]\d$"))
+    page.screenshot(path=str(ARTIFACTS / "shop-admitted.png"), full_page=True)
+    page.click("#buy")
+    outcome = page.locator("#outcome")
+    expect(outcome).to_have_text(re.compile(r"^Order #\d+ placed: 1 unit\(s\)\. Thank you!$"))
+    expect(page.locator("#facts")).to_have_text("4 of 5 left · sold through a waiting room")
+    page.screenshot(path=str(ARTIFACTS / "shop-bought.png"), full_page=True)
+    product = next(p for p in cluster.status()["products"] if p["id"] == pid)
+    assert (product["stock"], product["sold"]) == (4, 1)
+    # Nobody buys around the queue.
+    status, body = purchase(cluster.url, 888009, product=pid)
+    assert (status, body["error"]["code"]) == (403, "queue_pass_required"), body
