@@ -136,6 +136,27 @@ def test_products_are_created_listed_updated_and_deleted_from_the_cli(settings: 
     assert sql(settings.database_url, "SELECT count(*) FROM products WHERE id = %s", (pid,)) == [(0,)]
 
 
+def test_a_waiting_room_is_opened_tuned_and_closed_from_the_cli(settings: Settings) -> None:
+    env = settings_env(settings)
+    created = run_cli("product", "create", "--name", "Queued", "--stock", "9", "--waiting-room",
+                      "--admit-per-second", "50", "--pass-seconds", "30", "--json", env=env)
+    assert created.returncode == 0, created.stderr
+    product = json.loads(created.stdout)
+    pid = product["id"]
+    assert (product["waiting_room"], product["admit_per_second"], product["pass_seconds"]) == (True, 50, 30)
+    # A new rate during the sale keeps the admissions so far: the count goes on from where it was.
+    sql(settings.database_url, "UPDATE products SET admission_origin = now() - interval '10 seconds' "
+                               "WHERE id = %s", (pid,))
+    tuned = run_cli("product", "update", str(pid), "--admit-per-second", "80", env=env)
+    assert tuned.returncode == 0 and "waiting room: 80/s, passes 30 s" in tuned.stdout, tuned.stdout + tuned.stderr
+    (before,) = sql(settings.database_url, "SELECT admitted_before FROM products WHERE id = %s", (pid,))[0]
+    assert 500 <= before <= 520  # 10 s at 50/s (and the moments the command took)
+    closed = run_cli("product", "update", str(pid), "--no-waiting-room", "--json", env=env)
+    assert json.loads(closed.stdout)["waiting_room"] is False
+    both = run_cli("product", "update", str(pid), "--waiting-room", "--no-waiting-room", env=env)
+    assert both.returncode == 2  # one or the other
+
+
 def test_bad_product_options_are_one_line_errors_with_nothing_written(settings: Settings) -> None:
     env = settings_env(settings)
     before = sql(settings.database_url, "SELECT * FROM products ORDER BY id")
@@ -147,6 +168,8 @@ def test_bad_product_options_are_one_line_errors_with_nothing_written(settings: 
                  ["create", "--name", "x", "--stock", "3", "--starts-at", "2030-01-01T10:00:00"],
                  ["create", "--name", "x", "--stock", "3", "--starts-at", "+60", "--ends-at", "+10"],
                  ["create", "--name", "x", "--stock", "3", "--max-per-order", "500"],
+                 ["create", "--name", "x", "--stock", "3", "--waiting-room", "--admit-per-second", "0"],
+                 ["create", "--name", "x", "--stock", "3", "--waiting-room", "--pass-seconds", "100000"],
                  ["update", "1", "--ends-at", "2000-01-01T00:00:00Z", "--starts-at", "2001-01-01T00:00:00Z"],
                  ["update", "1"],
                  ["update", "999999", "--name", "y"],
