@@ -10,6 +10,8 @@
 * ``DropUser`` — the drop: buyers of several products (``HC_LOAD_PRODUCTS``) whose sales start at the same instant
   a few seconds ahead. Each arrives early, is told ``sale_not_started``, waits the ``Retry-After`` it was given and
   fires at the start; then like the herd, until it has bought or its product is sold out.
+* ``QueuedUser`` — the queued drop: buyers of a product with a waiting room join its queue before the start, poll
+  their ticket (every 0.5 to 10 s, sooner the closer their turn), and buy one unit with their pass once admitted.
 
 409, 429 and 503 ``overloaded`` (refused by admission control, nothing sold, ``Retry-After`` set) are expected
 answers of a flash sale, counted as successes; anything else (another 5xx, a 4xx, a dropped connection) is a
@@ -137,12 +139,14 @@ class Buyer(FastHttpUser):
         index = getattr(self.environment.runner, "worker_index", 0)
         self.user_id = index * ids_per_worker + next(buyer_ids)
 
-    def buy(self, product: int = PRODUCT) -> tuple[int, int | None]:
+    def buy(self, product: int = PRODUCT, *, headers: dict[str, str] | None = None,
+            name: str = "POST /purchase") -> tuple[int, int | None]:
         """Buy; returns the status and, for a 409, the stock the answer says is left. An ``overloaded`` or
         ``sale_not_started`` answer makes this buyer wait its Retry-After, as a real client would."""
         body = {"user_id": self.user_id, "product_id": product, "quantity": random.choice(self.quantities)}
         started = time.perf_counter()
-        with self.client.post("/purchase", json=body, name="POST /purchase", catch_response=True) as response:
+        with self.client.post("/purchase", json=body, name=name, headers=headers,
+                              catch_response=True) as response:
             ms = 1000 * (time.perf_counter() - started)
             status = response.status_code
             order_id = remaining = None
@@ -259,3 +263,70 @@ class DropUser(UntilServed):
     def on_start(self) -> None:
         super().on_start()
         self.product = DROP_PRODUCTS[self.user_id % len(DROP_PRODUCTS)]
+
+
+class QueuedUser(Buyer):
+    """Scenario 6: a buyer of product HC_LOAD_PRODUCT, which sells through a waiting room. It joins before the
+    start (once: the same ticket if it asks again), polls its ticket as a buyer's page would — often when its
+    turn is near, seldom when it is far — and buys one unit with its pass once admitted (the same
+    Idempotency-Key for a retry after 503 overloaded). It polls every half of its estimated wait, between 0.5 and
+    10 s: the closer its turn, the sooner it sees it. Done when served, or when its ticket says sold out or ended.
+    """
+
+    done = False
+    ticket: str | None = None
+    pause = 0.0
+
+    def wait_time(self) -> float:
+        return 3600.0 if self.done else self.pause
+
+    def finish(self) -> None:
+        self.done = True
+        tell_master(self.environment, "buyers_done")
+
+    @task
+    def step(self) -> None:
+        if self.done:
+            return
+        if self.ticket is None:
+            self.join()
+        else:
+            self.poll()
+
+    def join(self) -> None:
+        with self.client.post(f"/products/{PRODUCT}/queue", json={"user_id": self.user_id},
+                              name="POST /products/{id}/queue", catch_response=True) as response:
+            if response.status_code == 202:
+                response.success()
+                self.ticket = response.json()["ticket"]
+                self.key = f"queued-{self.user_id}"
+                self.pause = 1.0
+            elif response.status_code in (429, 503) and response.headers.get("Retry-After"):
+                response.success()  # overloaded or limited: asked to come back, as a real client does
+                self.pause = float(response.headers["Retry-After"])
+            else:
+                response.failure(f"{response.status_code}: {(response.text or '')[:200]}")
+                self.pause = 1.0
+
+    def poll(self) -> None:
+        with self.client.get(f"/queue/{self.ticket}", name="GET /queue/{ticket}", catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"{response.status_code}: {(response.text or '')[:200]}")
+                self.pause = 1.0
+                return
+            response.success()
+            standing = response.json()
+        status = standing["status"]
+        if status == "waiting":
+            wait = standing["estimated_wait_s"]
+            self.pause = 1.0 if wait is None else min(10.0, max(0.5, wait / 2)) * random.uniform(0.9, 1.1)
+            return
+        if status != "admitted":  # sold out, ended, or the pass expired: nothing to buy
+            self.finish()
+            return
+        bought, _ = self.buy(headers={"Queue-Pass": standing["pass"], "Idempotency-Key": self.key},
+                             name="POST /purchase (admitted)")
+        if bought == 503:
+            self.pause = 0.0  # overloaded: Buyer.buy waited its Retry-After; the same key again
+        else:
+            self.finish()  # bought, sold out, or refused (a failure Buyer.buy has counted)

@@ -21,27 +21,29 @@ def run(script: str, *args: str, timeout: float = 240,
                           timeout=timeout, env={**os.environ, "HC_LOG_LEVEL": "WARNING", **(env or {})})
 
 
-SCENARIOS = ["write-limit", "rate-limit-shield", "flash-sale-drain", "herd", "drop"]
+SCENARIOS = ["write-limit", "rate-limit-shield", "flash-sale-drain", "herd", "drop", "queued-drop"]
 
 
 def test_the_scenarios_run_check_the_invariant_and_write_a_report(tmp_path: Path) -> None:
     done = run("run.py", "--duration", "3", "--drain-users", "200", "--drain-stock", "400", "--after-sold-out", "1",
-               "--herd-users", "300", "--drop-users", "300", "--drop-lead", "6", "--out", str(tmp_path),
+               "--herd-users", "300", "--drop-users", "300", "--drop-lead", "6", "--queue-users", "300",
+               "--queue-stock", "60", "--queue-rate", "50", "--queue-lead", "6", "--out", str(tmp_path),
                env={"HC_LOAD_HERD_SPAWN_S": "1", "HC_LOAD_HERD_ARRIVAL_S": "2"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
     summary = report.split("\n## ")[0]  # the table of every scenario, before the sections of each
     rows = [line for line in summary.splitlines() if line.startswith("| ") and "holds" in line]
     assert [row.split(" | ")[0][2:] for row in rows] == SCENARIOS
-    for row in (rows[2], rows[3], rows[4]):  # the drain, the herd and the drop sell out exactly
+    for row in (rows[2], rows[3], rows[4], rows[5]):  # the drain, the herd and both drops sell out exactly
         cells = row.split(" | ")
-        assert cells[-3:] in (["0", "400", "holds |"], ["0", "300", "holds |"], ["0", "150", "holds |"]), row
+        assert cells[-3:] in (["0", "400", "holds |"], ["0", "300", "holds |"], ["0", "150", "holds |"],
+                              ["0", "60", "holds |"]), row
         assert cells[-4] == "0"  # failures
     shield = rows[1].split(" | ")
     assert int(shield[6].replace(",", "")) > 0  # the limiter answered 429s
     for name in SCENARIOS:
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
-    assert done.stdout.count("invariant holds") == 5
+    assert done.stdout.count("invariant holds") == 6
     assert "Herd goal, p99 of 200s" in report
     # The drop: five products, each sold out exactly, none of it before the common start.
     drop_rows = [line for line in report.split("## The drop, per product")[1].splitlines()
@@ -50,6 +52,13 @@ def test_the_scenarios_run_check_the_invariant_and_write_a_report(tmp_path: Path
     assert all(row.split(" | ")[4] == "0" for row in drop_rows)  # orders before the start
     assert (tmp_path / "drop-products.png").stat().st_size > 10_000
 
+    # The queued drop: sold out exactly, nothing before the start, only to buyers who joined; the fairness figures.
+    queued = report.split("## The queued drop")[1]
+    row = next(line for line in queued.splitlines() if line.startswith("| 60 |"))
+    cells = row.split(" | ")
+    assert cells[1:3] == ["60", "0"] and row.endswith("| holds |"), row  # sold, orders before the start
+    assert "of 60" in cells[4] and "%" in cells[6], row
+    assert (tmp_path / "queued-fairness.png").stat().st_size > 10_000
 
 @pytest.mark.skipif(shutil.which("wrk") is None and not os.environ.get("CI"), reason="wrk is not installed")
 def test_the_benchmark_runs_every_figure_and_checks_the_invariant(tmp_path: Path) -> None:
