@@ -356,6 +356,16 @@ async def test_the_dashboards_product_forms_create_update_delete_and_refuse_bad_
     bad = await browser.post(f"/admin/products/{product['id']}", {"ends_at": "2000-01-01T00:00:00Z",
                                                                    "starts_at": "2001-01-01T00:00:00Z"})
     assert bad.code == 400
+    # The card's waiting-room fields: opened, the rate changed live, empty numbers leave them as they are.
+    queued = await browser.post(f"/admin/products/{product['id']}", {"waiting_room": "on", "admit_per_second": "40",
+                                                                      "pass_seconds": ""})
+    body = json.loads(queued.body)["product"]
+    assert (body["waiting_room"], body["admit_per_second"], body["pass_seconds"]) == (True, 40, 120)
+    faster = await browser.post(f"/admin/products/{product['id']}", {"admit_per_second": "80"})
+    assert json.loads(faster.body)["product"]["admit_per_second"] == 80
+    assert (await browser.post(f"/admin/products/{product['id']}", {"waiting_room": "maybe"})).code == 400
+    closed = await browser.post(f"/admin/products/{product['id']}", {"waiting_room": "off", "admit_per_second": ""})
+    assert json.loads(closed.body)["product"]["waiting_room"] is False
     sql(url, "INSERT INTO orders (user_id, product_id, quantity, replica) VALUES (1, %s, 1, 'x')", (product["id"],))
     kept = await browser.post(f"/admin/products/{product['id']}/delete", {})
     assert (kept.code, json.loads(kept.body)["error"]["code"]) == (409, "has_orders")
