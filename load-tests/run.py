@@ -243,24 +243,14 @@ def run_scenario(scenario: Scenario, target: Backends | ExternalCluster, out: Pa
     if scenario.drop_stocks:
         drop = drop_results(target.env["HC_DATABASE_URL"], ids)
         for row in drop:
-            if row["stock"] + row["sold"] != row["initial"]:
-                problems.append(f"product {row['id']}: stock {row['stock']} + sold {row['sold']} != {row['initial']}")
-            if row["stock"] != 0:
-                problems.append(f"product {row['id']}: the sale ended with {row['stock']} units left")
-            if row["early"]:
-                problems.append(f"product {row['id']}: {row['early']} orders dated before the start")
+            problems += sale_problems(row, f"product {row['id']}: ")
         product = {"stock": sum(r["stock"] for r in drop), "sold": sum(r["sold"] for r in drop),
                    "initial_stock": sum(r["initial"] for r in drop)}
     elif scenario.queue_rate:
         queued = queued_results(target.env["HC_DATABASE_URL"], target.env["HC_REDIS_URL"],
                                 target.env.get("HC_REDIS_PREFIX", "hc:"), queued_id)
         product = {"stock": queued["stock"], "sold": queued["sold"], "initial_stock": queued["initial"]}
-        if queued["stock"] + queued["sold"] != queued["initial"]:
-            problems.append(f"stock {queued['stock']} + sold {queued['sold']} != {queued['initial']}")
-        if queued["stock"] != 0:
-            problems.append(f"the sale ended with {queued['stock']} units left")
-        if queued["early"]:
-            problems.append(f"{queued['early']} orders dated before the start")
+        problems += sale_problems(queued)
         if queued["unticketed"]:
             problems.append(f"{queued['unticketed']} orders by buyers who never joined the queue")
     else:
@@ -341,6 +331,19 @@ def drop_results(database_url: str, product_ids: list[int]) -> list[dict[str, An
              "order_times": [float(t) for t in r[9] or []]} for r in rows]
 
 
+def sale_problems(row: dict[str, Any], naming: str = "") -> list[str]:
+    """What is wrong with a scheduled sale that should have sold out exactly: the invariant, stock left, orders
+    dated before its start."""
+    problems = []
+    if row["stock"] + row["sold"] != row["initial"]:
+        problems.append(f"{naming}stock {row['stock']} + sold {row['sold']} != {row['initial']}")
+    if row["stock"] != 0:
+        problems.append(f"{naming}the sale ended with {row['stock']} units left")
+    if row["early"]:
+        problems.append(f"{naming}{row['early']} orders dated before the start")
+    return problems
+
+
 def read_log(path: Path | None, offset: int | None) -> list[dict[str, Any]]:
     """nginx's JSON access-log lines written since ``offset`` (none without a log of our own)."""
     if path is None or offset is None or not path.exists():
@@ -381,32 +384,38 @@ def queued_results(database_url: str, redis_url: str, prefix: str, product_id: i
             "inversions": inversions / pairs if pairs else 0.0, "tickets_in_order_served": tickets}
 
 
-def queued_chart(result: Outcome, path: Path) -> None:
+def _one_chart() -> tuple[Any, Any]:
+    """A figure with one set of axes, drawn off-screen."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tickets = result.queued["tickets_in_order_served"]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    ax.scatter(range(1, len(tickets) + 1), tickets, s=4, color="#2563eb")
-    ax.plot([1, len(tickets)], [1, len(tickets)], color="#16a34a", lw=1, label="served exactly in ticket order")
-    ax.set(title="The queued drop: ticket number of each order, in the order the orders were placed",
-           xlabel="order (by PostgreSQL created_at)", ylabel="buyer's ticket (order of joining)")
-    ax.legend(loc="upper left", fontsize=8)
+    return plt.subplots(figsize=(9, 4))
+
+
+def _save(fig: Any, ax: Any, path: Path, legend: str) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.legend(loc=legend, fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
+def queued_chart(result: Outcome, path: Path) -> None:
+    tickets = result.queued["tickets_in_order_served"]
+    fig, ax = _one_chart()
+    ax.scatter(range(1, len(tickets) + 1), tickets, s=4, color="#2563eb")
+    ax.plot([1, len(tickets)], [1, len(tickets)], color="#16a34a", lw=1, label="served exactly in ticket order")
+    ax.set(title="The queued drop: ticket number of each order, in the order the orders were placed",
+           xlabel="order (by PostgreSQL created_at)", ylabel="buyer's ticket (order of joining)")
+    _save(fig, ax, path, "upper left")
+
+
 def drop_chart(result: Outcome, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = _one_chart()
     for row in result.drop:
         times = row["order_times"]
         ax.step([0.0, *times], [0, *range(1, len(times) + 1)], where="post",
@@ -414,11 +423,7 @@ def drop_chart(result: Outcome, path: Path) -> None:
     ax.axvline(0, color="#0f172a", linewidth=1)
     ax.set(title="The drop: orders placed per product, by seconds after the common start (PostgreSQL created_at)",
            xlabel="s after starts_at", ylabel="orders")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, ax, path, "lower right")
 
 
 def chart(result: Outcome, path: Path) -> None:
