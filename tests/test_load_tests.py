@@ -46,7 +46,7 @@ def test_the_scenarios_run_check_the_invariant_and_write_a_report(tmp_path: Path
     assert done.stdout.count("invariant holds") == 6
     assert "Herd goal, p99 of 200s" in report
     # The drop: five products, each sold out exactly, none of it before the common start.
-    drop_rows = [line for line in report.split("## The drop, per product")[1].splitlines()
+    drop_rows = [line for line in report.split("## The drop, per product")[1].split("\n## ")[0].splitlines()
                  if line.startswith("| ") and line.endswith("| holds |")]
     assert len(drop_rows) == 5, report
     assert all(row.split(" | ")[4] == "0" for row in drop_rows)  # orders before the start
