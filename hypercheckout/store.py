@@ -181,6 +181,7 @@ SELECT p.id, p.name, p.stock, p.initial_stock, p.per_user_limit, p.starts_at, p.
        p.admitted_before, COALESCE(sum(o.quantity), 0)::bigint AS sold, count(o.id) AS orders,
        count(DISTINCT o.user_id) AS buyers
 FROM products p LEFT JOIN orders o ON o.product_id = p.id
+WHERE %(product_id)s::bigint IS NULL OR p.id = %(product_id)s::bigint
 GROUP BY p.id ORDER BY p.id
 """
 # The newest orders for the dashboard: a backwards walk of the primary key, no sort.
@@ -717,9 +718,11 @@ class Store:
             return {row[0]: (SaleRules(*row[1:5]), WaitingRoom(*row[5:9]) if row[4] else None)
                     for row in await cur.fetchall()}
 
-    async def status(self) -> list[ProductStatus]:
+    async def status(self, product_id: int | None = None) -> list[ProductStatus]:
+        """Every product with its sales, or the one asked for (psycopg2 puts the value in the statement, so the
+        planner sees a constant and reads that product's rows alone)."""
         async with self.cursor() as cur:
-            await cur.execute(STATUS)
+            await cur.execute(STATUS, {"product_id": product_id})
             return [
                 ProductStatus(product=Product(*row[:13]), sold=row[13], orders=row[14], buyers=row[15])
                 for row in await cur.fetchall()

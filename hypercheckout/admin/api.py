@@ -83,10 +83,9 @@ class ProductApiHandler(AdminApiHandler):
 
     async def get(self, product_id: str) -> None:
         wanted = int(product_id)
-        for row in await self.services.store.status():
-            if row.product.id == wanted:
-                self.write_json(self.product_json(row.product, sold=row.sold, orders=row.orders))
-                return
+        for row in await self.services.store.status(wanted):
+            self.write_json(self.product_json(row.product, sold=row.sold, orders=row.orders))
+            return
         raise unknown_product(wanted)
 
     async def patch(self, product_id: str) -> None:
