@@ -26,7 +26,7 @@ import hmac
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -199,8 +199,7 @@ class WaitingRooms:
             if self._schedule.room(request.product_id) is not None:
                 raise
             return request
-        return PurchaseRequest(request.user_id, request.product_id, request.quantity, request.idempotency_key,
-                               request.queue_pass, admitted=True)
+        return replace(request, admitted=True)
 
     def _verify(self, token: str, user_id: int, product_id: int) -> None:
         fields = self._signer.fields(token, PASS, 3)
