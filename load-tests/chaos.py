@@ -10,7 +10,8 @@ process so that the nemesis can kill and restart its pieces) serves every run. E
    writes each operation to the history: key, request, answer (or timeout / connection error), times;
 3. meanwhile a nemesis injects faults on a schedule drawn from the run's seed, overlapping: SIGKILL a replica and
    restart it, SIGSTOP/SIGCONT a replica, restart PostgreSQL (fast and immediate), kill and restart Redis, reload
-   nginx;
+   nginx; with ``--pg-standby`` also fail PostgreSQL over; with ``--redis-cluster`` (the limiter on) SIGKILL a
+   Redis master instead of restarting Redis, and start it again (it rejoins as a replica);
 4. heals everything, then retries every operation whose outcome is unknown (no answer, a 5xx other than a
    definite refusal) with its key until its outcome is known;
 5. checks the history against PostgreSQL (``check``): no oversell, nothing lost, nothing unexpected, nothing
@@ -56,6 +57,7 @@ from hypercheckout.localservices import free_port  # noqa: E402
 FAULTS = ("kill-replica", "pause-replica", "postgres-restart-fast", "postgres-restart-immediate", "redis-restart",
           "nginx-reload")
 FAILOVER = "postgres-failover"  # with --pg-standby only
+REDIS_MASTER = "redis-master-kill"  # with --redis-cluster, instead of redis-restart: SIGKILL one master
 # Whatever the nemesis does, a client is answered within the contract: 503 when a dependency is down, never 500.
 REQUEST_TIMEOUT = 5.0  # seconds; a purchase not answered by then is an operation with an unknown outcome
 DEFINITE = {200, 400, 404, 409, 422, 429}  # 503 is definite only with "outcome": "nothing_sold"
@@ -182,6 +184,14 @@ class Nemesis:
             elif fault.kind == "redis-restart":
                 if cluster.redis is not None and cluster.redis.running():
                     cluster.redis.kill(wait=True, sig=signal.SIGKILL)
+            elif fault.kind == REDIS_MASTER:
+                nodes = cluster.redis_nodes
+                assert nodes is not None
+                masters = sorted(port for port, role in nodes.roles().items() if role == "master")
+                if len(masters) < 3:  # one is down and its replica not yet in charge: never two shards at once
+                    self.injected[fault.kind] -= 1
+                    return
+                nodes.node(masters[fault.target % len(masters)]).kill()
             elif fault.kind == "nginx-reload":
                 assert cluster.nginx is not None
                 os.kill(cluster.nginx.process.pid, signal.SIGHUP)
@@ -202,7 +212,7 @@ class Nemesis:
         starting without PostgreSQL exits, and is started again by a later heal."""
         cluster = self.cluster
         with self.lock:
-            kinds = (*FAULTS, FAILOVER) if fault is None else (fault.kind,)
+            kinds = (*FAULTS, FAILOVER, REDIS_MASTER) if fault is None else (fault.kind,)
             try:
                 if any(k.startswith("postgres") for k in kinds) and not postgres_running(cluster):
                     assert cluster.postgres is not None
@@ -211,6 +221,10 @@ class Nemesis:
                     rebuild_standby(cluster)
                 if "redis-restart" in kinds and cluster.redis is not None and not cluster.redis.running():
                     cluster.redis.start()
+                if REDIS_MASTER in kinds and cluster.redis_nodes is not None:
+                    for node in cluster.redis_nodes.nodes:
+                        if node.process is None:
+                            node.start()  # it rejoins as a replica of whoever took over its slots
                 for index, replica in enumerate(cluster.apps):
                     if fault is not None and fault.target != index:
                         continue
@@ -459,9 +473,11 @@ def heal_fully(nemesis: Nemesis, attempts: int = 5) -> None:
 
 
 def wait_ready(cluster: Cluster, timeout: float = 60) -> None:
-    """Every replica answers /readyz directly (PostgreSQL reachable), nginx answers, and a standby, if any, is
-    streaming (until it is, every commit waits for it)."""
+    """Every replica answers /readyz directly (PostgreSQL reachable), nginx answers, a standby, if any, is
+    streaming (until it is, every commit waits for it), and a Redis Cluster, if any, serves every slot."""
     deadline = time.monotonic() + timeout
+    if cluster.redis_nodes is not None:
+        cluster.redis_nodes.wait_healthy(timeout)
     while cluster.standby is not None and cluster.postgres is not None and not streaming(cluster.postgres.url):
         if time.monotonic() > deadline:
             raise RuntimeError("the standby is not streaming after healing")
@@ -543,6 +559,9 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, help="the cluster's data dir (default: a temporary one)")
     parser.add_argument("--pg-standby", action="store_true",
                         help="PostgreSQL with a synchronous standby (`up --pg-standby`); adds the failover fault")
+    parser.add_argument("--redis-cluster", action="store_true",
+                        help="a Redis Cluster (`up --redis-cluster`) with the limiter on; a master is killed instead "
+                             "of Redis restarted")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     raise_file_limit()
@@ -553,9 +572,16 @@ def main() -> int:
     env = {**os.environ, "HC_RATE_LIMIT": "off", "HC_IP_RATE_LIMIT": "off", "HC_LOG_LEVEL": "WARNING",
            # Short timeouts so that a paused or dead piece costs seconds, not the whole run.
            "HC_DB_TIMEOUT": os.environ.get("HC_DB_TIMEOUT", "3")}
+    if args.redis_cluster:
+        # The limiter decides every purchase (buyers come from a small pool: some are refused), its keys spread
+        # over the masters; every buyer comes from 127.0.0.1, so the address's limit is out of the way, yet decided.
+        env.update({"HC_RATE_LIMIT": "20/s", "HC_RATE_BURST": "20", "HC_IP_RATE_LIMIT": "100000/s",
+                    "HC_IP_RATE_BURST": "100000"})
     cluster = Cluster(data_dir=data_dir, port=port, replicas=3, environ=env, out=sys.stderr,
-                      pg_standby=args.pg_standby)
+                      pg_standby=args.pg_standby, redis_cluster=args.redis_cluster)
     fault_kinds = (*FAULTS, FAILOVER) if args.pg_standby else FAULTS
+    if args.redis_cluster:
+        fault_kinds = tuple(REDIS_MASTER if kind == "redis-restart" else kind for kind in fault_kinds)
     results: list[RunResult] = []
     print(f"chaos: {args.runs} runs of {args.duration:g} s, seed {args.seed}, {args.buyers} buyers, about "
           f"{args.faults_per_second:g} faults/s; cluster in {data_dir}", flush=True)
@@ -603,7 +629,7 @@ def summarise(results: list[RunResult]) -> str:
     return (f"total: {len(results)} runs, {sum(r.operations for r in results):,} operations (ok {kinds['ok']:,}, "
             f"fail {kinds['fail']:,}, info {kinds['info']:,} → sold {sum(r.info_sold for r in results):,}, not sold "
             f"{sum(r.info_not_sold for r in results):,}); faults {sum(faults.values()):,} "
-            f"({', '.join(f'{k} {faults[k]}' for k in (*FAULTS, FAILOVER) if faults[k])}); violations "
+            f"({', '.join(f'{k} {faults[k]}' for k in (*FAULTS, FAILOVER, REDIS_MASTER) if faults[k])}); violations "
             f"{sum(len(r.violations) for r in results)}\nfirst answers: "
             + ", ".join(f"{name} {n:,}" for name, n in answers.most_common()))
 

@@ -91,3 +91,18 @@ def test_a_short_campaign_injects_faults_and_finds_no_violation(tmp_path: Path) 
     kinds = {kind for r in runs for kind in r["faults"]}
     assert sum(sum(r["faults"].values()) for r in runs) >= 10 and len(kinds) >= 3, runs
     assert "violations 0" in done.stdout
+
+
+def test_a_short_campaign_on_a_redis_cluster_kills_masters_and_finds_no_violation(tmp_path: Path) -> None:
+    """`chaos.py --redis-cluster`: the limiter on, its keys on three masters, two of which are SIGKILLed."""
+    kinds = tuple(chaos.REDIS_MASTER if kind == "redis-restart" else kind for kind in chaos.FAULTS)
+    plan = chaos.make_plan("ci-rc-1", duration=8, buyers=12, faults_per_second=1, replicas=3, kinds=kinds)
+    assert [f.kind for f in plan.faults].count(chaos.REDIS_MASTER) == 2  # the seed below plans two kills
+    done = subprocess.run(
+        [sys.executable, str(LOAD_TESTS / "chaos.py"), "--runs", "1", "--duration", "8", "--seed", "ci-rc",
+         "--buyers", "12", "--faults-per-second", "1", "--redis-cluster", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=400, env={**os.environ, "HC_LOG_LEVEL": "WARNING"})
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    (run,) = json.loads((tmp_path / "summary.json").read_text())["runs"]
+    assert run["violations"] == [] and run["kinds"].get("ok", 0) > 0, run
+    assert run["faults"].get(chaos.REDIS_MASTER, 0) >= 1, run  # a kill is skipped while one master is down

@@ -15,7 +15,7 @@ from hypercheckout.limiter import FAILURE_BACKOFF, Decision, RateLimiter, limit_
 from hypercheckout.localservices import PrivateRedis, free_port
 from hypercheckout.redisclient import RedisClient, is_cluster
 from hypercheckout.settings import Settings
-from tests.helpers import ON_BOTH_REDIS, buy, limiter_for, run_cli, settings_env
+from tests.helpers import ON_BOTH_REDIS, buy, limiter_for, orders_of, run_cli, settings_env
 
 
 async def every_key(client: RedisClient, pattern: str) -> list[bytes]:
@@ -277,3 +277,23 @@ async def test_a_client_cannot_change_its_identity_with_headers(http_client, bas
     spoofed = await buy(http_client, base_url, user=2,
                         headers={"X-Real-IP": "203.0.113.9", "X-Forwarded-For": "203.0.113.9"})
     assert spoofed.status == 429  # still limited as 127.0.0.1, its real address
+
+
+@pytest.mark.gen_test
+@pytest.mark.settings(rate_limit=1.0, rate_burst=1, ban_after=2, ban_seconds=30)
+async def test_a_banned_buyers_retry_of_a_placed_order_replays_it(http_client, base_url, settings: Settings) -> None:
+    """Found by `make chaos` on a Redis Cluster: a first try answered 503 outcome unknown had placed its order; the
+    buyer was banned meanwhile, and the retry with the key was told 429 — a refusal, for an order that exists."""
+    placed = await buy(http_client, base_url, user=12, headers={"Idempotency-Key": "placed-then-banned"})
+    assert placed.status == 200
+    refusals = [await buy(http_client, base_url, user=12) for _ in range(3)]
+    assert refusals[-1].body["error"]["code"] == "banned"
+    retry = await buy(http_client, base_url, user=12, headers={"Idempotency-Key": "placed-then-banned"})
+    assert retry.status == 200 and retry.body["order_id"] == placed.body["order_id"], retry.body
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    # A key of no order is refused as before; the same key with another body is still a 422.
+    fresh = await buy(http_client, base_url, user=12, headers={"Idempotency-Key": "never-used"})
+    assert (fresh.status, fresh.body["error"]["code"]) == (429, "banned")
+    other = await buy(http_client, base_url, user=12, qty=2, headers={"Idempotency-Key": "placed-then-banned"})
+    assert (other.status, other.body["error"]["code"]) == (422, "idempotency_key_reused")
+    assert len(orders_of(settings.database_url)) == 1

@@ -55,6 +55,20 @@ class Checkout:
         finally:
             self._keys_in_flight.discard(key)
 
+    async def stored(self, request: PurchaseRequest) -> Order | None:
+        """The order an earlier request with this one's Idempotency-Key placed, for a request refused before the
+        purchase (rate-limited): None without a key, without such an order, or when PostgreSQL cannot say (the
+        refusal then stands, as it did before). A refused request costs this one primary-key lookup only when it
+        carries a key."""
+        if request.idempotency_key is None:
+            return None
+        try:
+            return await self._replay(request)
+        except CheckoutError as exc:
+            if exc.code == "idempotency_key_reused":
+                raise
+            return None
+
     async def _replay(self, request: PurchaseRequest) -> Order | None:
         stored = await self._store.stored_order(request.idempotency_key or "")
         if stored is None:
