@@ -208,6 +208,21 @@ async def test_each_bad_pass_is_a_403_and_sells_nothing(http_client, base_url, s
     assert placed.status == 200, placed.body
     replayed = await buy(client, base_url, user=1, product=first, headers=keyed)
     assert replayed.status == 200 and replayed.body["order_id"] == placed.body["order_id"]
+    # Once the pass has expired, a retry of the placed order with its key still learns of it (with the stale pass,
+    # or with none); a new purchase with that pass is refused.
+    placed_late = await buy(client, base_url, user=1, product=short, headers={"Queue-Pass": expiring})
+    assert placed_late.status == 403  # expired already: nothing placed with it
+    brief = room_product(url, 10, rate=1000, pass_seconds=3)
+    await services.schedule.load()
+    four = await admitted_pass(client, base_url, (await join(client, base_url, brief, 4))["ticket"])
+    kept = await buy(client, base_url, user=4, product=brief, headers={"Queue-Pass": four, "Idempotency-Key": "k4"})
+    assert kept.status == 200, kept.body
+    await asyncio.sleep(max(0.0, int(four.split(".")[3]) - time.time()) + 0.05)
+    for headers in ({"Queue-Pass": four, "Idempotency-Key": "k4"}, {"Idempotency-Key": "k4"}):
+        again = await buy(client, base_url, user=4, product=brief, headers=headers)
+        assert again.status == 200 and again.body["order_id"] == kept.body["order_id"], (headers, again.body)
+    new = await buy(client, base_url, user=4, product=brief, headers={"Queue-Pass": four, "Idempotency-Key": "k5"})
+    assert (new.status, new.body["error"]["code"]) == (403, "queue_pass_expired")
     # A product without a waiting room ignores the header, as before.
     assert (await buy(client, base_url, user=3, product=1, headers={"Queue-Pass": "nonsense"})).status == 200
     # Joining a product without a waiting room, or a ticket that was never given, is answered plainly.

@@ -33,7 +33,14 @@ class Checkout:
         time (same order) or 422 for another body; one still being processed here answers 409. A Queue-Pass is
         checked first (in memory): a bad one for a product with a waiting room is a 403."""
         if self.rooms is not None:
-            request = self.rooms.check_pass(request)
+            try:
+                request = self.rooms.check_pass(request)
+            except CheckoutError:
+                # A retry of a placed order must learn so, even once its pass has expired.
+                stored = await self.stored(request)
+                if stored is None:
+                    raise
+                return stored
         key = request.idempotency_key
         if key is None:
             return await self._sell(request)
