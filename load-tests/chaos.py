@@ -60,7 +60,9 @@ FAILOVER = "postgres-failover"  # with --pg-standby only
 REDIS_MASTER = "redis-master-kill"  # with --redis-cluster, instead of redis-restart: SIGKILL one master
 # Whatever the nemesis does, a client is answered within the contract: 503 when a dependency is down, never 500.
 REQUEST_TIMEOUT = 5.0  # seconds; a purchase not answered by then is an operation with an unknown outcome
-DEFINITE = {200, 400, 404, 409, 422, 429}  # 503 is definite only with "outcome": "nothing_sold"
+DEFINITE = {200, 400, 403, 404, 409, 422, 429}  # 503 is definite only with "outcome": "nothing_sold"
+ROOM_RATE, ROOM_PASS_SECONDS = 200, 60  # the waiting room's product (--waiting-room)
+PASSLESS_SHARE = 0.1  # of purchases of that product, sent without a pass: each must be refused
 
 
 # --- the history ----------------------------------------------------------------------------------------------------
@@ -77,6 +79,8 @@ class Operation:
     body: dict[str, Any] = field(default_factory=dict)
     resolved: int | None = None  # for an info operation: the status its key finally got
     resolved_body: dict[str, Any] = field(default_factory=dict)
+    queue_pass: str | None = None  # the Queue-Pass sent (a product with a waiting room)
+    room: bool = False  # its product sells through a waiting room
 
     @property
     def kind(self) -> str:
@@ -101,6 +105,7 @@ class ProductPlan:
     stock: int
     per_user_limit: int | None
     weight: float
+    room: bool = False  # sold through a waiting room
 
 
 @dataclass
@@ -123,7 +128,7 @@ class Plan:
 
 
 def make_plan(seed: str, *, duration: float, buyers: int, faults_per_second: float, replicas: int,
-              kinds: tuple[str, ...] = FAULTS) -> Plan:
+              kinds: tuple[str, ...] = FAULTS, waiting_room: bool = False) -> Plan:
     rng = random.Random(seed)
     products = [
         ProductPlan("limited", rng.randint(5_000, 20_000), rng.randint(2, 5), 0.3),
@@ -135,6 +140,9 @@ def make_plan(seed: str, *, duration: float, buyers: int, faults_per_second: flo
     faults = sorted((Fault(at=rng.uniform(0.5, duration * 0.9), kind=rng.choice(kinds),
                            target=rng.randrange(replicas), hold=rng.uniform(0.5, 3.0)) for _ in range(count)),
                     key=lambda f: f.at)
+    if waiting_room:  # drawn apart, so that the rest of a seed's plan is the same with or without it
+        products.append(ProductPlan("queued", random.Random(f"{seed}/queued").randint(100, 400), None, 0.25,
+                                    room=True))
     return Plan(seed=seed, products=products, faults=faults, buyers=buyers, users=rng.randint(20, 60))
 
 
@@ -287,9 +295,17 @@ def admin(cluster: Cluster, method: str, path: str, body: dict[str, Any] | None 
 
 async def purchase(client: SimpleAsyncHTTPClient, url: str, op: Operation) -> tuple[int | None, dict[str, Any]]:
     body = json.dumps({"user_id": op.user, "product_id": op.product, "quantity": op.quantity})
+    headers = {"Content-Type": "application/json", "Idempotency-Key": op.key}
+    if op.queue_pass is not None:
+        headers["Queue-Pass"] = op.queue_pass
+    return await call(client, f"{url}/purchase", "POST", body, headers)
+
+
+async def call(client: SimpleAsyncHTTPClient, url: str, method: str, body: str | None = None,
+               headers: dict[str, str] | None = None) -> tuple[int | None, dict[str, Any]]:
+    """(status, JSON body) of one request, or (None, {}) when no answer came within REQUEST_TIMEOUT."""
     try:
-        response = await client.fetch(f"{url}/purchase", method="POST", body=body, raise_error=False,
-                                       headers={"Content-Type": "application/json", "Idempotency-Key": op.key},
+        response = await client.fetch(url, method=method, body=body, raise_error=False, headers=headers,
                                        request_timeout=REQUEST_TIMEOUT, connect_timeout=REQUEST_TIMEOUT)
     except (TimeoutError, HTTPClientError, OSError):
         return None, {}
@@ -301,11 +317,33 @@ async def purchase(client: SimpleAsyncHTTPClient, url: str, op: Operation) -> tu
         return response.code, {"raw": response.body[:200].decode("latin-1")}
 
 
+async def admitted(client: SimpleAsyncHTTPClient, url: str, product: int, user: int) -> str | None:
+    """Join the product's waiting room and wait (a few seconds at most) for the pass; None if the queue could not
+    be reached or the turn did not come (the buyer tries again later, as a buyer's page would)."""
+    status, body = await call(client, f"{url}/products/{product}/queue", "POST", json.dumps({"user_id": user}),
+                              {"Content-Type": "application/json"})
+    if status != 202:
+        return None
+    ticket = body["ticket"]
+    for _ in range(20):
+        if status in (200, 202):
+            if body.get("status") == "admitted":
+                return str(body["pass"])
+            if body.get("status") != "waiting":
+                return None  # sold out, ended, or the pass expired
+        await asyncio.sleep(0.2)
+        status, body = await call(client, f"{url}/queue/{ticket}", "GET")
+    return None
+
+
 async def workload(url: str, plan: Plan, product_ids: list[int], duration: float) -> list[Operation]:
     history: list[Operation] = []
+    rooms = {product_ids[i] for i, p in enumerate(plan.products) if p.room}
     client = SimpleAsyncHTTPClient(force_instance=True, max_clients=plan.buyers)
     weights = [p.weight for p in plan.products]
     deadline = time.monotonic() + duration
+
+    passes: dict[tuple[int, int], str] = {}  # (buyer, product) -> its pass, shared by the concurrent buyers
 
     async def buyer(index: int) -> None:
         rng = random.Random(f"{plan.seed}/buyer/{index}")  # each buyer's sequence is the seed's
@@ -314,10 +352,19 @@ async def workload(url: str, plan: Plan, product_ids: list[int], duration: float
             n += 1
             product = rng.choices(range(len(product_ids)), weights)[0]
             op = Operation(key=f"{plan.seed}/{index}/{n}", user=rng.randint(1, plan.users),
-                           product=product_ids[product], quantity=rng.randint(1, 3), started=time.time())
+                           product=product_ids[product], quantity=rng.randint(1, 3), started=time.time(),
+                           room=product_ids[product] in rooms)
+            if op.room and rng.random() >= PASSLESS_SHARE:
+                held = passes.get((op.user, op.product)) or await admitted(client, url, op.product, op.user)
+                if held is None:
+                    continue  # not admitted (yet): no purchase to try
+                passes[(op.user, op.product)] = op.queue_pass = held
+                op.started = time.time()
             history.append(op)
             op.status, op.body = await purchase(client, url, op)
             op.ended = time.time()
+            if op.status == 403:
+                passes.pop((op.user, op.product), None)  # expired or refused: join again next time
             await asyncio.sleep(rng.uniform(0, 0.02))
 
     try:
@@ -421,6 +468,10 @@ def check(history: list[Operation], products: list[ProductState], orders: list[O
         limit = limits.get(product)
         if limit is not None and units > limit:
             problems.append(f"limit: buyer {user} owns {units} of product {product}, limit {limit}")
+    # Nobody buys around a waiting room: a purchase sent without a pass is refused, whatever happened meanwhile.
+    for op in history:
+        if op.room and op.queue_pass is None and op.final[0] == 200:
+            problems.append(f"queue: key {op.key} bought product {op.product} without a pass")
     # Dependencies down are 503s (nginx turns its own 502/504 into 503 too): any other 5xx breaks the contract.
     for op in history:
         for status in (op.status, op.resolved):
@@ -451,6 +502,17 @@ class RunResult:
     violations: list[str]
     seconds: float
     answers: dict[str, int] = field(default_factory=dict)  # "200", "409 out_of_stock", "none", … (first answers)
+    room: dict[str, int] = field(default_factory=dict)  # the waiting room's product: bought with a pass, etc.
+
+
+def room_figures(history: list[Operation]) -> dict[str, int]:
+    """The waiting room's product: purchases with a pass that sold, and purchases without one (all refused)."""
+    ops = [op for op in history if op.room]
+    if not ops:
+        return {}
+    return {"bought_with_pass": sum(1 for op in ops if op.queue_pass and op.final[0] == 200),
+            "sent_without_pass": sum(1 for op in ops if op.queue_pass is None),
+            "refused_without_pass": sum(1 for op in ops if op.queue_pass is None and op.final[0] == 403)}
 
 
 def answer_name(op: Operation) -> str:
@@ -511,9 +573,10 @@ def streaming(primary_url: str) -> bool:
 
 def one_run(cluster: Cluster, nemesis: Nemesis, index: int, plan: Plan, duration: float, out: Path) -> RunResult:
     started = time.monotonic()
+    room = {"waiting_room": True, "admit_per_second": ROOM_RATE, "pass_seconds": ROOM_PASS_SECONDS}
     product_ids = [admin(cluster, "POST", "/admin/api/products",
-                         {"name": f"chaos {plan.seed} {p.name}", "stock": p.stock, "per_user_limit": p.per_user_limit})
-                   ["id"] for p in plan.products]
+                         {"name": f"chaos {plan.seed} {p.name}", "stock": p.stock, "per_user_limit": p.per_user_limit,
+                          **(room if p.room else {})})["id"] for p in plan.products]
     before = Counter(nemesis.injected)
     stop = threading.Event()
     runner = threading.Thread(target=nemesis.run, args=(plan.faults, time.monotonic(), stop), name="nemesis")
@@ -536,7 +599,8 @@ def one_run(cluster: Cluster, nemesis: Nemesis, index: int, plan: Plan, duration
         info_sold=sum(1 for op in unknown if op.resolved == 200),
         info_not_sold=sum(1 for op in unknown if op.resolved not in (200, None)),
         faults={k: v for k, v in injected.items() if v}, violations=violations,
-        seconds=time.monotonic() - started, answers=dict(Counter(answer_name(op) for op in history)))
+        seconds=time.monotonic() - started, answers=dict(Counter(answer_name(op) for op in history)),
+        room=room_figures(history))
     if violations:
         keep = out / f"run-{index}"
         keep.mkdir(parents=True, exist_ok=True)
@@ -559,6 +623,10 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, help="the cluster's data dir (default: a temporary one)")
     parser.add_argument("--pg-standby", action="store_true",
                         help="PostgreSQL with a synchronous standby (`up --pg-standby`); adds the failover fault")
+    parser.add_argument("--waiting-room", action="store_true",
+                        help=f"a fifth product sold through a waiting room ({ROOM_RATE}/s): its buyers join, wait for "
+                             f"their pass and buy with it; {PASSLESS_SHARE:.0%} of its purchases carry no pass and "
+                             "must all be refused")
     parser.add_argument("--redis-cluster", action="store_true",
                         help="a Redis Cluster (`up --redis-cluster`) with the limiter on; a master is killed instead "
                              "of Redis restarted")
@@ -590,14 +658,16 @@ def main() -> int:
     try:
         for index in range(1, args.runs + 1):
             plan = make_plan(f"{args.seed}-{index}", duration=args.duration, buyers=args.buyers,
-                             faults_per_second=args.faults_per_second, replicas=cluster.replicas, kinds=fault_kinds)
+                             faults_per_second=args.faults_per_second, replicas=cluster.replicas, kinds=fault_kinds,
+                             waiting_room=args.waiting_room)
             result = one_run(cluster, nemesis, index, plan, args.duration, args.out)
             results.append(result)
             kinds = result.kinds
             print(f"run {index:3d} seed {result.seed}: {result.operations:5d} ops (ok {kinds.get('ok', 0)}, fail "
                   f"{kinds.get('fail', 0)}, info {kinds.get('info', 0)} → sold {result.info_sold}, not sold "
                   f"{result.info_not_sold}); faults {sum(result.faults.values())} "
-                  f"{dict(sorted(result.faults.items()))}; violations {len(result.violations)}", flush=True)
+                  f"{dict(sorted(result.faults.items()))}; violations {len(result.violations)}"
+                  + (f"; waiting room {result.room}" if result.room else ""), flush=True)
             for problem in result.violations[:10]:
                 print(f"    VIOLATION: {problem}", flush=True)
     finally:
@@ -622,16 +692,20 @@ def summarise(results: list[RunResult]) -> str:
     kinds: Counter[str] = Counter()
     faults: Counter[str] = Counter()
     answers: Counter[str] = Counter()
+    room: Counter[str] = Counter()
     for r in results:
         kinds.update(r.kinds)
         faults.update(r.faults)
         answers.update(r.answers)
+        room.update(r.room)
+    rooms = (f"\nwaiting room: {room['bought_with_pass']:,} bought with a pass; {room['sent_without_pass']:,} sent "
+             f"without one, {room['refused_without_pass']:,} refused 403") if room else ""
     return (f"total: {len(results)} runs, {sum(r.operations for r in results):,} operations (ok {kinds['ok']:,}, "
             f"fail {kinds['fail']:,}, info {kinds['info']:,} → sold {sum(r.info_sold for r in results):,}, not sold "
             f"{sum(r.info_not_sold for r in results):,}); faults {sum(faults.values()):,} "
             f"({', '.join(f'{k} {faults[k]}' for k in (*FAULTS, FAILOVER, REDIS_MASTER) if faults[k])}); violations "
             f"{sum(len(r.violations) for r in results)}\nfirst answers: "
-            + ", ".join(f"{name} {n:,}" for name, n in answers.most_common()))
+            + ", ".join(f"{name} {n:,}" for name, n in answers.most_common()) + rooms)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ def test_a_clean_history_passes() -> None:
     ([Op("a", 1, 7, 1, 0.0)], 2, [], "unresolved"),  # no answer and never resolved
     ([Op("a", 1, 7, 1, 0.0, status=500, resolved=409, resolved_body={"error": {"code": "out_of_stock"}})], 2, [],
      "contract"),  # a 500 is never an answer, whatever broke
+    ([Op("a", 1, 7, 1, 0.0, status=200, body={"order_id": 1}, room=True)], 1, [Order(1, "a", 1, 7, 1)],
+     "without a pass"),  # a waiting room's product bought around the queue
 ])
 def test_every_kind_of_violation_is_caught(history, stock, orders, says) -> None:  # type: ignore[no-untyped-def]
     problems = chaos.check(history, [State(7, stock, 2, None)], orders)
@@ -81,7 +83,7 @@ def test_the_same_seed_plans_the_same_run() -> None:
 def test_a_short_campaign_injects_faults_and_finds_no_violation(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(LOAD_TESTS / "chaos.py"), "--runs", "2", "--duration", "8", "--seed", "ci",
-         "--buyers", "12", "--faults-per-second", "1", "--out", str(tmp_path)],
+         "--buyers", "12", "--faults-per-second", "1", "--waiting-room", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=400, env={**os.environ, "HC_LOG_LEVEL": "WARNING"})
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -91,6 +93,9 @@ def test_a_short_campaign_injects_faults_and_finds_no_violation(tmp_path: Path) 
     kinds = {kind for r in runs for kind in r["faults"]}
     assert sum(sum(r["faults"].values()) for r in runs) >= 10 and len(kinds) >= 3, runs
     assert "violations 0" in done.stdout
+    # The waiting room's product: bought with passes, and every purchase sent without one refused (the checker
+    # counts any that sold as a violation).
+    assert all(r["room"]["bought_with_pass"] > 0 and r["room"]["sent_without_pass"] > 0 for r in runs), runs
 
 
 def test_a_short_campaign_on_a_redis_cluster_kills_masters_and_finds_no_violation(tmp_path: Path) -> None:
