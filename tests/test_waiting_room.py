@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import redis.exceptions
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from hypercheckout.checkout.errors import CheckoutError
@@ -313,3 +314,34 @@ async def test_the_dashboard_and_metrics_show_each_rooms_queue(http_client, base
     text = (await http_client.fetch(f"{base_url}/metrics")).body.decode()
     assert f'hypercheckout_queue_length{{product="{pid}"}} 5.0' in text
     assert f'hypercheckout_queue_admitted{{product="{pid}"}} 0.0' in text
+
+
+@pytest.mark.gen_test
+async def test_a_join_redis_fails_once_is_made_again_and_a_dead_redis_is_a_503_to_retry(  # type: ignore[no-untyped-def]
+        http_client, base_url, settings: Settings, services) -> None:
+    """Seen in a full `make scenarios` run: in a burst of joins on two busy cores, one Redis call took longer than
+    HC_REDIS_TIMEOUT. Joining is idempotent, so the call is made once more; then the buyer is told to retry."""
+    pid = room_product(settings.database_url, 10, rate=10)
+    await services.schedule.load()
+    client = services.redis
+    real, failures = client.evalsha, [1]
+
+    async def flaky(*args: object) -> object:
+        if failures:
+            failures.pop()
+            raise redis.exceptions.TimeoutError("Timeout reading from socket")
+        return await real(*args)
+
+    client.evalsha = flaky
+    joined = await post_raw(http_client, f"{base_url}/products/{pid}/queue", '{"user_id": 5}')
+    assert joined.status == 202 and not failures, joined.body
+
+    async def dead(*args: object) -> object:
+        raise redis.exceptions.ConnectionError("Connection refused")
+
+    client.evalsha = dead
+    refused = await post_raw(http_client, f"{base_url}/products/{pid}/queue", '{"user_id": 6}')
+    assert (refused.status, refused.body["error"]["code"]) == (503, "unavailable") and "nobody joined" in \
+        refused.body["error"]["message"]
+    assert refused.headers["Retry-After"] == "1"
+    client.evalsha = real

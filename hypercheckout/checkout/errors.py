@@ -112,6 +112,14 @@ def unavailable(what: str = "the database") -> CheckoutError:
                          extra=dict(NOTHING_SOLD))
 
 
+def queue_unavailable(retry_after: int = 1) -> CheckoutError:
+    """The queue's store (Redis) did not answer a join: the buyer has no place yet, and joining again is safe (the
+    same buyer always gets the same ticket)."""
+    return CheckoutError(503, "unavailable",
+                         f"the queue (Redis) is unreachable; nobody joined, retry in {retry_after} s",
+                         headers={"Retry-After": str(retry_after)})
+
+
 def statement_cancelled() -> CheckoutError:
     """PostgreSQL cancelled the statement (a statement timeout, or an operator's pg_cancel_backend)."""
     return CheckoutError(503, "unavailable", "the database cancelled the statement; nothing was sold, please retry",

@@ -35,7 +35,7 @@ from hypercheckout.checkout.errors import (
     no_waiting_room,
     queue_pass_expired,
     queue_pass_invalid,
-    unavailable,
+    queue_unavailable,
     unknown_product,
     unknown_ticket,
 )
@@ -143,10 +143,16 @@ class WaitingRooms:
     async def join(self, product_id: int, user_id: int) -> dict[str, Any]:
         """The buyer's ticket (the same one if it joined before) and where it stands now."""
         room = await self._room(product_id)
-        try:
-            number = int(await self._join(keys=self._keys(product_id), args=[user_id, TICKET_TTL_SECONDS * 1000]))
-        except CALL_FAILED:
-            raise unavailable("the queue (Redis)") from None
+        # Joining twice is harmless (the same buyer gets the same number), so a call that failed — Redis busy for
+        # longer than HC_REDIS_TIMEOUT in a burst of joins — is made once more before the buyer is told to retry.
+        for attempt in (1, 2):
+            try:
+                number = int(await self._join(keys=self._keys(product_id),
+                                              args=[user_id, TICKET_TTL_SECONDS * 1000]))
+                break
+            except CALL_FAILED:
+                if attempt == 2:
+                    raise queue_unavailable() from None
         ticket = Ticket(product_id, number, user_id)
         token = self._signer.sign(TICKET, product_id, number, user_id)
         return {"ticket": token, "product_id": product_id, **self._standing(ticket, room)}
