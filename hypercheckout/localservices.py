@@ -350,7 +350,6 @@ class PrivateRedisCluster:
             if ports_file.exists() else []
         if len(pairs) != masters * 2:
             pairs = [(free_port(), free_port()) for _ in range(masters * 2)]
-        self.masters = masters
         config = (f"masterauth {self.password}\ncluster-enabled yes\ncluster-config-file nodes.conf\n"
                   f"cluster-node-timeout {CLUSTER_NODE_TIMEOUT_MS}\n"
                   # Slots on healthy masters keep serving while one master's replica takes over.

@@ -32,7 +32,7 @@ class Metrics:
             "hypercheckout_purchase_seconds", "Time to answer POST /purchase, by status.", ["status"],
             buckets=LATENCY_BUCKETS, registry=self.registry)
         self.products: list[Product] = []  # refreshed from PostgreSQL before each scrape
-        self.queue_lengths: dict[int, int] = {}  # tickets handed out per waiting room, from Redis, likewise
+        self.queues: dict[int, dict[str, int]] = {}  # per waiting room: length and admitted, read likewise
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         # Every label from a closed set: any client can send any method, and each new value would be a new series.
@@ -98,9 +98,9 @@ class ServiceCollector(Collector):
                                    labels=["product"])
         admitted = GaugeMetricFamily("hypercheckout_queue_admitted", "Buyers a product's waiting room has admitted "
                                      "so far (by the admission rate and this replica's clock).", labels=["product"])
-        for product_id, length in sorted(self._metrics.queue_lengths.items()):
-            joined.add_metric([str(product_id)], length)
-            admitted.add_metric([str(product_id)], min(length, services.rooms.admitted(product_id) or 0))
+        for product_id, queue in sorted(self._metrics.queues.items()):
+            joined.add_metric([str(product_id)], queue["length"])
+            admitted.add_metric([str(product_id)], queue["admitted"])
         yield joined
         yield admitted
         yield GaugeMetricFamily("hypercheckout_sold_out_flags", "Products this replica answers 409 for without "

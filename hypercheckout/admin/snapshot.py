@@ -103,7 +103,6 @@ class Snapshotter:
         rooms = [p for p in products if p.get("waiting_room")]
         if self._rooms is None or not rooms:
             return
-        lengths = await self._rooms.lengths([p["id"] for p in rooms])
+        queues = await self._rooms.queues([p["id"] for p in rooms])
         for p in rooms:
-            length = lengths[p["id"]]
-            p["queue"] = {"length": length, "admitted": min(length, self._rooms.admitted(p["id"]) or 0)}
+            p["queue"] = queues[p["id"]]

@@ -63,9 +63,9 @@ class MetricsHandler(JsonHandler):
             metrics.products = []  # PostgreSQL is down: every other figure is still worth scraping
         rooms = [p.id for p in metrics.products if p.waiting_room]
         try:
-            metrics.queue_lengths = await self.services.rooms.lengths(rooms)
+            metrics.queues = await self.services.rooms.queues(rooms)
         except CALL_FAILED:
-            metrics.queue_lengths = {}  # Redis is down: the queue lengths are not known
+            metrics.queues = {}  # Redis is down: the queue lengths are not known
         self.set_header("Content-Type", CONTENT_TYPE)
         self.finish(metrics.render())
 

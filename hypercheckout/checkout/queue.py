@@ -221,16 +221,18 @@ class WaitingRooms:
 
     # --- for the dashboard and /metrics ---------------------------------------------------------------------------
 
-    async def lengths(self, product_ids: list[int]) -> dict[int, int]:
-        """Tickets handed out so far per product (Redis; raises CALL_FAILED errors when it cannot be asked)."""
+    async def queues(self, product_ids: list[int]) -> dict[int, dict[str, int]]:
+        """Per product, ``length``: buyers who joined (Redis; raises CALL_FAILED errors when it cannot be asked),
+        and ``admitted``: how many of them the room has admitted by now (arithmetic, this replica's copy)."""
         if not product_ids:
             return {}
         pipe = self._redis.pipeline(transaction=False)
         for product_id in product_ids:
             pipe.get(self._keys(product_id)[0])
         values = await pipe.execute()
-        return {pid: int(v or 0) for pid, v in zip(product_ids, values, strict=True)}
-
-    def admitted(self, product_id: int) -> int | None:
-        room = self._schedule.room(product_id)
-        return None if room is None else admitted_by(room, self._clock())
+        now = self._clock()
+        found = {}
+        for product_id, value in zip(product_ids, values, strict=True):
+            length, room = int(value or 0), self._schedule.room(product_id)
+            found[product_id] = {"length": length, "admitted": min(length, admitted_by(room, now) if room else 0)}
+        return found
