@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -145,12 +146,15 @@ def test_a_waiting_room_is_opened_tuned_and_closed_from_the_cli(settings: Settin
     pid = product["id"]
     assert (product["waiting_room"], product["admit_per_second"], product["pass_seconds"]) == (True, 50, 30)
     # A new rate during the sale keeps the admissions so far: the count goes on from where it was.
-    sql(settings.database_url, "UPDATE products SET admission_origin = now() - interval '10 seconds' "
-                               "WHERE id = %s", (pid,))
+    (origin,) = sql(settings.database_url, "UPDATE products SET admission_origin = now() - interval '10 seconds' "
+                                           "WHERE id = %s RETURNING admission_origin", (pid,))[0]
     tuned = run_cli("product", "update", str(pid), "--admit-per-second", "80", env=env)
     assert tuned.returncode == 0 and "waiting room: 80/s, passes 30 s" in tuned.stdout, tuned.stdout + tuned.stderr
-    (before,) = sql(settings.database_url, "SELECT admitted_before FROM products WHERE id = %s", (pid,))[0]
-    assert 500 <= before <= 520  # 10 s at 50/s (and the moments the command took)
+    before, counted_from = sql(settings.database_url,
+                               "SELECT admitted_before, admission_origin FROM products WHERE id = %s", (pid,))[0]
+    # Exactly what 50/s admitted from the old origin to the instant of the change (however long the command took),
+    # and the new rate counts on from that instant.
+    assert before == math.floor((counted_from - origin).total_seconds() * 50) and before >= 500
     closed = run_cli("product", "update", str(pid), "--no-waiting-room", "--json", env=env)
     assert json.loads(closed.stdout)["waiting_room"] is False
     both = run_cli("product", "update", str(pid), "--waiting-room", "--no-waiting-room", env=env)
