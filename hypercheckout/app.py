@@ -152,7 +152,8 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
         hits=hits, janitor=janitor,
         metrics=Metrics(settings.replica_id), snapshots=snapshots, live=LiveHub(snapshots),
         login_throttle=login_throttle,
-        admission=Admission(max_in_flight=settings.max_in_flight, max_wait=settings.admission_wait_ms / 1000),
+        admission=Admission(max_in_flight=settings.max_in_flight, target=settings.admission_target_ms / 1000,
+                            interval=settings.admission_interval_ms / 1000),
     )
     services.metrics.watch(services)
     return services

@@ -68,12 +68,15 @@ class ServiceCollector(Collector):
         refused = CounterMetricFamily("hypercheckout_admission_refusals", "Purchases refused with 503 overloaded "
                                       "before any work, by reason.", labels=["reason"])
         queue_full = getattr(services.strategy, "refused", 0)
-        for reason, count in (("in_flight", admission.refused["in_flight"]), ("waited", admission.refused["waited"]),
-                              ("batch_queue", queue_full)):
+        for reason, count in (("in_flight", admission.refused["in_flight"]),
+                              ("standing_queue", admission.refused["standing_queue"]), ("batch_queue", queue_full)):
             refused.add_metric([reason], count)
         yield refused
         yield GaugeMetricFamily("hypercheckout_purchases_in_flight", "Purchases this replica is serving now.",
                                 value=admission.in_flight)
+        yield GaugeMetricFamily("hypercheckout_admission_standing_queue", "1 while admission control judges this "
+                                "replica's queue standing (its shortest wait stayed above the target for an interval).",
+                                value=int(admission.standing))
         sizes = getattr(services.strategy, "batch_sizes", None)
         if sizes is not None:
             yield _histogram("hypercheckout_batch_size", "Purchases settled per batched transaction.", sizes,

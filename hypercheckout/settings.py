@@ -215,17 +215,27 @@ class Settings:
         "HC_MAX_IN_FLIGHT", 128, _positive_int,
         "Purchases one replica serves at once; more are refused at once with 503 overloaded (admission control).")
     front_door_in_flight: int = setting(
-        "HC_FRONT_DOOR_IN_FLIGHT", 64, _positive_int,
+        "HC_FRONT_DOOR_IN_FLIGHT", 128, _positive_int,
         "Purchases nginx lets through to each replica at once (`up` and `nginx-config` multiply it by the "
-        "replicas); past that nginx itself answers 503 overloaded, at a few microseconds each.")
+        "replicas); past that nginx itself answers 503 overloaded, at a few microseconds each. 128, a replica's "
+        "own in-flight bound: a burst of a few hundred reaches the replicas, whose controlled delay tells it from "
+        "a standing queue and which know the true refusals (sold out, not started); a herd past it costs them "
+        "nothing.")
     overload_answers: int = setting(
         "HC_OVERLOAD_ANSWERS", 2500, _positive_int,
         "Most 503 overloaded answers nginx gives a second; past that each waits its turn (free), so a herd that "
         "re-sends at once cannot spend the admitted buyers' CPU on being refused.")
-    admission_wait_ms: float = setting(
-        "HC_ADMISSION_WAIT_MS", 100.0, _non_negative_float,
-        "A purchase that waited longer than this before its handler ran (per X-Request-Start from nginx, or since "
-        "the replica read it) is refused with 503 overloaded rather than served late.")
+    admission_target_ms: float = setting(
+        "HC_ADMISSION_TARGET_MS", 5.0, _positive_float,
+        "Admission control's controlled delay: a replica whose shortest wait before a purchase's handler stays above "
+        "this for a whole interval has a standing queue, and then refuses (503 overloaded) purchases that waited "
+        "more than twice this. 5 ms is CoDel's target: well above what a purchase waits on a loopback or LAN hop "
+        "to an idle replica, on a busy two-core machine too, and short against the 100 ms goal of a served buyer.")
+    admission_interval_ms: float = setting(
+        "HC_ADMISSION_INTERVAL_MS", 100.0, _positive_float,
+        "Admission control's controlled delay: how long the shortest wait must stay above the target before the "
+        "queue counts as standing. A burst whose first purchases are served within it is served whole; 100 ms is "
+        "CoDel's interval, and a burst of hundreds starts its handlers within a few milliseconds here.")
     idempotency_ttl_hours: float = setting(
         "HC_IDEMPOTENCY_TTL_HOURS", 24.0, _non_negative_float,
         "How long an Idempotency-Key is remembered (its answer replayed), in hours; at least 24 per the API.")

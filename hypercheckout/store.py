@@ -810,7 +810,15 @@ def split_hosts(url: str) -> list[str]:
 
 
 async def _create_pool(url: str, size: int, timeout: float) -> aiopg.Pool:
-    return await aiopg.create_pool(url, minsize=1, maxsize=size, timeout=timeout, connect_timeout=max(1, int(timeout)))
+    """A pool with its ``size`` connections already open: a replica's first burst must not wait for PostgreSQL to
+    start a backend per connection (one fork each, milliseconds apiece on a busy machine), so every connection is
+    opened now, before the replica reports ready. One that fails to open is left to be opened when needed."""
+    pool = await aiopg.create_pool(url, minsize=1, maxsize=size, timeout=timeout, connect_timeout=max(1, int(timeout)))
+    opened = await asyncio.gather(*(pool.acquire() for _ in range(size)), return_exceptions=True)
+    for conn in opened:
+        if not isinstance(conn, BaseException):
+            await pool.release(conn)
+    return pool
 
 
 class MigrationError(RuntimeError):

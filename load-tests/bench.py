@@ -312,7 +312,7 @@ class Bench:
         # Requests in flight when wrk stops are answered after it stopped counting: at most one per connection.
         assert 0 <= status["orders"] - ok <= (connections or self.connections), (status["orders"], ok)
         # While stock lasts the only refusal allowed is admission control's (503 overloaded, nothing sold): on a
-        # slow moment of a shared machine a purchase can wait past HC_ADMISSION_WAIT_MS.
+        # slow moment of a shared machine a replica's queue can stand (controlled delay).
         time.sleep(1.5)  # nginx flushes its access log every second
         entries, self.log_offset = read_access_log(self.backends.access_log, self.log_offset)
         # 499: wrk hung up on requests in flight when its run ended.

@@ -134,9 +134,8 @@ def redis_prefix() -> str:
 
 @pytest.fixture
 def settings(request: pytest.FixtureRequest, database_url: str, redis_url: str, redis_prefix: str) -> Settings:
-    """Test defaults: the limiter off (tests that want it turn it on); admission control's wait rule off, since a
-    test's own blocking database calls run on the same event loop as the server (tests/test_admission.py turns it
-    on); everything else as in production.
+    """Test defaults: the limiter off (tests that want it turn it on); everything else, admission control
+    included, as in production.
 
     ``@pytest.mark.settings(name=value, …)`` on a test changes individual settings.
     """
@@ -148,7 +147,6 @@ def settings(request: pytest.FixtureRequest, database_url: str, redis_url: str, 
         "replica_id": "test-1",
         "rate_limit": None,
         "ip_rate_limit": None,
-        "admission_wait_ms": 600_000.0,
         "admin_token": "test-admin-token",
         "cookie_secret": "test-cookie-secret",
     }

@@ -59,6 +59,30 @@ async def fire_all(urls: list[str], wanted: list[tuple[int, int]],
         client.close()
 
 
+async def simultaneous(base_url: str, wanted: list[tuple[int, int, int]]) -> list[Answer]:
+    """Every (user, product, quantity) purchase on a connection of its own, all connected first and then sent in
+    one go: a burst as simultaneous as one client process can make it (an HTTP client would open its connections
+    one by one as it sends)."""
+    host, _, port = base_url.removeprefix("http://").partition(":")
+    connections = await asyncio.gather(*(asyncio.open_connection(host, int(port)) for _ in wanted))
+    for (_, writer), (user, product, qty) in zip(connections, wanted, strict=True):
+        body = json.dumps({"user_id": user, "product_id": product, "quantity": qty}).encode()
+        writer.write(b"POST /purchase HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                     b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (host.encode(), len(body), body))
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Answer:
+        try:
+            raw = await asyncio.wait_for(reader.read(), 60)  # Connection: close, so the answer ends at EOF
+        finally:
+            writer.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+        return Answer(int(lines[0].split()[1]), json.loads(body) if body else {}, headers)
+
+    return await asyncio.gather(*(answer(reader, writer) for reader, writer in connections))
+
+
 async def get(client: AsyncHTTPClient, url: str) -> Answer:
     response = await client.fetch(url, raise_error=False)
     return Answer(response.code, json.loads(response.body) if response.body else {}, response.headers)

@@ -20,9 +20,10 @@ from tests.helpers import settings_env
 def running_replicas(settings: Settings, count: int = 2, **env: str) -> Iterator[list[str]]:
     """Start ``count`` replicas on free ports (extra ``HC_*`` variables in ``env``); yield their base URLs.
 
-    These tests put every purchase through the strategies at once, straight to the replicas (no nginx in front):
-    admission control, which would refuse part of that on purpose, is opened wide unless ``env`` sets it
-    (tests/test_admission.py holds admission control itself).
+    These tests put a thousand purchases through the strategies at once, straight to the replicas: with no nginx
+    in front, whose front door bounds what reaches each replica, the replicas' own in-flight bound (which would
+    refuse the excess on purpose; tests/test_admission.py holds it) is raised unless ``env`` sets it. Controlled
+    delay stays as users get it.
 
     On exit each gets SIGTERM and must stop cleanly (exit code 0) within the grace period.
     """
@@ -34,7 +35,7 @@ def running_replicas(settings: Settings, count: int = 2, **env: str) -> Iterator
             log_path = logs / f"replica-{i + 1}.log"
             variables = {**os.environ, **settings_env(settings), "HC_PORT": str(port),
                          "HC_REPLICA_ID": f"replica-{i + 1}", "HC_RATE_LIMIT": "off", "HC_IP_RATE_LIMIT": "off",
-                         "HC_MAX_IN_FLIGHT": "100000", "HC_ADMISSION_WAIT_MS": "600000", **env}
+                         "HC_MAX_IN_FLIGHT": "100000", **env}
             with log_path.open("wb") as log:
                 process = subprocess.Popen([sys.executable, "-m", "hypercheckout", "serve"], env=variables,
                                            stdout=log, stderr=subprocess.STDOUT)

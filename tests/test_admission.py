@@ -1,5 +1,6 @@
-"""Admission control: past a replica's in-flight bound, or after waiting too long, a purchase is refused at once
-with 503 overloaded — nothing written, no database touched — while the admitted ones complete."""
+"""Admission control: past a replica's in-flight bound, or behind a standing queue, a purchase is refused at once
+with 503 overloaded — nothing written, no database touched — while the admitted ones complete; a burst that
+drains is served whole."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import pytest
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from hypercheckout.app import Services
+from hypercheckout.checkout.admission import Admission
 from hypercheckout.checkout.batched import BatchedStrategy
 from hypercheckout.checkout.errors import CheckoutError
 from hypercheckout.checkout.models import PurchaseRequest
 from hypercheckout.settings import Settings
 from hypercheckout.stats import read_outcomes
 from hypercheckout.store import Store
-from tests.helpers import buy, orders_of, set_stock, stock_of
+from tests.helpers import buy, orders_of, set_stock, sql, stock_of
 from tests.locks import row_locked, wait_for_lock_waiters
 from tests.test_metrics import scrape
 
@@ -64,22 +66,109 @@ async def test_past_the_in_flight_bound_the_excess_is_refused_at_once_and_the_ad
     assert sum(second["overloaded"] for second in history) == 5 and sum(s["5xx"] for s in history) == 0
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def controlled(clock: FakeClock) -> Admission:
+    return Admission(max_in_flight=1000, target=0.005, interval=0.1, clock=clock)
+
+
+def admitted(admission: Admission, waited: float) -> bool:
+    reason = admission.enter(waited)
+    if reason is not None:
+        assert admission.refuse(reason).code == "overloaded"
+        return False
+    admission.leave()
+    return True
+
+
+def test_a_burst_that_drains_within_an_interval_is_served_whole_however_long_its_last_purchase_waited() -> None:
+    clock = FakeClock()
+    admission = controlled(clock)
+    for burst in range(3):  # bursts a second apart, each of 400 purchases handled over 90 ms, waiting up to 2 s
+        clock.now += 1
+        for i in range(400):
+            clock.now += 0.09 / 400
+            assert admitted(admission, waited=i * 0.005), (burst, i)
+    assert not admission.standing and sum(admission.refused.values()) == 0
+
+
+def test_a_standing_queue_is_held_short_and_released_once_it_drains() -> None:
+    clock = FakeClock()
+    admission = controlled(clock)
+    # A whole interval in which no purchase waited less than 20 ms: the queue stands.
+    for _ in range(30):
+        clock.now += 0.003
+        assert admitted(admission, waited=0.02)  # judged at the interval's end, not before
+    clock.now += 0.02
+    outcomes = [admitted(admission, waited) for waited in (0.5, 0.011, 0.009, 0.002, 0.3)]
+    assert admission.standing and outcomes == [False, False, True, True, False]  # more than 2 x target: refused
+    assert admission.refused["standing_queue"] == 3
+    # That interval saw a 2 ms wait: the queue emptied, so the next one serves even the long waiters.
+    clock.now += 0.1
+    assert admitted(admission, waited=0.5) and not admission.standing
+
+
+def test_a_queue_that_went_idle_no_longer_stands() -> None:
+    clock = FakeClock()
+    admission = controlled(clock)
+    for _ in range(30):
+        clock.now += 0.003
+        admitted(admission, waited=0.05)
+    clock.now += 0.02
+    assert not admitted(admission, waited=0.05) and admission.standing
+    clock.now += 0.25  # no purchase for more than an interval: nothing was waiting
+    assert admitted(admission, waited=0.05) and not admission.standing
+
+
 @pytest.mark.gen_test
-@pytest.mark.settings(admission_wait_ms=1000)  # roomy, so that the fresh one below is never late on a slow machine
-async def test_a_purchase_that_already_waited_too_long_is_refused_rather_than_served_late(
-        http_client, base_url, database_url: str) -> None:
-    late = await buy(http_client, base_url, user=1, headers={"X-Request-Start": f"t={time.time() - 10:.3f}"})
+async def test_behind_a_standing_queue_a_late_purchase_is_refused_and_a_known_refusal_keeps_its_answer(
+        http_client, base_url, database_url: str, services: Services) -> None:
+    clock = FakeClock()
+    services.admission = controlled(clock)
+    set_stock(database_url, 10)
+    later = sql(database_url, "INSERT INTO products (name, stock, initial_stock, starts_at) "
+                              "VALUES ('later', 5, 5, now() + interval '1 hour') RETURNING id")[0][0]
+    await services.schedule.load()
+
+    def started(seconds_ago: float) -> dict[str, str]:
+        return {"X-Request-Start": f"t={time.time() - seconds_ago:.3f}"}
+
+    # Through one interval every purchase waited 10 s: served (the queue may yet drain), and the queue stands.
+    for user in (1, 2):
+        assert (await buy(http_client, base_url, user=user, headers=started(10))).status == 200
+        clock.now += 0.06
+    late = await buy(http_client, base_url, user=3, headers=started(10))
     assert_overloaded(late)
-    fresh = await buy(http_client, base_url, user=2, headers={"X-Request-Start": f"t={time.time():.3f}"})
+    # What the replica knows from memory is still the answer, not "try again in a second".
+    early = await buy(http_client, base_url, user=4, product=later, headers=started(10))
+    assert (early.status, early.body["error"]["code"]) == (409, "sale_not_started")
+    too_many = await buy(http_client, base_url, user=5, qty=10_000, headers=started(10))
+    assert too_many.status == 400
+    fresh = await buy(http_client, base_url, user=6, headers=started(0))
     assert fresh.status == 200
-    assert len(orders_of(database_url)) == 1
+    assert len(orders_of(database_url)) == 3 and stock_of(database_url) == 7
+    metrics = await scrape(http_client, base_url)
+    assert metrics["hypercheckout_admission_refusals_total", (("reason", "standing_queue"),)] == 1
+    assert metrics["hypercheckout_admission_standing_queue", ()] == 1
 
 
 @pytest.mark.gen_test
-@pytest.mark.settings(admission_wait_ms=1000, trusted_proxies=())
-async def test_only_a_trusted_proxy_says_when_a_request_started(http_client, base_url) -> None:
-    answer = await buy(http_client, base_url, headers={"X-Request-Start": f"t={time.time() - 60:.3f}"})
-    assert answer.status == 200  # a client's own header is not believed
+@pytest.mark.settings(trusted_proxies=())
+async def test_only_a_trusted_proxy_says_when_a_request_started(
+        http_client, base_url, services: Services) -> None:
+    clock = FakeClock()
+    services.admission = controlled(clock)
+    for user in range(1, 6):  # a client's own header is not believed: nothing waited, nothing stands
+        answer = await buy(http_client, base_url, user=user, headers={"X-Request-Start": f"t={time.time() - 60:.3f}"})
+        assert answer.status == 200
+        clock.now += 0.06
+    assert not services.admission.standing
 
 
 def test_the_batched_queue_of_a_product_is_bounded(settings: Settings) -> None:

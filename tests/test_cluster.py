@@ -19,7 +19,7 @@ import pytest
 
 from hypercheckout.localservices import tail
 from tests.clusters import RunningCluster, cluster_workdir, purchase, start_cluster, stop_cluster
-from tests.helpers import fire_all
+from tests.helpers import fire_all, simultaneous
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,23 @@ def cluster(workdir: Path) -> Iterator[RunningCluster]:
     running = start_cluster(workdir / "shared")
     yield running
     stop_cluster(running)
+
+
+def test_a_burst_on_a_cluster_just_started_is_served_whole_and_one_before_the_start_is_told_so(
+        cluster: RunningCluster) -> None:
+    """Run first in this module, against the cluster started a moment before: 200 purchases at once are a burst
+    the service can serve in well under a second, so none is refused for overload; 200 at once for a sale that has
+    not started are each told so (a refusal known from memory), never "try again"."""
+    cluster.cli("reset", "--stock", "1000")
+    burst = asyncio.run(simultaneous(cluster.url, [(user, 1, 1) for user in range(1, 201)]))
+    assert Counter(a.status for a in burst) == {200: 200}, Counter((a.status, a.body.get("error")) for a in burst)
+    assert cluster.status()["products"][0]["sold"] == 200
+    later = json.loads(cluster.cli("product", "create", "--name", "Later", "--stock", "10", "--starts-at", "+3600",
+                                   "--json").stdout)
+    early = asyncio.run(simultaneous(cluster.url, [(user, later["id"], 1) for user in range(1001, 1201)]))
+    codes = Counter((a.status, a.body.get("error", {}).get("code")) for a in early)
+    assert codes == {(409, "sale_not_started"): 200}, codes
+    cluster.cli("product", "delete", str(later["id"]))
 
 
 def test_every_replica_gets_a_fair_share_through_nginx(cluster: RunningCluster) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypercheckout.api.base import JsonHandler
 from hypercheckout.checkout.errors import CheckoutError, rate_limited
 from hypercheckout.checkout.idempotency import parse_key
+from hypercheckout.checkout.models import PurchaseRequest
 from hypercheckout.checkout.validation import parse_purchase
 
 
@@ -22,21 +23,25 @@ class PurchaseHandler(JsonHandler):
 
     async def _purchase(self) -> None:
         services = self.services
-        # First, before even parsing: when the replica cannot serve in time, saying so must cost next to nothing.
-        services.admission.enter(self.waited())
-        try:
-            await self._admitted()
-        finally:
-            services.admission.leave()
-
-    async def _admitted(self) -> None:
-        services = self.services
         settings = services.settings
         request = parse_purchase(
             self.request.body, max_quantity=settings.max_quantity, max_body_bytes=settings.max_body_bytes,
             idempotency_key=parse_key(self.request.headers.get("Idempotency-Key")),
             queue_pass=self.request.headers.get("Queue-Pass"),
         )
+        turned_away = services.admission.enter(self.waited())
+        if turned_away is not None:
+            # A refusal known from memory (not started, ended, sold out, no pass, too many units) is the true
+            # answer, and costs no more than the 503 (load-tests/rejection_cost.py).
+            services.checkout.refuse_from_memory(request)
+            raise services.admission.refuse(turned_away)
+        try:
+            await self._admitted(request)
+        finally:
+            services.admission.leave()
+
+    async def _admitted(self, request: PurchaseRequest) -> None:
+        services = self.services
         order = None
         if services.limiter.enabled:
             decision = await services.limiter.check(request.user_id, self.client_ip)

@@ -13,7 +13,9 @@ class JoinHandler(JsonHandler):
 
     async def post(self, product_id: str) -> None:
         services = self.services
-        services.admission.enter(self.waited())
+        turned_away = services.admission.enter(self.waited())
+        if turned_away is not None:
+            raise services.admission.refuse(turned_away)
         try:
             user_id = parse_join(self.request.body, max_body_bytes=services.settings.max_body_bytes)
             # Joining is limited as buying is: a bot cannot take a thousand places, nor a place a thousand times.

@@ -32,7 +32,7 @@ class Checkout:
         """Sell or raise ``CheckoutError``. With an Idempotency-Key, a key already used answers as it did the first
         time (same order) or 422 for another body; one still being processed here answers 409. A Queue-Pass is
         checked first (in memory): a bad one for a product with a waiting room is a 403."""
-        if self.rooms is not None:
+        if self.rooms is not None and not request.admitted:
             try:
                 request = self.rooms.check_pass(request)
             except CheckoutError:
@@ -61,6 +61,20 @@ class Checkout:
                 return stored
         finally:
             self._keys_in_flight.discard(key)
+
+    def refuse_from_memory(self, request: PurchaseRequest) -> PurchaseRequest:
+        """Raise the refusal this replica can give from memory alone — a bad Queue-Pass, outside the sale window,
+        too many units, no pass, sold out — as ``purchase`` would; else return the request (marked ``admitted``
+        for a valid pass, so that ``purchase`` does not verify it twice). A request with an Idempotency-Key is
+        never refused here: its first try may have placed an order (see ``_sell``)."""
+        if request.idempotency_key is not None:
+            return request
+        if self.rooms is not None:
+            request = self.rooms.check_pass(request)
+        self.schedule.check(request)
+        if self.sold_out.is_sold_out(request.product_id):
+            raise out_of_stock(request.product_id, 0, request.quantity)
+        return request
 
     async def stored(self, request: PurchaseRequest) -> Order | None:
         """The order an earlier request with this one's Idempotency-Key placed, for a request refused before the
