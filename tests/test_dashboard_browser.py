@@ -7,6 +7,7 @@ A screenshot taken mid-load is saved under ``HC_TEST_ARTIFACTS`` (default: test-
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -391,7 +392,7 @@ def test_a_buyer_waits_in_line_on_the_shop_page_and_buys_when_admitted(  # type:
     shown = [text for text in page.evaluate("window.placesShown") if text]  # each poll rewrites it, changed or not
     places = [int(text[1:]) for i, text in enumerate(shown) if i == 0 or text != shown[i - 1]]
     assert places[0] == len(ahead) + 1 and len(places) >= 2, places  # it fell at least once while waiting
-    assert all(later < earlier for earlier, later in zip(places, places[1:])), places
+    assert all(later < earlier for earlier, later in itertools.pairwise(places)), places
     expect(page.locator("#pass-left")).to_have_text(re.compile(r"^Your turn: your pass is valid for 00:[0-5]\d$"))
     page.screenshot(path=str(ARTIFACTS / "shop-admitted.png"), full_page=True)
     page.click("#buy")

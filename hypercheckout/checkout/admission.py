@@ -11,7 +11,7 @@ Two rules, both checked before any work (no Redis, no PostgreSQL):
   interval waits next to nothing. A queue that stands is one whose *shortest* sojourn over a whole ``interval``
   stayed above ``target``: then the replica is behind for good, not for a moment, and serving every purchase late
   would make everyone behind it later still. Only then, and only until an interval passes whose shortest sojourn
-  is back under ``target``, is a purchase that waited more than ``2 × target`` refused; the ones that waited less
+  is back under ``target``, is a purchase that waited more than twice ``target`` refused; the ones that waited less
   are served, so the queue is held short instead of emptied. A burst that drains within an interval is served
   whole, however long its last purchase waited.
 
