@@ -1,5 +1,8 @@
-"""The original HyperCheckout's three load scenarios, as Locust user classes (run.py runs them one after another).
+"""The original HyperCheckout's load test and scenarios, and ours, as Locust user classes (run.py runs them one
+after another).
 
+* ``OriginalUser`` — the original's own load test: 300 users spawned 100 a second, each waiting 1 to 3 s between
+  purchases; only 200 and 409 are successes.
 * ``WriteLimitUser`` — write limit: 100 users, limiter off, plenty of stock: how many orders per second.
 * ``RateLimitShieldUser`` — rate-limit shield: 100 aggressive users with the limiter on: most answers are 429
   (``rate_limited``, then ``banned``), and the sale goes on for everyone else.
@@ -134,6 +137,7 @@ class Buyer(FastHttpUser):
     abstract = True
     quantities: tuple[int, ...] = (1,)
     honours_429 = False  # the rate-limit shield's bots do not; real buyers (the herd) do
+    strict = False  # True: only 200 and 409 are successes (the original's load test)
 
     def on_start(self) -> None:
         index = getattr(self.environment.runner, "worker_index", 0)
@@ -156,7 +160,10 @@ class Buyer(FastHttpUser):
             elif status in (409, 429, 503) and response.text:
                 error = response.json().get("error", {})
                 code, remaining = error.get("code"), error.get("remaining")
-            if status == 409 and code == "sale_not_started" and response.headers.get("Retry-After"):
+            if self.strict and status not in (200, 409):
+                outcome = "overloaded" if code == "overloaded" else "5xx" if status >= 500 else "other"
+                response.failure(f"{status}: {(response.text or '')[:200]}")
+            elif status == 409 and code == "sale_not_started" and response.headers.get("Retry-After"):
                 outcome = "not_started"
                 response.success()
             elif status in EXPECTED:
@@ -172,6 +179,18 @@ class Buyer(FastHttpUser):
         if outcome in ("overloaded", "not_started") or (status == 429 and self.honours_429):
             gevent.sleep(float(response.headers.get("Retry-After", "1")))
         return status, remaining
+
+
+class OriginalUser(Buyer):
+    """The original project's own load test, as it ran it: each user buys one unit, waits 1 to 3 s, buys again.
+    Only 200 and 409 are successes there: a 503 ``overloaded`` (or a 429) is a failure, as its Locust counted it."""
+
+    wait_time = between(1, 3)
+    strict = True
+
+    @task
+    def purchase(self) -> None:
+        self.buy()
 
 
 class WriteLimitUser(Buyer):

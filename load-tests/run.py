@@ -84,6 +84,8 @@ class Outcome:
     per_second: dict[str, dict[str, int]]
     ok_p50: float = 0.0  # 200s only, client-side
     ok_p99: float = 0.0
+    nginx_ok_p50: float = 0.0  # 200s only, nginx's request_time: the service's own share
+    nginx_ok_p99: float = 0.0
     drop: list[dict[str, Any]] = field(default_factory=list)  # per product of the drop, from PostgreSQL
     queued: dict[str, Any] = field(default_factory=dict)  # the queued drop: fairness and timing
 
@@ -101,6 +103,10 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
     drop = drop_stocks(args.drop_users)
     # Every simulated buyer comes from 127.0.0.1 here, so the per-address limit would be one shared bucket: off.
     return [
+        # The original project's own load test, unchanged: its Locust counts anything but 200 and 409 as a failure.
+        Scenario("original", f"The original's load test: {args.original_users:,} users spawned 100 a second, 1 to 3 s "
+                 "between purchases, only 200 and 409 count as success", "OriginalUser", users=args.original_users,
+                 spawn_rate=100, stock=10_000, seconds=args.duration),
         Scenario("write-limit", "Write limit: 100 users, limiter off, stock plenty", "WriteLimitUser",
                  users=100, spawn_rate=100, stock=PLENTY, seconds=args.duration),
         # One Locust process sends ~30 requests/s per user here: a 5/s limit makes every user a spammer.
@@ -237,7 +243,9 @@ def run_scenario(scenario: Scenario, target: Backends | ExternalCluster, out: Pa
         seconds = time.monotonic() - started
         status = json.loads(target.cli("status", "--json"))
     # nginx's own view of the purchases (request_time, from its JSON access log), once it has flushed it.
-    purchase_seconds = [float(e["request_time"]) for e in read_log(access_log, log_from) if e.get("uri") == "/purchase"]
+    purchases = [e for e in read_log(access_log, log_from) if e.get("uri") == "/purchase"]
+    purchase_seconds = [float(e["request_time"]) for e in purchases]
+    ok_seconds = [float(e["request_time"]) for e in purchases if e.get("status") == 200]
     problems = []
     queued: dict[str, Any] = {}
     if scenario.drop_stocks:
@@ -281,6 +289,7 @@ def run_scenario(scenario: Scenario, target: Backends | ExternalCluster, out: Pa
         orders_checked=len(tally["order_ids"]), problems=problems, history=history,
         per_second=tally["per_second"], ok_p50=percentile(tally["ok_ms"], 0.50),
         ok_p99=percentile(tally["ok_ms"], 0.99), drop=drop, queued=queued,
+        nginx_ok_p50=1000 * percentile(ok_seconds, 0.50), nginx_ok_p99=1000 * percentile(ok_seconds, 0.99),
     )
     if queued:
         admitted = [r for r in read_rows(out / f"{scenario.name}_stats.csv")
@@ -301,7 +310,8 @@ def run_scenario(scenario: Scenario, target: Backends | ExternalCluster, out: Pa
     print(f"  {total:,} answers in {seconds:.0f} s ({total / seconds:,.0f}/s): "
           + ", ".join(f"{k} {v:,}" for k, v in counts.items() if v)
           + f"; p50 {result.p50:.0f} ms, p95 {result.p95:.0f} ms, p99 {result.p99:.0f} ms (200s: p50 "
-            f"{result.ok_p50:.0f} ms, p99 {result.ok_p99:.0f} ms); failures {failures:,}")
+            f"{result.ok_p50:.0f} ms, p99 {result.ok_p99:.0f} ms; at nginx p50 {result.nginx_ok_p50:.0f} ms, "
+            f"p99 {result.nginx_ok_p99:.0f} ms); failures {failures:,}")
     for row in drop:
         print(f"  product {row['id']}: {row['sold']:,} of {row['initial']:,} sold, first order "
               f"{row['first_ms']:.0f} ms after the start, sold out {row['sold_out_ms']:.0f} ms after it, "
@@ -463,6 +473,25 @@ def chart(result: Outcome, path: Path) -> None:
     plt.close(fig)
 
 
+def goals(results: list[Outcome]) -> list[tuple[str, str, str, bool]]:
+    """Each scenario's goal lines: (scenario, goal, what was measured, met)."""
+    found = []
+    for r in results:
+        success = "200 and 409" if r.scenario.user_class == "OriginalUser" else "200, 409, 429 and 503 overloaded"
+        found.append((r.scenario.name, f"0 failures (success: {success}), the invariant holds",
+                      f"{r.failures:,} failures, invariant: {'holds' if r.ok else 'broken'}", r.ok and not r.failures))
+        if r.scenario.name == "herd":
+            found.append((r.scenario.name, f"Herd goal, p99 of 200s at nginx ≤ {HERD_OK_P99_GOAL_MS} ms",
+                          f"{r.nginx_ok_p99:.0f} ms (Locust: {r.ok_p99:.0f} ms)",
+                          r.nginx_ok_p99 <= HERD_OK_P99_GOAL_MS))
+        if r.queued:
+            q = r.queued
+            found.append((r.scenario.name, f"admitted buyers' purchases p99 at nginx ≤ {QUEUED_P99_GOAL_MS} ms",
+                          f"{q['nginx_p99']:.0f} ms (Locust: {q['purchase_p99']:.0f} ms)",
+                          q["nginx_p99"] <= QUEUED_P99_GOAL_MS))
+    return found
+
+
 def report(results: list[Outcome], out: Path, started: str, source: str) -> Path:
     lines = [
         f"# make scenarios — {started}",
@@ -473,8 +502,8 @@ def report(results: list[Outcome], out: Path, started: str, source: str) -> Path
         "answers; a failure is anything else.",
         "",
         "| scenario | users | s | answers/s | 200/s | 409/s | 429/s | overloaded/s | other/s | p50 ms | p95 ms | "
-        "p99 ms | 200s p50 / p99 ms | failures | final stock | sold | invariant |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "p99 ms | 200s p50 / p99 ms | 200s at nginx p50 / p99 ms | failures | final stock | sold | invariant |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         total = sum(r.counts.values())
@@ -485,15 +514,18 @@ def report(results: list[Outcome], out: Path, started: str, source: str) -> Path
         rates = " | ".join(f"{n / per_s:,.0f}" for n in shown)
         verdict = "holds" if r.ok else "**" + "; ".join(r.problems) + "**"
         lines.append(f"| {r.scenario.name} | {r.users:,} | {r.seconds:.0f} | {rates} | {r.p50:.0f} | {r.p95:.0f} | "
-                     f"{r.p99:.0f} | {r.ok_p50:.0f} / {r.ok_p99:.0f} | {r.failures:,} | {r.stock:,} | {r.sold:,} | "
+                     f"{r.p99:.0f} | {r.ok_p50:.0f} / {r.ok_p99:.0f} | {r.nginx_ok_p50:.0f} / {r.nginx_ok_p99:.0f} | "
+                     f"{r.failures:,} | {r.stock:,} | {r.sold:,} | "
                      f"{verdict} |")
     lines += ["", "Rates are averages over each scenario's wall time, ramp-up and shut-down included. "
               "\"invariant\": stock + Σ orders.quantity equals the stock set before the scenario, and every order id "
               "answered with a 200 exists in PostgreSQL.", ""]
-    herd = next((r for r in results if r.scenario.name == "herd"), None)
-    if herd is not None:
-        met = "met" if herd.ok_p99 <= HERD_OK_P99_GOAL_MS else "**missed**"
-        lines += [f"Herd goal, p99 of 200s ≤ {HERD_OK_P99_GOAL_MS} ms: {met} ({herd.ok_p99:.0f} ms).", ""]
+    lines += ["## Goals", "", "Latency goals are measured at nginx (its request_time: the service's own share), "
+              "since Locust shares the two cores with the cluster and cannot time itself.", "",
+              "| scenario | goal | measured | |", "|---|---|---|---|"]
+    lines += [f"| {name} | {goal} | {measured} | {'met' if met else '**missed**'} |"
+              for name, goal, measured, met in goals(results)]
+    lines.append("")
     drop = next((r for r in results if r.scenario.name == "drop"), None)
     if drop is not None:
         lines += ["## The drop, per product", "",
@@ -510,7 +542,7 @@ def report(results: list[Outcome], out: Path, started: str, source: str) -> Path
     queued = next((r for r in results if r.queued), None)
     if queued is not None:
         q = queued.queued
-        met = "met" if q["purchase_p99"] < QUEUED_P99_GOAL_MS else "**missed**"
+        met = "met" if q["nginx_p99"] <= QUEUED_P99_GOAL_MS else "**missed**"
         lines += ["## The queued drop", "",
                   f"{q['joined']:,} buyers joined before the start ({q['starts_at']}); the room admitted "
                   f"{queued.scenario.queue_rate:,} a second from it, in ticket order; each admitted buyer bought one "
@@ -522,9 +554,9 @@ def report(results: list[Outcome], out: Path, started: str, source: str) -> Path
                   f"{q['in_first']:,} of {q['orders']:,} | {q['latest_ticket']:,} | {100 * q['inversions']:.2f}% | "
                   f"{q['purchase_p50']:.0f} / {q['purchase_p99']:.0f} ms | "
                   f"{q['nginx_p50']:.0f} / {q['nginx_p99']:.0f} ms | {'holds' if queued.ok else 'broken'} |", "",
-                  f"Goal, p99 of admitted buyers' purchases under {QUEUED_P99_GOAL_MS} ms while the queue holds the "
-                  f"rest: {met} as Locust measured it (its processes share the cores with the cluster and the "
-                  f"polls of everyone waiting); nginx's request_time is the service's own share. Admission itself "
+                  f"Goal, p99 of admitted buyers' purchases at most {QUEUED_P99_GOAL_MS} ms while the queue holds "
+                  f"the rest: {met}, as nginx's request_time measures it (the service's own share; Locust's "
+                  "processes share the cores with the cluster and the polls of everyone waiting). Admission itself "
                   "is in ticket order by construction; what reorders purchases is "
                   "the buyers' polling (every 0.5 to 10 s), so \"out-of-order pairs\" is the share of pairs of "
                   "buyers served in the opposite order of their tickets.", "",
@@ -545,6 +577,8 @@ def main() -> int:
     parser.add_argument("--url", help="use this running cluster (needs --data-dir) instead of starting one")
     parser.add_argument("--data-dir", type=Path, help="the running cluster's data dir (for reset and status)")
     parser.add_argument("--duration", type=float, default=20, help="seconds of scenarios 1 and 2 (default 20)")
+    parser.add_argument("--original-users", type=int, default=300,
+                        help="users of the original's load test (default 300, as it ran)")
     parser.add_argument("--drain-users", type=int, default=5000, help="users of the drain (default 5,000)")
     parser.add_argument("--drain-stock", type=int, default=10_000, help="units to drain (default 10,000)")
     parser.add_argument("--drain-timeout", type=float, default=90, help="longest the drain may take (default 90)")
@@ -562,8 +596,8 @@ def main() -> int:
                              "serves with Locust beside it)")
     parser.add_argument("--queue-lead", type=float, default=15,
                         help="seconds from creating the queued drop's product to its start (default 15)")
-    parser.add_argument("--only", choices=["write-limit", "rate-limit-shield", "flash-sale-drain", "herd", "drop",
-                                           "queued-drop"],
+    parser.add_argument("--only", choices=["original", "write-limit", "rate-limit-shield", "flash-sale-drain", "herd",
+                                           "drop", "queued-drop"],
                         action="append",
                         help="run only this scenario (repeatable)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / datetime.now().strftime("%Y-%m-%d"))
@@ -593,6 +627,9 @@ def main() -> int:
             run_all(backends)
         source = "a cluster started for each scenario (nginx + 3 replicas, batched strategy)"
     path = report(results, args.out, started, source)
+    print()
+    for name, goal, measured, met in goals(results):
+        print(f"goal {'met' if met else 'MISSED'}: {name}: {goal}: {measured}")
     print(f"\nreport: {path}")
     return 0 if all(r.ok for r in results) else 1
 
