@@ -34,7 +34,7 @@ class PurchaseHandler(JsonHandler):
             # A refusal known from memory (not started, ended, sold out, no pass, too many units) is the true
             # answer, and costs no more than the 503 (load-tests/rejection_cost.py).
             services.checkout.refuse_from_memory(request)
-            raise services.admission.refuse(turned_away)
+            raise await services.admission.refuse(turned_away)
         try:
             await self._admitted(request)
         finally:

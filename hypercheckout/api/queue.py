@@ -15,7 +15,7 @@ class JoinHandler(JsonHandler):
         services = self.services
         turned_away = services.admission.enter(self.waited())
         if turned_away is not None:
-            raise services.admission.refuse(turned_away)
+            raise await services.admission.refuse(turned_away)
         try:
             user_id = parse_join(self.request.body, max_body_bytes=services.settings.max_body_bytes)
             # Joining is limited as buying is: a bot cannot take a thousand places, nor a place a thousand times.

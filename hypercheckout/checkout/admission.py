@@ -15,13 +15,15 @@ Two rules, both checked before any work (no Redis, no PostgreSQL):
   are served, so the queue is held short instead of emptied. A burst that drains within an interval is served
   whole, however long its last purchase waited.
 
-The sojourn is measured from ``X-Request-Start`` (set by nginx, believed only from a trusted proxy) or, without it,
+A refused purchase is answered once an interval has passed (see ``refuse``). The sojourn is measured from
+``X-Request-Start`` (set by nginx, believed only from a trusted proxy) or, without it,
 from when this replica parsed the request. A refusal is 503 ``overloaded`` with ``Retry-After`` and
 ``"outcome": "nothing_sold"``: the purchase never reached a strategy.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -53,9 +55,14 @@ class Admission:
         self.in_flight += 1
         return None
 
-    def refuse(self, reason: str) -> CheckoutError:
-        """The 503 ``overloaded`` for a purchase ``enter`` turned away, counted by reason."""
+    async def refuse(self, reason: str) -> CheckoutError:
+        """The 503 ``overloaded`` for a purchase ``enter`` turned away, counted by reason, once an interval has
+        passed. A herd in a closed loop (wrk's; a client that re-sends the moment it is answered) asks again at
+        once, and a refusal costs this replica about what a small request does: answered at once, the replica
+        would spend its CPU refusing. Held, the refusal costs a timer, and it keeps its place at nginx's front door
+        meanwhile, so the excess is refused there, in C, while this replica serves the purchases it took on."""
         self.refused[reason] += 1
+        await asyncio.sleep(self.interval)
         return overloaded()
 
     def leave(self) -> None:
