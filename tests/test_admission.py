@@ -1,6 +1,6 @@
-"""Admission control: past a replica's in-flight bound, or behind a standing queue, a purchase is refused at once
-with 503 overloaded — nothing written, no database touched — while the admitted ones complete; a burst that
-drains is served whole."""
+"""Admission control: past a replica's in-flight bound, or behind a standing queue, a purchase is refused with
+503 overloaded (held an interval, never queued) — nothing written, no database touched — while the admitted ones
+complete; a burst that drains is served whole."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def assert_overloaded(answer) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.mark.gen_test(timeout=30)
 @pytest.mark.settings(max_in_flight=2)
-async def test_past_the_in_flight_bound_the_excess_is_refused_at_once_and_the_admitted_complete(
+async def test_past_the_in_flight_bound_the_excess_is_refused_while_the_admitted_wait_and_they_complete(
         http_client, base_url, database_url: str, services: Services) -> None:
     set_stock(database_url, 10)
     client = SimpleAsyncHTTPClient(force_instance=True, max_clients=20)
