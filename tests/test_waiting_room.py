@@ -5,6 +5,7 @@ waiting room sold exactly, only to buyers with a pass."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -345,3 +346,24 @@ async def test_a_join_redis_fails_once_is_made_again_and_a_dead_redis_is_a_503_t
         refused.body["error"]["message"]
     assert refused.headers["Retry-After"] == "1"
     client.evalsha = real
+
+
+@pytest.mark.gen_test
+async def test_a_queue_pass_with_a_byte_outside_ascii_is_a_403_or_ignored_never_a_500(  # type: ignore[no-untyped-def]
+        http_client, base_url, settings: Settings, services) -> None:
+    """Headers arrive as bytes and are read as Latin-1: a pass with an é in it is simply not a pass."""
+    queued = room_product(settings.database_url, 10, rate=1000)
+    await services.schedule.load()
+    host, _, port = base_url.removeprefix("http://").partition(":")
+    for product, expected in ((queued, (403, "queue_pass_invalid")), (1, (200, None))):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        body = f'{{"user_id": 5, "product_id": {product}, "quantity": 1}}'.encode()
+        writer.write(b"POST /purchase HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                     b"Queue-Pass: p1.1.1.9999999999.\xe9\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        raw = await reader.read()
+        writer.close()
+        head, _, answer = raw.partition(b"\r\n\r\n")
+        status = int(head.split()[1])
+        code = json.loads(answer).get("error", {}).get("code") if status != 200 else None
+        assert (status, code) == expected, raw
+    assert orders_of(settings.database_url, queued) == {}
