@@ -39,15 +39,21 @@ def parse_when(text: str, name: str, now: datetime) -> datetime | None:
     if value.lower() == "now":
         return now
     relative = _RELATIVE.fullmatch(value)
-    if relative:
-        return now + timedelta(seconds=float(value[1:]))
     try:
+        if relative:
+            return now + timedelta(seconds=float(value[1:]))
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise invalid_request(f"{name} must be ISO 8601 with an offset (2026-12-01T10:00:00+01:00), +SECONDS "
                               "from now, now or none") from None
+    except OverflowError:
+        raise invalid_request(f"{name} is out of range: years 1 to 9999 in UTC") from None
     if parsed.tzinfo is None:
         raise invalid_request(f"{name} needs a UTC offset (…+01:00 or …Z): a time without one is ambiguous")
+    try:
+        parsed.astimezone(UTC)  # stored, compared and shown in UTC: 0001-01-01T00:00+14:00 is year 0 there
+    except OverflowError:
+        raise invalid_request(f"{name} is out of range: years 1 to 9999 in UTC") from None
     return parsed
 
 

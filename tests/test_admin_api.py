@@ -3,10 +3,13 @@ token is 401 (and counts as a failed login), a bad field is 400 with nothing wri
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections import Counter
 from typing import Any
 
 import pytest
+from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from hypercheckout.settings import Settings
 from tests.helpers import Answer, assert_invariant, buy, sql
@@ -102,6 +105,24 @@ async def test_a_missing_or_wrong_token_is_refused_and_counted(http_client, base
     assert services.failed_logins == 4
 
 
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.settings(login_failures_per_address=10, login_failures_total=100)
+async def test_concurrent_wrong_tokens_cannot_overrun_the_caps(http_client, base_url, services) -> None:  # type: ignore[no-untyped-def]
+    """300 guesses at once from one address: the check and the count are one step, so exactly the address's 10 are
+    compared (401) and the rest refused unseen (429); the total counts those 10. A right token is not a failure."""
+    client = SimpleAsyncHTTPClient(force_instance=True, max_clients=300)
+    total_key = f"{services.settings.redis_prefix}{{login}}:fail-total"
+    try:
+        right = await call(client, base_url, "GET", "/admin/api/products")
+        assert right.status == 200 and await services.redis.get(total_key) in (None, b"0")
+        answers = await asyncio.gather(*(call(client, base_url, "GET", "/admin/api/products", token=f"guess-{i}")
+                                         for i in range(300)))
+    finally:
+        client.close()
+    assert Counter(a.status for a in answers) == {401: 10, 429: 290}
+    assert int(await services.redis.get(total_key)) == 10
+
+
 BAD_BODIES = [
     (b"", "body is empty"),
     (b"[1]", "JSON object"),
@@ -124,6 +145,9 @@ BAD_BODIES = [
     (b'{"name": "a", "stock": 1, "starts_at": "2030-01-01T10:00:00"}', "needs a UTC offset"),
     (b'{"name": "a", "stock": 1, "starts_at": 1893456000}', "starts_at must be an ISO 8601 string"),
     (b'{"name": "a", "stock": 1, "starts_at": "+60", "ends_at": "+30"}', "ends_at must be after starts_at"),
+    # Valid ISO 8601, but outside years 1 to 9999 once in UTC.
+    (b'{"name": "a", "stock": 1, "starts_at": "0001-01-01T00:00:00+14:00"}', "starts_at is out of range"),
+    (b'{"name": "a", "stock": 1, "ends_at": "9999-12-31T23:59:59-14:00"}', "ends_at is out of range"),
 ]
 
 
