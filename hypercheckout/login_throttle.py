@@ -35,7 +35,8 @@ class LoginThrottle:
         self._per_address = per_address
         self._total = total
         self._window_ms = int(window * 1000)
-        self._script = client.register_script(load_script("login_failure.lua"))
+        self._script = client.register_script(load_script("login_attempt.lua"))
+        self._success = client.register_script(load_script("login_success.lua"))
 
     def _address_key(self, address: str) -> str:
         return f"{self._base}fail:{address}"
@@ -48,32 +49,23 @@ class LoginThrottle:
     def _index(self) -> str:
         return f"{self._base}locked"
 
-    async def lockout(self, address: str) -> Lockout | None:
-        """Why this address may not try now, or None. Raises ThrottleUnavailable if Redis cannot be asked."""
+    async def attempt(self, address: str) -> Lockout | None:
+        """Take one attempt from this address (None), counted as a failure until ``succeeded`` says otherwise, or
+        say why it may not try now. One script call checks and counts, so concurrent guesses cannot overrun the
+        caps. Raises ThrottleUnavailable if Redis cannot be asked."""
         try:
-            pipe = self._redis.pipeline(transaction=False)
-            for key in (self._address_key(address), self._total_key):
-                pipe.get(key)
-                pipe.pttl(key)
-            mine, mine_ttl, everyone, everyone_ttl = await pipe.execute()
+            answer = await self._script(keys=[self._address_key(address), self._total_key, self._index],
+                                        args=[self._window_ms, self._per_address, self._total, address])
         except CALL_FAILED as exc:
             raise ThrottleUnavailable(str(exc)) from exc
-        if everyone is not None and int(everyone) >= self._total:
-            return Lockout(retry_after=max(everyone_ttl, 1000) / 1000, everyone=True)
-        if mine is not None and int(mine) >= self._per_address:
-            return Lockout(retry_after=max(mine_ttl, 1000) / 1000, everyone=False)
-        return None
-
-    async def failed(self, address: str) -> None:
-        try:
-            await self._script(keys=[self._address_key(address), self._total_key, self._index],
-                               args=[self._window_ms, self._per_address, address])
-        except CALL_FAILED as exc:
-            raise ThrottleUnavailable(str(exc)) from exc
+        if int(answer[0]) == 1:
+            return None
+        return Lockout(retry_after=max(int(answer[1]), 1000) / 1000, everyone=int(answer[2]) == 1)
 
     async def succeeded(self, address: str) -> None:
-        """The right token from this address: its own count starts again (the total does not)."""
-        await self.lift(address)
+        """The right token from this address: its attempt is not a failure (the total gets it back) and its own
+        count starts again."""
+        await self._success(keys=[self._total_key, self._address_key(address), self._index], args=[address])
 
     async def lockouts(self) -> list[Ban]:
         """Addresses locked out now, as bans of kind "login" (the dashboard lists and lifts them with the others)."""

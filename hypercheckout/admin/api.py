@@ -15,6 +15,7 @@ from hypercheckout.api.base import JsonHandler
 from hypercheckout.api.products import PRODUCT_ID
 from hypercheckout.checkout.errors import CheckoutError, unauthorized, unknown_product
 from hypercheckout.checkout.validation import parse_json_body
+from hypercheckout.limiter import CALL_FAILED
 from hypercheckout.login_throttle import ThrottleUnavailable
 from hypercheckout.operations import reset_product
 from hypercheckout.store import Product, ProductChanges
@@ -29,7 +30,7 @@ class AdminApiHandler(JsonHandler):
         services = self.services
         throttle, address = services.login_throttle, self.client_ip
         try:
-            lockout = await throttle.lockout(address)
+            lockout = await throttle.attempt(address)
         except ThrottleUnavailable:
             raise CheckoutError(503, "unavailable", "admin API closed for now: failed attempts cannot be counted "
                                                     "(Redis is unreachable); retry shortly") from None
@@ -40,12 +41,12 @@ class AdminApiHandler(JsonHandler):
         header = self.request.headers.get("Authorization", "")
         token = header[len(BEARER):].strip() if header[:len(BEARER)].lower() == BEARER else ""
         if not token or not hmac.compare_digest(token.encode(), services.settings.admin_token.encode()):
-            services.failed_logins += 1
-            try:
-                await throttle.failed(address)
-            except ThrottleUnavailable:
-                pass  # the next attempt is refused until Redis answers again
+            services.failed_logins += 1  # already counted in Redis by the attempt
             raise unauthorized()
+        try:
+            await throttle.succeeded(address)
+        except CALL_FAILED:
+            pass  # the attempt stays counted until its window ends
 
     def body_json(self) -> Any:
         return parse_json_body(self.request.body, ADMIN_MAX_BODY)

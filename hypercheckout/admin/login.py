@@ -6,7 +6,7 @@ import hmac
 import re
 
 from hypercheckout.admin.base import AdminHandler
-from hypercheckout.limiter import REDIS_ERRORS
+from hypercheckout.limiter import CALL_FAILED
 from hypercheckout.login_throttle import ThrottleUnavailable
 
 SAFE_NEXT = re.compile(r"/admin(/[A-Za-z0-9._~/-]*)?(\?[A-Za-z0-9._~=&%-]*)?")
@@ -26,7 +26,7 @@ class LoginHandler(AdminHandler):
         # whether a guess was right.
         throttle, address = self.services.login_throttle, self.client_ip
         try:
-            lockout = await throttle.lockout(address)
+            lockout = await throttle.attempt(address)
         except ThrottleUnavailable:
             self.render_page("login.html", status=503, next=self._next(),
                              error="Logins are closed for now: failed attempts cannot be counted (Redis is "
@@ -41,17 +41,13 @@ class LoginHandler(AdminHandler):
             return
         token = self.get_body_argument("token", "")
         if not hmac.compare_digest(token.encode(), self.services.settings.admin_token.encode()):
-            self.services.failed_logins += 1
-            try:
-                await throttle.failed(address)
-            except ThrottleUnavailable:
-                pass  # the next attempt is refused until Redis answers again
+            self.services.failed_logins += 1  # already counted in Redis by the attempt
             self.render_page("login.html", status=401, error="Wrong token.", next=self._next())
             return
         try:
             await throttle.succeeded(address)
-        except REDIS_ERRORS:
-            pass  # the count expires with its window
+        except CALL_FAILED:
+            pass  # the attempt stays counted until its window ends
         self.start_session()
         self.redirect(self._next(), status=303)
 
