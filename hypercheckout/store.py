@@ -903,8 +903,10 @@ async def ensure_database(url: str, *, timeout: float = 5.0) -> bool:
         async with aiopg.connect(admin_url, timeout=timeout) as admin, admin.cursor() as cur:
             # Identifiers cannot be parameters; the name was checked to be alphanumeric above.
             await cur.execute(f'CREATE DATABASE "{name}"')
-    except psycopg2.errors.DuplicateDatabase:
-        return False  # another replica won the race
+    except (psycopg2.errors.DuplicateDatabase, psycopg2.errors.UniqueViolation):
+        # Another replica won the race: told so by name when its database was committed before our check, and as a
+        # duplicate row of pg_database's name index when both checks passed at once.
+        return False
     except CONNECTION_ERRORS as exc:
         raise unavailable() from exc
     log.info("created database %s", name)

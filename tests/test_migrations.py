@@ -100,3 +100,23 @@ def test_the_cli_says_what_it_applied_and_a_failure_in_one_line(empty_database: 
     # The initial migration is idempotent: run again over its own schema (its record lost), it passes.
     sql(empty_database, "DELETE FROM schema_migrations")
     assert run_cli("migrate", env=env).returncode == 0
+
+
+def test_replicas_creating_the_database_at_once_all_start(pg_server_url: str, redis_prefix: str) -> None:
+    """Two `serve` processes on a fresh server race to create the database: PostgreSQL tells the loser either
+    "already exists" or, when both checks passed at once, a duplicate of pg_database's name index. Neither may
+    crash; exactly one created it."""
+    from hypercheckout.store import ensure_database
+
+    for attempt in range(5):
+        name = f"hc_race_{redis_prefix.strip(':').replace('-', '_')}_{attempt}"
+        url = with_database(pg_server_url, name)
+
+        async def race(url: str = url) -> list[bool]:
+            return list(await asyncio.gather(*(ensure_database(url) for _ in range(6))))
+
+        try:
+            created = asyncio.run(race())
+            assert created.count(True) == 1, created
+        finally:
+            admin_execute(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
