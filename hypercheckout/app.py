@@ -204,12 +204,16 @@ class StaticHandler(tornado.web.StaticFileHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
 
 
+def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
+    """Every route of the application, as (pattern, handler); static files come on top, under /static/."""
+    return [*purchase.default_handlers, *products.default_handlers, *queue.default_handlers,
+            *health.default_handlers, *openapi.default_handlers, *shop.default_handlers,
+            *admin_routes.default_handlers]
+
+
 def make_app(services: Services) -> tornado.web.Application:
-    routes = [*purchase.default_handlers, *products.default_handlers, *queue.default_handlers,
-              *health.default_handlers, *openapi.default_handlers, *shop.default_handlers,
-              *admin_routes.default_handlers]
     return tornado.web.Application(
-        routes,
+        routes(),
         services=services,
         default_handler_class=NotFoundHandler,
         log_function=_log_request,

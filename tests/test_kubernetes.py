@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from hypercheckout.api import health
-from hypercheckout.app import STOP_STEP_TIMEOUT
+from hypercheckout.app import STOP_STEP_TIMEOUT, routes
 from hypercheckout.settings import Settings, documentation
 
 KUBERNETES_VERSION = "1.33.0"
@@ -108,3 +108,19 @@ def test_the_ingress_keeps_the_front_doors_rules_and_hides_the_metrics() -> None
     assert notes["nginx.ingress.kubernetes.io/proxy-body-size"] == "16k"
     paths = {p["path"] for p in ingress["spec"]["rules"][0]["http"]["paths"]}
     assert "/purchase" in paths and not any(p == "/" or "/metrics".startswith(p) for p in paths)
+
+
+def test_the_ingress_routes_every_public_route_of_the_application() -> None:
+    """A buyer reaches every route but /metrics: joining a queue without its polls (/queue/…) or the shop page
+    (/shop/…) would strand every buyer of a product with a waiting room."""
+    paths = kind("Ingress")["spec"]["rules"][0]["http"]["paths"]
+
+    def routed(url: str) -> bool:
+        return any(url == p["path"] if p["pathType"] == "Exact" else
+                   url == p["path"] or url.startswith(p["path"].rstrip("/") + "/") for p in paths)
+
+    samples = [re.sub(r"\([^)]*\)", "7", pattern).replace("/?", "") for pattern, _ in routes()]
+    assert "/queue/7" in samples and "/shop/7" in samples and "/purchase" in samples
+    public = [url for url in samples if url != "/metrics"] + ["/static/dashboard.js"]
+    assert [url for url in public if not routed(url)] == []
+    assert not routed("/metrics")
