@@ -625,8 +625,8 @@ def main() -> int:
                         help="PostgreSQL with a synchronous standby (`up --pg-standby`); adds the failover fault")
     parser.add_argument("--waiting-room", action="store_true",
                         help=f"a fifth product sold through a waiting room ({ROOM_RATE}/s): its buyers join, wait for "
-                             f"their pass and buy with it; {PASSLESS_SHARE:.0%} of its purchases carry no pass and "
-                             "must all be refused")
+                             f"their pass and buy with it; {PASSLESS_SHARE * 100:.0f}%% of its purchases carry no "
+                             "pass and must all be refused")
     parser.add_argument("--redis-cluster", action="store_true",
                         help="a Redis Cluster (`up --redis-cluster`) with the limiter on; a master is killed instead "
                              "of Redis restarted")
