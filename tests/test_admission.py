@@ -208,3 +208,25 @@ async def test_a_proxy_whose_clock_runs_ahead_makes_no_purchase_late(
         assert answer.status == 200
         clock.now += 0.06
     assert not services.admission.standing
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_behind_a_standing_queue_a_buyer_its_waiting_room_admitted_is_served(
+        http_client, base_url, database_url: str, services: Services) -> None:
+    """The room already paces its buyers: a late purchase with a valid pass is served, one without is refused."""
+    from tests.test_waiting_room import admitted_pass, join, room_product
+
+    queued = room_product(database_url, 10, rate=1000)
+    await services.schedule.load()
+    good = await admitted_pass(http_client, base_url, (await join(http_client, base_url, queued, 1))["ticket"])
+    clock = FakeClock()
+    services.admission = controlled(clock)
+    late = {"X-Request-Start": f"t={time.time() - 10:.3f}"}
+    for user in (2, 3):  # a whole interval of late purchases: the queue stands
+        assert (await buy(http_client, base_url, user=user, headers=late)).status == 200
+        clock.now += 0.06
+    assert_overloaded(await buy(http_client, base_url, user=4, headers=late))
+    served = await buy(http_client, base_url, user=1, product=queued, headers={**late, "Queue-Pass": good})
+    assert served.status == 200, served.body
+    assert services.admission.standing and services.admission.in_flight == 0
+    assert len(orders_of(database_url, queued)) == 1

@@ -33,8 +33,13 @@ class PurchaseHandler(JsonHandler):
         if turned_away is not None:
             # A refusal known from memory (not started, ended, sold out, no pass, too many units) is the true
             # answer, and costs no more than the 503 (load-tests/rejection_cost.py).
-            services.checkout.refuse_from_memory(request)
-            raise await services.admission.refuse(turned_away)
+            request = services.checkout.refuse_from_memory(request)
+            if not (request.admitted and turned_away == "standing_queue"):
+                raise await services.admission.refuse(turned_away)
+            # A buyer its waiting room admitted is already paced (admit_per_second): turning it away for a queue
+            # it did not make (buyers polling, joining) would only send it back later, its pass running out. The
+            # in-flight bound still holds.
+            services.admission.take()
         try:
             await self._admitted(request)
         finally:

@@ -55,6 +55,11 @@ class Admission:
         self.in_flight += 1
         return None
 
+    def take(self) -> None:
+        """Take on a purchase ``enter`` turned away for a standing queue, which its caller serves anyway (a buyer
+        a waiting room admitted). It needs one ``leave``."""
+        self.in_flight += 1
+
     async def refuse(self, reason: str) -> CheckoutError:
         """The 503 ``overloaded`` for a purchase ``enter`` turned away, counted by reason, once an interval has
         passed. A herd in a closed loop (wrk's; a client that re-sends the moment it is answered) asks again at

@@ -66,11 +66,16 @@ class Checkout:
         """Raise the refusal this replica can give from memory alone — a bad Queue-Pass, outside the sale window,
         too many units, no pass, sold out — as ``purchase`` would; else return the request (marked ``admitted``
         for a valid pass, so that ``purchase`` does not verify it twice). A request with an Idempotency-Key is
-        never refused here: its first try may have placed an order (see ``_sell``)."""
+        never refused here: its first try may have placed an order (see ``_sell``); its pass is still read."""
+        if self.rooms is not None:
+            try:
+                request = self.rooms.check_pass(request)
+            except CheckoutError:
+                if request.idempotency_key is None:
+                    raise
+                return request
         if request.idempotency_key is not None:
             return request
-        if self.rooms is not None:
-            request = self.rooms.check_pass(request)
         self.schedule.check(request)
         if self.sold_out.is_sold_out(request.product_id):
             raise out_of_stock(request.product_id, 0, request.quantity)
