@@ -168,7 +168,7 @@ class Bench:
             batched = self.paired("purchases (batched)", url)
             self.check_invariant(batched)
             self.half_rate_latency(url, batched)
-            # Below the front door's limit (HC_FRONT_DOOR_IN_FLIGHT x 3 replicas = 192; at the limit itself a slot
+            # Below the front door's limit (HC_FRONT_DOOR_IN_FLIGHT x 3 replicas = 384; at the limit itself a slot
             # frees a moment after its answer): past it nginx refuses the excess by design, which the overload
             # curve measures.
             for connections in (self.connections * 2, self.connections * 5 // 2):

@@ -35,11 +35,7 @@ def running_replicas(settings: Settings, count: int = 2, **env: str) -> Iterator
             log_path = logs / f"replica-{i + 1}.log"
             variables = {**os.environ, **settings_env(settings), "HC_PORT": str(port),
                          "HC_REPLICA_ID": f"replica-{i + 1}", "HC_RATE_LIMIT": "off", "HC_IP_RATE_LIMIT": "off",
-                         "HC_MAX_IN_FLIGHT": "100000",
-                         # Found on a clean clone with a core kept busy: 1,000 purchases at once straight at two
-                         # replicas stood a queue and drew 503 overloaded; these tests assert 200/409 only, so the
-                         # standing-queue rule is widened here (issue 21 stays open on this).
-                         "HC_ADMISSION_INTERVAL_MS": "600000", **env}
+                         "HC_MAX_IN_FLIGHT": "100000", **env}
             with log_path.open("wb") as log:
                 process = subprocess.Popen([sys.executable, "-m", "hypercheckout", "serve"], env=variables,
                                            stdout=log, stderr=subprocess.STDOUT)

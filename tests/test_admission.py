@@ -18,7 +18,7 @@ from hypercheckout.checkout.models import PurchaseRequest
 from hypercheckout.settings import Settings
 from hypercheckout.stats import read_outcomes
 from hypercheckout.store import Store
-from tests.helpers import buy, orders_of, set_stock, sql, stock_of
+from tests.helpers import assert_overloaded, buy, orders_of, set_stock, sql, stock_of
 from tests.locks import row_locked, wait_for_lock_waiters
 from tests.test_metrics import scrape
 
@@ -29,12 +29,6 @@ async def until(condition, *, what: str, timeout: float = 5) -> None:  # type: i
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def assert_overloaded(answer) -> None:  # type: ignore[no-untyped-def]
-    assert answer.status == 503, answer.body
-    assert answer.body["error"]["code"] == "overloaded" and answer.body["error"]["outcome"] == "nothing_sold"
-    assert answer.headers["Retry-After"] == "1"
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -31,7 +31,7 @@ from tornado.simple_httpclient import SimpleAsyncHTTPClient
 from hypercheckout.cluster import CLUSTER_ENV, read_env_file
 from hypercheckout.localservices import PrivatePostgres, PrivateRedis, port_open, wait_until
 from tests.clusters import RunningCluster, cluster_workdir, start_cluster, stop_cluster
-from tests.helpers import buy
+from tests.helpers import assert_overloaded, buy
 
 INITIAL = 100_000
 
@@ -45,6 +45,7 @@ class Attempt:
     body: dict | None = None  # type: ignore[type-arg]
     replica: str | None = None  # which replica answered (X-Replica)
     ended: float = 0.0  # time.monotonic() when the answer (or its absence) was known
+    refused: int = 0  # 503 overloaded answers (nothing sold) before this one, each sent again after Retry-After
 
     @property
     def outcome_unknown(self) -> bool:
@@ -85,10 +86,18 @@ class Load(threading.Thread):
                 attempt = Attempt(key=str(uuid.uuid4()), user=next(users), qty=1 + next(users) % 3)
                 self.attempts.append(attempt)
                 try:
-                    answer = await buy(client, self.url, user=attempt.user, qty=attempt.qty,
-                                       headers={"Idempotency-Key": attempt.key})
-                    attempt.status, attempt.body = answer.status, answer.body
-                    attempt.replica = answer.headers.get("X-Replica")
+                    while True:
+                        answer = await buy(client, self.url, user=attempt.user, qty=attempt.qty,
+                                           headers={"Idempotency-Key": attempt.key})
+                        attempt.status, attempt.body = answer.status, answer.body
+                        attempt.replica = answer.headers.get("X-Replica")
+                        # Admission control at its defaults may refuse a purchase a fault held up: nothing was
+                        # sold, and a client told Retry-After sends it again.
+                        if answer.status != 503 or answer.body.get("error", {}).get("code") != "overloaded":
+                            break
+                        assert_overloaded(answer)
+                        attempt.refused += 1
+                        await asyncio.sleep(1)
                 except Exception:
                     pass
                 attempt.ended = time.monotonic()

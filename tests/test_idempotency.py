@@ -10,7 +10,7 @@ import pytest
 from hypercheckout.app import Services
 from hypercheckout.checkout.idempotency import KeyJanitor
 from hypercheckout.settings import Settings
-from tests.helpers import assert_invariant, buy, fire_all, orders_of, set_stock, sql, stock_of
+from tests.helpers import assert_invariant, buy, fire_retrying, orders_of, set_stock, sql, stock_of
 from tests.replicas import running_replicas
 
 STRATEGIES = ["pessimistic", "atomic", "batched"]
@@ -79,7 +79,7 @@ def test_duplicates_racing_on_two_replicas_place_one_order(settings: Settings, s
     wanted = [(100 + k, 1) for k in range(10) for _ in range(8)] + [(200 + n, 1) for n in range(80)]
     headers = [key(f"dup-{k}") for k in range(10) for _ in range(8)] + [key(f"own-{n}") for n in range(80)]
     with running_replicas(settings, count=2, HC_STRATEGY=strategy) as urls:
-        answers = asyncio.run(fire_all(urls, wanted, headers))
+        answers, _ = asyncio.run(fire_retrying(urls, wanted, headers))
     orders = orders_of(settings.database_url)
     assert len(orders) == 90  # one per key
     for k in range(10):

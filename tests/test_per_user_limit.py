@@ -9,7 +9,7 @@ import pytest
 
 from hypercheckout.checkout.allocation import allocate
 from hypercheckout.settings import Settings
-from tests.helpers import assert_invariant, buy, fire_all, orders_of, run_cli, set_stock, settings_env, sql
+from tests.helpers import assert_invariant, buy, fire_retrying, orders_of, run_cli, set_stock, settings_env, sql
 from tests.replicas import running_replicas
 
 
@@ -24,7 +24,7 @@ def test_a_buyer_racing_on_two_replicas_gets_no_more_than_the_limit(settings: Se
     # Buyer 1 asks 40 times at once; buyers 2-41 once each; buyer 42 asks for 3 at once (over the limit by itself).
     wanted = [(1, 1)] * 40 + [(user, 1) for user in range(2, 42)] + [(42, 3)]
     with running_replicas(settings, count=2, HC_STRATEGY=strategy) as urls:
-        answers = asyncio.run(fire_all(urls, wanted))
+        answers, _ = asyncio.run(fire_retrying(urls, wanted))
     owned: dict[int, int] = {}
     for user, qty in orders_of(settings.database_url).values():
         owned[user] = owned.get(user, 0) + qty
