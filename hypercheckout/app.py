@@ -130,8 +130,7 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
     schedule = SaleSchedule(store, refresh_seconds=settings.schedule_refresh_ms / 1000)
     await schedule.load()  # before the first request: a replica never sells on an empty copy of the windows
     sold_out.listeners.append(schedule.changed)
-    rooms = WaitingRooms(client, store, schedule, sold_out, prefix=settings.redis_prefix,
-                         secret=settings.cookie_secret)
+    rooms = WaitingRooms(store, schedule, sold_out, secret=settings.cookie_secret)
     hits = HitCounter(
         client, prefix=settings.redis_prefix, replica=settings.replica_id,
         flush_seconds=settings.stats_flush_ms / 1000,

@@ -159,14 +159,16 @@ EXPIRE_KEYS = "DELETE FROM idempotency_keys WHERE created_at < now() - make_inte
 
 # --- reading ---------------------------------------------------------------------------------------------------------
 PRODUCT_COLUMNS = ("id, name, stock, initial_stock, per_user_limit, starts_at, ends_at, max_per_order, waiting_room, "
-                   "admit_per_second, pass_seconds, GREATEST(admission_origin, starts_at), admitted_before")
+                   "admit_per_second, pass_seconds, GREATEST(admission_origin, starts_at), admitted_before, "
+                   "room_generation, admission_history")
 LIST_PRODUCTS = f"SELECT {PRODUCT_COLUMNS} FROM products ORDER BY id"
 GET_PRODUCT = f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id = %(product_id)s"
 # What a replica keeps in memory to refuse purchases outside a sale window without asking PostgreSQL, and to answer
 # where a waiting room's tickets stand. Admission counts from the later of the room's origin and the sale's start.
 SALE_RULES = """
 SELECT id, starts_at, ends_at, max_per_order, waiting_room,
-       admit_per_second, pass_seconds, GREATEST(admission_origin, starts_at), admitted_before
+       admit_per_second, pass_seconds, GREATEST(admission_origin, starts_at), admitted_before,
+       room_generation, admission_history
 FROM products
 """
 # Products among the given ids that have stock again (or no longer exist): their sold-out flags are stale.
@@ -178,7 +180,8 @@ WHERE p.id IS NULL OR p.stock > 0
 STATUS = """
 SELECT p.id, p.name, p.stock, p.initial_stock, p.per_user_limit, p.starts_at, p.ends_at, p.max_per_order,
        p.waiting_room, p.admit_per_second, p.pass_seconds, GREATEST(p.admission_origin, p.starts_at),
-       p.admitted_before, COALESCE(sum(o.quantity), 0)::bigint AS sold, count(o.id) AS orders,
+       p.admitted_before, p.room_generation, p.admission_history, COALESCE(sum(o.quantity), 0)::bigint AS sold,
+       count(o.id) AS orders,
        count(DISTINCT o.user_id) AS buyers
 FROM products p LEFT JOIN orders o ON o.product_id = p.id
 WHERE %(product_id)s::bigint IS NULL OR p.id = %(product_id)s::bigint
@@ -199,10 +202,11 @@ WHERE id = %(product_id)s RETURNING id
 DELETE_ORDERS = "DELETE FROM orders WHERE product_id = %(product_id)s"
 CREATE_PRODUCT = f"""
 INSERT INTO products (name, stock, initial_stock, per_user_limit, max_per_order, starts_at, ends_at,
-                      waiting_room, admit_per_second, pass_seconds, admission_origin)
+                      waiting_room, admit_per_second, pass_seconds, admission_origin, room_generation)
 VALUES (%(name)s, %(stock)s, %(stock)s, %(per_user_limit)s, %(max_per_order)s, %(starts_at)s, %(ends_at)s,
         COALESCE(%(waiting_room)s, false), COALESCE(%(admit_per_second)s, {DEFAULT_ADMIT_PER_SECOND}),
-        COALESCE(%(pass_seconds)s, {DEFAULT_PASS_SECONDS}), CASE WHEN %(waiting_room)s THEN now() END)
+        COALESCE(%(pass_seconds)s, {DEFAULT_PASS_SECONDS}), CASE WHEN %(waiting_room)s THEN now() END,
+        CASE WHEN %(waiting_room)s THEN 1 ELSE 0 END)
 RETURNING {PRODUCT_COLUMNS}
 """
 # Every purchase holds this lock while it inserts an order: taken first, it makes the order count and the sums
@@ -212,6 +216,15 @@ COUNT_ORDERS = "SELECT count(*) FROM orders WHERE product_id = %(product_id)s"
 # One statement for any subset of fields: set_x says whether x is given (a given NULL clears it). A new stock
 # keeps the orders, so the initial stock becomes stock + units sold and the invariant stock + Σ quantity = initial
 # stock still holds.
+# How the line stands now, on the row as it was: places admitted so far.
+LINE_NOW = """(admitted_before + CASE WHEN GREATEST(admission_origin, starts_at) < now()
+    THEN floor(extract(epoch FROM now() - GREATEST(admission_origin, starts_at)) * admit_per_second)::bigint
+    ELSE 0 END)"""
+OPENS = "(%(set_waiting_room)s AND %(waiting_room)s AND NOT waiting_room)"
+# An edit that gives the same rate or start again (the dashboard's Save sends every field) moves nothing.
+LINE_MOVES = """(waiting_room AND NOT (%(set_waiting_room)s AND NOT %(waiting_room)s) AND (
+    (%(set_admit_per_second)s AND %(admit_per_second)s::integer IS DISTINCT FROM admit_per_second)
+    OR (%(set_starts_at)s AND %(starts_at)s::timestamptz IS DISTINCT FROM starts_at)))"""
 UPDATE_PRODUCT = f"""
 UPDATE products SET
     name           = CASE WHEN %(set_name)s THEN %(name)s::text ELSE name END,
@@ -223,18 +236,22 @@ UPDATE products SET
     admit_per_second = CASE WHEN %(set_admit_per_second)s THEN %(admit_per_second)s::integer
                             ELSE admit_per_second END,
     pass_seconds   = CASE WHEN %(set_pass_seconds)s THEN %(pass_seconds)s::integer ELSE pass_seconds END,
-    -- (SET sees the row as it was.) A room that opens counts its admissions from now; a new rate once admission
-    -- has begun keeps the count so far and counts on from now at the new rate.
-    admission_origin = CASE
-        WHEN %(set_waiting_room)s AND %(waiting_room)s AND NOT waiting_room THEN now()
-        WHEN %(set_admit_per_second)s AND waiting_room AND GREATEST(admission_origin, starts_at) <= now() THEN now()
-        ELSE admission_origin END,
-    admitted_before = CASE
-        WHEN %(set_waiting_room)s AND %(waiting_room)s AND NOT waiting_room THEN 0
-        WHEN %(set_admit_per_second)s AND waiting_room AND GREATEST(admission_origin, starts_at) <= now()
-        THEN admitted_before + floor(extract(epoch FROM now() - GREATEST(admission_origin, starts_at))
-                                     * admit_per_second)::bigint
-        ELSE admitted_before END,
+    -- (SET sees the row as it was.) A room that opens starts a new line (a generation) counting from now. A room
+    -- that stays open and gets another rate or start moves on from where its line stands now (admitted_before
+    -- becomes the count so far, the origin now), so no place is admitted twice nor skipped; the segment it leaves,
+    -- if admission had begun, joins the history (the newest 32: each pass lasts at most a day).
+    admission_origin = CASE WHEN {OPENS} OR {LINE_MOVES} THEN now() ELSE admission_origin END,
+    admitted_before = CASE WHEN {OPENS} THEN 0 WHEN {LINE_MOVES} THEN {LINE_NOW} ELSE admitted_before END,
+    room_generation = CASE WHEN {OPENS} THEN room_generation + 1 ELSE room_generation END,
+    admission_history = CASE
+        WHEN {OPENS} THEN '[]'::jsonb
+        WHEN {LINE_MOVES} AND GREATEST(admission_origin, starts_at) < now() THEN (
+            SELECT jsonb_agg(segment ORDER BY n) FROM (
+                SELECT segment, n FROM jsonb_array_elements(admission_history || jsonb_build_array(jsonb_build_array(
+                    extract(epoch FROM GREATEST(admission_origin, starts_at)), admitted_before, admit_per_second)))
+                    WITH ORDINALITY AS h (segment, n)
+                ORDER BY n DESC LIMIT 32) AS newest)
+        ELSE admission_history END,
     stock          = CASE WHEN %(set_stock)s THEN %(stock)s::integer ELSE stock END,
     initial_stock  = CASE WHEN %(set_stock)s
                           THEN %(stock)s::integer + (SELECT COALESCE(sum(quantity), 0)::integer FROM orders
@@ -279,6 +296,8 @@ class WaitingRoom:
     pass_seconds: int
     origin: datetime | None
     admitted_before: int
+    generation: int = 1
+    history: tuple[tuple[float, int, int], ...] = ()  # earlier segments, oldest first: (origin, before, rate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +315,8 @@ class Product:
     pass_seconds: int = DEFAULT_PASS_SECONDS
     admission_origin: datetime | None = None  # the later of the room's origin and the start
     admitted_before: int = 0
+    room_generation: int = 0  # which opening of the room: a ticket of an earlier one admits nobody
+    admission_history: Any = ()  # the line's earlier segments: [origin epoch, admitted_before, rate]
 
     @property
     def rules(self) -> SaleRules:
@@ -305,7 +326,8 @@ class Product:
     def room(self) -> WaitingRoom | None:
         if not self.waiting_room:
             return None
-        return WaitingRoom(self.admit_per_second, self.pass_seconds, self.admission_origin, self.admitted_before)
+        return WaitingRoom(self.admit_per_second, self.pass_seconds, self.admission_origin, self.admitted_before,
+                           self.room_generation, _segments(self.admission_history))
 
     def status(self, now: datetime) -> str:
         """``ended`` past the end, ``scheduled`` before the start, else ``sold_out`` at 0, else ``live``."""
@@ -715,7 +737,7 @@ class Store:
         """Every product's rules, and its waiting room if it has one."""
         async with self.cursor() as cur:
             await cur.execute(SALE_RULES)
-            return {row[0]: (SaleRules(*row[1:5]), WaitingRoom(*row[5:9]) if row[4] else None)
+            return {row[0]: (SaleRules(*row[1:5]), WaitingRoom(*row[5:10], _segments(row[10])) if row[4] else None)
                     for row in await cur.fetchall()}
 
     async def status(self, product_id: int | None = None) -> list[ProductStatus]:
@@ -724,7 +746,7 @@ class Store:
         async with self.cursor() as cur:
             await cur.execute(STATUS, {"product_id": product_id})
             return [
-                ProductStatus(product=Product(*row[:13]), sold=row[13], orders=row[14], buyers=row[15])
+                ProductStatus(product=Product(*row[:15]), sold=row[15], orders=row[16], buyers=row[17])
                 for row in await cur.fetchall()
             ]
 
@@ -783,6 +805,10 @@ class Store:
                 raise has_orders(product_id, orders)
             await cur.execute(DELETE_PRODUCT, {"product_id": product_id})
             return int(orders)
+
+
+def _segments(history: Any) -> tuple[tuple[float, int, int], ...]:
+    return tuple((float(at), int(before), int(rate)) for at, before, rate in history or ())
 
 
 @contextmanager

@@ -7,8 +7,8 @@ cleared; after it the invariant is checked: ``stock + sold == initial``, every o
 exists in PostgreSQL, and the drain ends at exactly 0. The drop creates its own products, all starting at one
 instant a few seconds ahead, and checks each: exactly its stock sold, and no order dated before its start. The
 queued drop creates a product with a waiting room; its buyers join before the start and buy with their passes;
-it reports when it sold out, how closely the order of service followed the order of joining (tickets from
-Redis, orders from PostgreSQL), and the admitted buyers' purchase latency, from Locust and from nginx's log.
+it reports when it sold out, how closely the order of service followed the order of joining (places from
+and orders, both from PostgreSQL), and the admitted buyers' purchase latency, from Locust and from nginx's log.
 Writes ``load-tests/results/<date>/report.md`` with a table and one chart per scenario (answers/s by outcome,
 latency over time, per-replica share), for the drop a chart of orders per product after the start, and for the
 queued drop one of each order's ticket number in the order served.
@@ -255,8 +255,7 @@ def run_scenario(scenario: Scenario, target: Backends | ExternalCluster, out: Pa
         product = {"stock": sum(r["stock"] for r in drop), "sold": sum(r["sold"] for r in drop),
                    "initial_stock": sum(r["initial"] for r in drop)}
     elif scenario.queue_rate:
-        queued = queued_results(target.env["HC_DATABASE_URL"], target.env["HC_REDIS_URL"],
-                                target.env.get("HC_REDIS_PREFIX", "hc:"), queued_id)
+        queued = queued_results(target.env["HC_DATABASE_URL"], queued_id)
         product = {"stock": queued["stock"], "sold": queued["sold"], "initial_stock": queued["initial"]}
         problems += sale_problems(queued)
         if queued["unticketed"]:
@@ -363,11 +362,9 @@ def read_log(path: Path | None, offset: int | None) -> list[dict[str, Any]]:
         return [json.loads(line) for line in log.read().splitlines() if line.strip().startswith(b"{")]
 
 
-def queued_results(database_url: str, redis_url: str, prefix: str, product_id: int) -> dict[str, Any]:
-    """The queued drop, from PostgreSQL (orders, by created_at) and Redis (each buyer's ticket number): the
+def queued_results(database_url: str, product_id: int) -> dict[str, Any]:
+    """The queued drop, from PostgreSQL (orders, by created_at, and each buyer's place in the line): the
     invariant's figures, when it sold out, and how fair the order of service was to the order of joining."""
-    import redis
-
     with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
         cur.execute("""
             SELECT p.stock, p.initial_stock, p.starts_at, COALESCE(sum(o.quantity), 0), count(o.id),
@@ -377,12 +374,12 @@ def queued_results(database_url: str, redis_url: str, prefix: str, product_id: i
             FROM products p LEFT JOIN orders o ON o.product_id = p.id
             WHERE p.id = %s GROUP BY p.id""", (product_id,))
         stock, initial, starts_at, sold, orders, early, sold_out_ms, buyers = cur.fetchone()
+        cur.execute("""
+            SELECT q.user_id, q.place FROM queue_places q JOIN products p
+              ON p.id = q.product_id AND p.room_generation = q.generation
+            WHERE q.product_id = %s""", (product_id,))
+        numbers = {int(user): int(place) for user, place in cur.fetchall()}
     conn.close()
-    client = redis.Redis.from_url(redis_url)
-    try:
-        numbers = {int(user): int(n) for user, n in client.hgetall(f"{prefix}{{q{product_id}}}:users").items()}
-    finally:
-        client.close()
     served = [numbers.get(user) for user in buyers or []]
     tickets = [n for n in served if n is not None]
     inversions = sum(1 for i in range(len(tickets)) for j in range(i + 1, len(tickets)) if tickets[j] < tickets[i])
@@ -546,7 +543,7 @@ def report(results: list[Outcome], out: Path, started: str, source: str) -> Path
         lines += ["## The queued drop", "",
                   f"{q['joined']:,} buyers joined before the start ({q['starts_at']}); the room admitted "
                   f"{queued.scenario.queue_rate:,} a second from it, in ticket order; each admitted buyer bought one "
-                  "unit with its pass. Times from the orders' created_at; tickets from Redis.", "",
+                  "unit with its pass. Times from the orders' created_at; places from PostgreSQL.", "",
                   "| units | sold | orders before the start | sold out after the start | buyers among the first "
                   "tickets | latest ticket served | out-of-order pairs | purchases by admitted buyers p50 / p99: "
                   "Locust | the same at nginx | invariant |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",

@@ -86,7 +86,7 @@
   function show(standing) {
     $("queue").hidden = false;
     $("queue-status").textContent = STATUS_TEXT[standing.status] || standing.status;
-    $("position").textContent = standing.status === "waiting" ? `#${standing.position}` : "";
+    $("position").textContent = standing.status === "waiting" && standing.position !== null ? `#${standing.position}` : "";
     $("wait").textContent = standing.status === "waiting" && standing.estimated_wait_s !== null
       ? `about ${clock(standing.estimated_wait_s * 1000)} to wait` : "";
     if (standing.status === "admitted") {

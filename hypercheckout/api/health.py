@@ -64,8 +64,8 @@ class MetricsHandler(JsonHandler):
         rooms = [p.id for p in metrics.products if p.waiting_room]
         try:
             metrics.queues = await self.services.rooms.queues(rooms)
-        except CALL_FAILED:
-            metrics.queues = {}  # Redis is down: the queue lengths are not known
+        except CheckoutError:
+            metrics.queues = {}  # PostgreSQL is down: the queue lengths are not known
         self.set_header("Content-Type", CONTENT_TYPE)
         self.finish(metrics.render())
 

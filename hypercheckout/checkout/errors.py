@@ -113,10 +113,9 @@ def unavailable(what: str = "the database") -> CheckoutError:
 
 
 def queue_unavailable(retry_after: int = 1) -> CheckoutError:
-    """The queue's store (Redis) did not answer a join: the buyer has no place yet, and joining again is safe (the
-    same buyer always gets the same ticket)."""
-    return CheckoutError(503, "unavailable",
-                         f"the queue (Redis) is unreachable; nobody joined, retry in {retry_after} s",
+    """A join got no place (the same buyer joining twice at the same instant): joining again is safe, the same
+    buyer always gets the same ticket."""
+    return CheckoutError(503, "unavailable", f"no place in the queue yet; join again in {retry_after} s",
                          headers={"Retry-After": str(retry_after)})
 
 

@@ -3,13 +3,18 @@
 
 Nothing runs in the background, so nothing can die and stop the queue:
 
-* **Joining** numbers the buyer: one Redis script per product (`lua/queue_join.lua`, the product's keys under one
-  hash tag) hands out 1, 2, 3 … in arrival order, and the same number again to a buyer who joins twice. The
-  ticket is that number, the product and the buyer, signed (HMAC): reading a ticket needs no lookup.
-* **Admission is arithmetic**: by time t the room has admitted ``admitted_before + admit_per_second * (t -
-  origin)`` tickets, the origin being the later of the sale's start and the moment the room opened (or the rate
-  last changed). Every replica computes it from its copy of the product (the sale schedule) and its clock, so all
-  replicas agree, in ticket order, without talking to each other.
+* **Joining** gives the buyer a place in the room's line, in PostgreSQL (one statement, `queuestore.py`): one
+  past the later of the last place given and where the line stands now, and the same place again to a buyer who
+  joins twice. So places follow the order of joining, a late joiner is admitted within one slot (capacity nobody
+  used is not handed out in a burst), and a Redis that loses its data changes nothing. The ticket is the place,
+  the product, the room's generation (each opening of the room starts a new line) and the buyer, signed (HMAC):
+  reading a ticket needs no lookup.
+* **Admission is arithmetic**: by time t the line has reached place ``admitted_before + admit_per_second * (t -
+  origin)``, the origin being the later of the sale's start and the moment the room opened (or its rate or start
+  last changed: the line then moves on from where it stood, so no place is admitted twice). Every replica
+  computes it from its copy of the product (the sale schedule) and its clock, so all replicas agree, in ticket
+  order, without talking to each other. A place the line passed before the last change keeps the admission time
+  it had (the product keeps the line's earlier segments), so its pass keeps its expiry.
 * **The pass** names the buyer, the product and its expiry (``pass_seconds`` after the ticket's admission) and is
   signed; a purchase checks it in memory, and the purchase's transaction checks that a product with a waiting room
   is bought only with one (`check_sale`), as it checks the sale window.
@@ -42,12 +47,10 @@ from hypercheckout.checkout.errors import (
 from hypercheckout.checkout.models import PurchaseRequest
 from hypercheckout.checkout.schedule import SaleSchedule
 from hypercheckout.checkout.soldout import SoldOutFlags
-from hypercheckout.limiter import CALL_FAILED, load_script
-from hypercheckout.redisclient import RedisClient
+from hypercheckout.queuestore import line_lengths, take_place
 from hypercheckout.store import Store, WaitingRoom
 
-TICKET, PASS = "t1", "p1"  # token kinds (and versions): a ticket can never pass for a pass
-TICKET_TTL_SECONDS = 7 * 24 * 3600  # a product's queue is forgotten a week after its last join
+TICKET, PASS = "t2", "p1"  # token kinds (and versions): a ticket can never pass for a pass
 
 
 class Signer:
@@ -81,7 +84,8 @@ class Signer:
 @dataclass(frozen=True, slots=True)
 class Ticket:
     product_id: int
-    number: int  # its place in the order of joining, from 1
+    generation: int  # the opening of the room it was given in
+    number: int  # its place in the room's line, in the order of joining, from 1
     user_id: int
 
 
@@ -96,11 +100,17 @@ def admitted_by(room: WaitingRoom, now: float) -> int:
 
 
 def admission_time(room: WaitingRoom, number: int) -> float | None:
-    """When ticket ``number`` is (or was) admitted, epoch seconds; None while the room has no origin. A ticket
-    admitted before the last change of rate counts from that change."""
-    if room.origin is None:
-        return None
-    return room.origin.timestamp() + max(0, number - room.admitted_before) / room.admit_per_second
+    """When ticket ``number`` is (or was) admitted, epoch seconds; None while the room has no origin. A ticket the
+    line passed before its last change was admitted in an earlier segment; one older than the segments kept
+    (the newest 32) is long expired (epoch 0)."""
+    if number > room.admitted_before:
+        if room.origin is None:
+            return None
+        return room.origin.timestamp() + (number - room.admitted_before) / room.admit_per_second
+    for origin, before, rate in reversed(room.history):
+        if number > before:
+            return origin + (number - before) / rate
+    return 0.0
 
 
 def _iso(epoch: float) -> str:
@@ -108,58 +118,34 @@ def _iso(epoch: float) -> str:
 
 
 class WaitingRooms:
-    def __init__(self, client: RedisClient, store: Store, schedule: SaleSchedule, sold_out: SoldOutFlags, *,
-                 prefix: str, secret: str, clock: Callable[[], float] = time.time) -> None:
-        self._redis = client
+    def __init__(self, store: Store, schedule: SaleSchedule, sold_out: SoldOutFlags, *, secret: str,
+                 clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._schedule = schedule
         self._sold_out = sold_out
-        self._prefix = prefix
         self._signer = Signer(secret)
         self._clock = clock
-        self._join = client.register_script(load_script("queue_join.lua"))
-
-    def _keys(self, product_id: int) -> list[str]:
-        # One hash tag per product: the join script's two keys are in one Redis Cluster slot.
-        start = f"{self._prefix}{{q{product_id}}}:"
-        return [f"{start}seq", f"{start}users"]
-
-    async def _room(self, product_id: int) -> WaitingRoom:
-        """The product's waiting room, from this replica's copy, or from PostgreSQL for a product the copy does
-        not know yet (created a moment ago)."""
-        room = self._schedule.room(product_id)
-        if room is not None:
-            return room
-        if self._schedule.rules(product_id) is None:
-            product = await self._store.get_product(product_id)
-            if product is None:
-                raise unknown_product(product_id)
-            if product.room is not None:
-                return product.room
-        raise no_waiting_room(product_id)
 
     # --- joining and reading a ticket ---------------------------------------------------------------------------
 
     async def join(self, product_id: int, user_id: int) -> dict[str, Any]:
-        """The buyer's ticket (the same one if it joined before) and where it stands now."""
-        room = await self._room(product_id)
-        # Joining twice is harmless (the same buyer gets the same number), so a call that failed — Redis busy for
-        # longer than HC_REDIS_TIMEOUT in a burst of joins — is made once more before the buyer is told to retry.
-        for attempt in (1, 2):
-            try:
-                number = int(await self._join(keys=self._keys(product_id),
-                                              args=[user_id, TICKET_TTL_SECONDS * 1000]))
-                break
-            except CALL_FAILED:
-                if attempt == 2:
-                    raise queue_unavailable() from None
-        ticket = Ticket(product_id, number, user_id)
-        token = self._signer.sign(TICKET, product_id, number, user_id)
+        """The buyer's ticket (the same one if it joined before) and where it stands now, by PostgreSQL's row
+        (not this replica's copy, which may not have seen the room open yet)."""
+        product, number = await take_place(self._store, product_id, user_id)
+        if product is None:
+            raise unknown_product(product_id)
+        room = product.room
+        if room is None:
+            raise no_waiting_room(product_id)
+        if number is None:
+            raise queue_unavailable()
+        ticket = Ticket(product_id, room.generation, number, user_id)
+        token = self._signer.sign(TICKET, product_id, room.generation, number, user_id)
         return {"ticket": token, "product_id": product_id, **self._standing(ticket, room)}
 
     def read(self, token: str) -> dict[str, Any]:
         """Where a ticket stands now: answered from memory, no Redis or PostgreSQL call."""
-        fields = self._signer.fields(token, TICKET, 3)
+        fields = self._signer.fields(token, TICKET, 4)
         if fields is None:
             raise unknown_ticket()
         ticket = Ticket(*fields)
@@ -174,6 +160,11 @@ class WaitingRooms:
         now = self._clock()
         rules = self._schedule.rules(ticket.product_id)
         nothing = {"position": None, "estimated_wait_s": None, "pass": None, "pass_expires_at": None}
+        if ticket.generation < room.generation:
+            return {"status": "expired", **nothing}  # the room was closed and opened again since: join again
+        if ticket.generation > room.generation:
+            # This replica has not seen the room open again yet (its copy is re-read within a second).
+            return {"status": "waiting", **nothing, "estimated_wait_s": 1}
         if rules is not None and rules.ends_at is not None and now >= rules.ends_at.timestamp():
             return {"status": "ended", **nothing}
         if self._sold_out.is_sold_out(ticket.product_id):
@@ -222,17 +213,8 @@ class WaitingRooms:
     # --- for the dashboard and /metrics ---------------------------------------------------------------------------
 
     async def queues(self, product_ids: list[int]) -> dict[int, dict[str, int]]:
-        """Per product, ``length``: buyers who joined (Redis; raises CALL_FAILED errors when it cannot be asked),
-        and ``admitted``: how many of them the room has admitted by now (arithmetic, this replica's copy)."""
+        """Per product, ``length``: buyers in its room's line, and ``admitted``: how many of them the line has
+        reached by now (PostgreSQL; a CheckoutError 503 when it cannot be asked)."""
         if not product_ids:
             return {}
-        pipe = self._redis.pipeline(transaction=False)
-        for product_id in product_ids:
-            pipe.get(self._keys(product_id)[0])
-        values = await pipe.execute()
-        now = self._clock()
-        found = {}
-        for product_id, value in zip(product_ids, values, strict=True):
-            length, room = int(value or 0), self._schedule.room(product_id)
-            found[product_id] = {"length": length, "admitted": min(length, admitted_by(room, now) if room else 0)}
-        return found
+        return await line_lengths(self._store, product_ids)

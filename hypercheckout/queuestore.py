@@ -1,0 +1,61 @@
+"""The waiting room's SQL: a buyer's place in its product's line, and each line's length. Places are kept in
+PostgreSQL (0004_queue_places.sql) so the order of joining survives anything Redis may lose."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hypercheckout.store import LINE_NOW, PRODUCT_COLUMNS, Product, Store
+
+# One statement, so one transaction: the buyer's place in the room's current line, the one it got before if it
+# joined before, else one past the later of the last place given and the line's position now (PostgreSQL's now()).
+# The line's row is apart from the product's, so a herd of joins never waits on the stock's row lock. Two joins of
+# one buyer at once: the second finds the first's place taken (ON CONFLICT) and answers no place; it is asked
+# again. Returns the product as it is and the place (NULL: no room, or that race).
+JOIN = f"""
+WITH room AS (
+    SELECT *, {LINE_NOW} AS now_place FROM products WHERE id = %(product_id)s
+), placed_before AS (
+    SELECT q.place FROM queue_places q JOIN room r ON q.product_id = r.id AND q.generation = r.room_generation
+    WHERE q.user_id = %(user_id)s
+), line AS (
+    INSERT INTO queue_lines AS l (product_id, generation, last_place)
+    SELECT id, room_generation, now_place + 1 FROM room
+    WHERE waiting_room AND NOT EXISTS (SELECT 1 FROM placed_before)
+    ON CONFLICT (product_id, generation) DO UPDATE SET last_place = GREATEST(l.last_place + 1, EXCLUDED.last_place)
+    RETURNING product_id, generation, last_place
+), placed AS (
+    INSERT INTO queue_places (product_id, generation, user_id, place)
+    SELECT product_id, generation, %(user_id)s, last_place FROM line
+    ON CONFLICT DO NOTHING
+    RETURNING place
+)
+SELECT {PRODUCT_COLUMNS}, COALESCE((SELECT place FROM placed_before), (SELECT place FROM placed)) FROM room
+"""
+# Per product: buyers in its current line, and how many of them the line has reached by now.
+LENGTHS = f"""
+SELECT id, count(q.place), count(q.place) FILTER (WHERE q.place <= {LINE_NOW})
+FROM products p LEFT JOIN queue_places q ON q.product_id = p.id AND q.generation = p.room_generation
+WHERE p.id = ANY(%(ids)s::bigint[])
+GROUP BY p.id
+"""
+
+
+async def take_place(store: Store, product_id: int, user_id: int) -> tuple[Product | None, int | None]:
+    """The product (None if there is none) and the buyer's place in its room's line (None if it has no room)."""
+    for _ in range(2):
+        async with store.cursor() as cur:
+            await cur.execute(JOIN, {"product_id": product_id, "user_id": user_id})
+            row = await cur.fetchone()
+        if row is None:
+            return None, None
+        product, place = Product(*row[:-1]), row[-1]
+        if place is not None or not product.waiting_room:
+            return product, place
+    return product, None  # the same buyer raced itself twice in a row: it may join again
+
+
+async def line_lengths(store: Store, product_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    async with store.cursor() as cur:
+        await cur.execute(LENGTHS, {"ids": list(product_ids)})
+        return {row[0]: {"length": int(row[1]), "admitted": int(row[2])} for row in await cur.fetchall()}

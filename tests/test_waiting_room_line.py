@@ -1,0 +1,169 @@
+"""The waiting room's line against real PostgreSQL and Redis, for each way issue 22 found to break first come, first
+served at the rate set: a late joiner, a start cleared, an edit that gives the same rate, a new rate, Redis losing
+its data mid-queue, and a room closed and opened again. Each asserts what a buyer sees (its ticket's standing) and
+the arithmetic behind it (the place on the ticket, the room as PostgreSQL holds it)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis.asyncio
+
+from hypercheckout.checkout.queue import admission_time, admitted_by
+from hypercheckout.settings import Settings
+from hypercheckout.store import ProductChanges
+from tests.helpers import sql
+from tests.test_waiting_room import join, room_product, standing
+
+
+def opened_ago(database_url: str, product_id: int, seconds: float) -> None:
+    """Date the room's opening ``seconds`` back: the capacity a room accrues while nobody stands in it."""
+    sql(database_url, "UPDATE products SET admission_origin = now() - make_interval(secs => %(s)s) WHERE id = %(id)s",
+        {"s": seconds, "id": product_id})
+
+
+def place_of(ticket: str) -> int:
+    return int(ticket.split(".")[3])  # t2.<product>.<generation>.<place>.<user>.<mac>
+
+
+async def room_of(services: Any, product_id: int) -> Any:
+    product = await services.store.get_product(product_id)
+    assert product is not None and product.room is not None
+    return product.room
+
+
+async def until(client: Any, base_url: str, ticket: str, status: str, timeout: float = 30) -> dict[str, Any]:
+    """The ticket's standing once it is ``status`` (polled; a busy machine may take its time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = await standing(client, base_url, ticket)
+        if body["status"] == status:
+            return body
+        assert time.monotonic() < deadline, body
+        await asyncio.sleep(0.05)
+
+
+async def change(services: Any, product_id: int, **fields: Any) -> None:
+    await services.store.update_product(product_id, ProductChanges(**fields, given=frozenset(fields)))
+    await services.schedule.load()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_late_joiner_is_admitted_after_it_joins_and_joiners_are_paced_at_the_rate(  # type: ignore[no-untyped-def]
+        http_client, base_url, settings: Settings, services) -> None:
+    """A room at 10/s with 5 s passes, opened 8 s before anyone joins: on the old arithmetic the first joiner's
+    slot had passed 7.9 s earlier, so it was `expired` at once (and 20 joiners within the backlog were all let in
+    at once). Each joiner's admission must come after its join, one slot (0.1 s) after the one before."""
+    pid = room_product(settings.database_url, 100, rate=10, pass_seconds=5)
+    opened_ago(settings.database_url, pid, 8)
+    await services.schedule.load()
+    tickets = []
+    for user in range(1, 21):
+        joined_at = time.time()
+        body = await join(http_client, base_url, pid, user)
+        assert body["status"] in ("waiting", "admitted"), body
+        tickets.append((joined_at, body["ticket"]))
+    room = await room_of(services, pid)
+    places = [place_of(t) for _, t in tickets]
+    assert places == list(range(places[0], places[0] + 20)), places  # in the order of joining, one slot each
+    for joined_at, ticket in tickets:
+        admitted_at = admission_time(room, place_of(ticket))
+        assert admitted_at is not None and admitted_at >= joined_at - 0.05, (ticket, admitted_at - joined_at)
+    # And each holder learns it was admitted, with a pass still valid when it learns it.
+    for _, ticket in tickets:
+        body = await until(http_client, base_url, ticket, "admitted")
+        assert datetime.fromisoformat(body["pass_expires_at"]) > datetime.now(UTC)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_clearing_the_start_expires_nobody_and_admits_from_now(  # type: ignore[no-untyped-def]
+        http_client, base_url, settings: Settings, services) -> None:
+    """Three buyers wait for a start a minute away in a room opened 8 s ago; the operator clears the start. On the
+    old arithmetic the room's opening became the origin and all three were `expired`."""
+    pid = room_product(settings.database_url, 100, rate=10, pass_seconds=5,
+                       starts_at=datetime.now(UTC) + timedelta(seconds=60))
+    opened_ago(settings.database_url, pid, 8)
+    await services.schedule.load()
+    tickets = [(await join(http_client, base_url, pid, user))["ticket"] for user in (1, 2, 3)]
+    assert [(await standing(http_client, base_url, t))["status"] for t in tickets] == ["waiting"] * 3
+    cleared_at = time.time()
+    await change(services, pid, starts_at=None)
+    room = await room_of(services, pid)
+    for ticket in tickets:
+        assert admission_time(room, place_of(ticket)) >= cleared_at - 0.05  # type: ignore[operator]
+        body = await until(http_client, base_url, ticket, "admitted")
+        assert datetime.fromisoformat(body["pass_expires_at"]) > datetime.now(UTC)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_edit_with_the_same_rate_moves_nothing_and_a_new_rate_keeps_earlier_passes(  # type: ignore[no-untyped-def]
+        http_client, base_url, settings: Settings, services) -> None:
+    """The dashboard's Save sends the rate with every edit. On the old arithmetic any edit carrying it re-admitted
+    every earlier ticket with a fresh pass and counted slots nobody held as admitted."""
+    pid = room_product(settings.database_url, 100, rate=10, pass_seconds=1)
+    await services.schedule.load()
+    first = (await join(http_client, base_url, pid, 1))["ticket"]
+    await until(http_client, base_url, first, "admitted")
+    await until(http_client, base_url, first, "expired")
+    before = await room_of(services, pid)
+    await change(services, pid, name="renamed", admit_per_second=10)
+    after = await room_of(services, pid)
+    assert (after.origin, after.admitted_before) == (before.origin, before.admitted_before)
+    assert (await standing(http_client, base_url, first))["status"] == "expired"
+
+    # A new rate: the line moves on from where it stands; a pass given before keeps its expiry, and one that had
+    # expired stays expired.
+    await change(services, pid, admit_per_second=20)
+    assert (await standing(http_client, base_url, first))["status"] == "expired"
+    longer = room_product(settings.database_url, 100, rate=10, pass_seconds=60)
+    await services.schedule.load()
+    second = (await join(http_client, base_url, longer, 2))["ticket"]
+    admitted = await until(http_client, base_url, second, "admitted")
+    await change(services, longer, admit_per_second=20)
+    again = await standing(http_client, base_url, second)
+    assert (again["status"], again["pass_expires_at"]) == ("admitted", admitted["pass_expires_at"])
+    third = await join(http_client, base_url, longer, 3)  # one slot on, at the new rate: not let in long before
+    assert place_of(third["ticket"]) > admitted_by(await room_of(services, longer), time.time() - 0.05)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_redis_losing_its_data_mid_queue_puts_nobody_ahead_of_those_waiting(  # type: ignore[no-untyped-def]
+        http_client, base_url, settings: Settings, services) -> None:
+    """Rate 1/s, five buyers waiting, Redis flushed (a restart without persistence): on the old numbering (a Redis
+    counter) a newcomer got number 1 and was admitted at once, and buyer 5 joining again moved to the front."""
+    pid = room_product(settings.database_url, 100, rate=1, pass_seconds=60,
+                       starts_at=datetime.now(UTC) + timedelta(seconds=60))
+    await services.schedule.load()
+    waiting = [(await join(http_client, base_url, pid, user))["ticket"] for user in range(1, 6)]
+    client = redis.asyncio.Redis.from_url(settings.redis_url)
+    try:
+        async for key in client.scan_iter(match=f"{settings.redis_prefix}*"):
+            await client.delete(key)
+    finally:
+        await client.aclose()
+    newcomer = await join(http_client, base_url, pid, 6)
+    assert place_of(newcomer["ticket"]) > max(place_of(t) for t in waiting)
+    assert newcomer["position"] == 6, newcomer
+    rejoined = await join(http_client, base_url, pid, 5)
+    assert rejoined["ticket"] == waiting[4] and rejoined["position"] == 5
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_room_closed_and_opened_again_starts_a_new_line(  # type: ignore[no-untyped-def]
+        http_client, base_url, settings: Settings, services) -> None:
+    """A buyer admitted (or one who bought) in a room that is closed and opened again must not get a pass again
+    from its old ticket: the new opening is a new line, joined afresh in order."""
+    pid = room_product(settings.database_url, 100, rate=50, pass_seconds=60)
+    await services.schedule.load()
+    old = (await join(http_client, base_url, pid, 1))["ticket"]
+    await until(http_client, base_url, old, "admitted")
+    await change(services, pid, waiting_room=False)
+    await change(services, pid, waiting_room=True, starts_at=datetime.now(UTC) + timedelta(seconds=60))
+    assert (await standing(http_client, base_url, old))["status"] == "expired"
+    first, again = await join(http_client, base_url, pid, 2), await join(http_client, base_url, pid, 1)
+    assert (place_of(first["ticket"]), place_of(again["ticket"])) == (1, 2)
+    assert (first["position"], again["position"]) == (1, 2)
