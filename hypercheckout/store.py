@@ -260,6 +260,11 @@ UPDATE products SET
 WHERE id = %(product_id)s
 RETURNING {PRODUCT_COLUMNS}
 """
+# A room opened again starts a new line: the old lines' places (and their tickets' meaning) go.
+FORGET_OLD_LINES = """
+DELETE FROM queue_lines WHERE product_id = %(product_id)s
+  AND generation < (SELECT room_generation FROM products WHERE id = %(product_id)s)
+"""
 # Its orders go with it (ON DELETE CASCADE), and their idempotency keys with them.
 DELETE_PRODUCT = "DELETE FROM products WHERE id = %(product_id)s"
 
@@ -790,7 +795,9 @@ class Store:
                 return None
             with _refusing_bad_values():
                 await cur.execute(UPDATE_PRODUCT, {**changes.params(), "product_id": product_id})
-            return Product(*await cur.fetchone())
+            product = Product(*await cur.fetchone())
+            await cur.execute(FORGET_OLD_LINES, {"product_id": product_id})
+            return product
 
     async def delete_product(self, product_id: int, *, with_orders: bool) -> int | None:
         """Delete the product (and, with ``with_orders``, its orders); returns the orders deleted, or None if it

@@ -167,3 +167,5 @@ async def test_a_room_closed_and_opened_again_starts_a_new_line(  # type: ignore
     first, again = await join(http_client, base_url, pid, 2), await join(http_client, base_url, pid, 1)
     assert (place_of(first["ticket"]), place_of(again["ticket"])) == (1, 2)
     assert (first["position"], again["position"]) == (1, 2)
+    # The old line's places are gone with it: a room reopened many times keeps one line.
+    assert sql(settings.database_url, "SELECT count(*) FROM queue_lines WHERE product_id = %s", (pid,)) == [(1,)]
