@@ -1,9 +1,11 @@
-"""The waiting room's SQL: a buyer's place in its product's line, and each line's length. Places are kept in
-PostgreSQL (0004_queue_places.sql) so the order of joining survives anything Redis may lose."""
+"""The waiting room's SQL: a buyer's place in its product's line, each line's length, and which passes have bought.
+Places are kept in PostgreSQL (0004_queue_places.sql) so the order of joining survives anything Redis may lose."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import aiopg
 
 from hypercheckout.store import LINE_NOW, PRODUCT_COLUMNS, Product, Store
 
@@ -49,6 +51,13 @@ WHERE p.id = ANY(%(ids)s::bigint[])
 GROUP BY p.id
 """
 
+# Buyers among these whose pass of this opening of the room has bought already (orders_one_per_pass). Read under
+# the product's row lock, which every purchase holds while it inserts its order.
+PASSES_USED = """
+SELECT user_id FROM orders
+WHERE product_id = %(product_id)s AND room_generation = %(generation)s AND user_id = ANY(%(user_ids)s::bigint[])
+"""
+
 
 async def take_place(store: Store, product_id: int, user_id: int) -> tuple[Product | None, int | None]:
     """The product (None if there is none) and the buyer's place in its room's line (None if it has no room)."""
@@ -68,3 +77,9 @@ async def line_lengths(store: Store, product_ids: Sequence[int]) -> dict[int, di
     async with store.cursor() as cur:
         await cur.execute(LENGTHS, {"ids": list(product_ids)})
         return {row[0]: {"length": int(row[1]), "admitted": int(row[2])} for row in await cur.fetchall()}
+
+
+async def passes_used(cur: aiopg.Cursor, product_id: int, generation: int, user_ids: Sequence[int]) -> set[int]:
+    await cur.execute(PASSES_USED, {"product_id": product_id, "generation": generation,
+                                    "user_ids": sorted(set(user_ids))})
+    return {row[0] for row in await cur.fetchall()}

@@ -72,15 +72,16 @@ DEFAULT_PASS_SECONDS = 120
 # very time the order will carry.
 LOCK_STOCK = """
 SELECT stock, per_user_limit, CASE WHEN %(reserve_id)s THEN nextval('orders_id_seq') END,
-       starts_at, ends_at, max_per_order, waiting_room, now()
+       starts_at, ends_at, max_per_order, waiting_room, now(), room_generation
 FROM products WHERE id = %(product_id)s FOR UPDATE
 """
 DECREMENT_STOCK = "UPDATE products SET stock = stock - %(quantity)s WHERE id = %(product_id)s"
-# COALESCE evaluates nextval only when no id was reserved.
+# COALESCE evaluates nextval only when no id was reserved. An order bought with a waiting room's pass carries the
+# room's opening (room_generation): one order per pass (0005_single_use_passes.sql).
 INSERT_ORDER = """
-INSERT INTO orders (id, user_id, product_id, quantity, replica)
+INSERT INTO orders (id, user_id, product_id, quantity, replica, room_generation)
 VALUES (COALESCE(%(order_id)s::bigint, nextval('orders_id_seq')), %(user_id)s, %(product_id)s, %(quantity)s,
-        %(replica)s)
+        %(replica)s, %(room_generation)s)
 RETURNING id, created_at
 """
 
@@ -95,7 +96,7 @@ WITH sold AS (
     WHERE id = %(product_id)s AND stock >= %(quantity)s AND per_user_limit IS NULL
       AND (starts_at IS NULL OR starts_at <= now()) AND (ends_at IS NULL OR now() < ends_at)
       AND (max_per_order IS NULL OR max_per_order >= %(quantity)s)
-      AND (NOT waiting_room OR %(admitted)s)
+      AND NOT waiting_room
     RETURNING id, stock
 ), placed AS (
     INSERT INTO orders (user_id, product_id, quantity, replica)
@@ -113,7 +114,7 @@ LOCK_STOCK_FOR_BATCH = """
 BEGIN;
 SELECT stock, per_user_limit, now(),
        ARRAY(SELECT nextval('orders_id_seq') FROM generate_series(1, %(count)s)),
-       starts_at, ends_at, max_per_order, waiting_room
+       starts_at, ends_at, max_per_order, waiting_room, room_generation
 FROM products WHERE id = %(product_id)s
 FOR UPDATE
 """
@@ -124,8 +125,8 @@ WITH sold AS (
 ), released AS (
     DELETE FROM idempotency_keys WHERE key = ANY(%(released_keys)s::text[])
 )
-INSERT INTO orders (id, user_id, product_id, quantity, replica)
-SELECT o.id, o.user_id, %(product_id)s, o.quantity, %(replica)s
+INSERT INTO orders (id, user_id, product_id, quantity, replica, room_generation)
+SELECT o.id, o.user_id, %(product_id)s, o.quantity, %(replica)s, %(room_generation)s::bigint
 FROM unnest(%(ids)s::bigint[], %(user_ids)s::bigint[], %(quantities)s::integer[]) AS o (id, user_id, quantity);
 COMMIT;
 """
@@ -376,6 +377,7 @@ class LockedStock:
     order_id: int | None  # reserved for this purchase when asked for
     rules: SaleRules
     now: datetime  # the transaction's time, which its order carries as created_at
+    room_generation: int = 0  # the waiting room's opening: a pass of another one buys nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +387,7 @@ class BatchLock:
     now: datetime
     order_ids: list[int]
     rules: SaleRules
+    room_generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -625,7 +628,7 @@ class Store:
         if row is None:
             return None
         return LockedStock(stock=row[0], per_user_limit=row[1], order_id=row[2], rules=SaleRules(*row[3:7]),
-                           now=row[7])
+                           now=row[7], room_generation=row[8])
 
     @staticmethod
     async def decrement_stock(cur: aiopg.Cursor, product_id: int, quantity: int) -> None:
@@ -634,11 +637,13 @@ class Store:
     @staticmethod
     async def insert_order(
         cur: aiopg.Cursor, user_id: int, product_id: int, quantity: int, replica: str, order_id: int | None = None,
+        room_generation: int | None = None,
     ) -> tuple[int, datetime]:
+        """``room_generation``: the opening of the waiting room whose pass bought it (None: no room)."""
         await cur.execute(
             INSERT_ORDER,
             {"order_id": order_id, "user_id": user_id, "product_id": product_id, "quantity": quantity,
-             "replica": replica},
+             "replica": replica, "room_generation": room_generation},
         )
         order_id, created_at = await cur.fetchone()
         return order_id, created_at
@@ -646,16 +651,15 @@ class Store:
     # --- atomic ---------------------------------------------------------------------------------------------------
 
     async def buy_atomic(
-        self, user_id: int, product_id: int, quantity: int, replica: str, *, admitted: bool = False,
+        self, user_id: int, product_id: int, quantity: int, replica: str,
     ) -> tuple[int, datetime, int] | None:
         """(order id, created_at, stock left) or None when the product is missing or short, or its rules refuse
-        (``admitted``: the buyer holds a valid pass of its waiting room)."""
+        (a product with a waiting room is never bought here: its pass is counted under the row lock)."""
         async with self.cursor() as cur:
             # One statement in autocommit: it is its own commit.
             await Store.commit(
                 cur, BUY_ATOMIC,
-                {"user_id": user_id, "product_id": product_id, "quantity": quantity, "replica": replica,
-                 "admitted": admitted},
+                {"user_id": user_id, "product_id": product_id, "quantity": quantity, "replica": replica},
             )
             row = await cur.fetchone()
             return None if row is None else (row[0], row[1], row[2])
@@ -669,7 +673,7 @@ class Store:
         if row is None:
             return None
         return BatchLock(stock=row[0], per_user_limit=row[1], now=row[2], order_ids=list(row[3]),
-                         rules=SaleRules(*row[4:8]))
+                         rules=SaleRules(*row[4:8]), room_generation=row[8])
 
     @staticmethod
     async def settle_batch(
@@ -680,6 +684,7 @@ class Store:
         user_ids: Sequence[int],
         quantities: Sequence[int],
         released_keys: Sequence[str] = (),
+        room_generation: int | None = None,
     ) -> None:
         await Store.commit(
             cur, SETTLE_BATCH,
@@ -691,6 +696,7 @@ class Store:
                 "user_ids": list(user_ids),
                 "quantities": list(quantities),
                 "released_keys": list(released_keys),
+                "room_generation": room_generation,
             },
         )
 

@@ -28,3 +28,11 @@ def test_every_small_case_respects_the_rules() -> None:
                     left -= q if ok else 0
                 assert result.stock_after == left >= 0
                 assert result.total_granted == sum(q for q, ok in zip(quantities, result.granted, strict=True) if ok)
+
+
+def test_a_single_use_pass_is_granted_once_and_not_at_all_once_used() -> None:
+    # Buyer 1's first request does not fit (3 > 2): its pass is still unspent, so its second one is granted.
+    result = allocate(2, [3, 1, 1, 1], users=[1, 1, 2, 1], single_use=True, used={2})
+    assert result.granted == (False, True, False, False)
+    assert result.refusals == ("out_of_stock", None, "queue_pass_used", "queue_pass_used")
+    assert result.stock_after == 1

@@ -61,7 +61,7 @@ def test_tokens_are_signed_and_admission_is_arithmetic() -> None:
     signer = Signer("secret")
     token = signer.sign("t1", 5, 7, 9)
     assert signer.fields(token, "t1", 3) == [5, 7, 9]
-    assert signer.fields(token, "p1", 3) is None  # a ticket is never a pass
+    assert signer.fields(token, "p2", 3) is None  # a ticket is never a pass
     assert signer.fields(token.replace(".7.", ".6."), "t1", 3) is None  # another place in line
     assert Signer("another secret").fields(token, "t1", 3) is None
     room = WaitingRoom(admit_per_second=10, pass_seconds=60, origin=datetime.fromtimestamp(1000, UTC),
@@ -199,13 +199,13 @@ async def test_each_bad_pass_is_a_403_and_sells_nothing(http_client, base_url, s
         (2, first, good, "queue_pass_invalid"),  # someone else's
         (1, first, other, "queue_pass_invalid"),  # another product's
         (1, first, ticket, "queue_pass_invalid"),  # a ticket is not a pass
-        (1, first, "p1.1.1.9999999999.x", "queue_pass_invalid"),  # made up
+        (1, first, "p2.1.1.0.9999999999.x", "queue_pass_invalid"),  # made up
     ]
     for user, product, queue_pass, code in cases:
         headers = {} if queue_pass is None else {"Queue-Pass": queue_pass}
         answer = await buy(client, base_url, user=user, product=product, headers=headers)
         assert (answer.status, answer.body["error"]["code"]) == (403, code), (user, queue_pass, answer.body)
-    await asyncio.sleep(max(0.0, int(expiring.split(".")[3]) - time.time()) + 0.05)  # p1.product.user.expiry.mac
+    await asyncio.sleep(max(0.0, int(expiring.split(".")[4]) - time.time()) + 0.05)  # p2.product.user.opening.expiry
     late = await buy(client, base_url, user=1, product=short, headers={"Queue-Pass": expiring})
     assert (late.status, late.body["error"]["code"]) == (403, "queue_pass_expired")
     assert all(orders_of(url, p) == {} for p in (first, second, short))
@@ -224,7 +224,7 @@ async def test_each_bad_pass_is_a_403_and_sells_nothing(http_client, base_url, s
     four = await admitted_pass(client, base_url, (await join(client, base_url, brief, 4))["ticket"])
     kept = await buy(client, base_url, user=4, product=brief, headers={"Queue-Pass": four, "Idempotency-Key": "k4"})
     assert kept.status == 200, kept.body
-    await asyncio.sleep(max(0.0, int(four.split(".")[3]) - time.time()) + 0.05)
+    await asyncio.sleep(max(0.0, int(four.split(".")[4]) - time.time()) + 0.05)
     for headers in ({"Queue-Pass": four, "Idempotency-Key": "k4"}, {"Idempotency-Key": "k4"}):
         again = await buy(client, base_url, user=4, product=brief, headers=headers)
         assert again.status == 200 and again.body["order_id"] == kept.body["order_id"], (headers, again.body)

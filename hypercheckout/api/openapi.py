@@ -14,7 +14,8 @@ ERROR_CODES = [
     "invalid_request", "not_found", "unknown_product", "out_of_stock", "limit_reached", "request_in_progress",
     "idempotency_key_reused", "rate_limited", "banned", "unavailable", "overloaded", "method_not_allowed",
     "internal_error", "forbidden", "sale_not_started", "sale_ended", "has_orders", "unauthorized",
-    "queue_pass_required", "queue_pass_invalid", "queue_pass_expired", "no_waiting_room", "unknown_ticket",
+    "queue_pass_required", "queue_pass_invalid", "queue_pass_expired", "queue_pass_used", "no_waiting_room",
+    "unknown_ticket",
 ]
 
 
@@ -79,9 +80,11 @@ def document(settings: Settings) -> dict[str, Any]:
                                                "request with the same Idempotency-Key.",
                                 "schema": {"type": "string", "enum": ["true"]}}}},
                     "400": _error("Malformed body, field or Idempotency-Key; nothing was written."),
-                    "403": _error("queue_pass_required, queue_pass_invalid or queue_pass_expired (with expired_at): "
-                                  "the product has a waiting room and the Queue-Pass is missing, forged, another "
-                                  "buyer's or product's, or expired."),
+                    "403": _error("queue_pass_required, queue_pass_invalid, queue_pass_expired (with expired_at) or "
+                                  "queue_pass_used: the product has a waiting room and the Queue-Pass is missing, "
+                                  "forged, another buyer's or product's, of an earlier opening of the room, "
+                                  "expired, or has bought already (a pass buys once; a retry with the same "
+                                  "Idempotency-Key gets that order back)."),
                     "404": _error("No such product."),
                     "409": _error("out_of_stock (with remaining), limit_reached (with limit), "
                                   "request_in_progress (the same Idempotency-Key is being processed), "

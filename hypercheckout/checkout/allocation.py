@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 OUT_OF_STOCK = "out_of_stock"
 LIMIT_REACHED = "limit_reached"
+PASS_USED = "queue_pass_used"
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,21 +27,28 @@ class Allocation:
 
 
 def allocate(stock: int, quantities: Sequence[int], *, users: Sequence[int] = (),
-             bought: Mapping[int, int] | None = None, per_user_limit: int | None = None) -> Allocation:
+             bought: Mapping[int, int] | None = None, per_user_limit: int | None = None,
+             single_use: bool = False, used: Collection[int] = ()) -> Allocation:
     """Grant requests in arrival order while stock lasts; a request that does not fit is refused whole.
 
     A refused request does not block later, smaller ones: with 2 left, [3, 1] grants only the 1. No partial fills,
     never below zero. With ``per_user_limit``, a request is also refused when its buyer (``users``, one per
     request) would own more than the limit, counting ``bought`` (units owned before this batch) and what earlier
-    requests of the batch were granted.
+    requests of the batch were granted. With ``single_use`` (a waiting room's passes: one per buyer), a buyer is
+    granted one request at most, none if it is among ``used``; its later requests are refused ``PASS_USED``.
     """
     granted: list[bool] = []
     seen: list[int] = []
     refusals: list[str | None] = []
     owned = dict(bought or {})
+    spent = set(used)
     left = stock
     for i, quantity in enumerate(quantities):
         seen.append(left)
+        if single_use and users[i] in spent:
+            granted.append(False)
+            refusals.append(PASS_USED)
+            continue
         if per_user_limit is not None and owned.get(users[i], 0) + quantity > per_user_limit:
             granted.append(False)
             refusals.append(LIMIT_REACHED)
@@ -50,6 +58,8 @@ def allocate(stock: int, quantities: Sequence[int], *, users: Sequence[int] = ()
         refusals.append(None if fits else OUT_OF_STOCK)
         if fits:
             left -= quantity
+            if single_use:
+                spent.add(users[i])
             if per_user_limit is not None:
                 owned[users[i]] = owned.get(users[i], 0) + quantity
     return Allocation(granted=tuple(granted), remaining_before=tuple(seen), stock_after=left,

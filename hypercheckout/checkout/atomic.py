@@ -1,8 +1,9 @@
 """One round trip per purchase: a conditional decrement and the order insert in a single statement.
 
-A purchase with an Idempotency-Key, or of a product with a per-user limit, takes the locked transaction instead
-(``buy_in_transaction``): checking what a buyer already owns needs the row lock first, which one statement's
-re-check of a locked row (EvalPlanQual) does not give a subquery on another table.
+A purchase with an Idempotency-Key, of a product with a per-user limit, or with a waiting room's pass takes the
+locked transaction instead (``buy_in_transaction``): checking what a buyer already owns, or whether its pass has
+bought, needs the row lock first, which one statement's re-check of a locked row (EvalPlanQual) does not give a
+subquery on another table.
 """
 
 from __future__ import annotations
@@ -23,11 +24,9 @@ class AtomicStrategy:
         self._replica = replica
 
     async def purchase(self, request: PurchaseRequest) -> Order:
-        if request.idempotency_key is not None:
+        if request.idempotency_key is not None or request.admitted:
             return await buy_in_transaction(self._store, request, self._replica)
-        placed = await self._store.buy_atomic(
-            request.user_id, request.product_id, request.quantity, self._replica, admitted=request.admitted,
-        )
+        placed = await self._store.buy_atomic(request.user_id, request.product_id, request.quantity, self._replica)
         if placed is None:
             # Nothing was written; a second, read-only statement says why.
             product = await self._store.get_product(request.product_id)

@@ -14,7 +14,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-from hypercheckout.checkout.allocation import LIMIT_REACHED, allocate
+from hypercheckout.checkout.allocation import LIMIT_REACHED, PASS_USED, allocate
 from hypercheckout.checkout.errors import (
     CheckoutError,
     DuplicateKey,
@@ -22,12 +22,14 @@ from hypercheckout.checkout.errors import (
     out_of_stock,
     outcome_unknown,
     overloaded,
+    queue_pass_used,
     shutting_down,
     unavailable,
     unknown_product,
 )
 from hypercheckout.checkout.models import Order, PurchaseRequest
-from hypercheckout.checkout.schedule import check_sale
+from hypercheckout.checkout.schedule import check_opening, check_sale
+from hypercheckout.queuestore import passes_used
 from hypercheckout.store import Store
 
 log = logging.getLogger(__name__)
@@ -157,20 +159,26 @@ class BatchedStrategy:
                 taken = {i for i in keyed if requests[i].idempotency_key not in claimed}
             # The sale's rules, against the transaction's time (the orders' created_at).
             refused: dict[int, CheckoutError] = {}
+            room = locked.rules.waiting_room  # every request left below then holds a pass, which buys once
             for i in range(len(requests)):
                 if i not in taken:
                     try:
                         check_sale(product_id, locked.rules, requests[i].quantity, locked.now,
                                    admitted=requests[i].admitted)
+                        if room:
+                            check_opening(requests[i], locked.room_generation)
                     except CheckoutError as exc:
                         refused[i] = exc
             live = [i for i in range(len(requests)) if i not in taken and i not in refused]
             owned: dict[int, int] = {}
             if locked.per_user_limit is not None and live:
                 owned = await Store.owned(cur, product_id, [requests[i].user_id for i in live])
+            used: set[int] = set()
+            if room and live:
+                used = await passes_used(cur, product_id, locked.room_generation, [requests[i].user_id for i in live])
             allocation = allocate(
                 locked.stock, [requests[i].quantity for i in live], users=[requests[i].user_id for i in live],
-                bought=owned, per_user_limit=locked.per_user_limit,
+                bought=owned, per_user_limit=locked.per_user_limit, single_use=room, used=used,
             )
             granted = [i for i, ok in zip(live, allocation.granted, strict=True) if ok]
             if granted:
@@ -182,6 +190,7 @@ class BatchedStrategy:
                     # Claimed for a request that was refused: only orders are remembered.
                     released_keys=[requests[i].idempotency_key or "" for i in keyed
                                    if i not in taken and i not in granted],
+                    room_generation=locked.room_generation if room else None,
                 )
             # Nothing granted: no COMMIT was sent, so store.transaction rolls back, and the claimed keys go with it.
         outcomes: dict[int, Order | CheckoutError | DuplicateKey] = {
@@ -197,6 +206,8 @@ class BatchedStrategy:
                     quantity=request.quantity, created_at=locked.now, remaining=allocation.stock_after,
                     replica=self._replica,
                 )
+            elif refusal == PASS_USED:
+                outcomes[i] = queue_pass_used(product_id)
             elif refusal == LIMIT_REACHED:
                 limit = locked.per_user_limit or 0
                 outcomes[i] = limit_reached(product_id, limit, owned.get(request.user_id, 0), request.quantity)

@@ -85,6 +85,12 @@ def queue_pass_expired(expired_at: str) -> CheckoutError:
                          extra={"expired_at": expired_at})
 
 
+def queue_pass_used(product_id: int) -> CheckoutError:
+    return CheckoutError(403, "queue_pass_used",
+                         f"this Queue-Pass has bought product {product_id} already: a place in line buys once "
+                         "(a retry of that purchase with its Idempotency-Key gets its order back)")
+
+
 def no_waiting_room(product_id: int) -> CheckoutError:
     return CheckoutError(409, "no_waiting_room", f"product {product_id} has no waiting room: buy it directly")
 

@@ -13,7 +13,13 @@ class PurchaseRequest:
     quantity: int
     idempotency_key: str | None = None
     queue_pass: str | None = None  # the Queue-Pass header, as sent
-    admitted: bool = False  # the pass was checked: valid, unexpired, for this buyer and product
+    # Set once the pass was checked (valid, unexpired, for this buyer and product): the opening of the room it was
+    # given in. With the buyer and the product it names the pass, which buys once.
+    pass_generation: int | None = None
+
+    @property
+    def admitted(self) -> bool:
+        return self.pass_generation is not None
 
     @property
     def fingerprint(self) -> str:

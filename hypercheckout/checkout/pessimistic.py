@@ -3,14 +3,21 @@ the path every strategy takes when a purchase carries an Idempotency-Key or the 
 
 from __future__ import annotations
 
-from hypercheckout.checkout.errors import DuplicateKey, limit_reached, out_of_stock, unknown_product
+from hypercheckout.checkout.errors import (
+    DuplicateKey,
+    limit_reached,
+    out_of_stock,
+    queue_pass_used,
+    unknown_product,
+)
 from hypercheckout.checkout.models import Order, PurchaseRequest
-from hypercheckout.checkout.schedule import check_sale
+from hypercheckout.checkout.schedule import check_opening, check_sale
+from hypercheckout.queuestore import passes_used
 from hypercheckout.store import Store
 
 
 async def buy_in_transaction(store: Store, request: PurchaseRequest, replica: str) -> Order:
-    """Everything under the product's row lock, in one transaction: key, sale window, limit, stock, order."""
+    """Everything under the product's row lock, in one transaction: key, sale window, pass, limit, stock, order."""
     key = request.idempotency_key
     async with store.transaction() as cur:
         locked = await Store.lock_stock(cur, request.product_id, reserve_id=key is not None)
@@ -23,6 +30,12 @@ async def buy_in_transaction(store: Store, request: PurchaseRequest, replica: st
         if key is not None and not await Store.claim_keys(cur, [key], [request.fingerprint], [locked.order_id]):
             raise DuplicateKey(key)  # a committed order holds the key: the checkout service replays it
         check_sale(request.product_id, locked.rules, request.quantity, locked.now, admitted=request.admitted)
+        generation = None
+        if locked.rules.waiting_room:
+            check_opening(request, locked.room_generation)
+            generation = locked.room_generation
+            if await passes_used(cur, request.product_id, generation, [request.user_id]):
+                raise queue_pass_used(request.product_id)
         if limit is not None:
             owned = (await Store.owned(cur, request.product_id, [request.user_id])).get(request.user_id, 0)
             if owned + request.quantity > limit:
@@ -32,6 +45,7 @@ async def buy_in_transaction(store: Store, request: PurchaseRequest, replica: st
         await Store.decrement_stock(cur, request.product_id, request.quantity)
         order_id, created_at = await Store.insert_order(
             cur, request.user_id, request.product_id, request.quantity, replica, order_id=locked.order_id,
+            room_generation=generation,
         )
     return Order(
         id=order_id, user_id=request.user_id, product_id=request.product_id, quantity=request.quantity,

@@ -15,9 +15,10 @@ Nothing runs in the background, so nothing can die and stop the queue:
   computes it from its copy of the product (the sale schedule) and its clock, so all replicas agree, in ticket
   order, without talking to each other. A place the line passed before the last change keeps the admission time
   it had (the product keeps the line's earlier segments), so its pass keeps its expiry.
-* **The pass** names the buyer, the product and its expiry (``pass_seconds`` after the ticket's admission) and is
-  signed; a purchase checks it in memory, and the purchase's transaction checks that a product with a waiting room
-  is bought only with one (`check_sale`), as it checks the sale window.
+* **The pass** names the buyer, the product, the room's opening and its expiry (``pass_seconds`` after the
+  ticket's admission) and is signed; a purchase checks it in memory, and the purchase's transaction checks that a
+  product with a waiting room is bought only with one of its current opening, and that the pass has not bought
+  before (`passes.py`): one place in line, one purchase (its retries with the same Idempotency-Key replay it).
 * **Stock-aware**: a product seen sold out (the sold-out flags, shared between replicas over Redis) turns every
   ticket ``sold_out`` at once; a restock clears the flags and the tickets stand where the clock puts them again. A
   later end does the same for ``ended``.
@@ -50,7 +51,7 @@ from hypercheckout.checkout.soldout import SoldOutFlags
 from hypercheckout.queuestore import line_lengths, take_place
 from hypercheckout.store import Store, WaitingRoom
 
-TICKET, PASS = "t2", "p1"  # token kinds (and versions): a ticket can never pass for a pass
+TICKET, PASS = "t2", "p2"  # token kinds (and versions): a ticket can never pass for a pass
 
 
 class Signer:
@@ -175,7 +176,7 @@ class WaitingRooms:
             if now >= expires:
                 return {"status": "expired", **nothing}
             return {"status": "admitted", "position": 0, "estimated_wait_s": 0,
-                    "pass": self._signer.sign(PASS, ticket.product_id, ticket.user_id, expires),
+                    "pass": self._signer.sign(PASS, ticket.product_id, ticket.user_id, ticket.generation, expires),
                     "pass_expires_at": _iso(expires)}
         ahead = ticket.number - admitted_by(room, now)
         wait = None if admitted_at is None else max(0, math.ceil(admitted_at - now))
@@ -187,28 +188,34 @@ class WaitingRooms:
     def check_pass(self, request: PurchaseRequest) -> PurchaseRequest:
         """The request marked ``admitted`` if its Queue-Pass is valid for its buyer and product; a 403 if the
         product has a waiting room and the pass is forged, someone else's, another product's or expired. A
-        product without one (by this replica's copy) ignores the header; the transaction has the last word."""
+        product without one (by this replica's copy) ignores the header; the transaction has the last word (and
+        the one purchase a pass admits is counted there, under the product's row lock)."""
         if request.queue_pass is None:
             return request
+        room = self._schedule.room(request.product_id)
         try:
-            self._verify(request.queue_pass, request.user_id, request.product_id)
+            generation = self._verify(request.queue_pass, request.user_id, request.product_id)
+            if room is not None and generation < room.generation:
+                raise queue_pass_invalid("it is from an earlier opening of the waiting room; join the queue again")
         except CheckoutError:
-            if self._schedule.room(request.product_id) is not None:
+            if room is not None:
                 raise
             return request
-        return replace(request, admitted=True)
+        return replace(request, pass_generation=generation)
 
-    def _verify(self, token: str, user_id: int, product_id: int) -> None:
-        fields = self._signer.fields(token, PASS, 3)
+    def _verify(self, token: str, user_id: int, product_id: int) -> int:
+        """The opening of the room the pass was given in, if it is valid for this buyer and product now."""
+        fields = self._signer.fields(token, PASS, 4)
         if fields is None:
             raise queue_pass_invalid("malformed or forged")
-        pass_product, pass_user, expires = fields
+        pass_product, pass_user, generation, expires = fields
         if pass_product != product_id:
             raise queue_pass_invalid(f"it is for product {pass_product}")
         if pass_user != user_id:
             raise queue_pass_invalid("it is another buyer's")
         if self._clock() >= expires:
             raise queue_pass_expired(_iso(expires))
+        return generation
 
     # --- for the dashboard and /metrics ---------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from datetime import datetime
 
 from hypercheckout.checkout.errors import (
     CheckoutError,
+    queue_pass_invalid,
     queue_pass_required,
     sale_ended,
     sale_not_started,
@@ -37,6 +38,13 @@ def check_sale(product_id: int, rules: SaleRules, quantity: int, now: datetime, 
     """Raise the refusal for buying ``quantity`` units at ``now`` under ``rules``, if any (``admitted``: the buyer
     holds a valid pass of the product's waiting room)."""
     _Window.of(rules).check(product_id, quantity, now.timestamp(), admitted)
+
+
+def check_opening(request: PurchaseRequest, room_generation: int) -> None:
+    """Under the row lock of a product with a waiting room: refuse a pass given in an earlier opening of the room
+    (closed and opened again since, with a new line)."""
+    if request.pass_generation != room_generation:
+        raise queue_pass_invalid("it is from an earlier opening of the waiting room; join the queue again")
 
 
 @dataclass(frozen=True, slots=True)
