@@ -156,6 +156,17 @@ SELECT k.fingerprint, o.id, o.user_id, o.product_id, o.quantity, o.created_at, o
 FROM idempotency_keys k JOIN orders o ON o.id = k.order_id
 WHERE k.key = %(key)s
 """
+# A request refused before its purchase (from memory, by the limiter) whose key a first try may be committing at
+# this moment, perhaps on another replica: inserting the key waits for that transaction (a unique index makes an
+# insert wait for an uncommitted duplicate), and is rolled back whatever happens (order_id 0 is never checked: the
+# reference is checked at COMMIT). No row here: no order to replay. Nothing is written, the product's row is not
+# touched, and no commit is made.
+PROBE_KEY = """
+BEGIN;
+INSERT INTO idempotency_keys (key, fingerprint, order_id) VALUES (%(key)s, '', 0)
+ON CONFLICT (key) DO NOTHING
+RETURNING key
+"""
 EXPIRE_KEYS = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => %(seconds)s)"
 
 # --- reading ---------------------------------------------------------------------------------------------------------
@@ -720,6 +731,15 @@ class Store:
             await cur.execute(STORED_ORDER, {"key": key})
             row = await cur.fetchone()
             return None if row is None else StoredOrder(*row)
+
+    async def settled_order(self, key: str) -> StoredOrder | None:
+        """The order a request with this key placed, once no transaction holding the key is still open (waiting
+        for one that is): for a retry refused before its purchase, which must never be told "no" for an order its
+        first try is placing."""
+        async with self.transaction(explicit=True) as cur:  # rolled back: the block never commits
+            await cur.execute(PROBE_KEY, {"key": key})
+            free = await cur.fetchone() is not None
+        return None if free else await self.stored_order(key)
 
     async def expire_keys(self, older_than_seconds: float) -> int:
         async with self.cursor() as cur:

@@ -26,6 +26,18 @@ def row_locked(database_url: str, product: int = 1) -> Iterator[None]:
         conn.close()
 
 
+@contextmanager
+def open_transaction(database_url: str) -> Iterator[psycopg2.extensions.cursor]:
+    """A cursor in a transaction of its own, committed when the block ends (unless rolled back within it)."""
+    conn = psycopg2.connect(database_url)
+    try:
+        with conn.cursor() as cur:
+            yield cur
+        conn.commit()
+    finally:
+        conn.close()
+
+
 def lock_waiters(database_url: str) -> list[int]:
     """Process ids of the backends waiting for a lock, oldest wait first."""
     rows = sql(database_url, """

@@ -16,7 +16,7 @@ import redis.asyncio
 from hypercheckout.checkout.queue import admission_time, admitted_by
 from hypercheckout.settings import Settings
 from hypercheckout.store import ProductChanges
-from tests.helpers import sql
+from tests.helpers import get, sql
 from tests.test_waiting_room import join, room_product, standing
 
 
@@ -169,3 +169,39 @@ async def test_a_room_closed_and_opened_again_starts_a_new_line(  # type: ignore
     assert (first["position"], again["position"]) == (1, 2)
     # The old line's places are gone with it: a room reopened many times keeps one line.
     assert sql(settings.database_url, "SELECT count(*) FROM queue_lines WHERE product_id = %s", (pid,)) == [(1,)]
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.settings(schedule_refresh_ms=3_600_000)  # this replica's copy is read when the test says, never else
+async def test_a_replica_whose_copy_has_not_seen_the_room_still_places_its_tickets(  # type: ignore[no-untyped-def]
+        http_client, base_url, settings: Settings, services) -> None:
+    """Issue 22, item 5: for a moment after a room opens, a replica's copy does not know it; a ticket polled there
+    was 404 `unknown_ticket` or 409 `no_waiting_room`, and the shop page stops polling for good on either. A
+    ticket the copy cannot place is placed by PostgreSQL's row; 404 and 409 only when the product or room is
+    really gone."""
+    url = settings.database_url
+    pid = sql(url, "INSERT INTO products (name, stock, initial_stock) VALUES ('plain', 5, 5) RETURNING id")[0][0]
+    await services.schedule.load()
+    sql(url, "UPDATE products SET waiting_room = true, admission_origin = now(), admit_per_second = 1000, "
+             "room_generation = room_generation + 1 WHERE id = %s", (pid,))
+    opened = (await join(http_client, base_url, pid, 1))["ticket"]
+    assert (await until(http_client, base_url, opened, "admitted"))["pass"]
+    newer = room_product(url, 5, rate=1000)  # a product this copy has never seen
+    fresh = (await join(http_client, base_url, newer, 1))["ticket"]
+    assert (await until(http_client, base_url, fresh, "admitted"))["pass"]
+    # The copy knows the room's first opening; it is closed and opened again behind its back: a new line.
+    await services.schedule.load()
+    sql(url, "UPDATE products SET room_generation = room_generation + 1, admission_origin = now(), "
+             "admitted_before = 0 WHERE id = %s", (pid,))
+    reopened = (await join(http_client, base_url, pid, 1))["ticket"]
+    assert int(reopened.split(".")[2]) == int(opened.split(".")[2]) + 1  # a ticket of the new opening
+    assert (await until(http_client, base_url, reopened, "admitted"))["pass"]
+    # Really gone: the room closed (409, buy directly), the product deleted (404).
+    sql(url, "UPDATE products SET waiting_room = false WHERE id = %s", (pid,))
+    await services.schedule.load()
+    closed = await get(http_client, f"{base_url}/queue/{reopened}")
+    assert (closed.status, closed.body["error"]["code"]) == (409, "no_waiting_room")
+    sql(url, "DELETE FROM products WHERE id = %s", (newer,))
+    await services.schedule.load()
+    deleted = await get(http_client, f"{base_url}/queue/{fresh}")
+    assert (deleted.status, deleted.body["error"]["code"]) == (404, "unknown_ticket")

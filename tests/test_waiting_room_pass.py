@@ -1,11 +1,12 @@
 """A waiting room's pass against real PostgreSQL and Redis, for each strategy: it admits one purchase (its retries
 with the same Idempotency-Key replay it), a pass of an earlier opening of the room buys nothing even on a replica
-whose copy has not seen the room reopen, and a retry whose pass has expired since is never told a definite "no" for
-an order its first try is placing."""
+whose copy has not seen the room reopen, a retry whose pass has expired since is never told a definite "no" for an
+order its first try is placing, and a keyed request refused from memory never waits on the product's row."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import pytest
 from hypercheckout.app import redis_client
 from hypercheckout.checkout.errors import CheckoutError
 from hypercheckout.checkout.models import Order, PurchaseRequest
-from hypercheckout.checkout.queue import WaitingRooms
+from hypercheckout.checkout.queue import PASS, Signer, WaitingRooms
 from hypercheckout.checkout.schedule import SaleSchedule
 from hypercheckout.checkout.service import Checkout
 from hypercheckout.checkout.soldout import SoldOutFlags
@@ -23,6 +24,7 @@ from hypercheckout.checkout.strategy import make_strategy
 from hypercheckout.settings import STRATEGIES, Settings
 from hypercheckout.store import Store
 from tests.helpers import assert_invariant, orders_of, sql
+from tests.locks import lock_waiters, open_transaction
 from tests.test_waiting_room import room_product
 
 
@@ -58,7 +60,7 @@ async def pass_of(rooms: WaitingRooms, product_id: int, user_id: int) -> str:
     """Join and wait until admitted (a room at 1000/s admits within milliseconds); the pass."""
     ticket = (await rooms.join(product_id, user_id))["ticket"]
     for _ in range(2000):
-        standing = rooms.read(ticket)
+        standing = await rooms.read(ticket)
         if standing["status"] == "admitted":
             return str(standing["pass"])
         assert standing["status"] == "waiting", standing
@@ -70,7 +72,7 @@ async def outcomes(checkout: Checkout, requests: list[PurchaseRequest]) -> list[
     """Each request's order, or its refusal as (status, code), all sent at once."""
     async def one(request: PurchaseRequest) -> Order | tuple[int, str]:
         try:
-            return await checkout.purchase(checkout.refuse_from_memory(request))
+            return await checkout.purchase(request)
         except CheckoutError as exc:
             return exc.status, exc.code
     return list(await asyncio.gather(*(one(r) for r in requests)))
@@ -136,3 +138,107 @@ def test_a_pass_of_an_earlier_opening_buys_nothing_even_where_the_copy_is_stale(
     asyncio.run(scenario())
     assert list(orders_of(url, pid).values()) == [(9, 1)]
     assert_invariant(url, 10, product=pid)
+
+
+def expired_pass(product_id: int, user_id: int, generation: int = 0) -> str:
+    """A genuine pass (signed with the replica's secret) that expired a minute ago."""
+    return Signer("test-secret").sign(PASS, product_id, user_id, generation, int(time.time()) - 60)
+
+
+async def answer_unless_it_waits(database_url: str, work: asyncio.Future[Order | tuple[int, str]]) -> object:
+    """The request's answer, or "waited" as soon as some backend waits on a lock — never a time limit."""
+    while not work.done():
+        if lock_waiters(database_url):
+            return "waited"
+        await asyncio.sleep(0.01)
+    return work.result()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_retry_whose_pass_expired_waits_for_its_first_try_still_committing(settings: Settings,
+                                                                             strategy: str) -> None:
+    """Issue 22, item 6: the first try holds its key and its order in a transaction not yet committed (as a batch
+    on another replica does); its retry, whose pass has expired meanwhile, was looked up once and told 403. It must
+    wait on the key's row and get the order once the first try commits — and be refused once it rolls back."""
+    url = settings.database_url
+    pid = room_product(url, 10, rate=1000)
+
+    async def scenario() -> None:
+        async with replica(settings, strategy) as r:
+            for commits, user, key in ((True, 5, f"slow-{strategy}"), (False, 6, f"lost-{strategy}")):
+                retry = PurchaseRequest(user, pid, 2, idempotency_key=key, queue_pass=expired_pass(pid, user))
+                with open_transaction(url) as first:
+                    first.execute("INSERT INTO orders (user_id, product_id, quantity, replica, room_generation) "
+                                  "VALUES (%s, %s, 2, 'elsewhere', 0) RETURNING id", (user, pid))
+                    order_id = first.fetchone()[0]
+                    first.execute("INSERT INTO idempotency_keys (key, fingerprint, order_id) VALUES (%s, %s, %s)",
+                                  (key, retry.fingerprint, order_id))
+                    first.execute("UPDATE products SET stock = stock - 2 WHERE id = %s", (pid,))
+                    work = asyncio.ensure_future(outcomes(r.checkout, [retry]))
+                    seen = await answer_unless_it_waits(url, work)
+                    assert seen == "waited", seen  # not a definite answer while the first try is open
+                    if not commits:
+                        first.connection.rollback()
+                answer = (await work)[0]
+                if commits:
+                    assert isinstance(answer, Order) and answer.id == order_id and answer.replayed, answer
+                else:
+                    assert answer == (403, "queue_pass_expired"), answer
+
+    asyncio.run(scenario())
+    assert list(orders_of(url, pid).values()) == [(5, 2)]
+    assert_invariant(url, 10, product=pid)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_keyed_request_refused_from_memory_never_waits_on_the_products_row(settings: Settings,
+                                                                            strategy: str) -> None:
+    """Issue 22, item 7: an Idempotency-Key let a request skip every in-memory refusal and reach the hot row (40
+    keyed purchases without a pass: ~28 rolled-back batches). With the product's row held locked, keyed requests
+    without a pass or with an expired one are each answered their refusal (a probe of the key, rolled back, is all
+    they cost); a keyed purchase with a valid pass does wait for the row. (Keyed requests before the start or
+    when sold out are still decided under the row lock, where a first try queued for it is settled before or
+    after them: tests/test_cancellation.py shows why.)"""
+    url = settings.database_url
+    room = room_product(url, 10, rate=1000)
+
+    async def scenario() -> None:
+        async with replica(settings, strategy) as r:
+            good = await pass_of(r.rooms, room, 3)
+            cases = [
+                (PurchaseRequest(1, room, 1, idempotency_key="no-pass"), (403, "queue_pass_required")),
+                (PurchaseRequest(2, room, 1, idempotency_key="old-pass", queue_pass=expired_pass(room, 2)),
+                 (403, "queue_pass_expired")),
+            ]
+            with open_transaction(url) as holder:
+                holder.execute("SELECT id FROM products FOR UPDATE")
+                for request, refusal in cases:
+                    seen = await answer_unless_it_waits(url, asyncio.ensure_future(outcomes(r.checkout, [request])))
+                    assert seen == [refusal], (request, seen)
+                buying = asyncio.ensure_future(outcomes(r.checkout, [PurchaseRequest(
+                    3, room, 1, idempotency_key="good", queue_pass=good)]))
+                assert await answer_unless_it_waits(url, buying) == "waited"  # the control: a real purchase does
+            assert isinstance((await buying)[0], Order)
+
+    asyncio.run(scenario())
+    assert list(orders_of(url, room).values()) == [(3, 1)]
+    assert sql(url, "SELECT count(*) FROM idempotency_keys")[0][0] == 1  # the probes left nothing behind
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_the_transaction_refuses_a_pass_expired_by_postgresqls_clock(settings: Settings, strategy: str) -> None:
+    """A replica whose clock is two minutes behind accepts, in memory, a pass that expired a minute ago (as a
+    purchase that waited for the row past its pass's expiry would be): the transaction refuses it, with and
+    without a key, and sells nothing."""
+    url = settings.database_url
+    pid = room_product(url, 10, rate=1000)
+
+    async def scenario() -> None:
+        async with replica(settings, strategy, clock=lambda: time.time() - 120) as r:
+            late = expired_pass(pid, 4)
+            for key in (None, f"late-{strategy}"):
+                answer = await outcomes(r.checkout, [PurchaseRequest(4, pid, 1, idempotency_key=key, queue_pass=late)])
+                assert answer == [(403, "queue_pass_expired")], answer
+
+    asyncio.run(scenario())
+    assert orders_of(url, pid) == {}

@@ -32,8 +32,15 @@ class PurchaseHandler(JsonHandler):
         turned_away = services.admission.enter(self.waited())
         if turned_away is not None:
             # A refusal known from memory (not started, ended, sold out, no pass, too many units) is the true
-            # answer, and costs no more than the 503 (load-tests/rejection_cost.py).
-            request = services.checkout.refuse_from_memory(request)
+            # answer, and costs no more than the 503 (load-tests/rejection_cost.py). Not for a request with an
+            # Idempotency-Key: its first try may have placed an order, which takes a lookup to learn; the 503
+            # promises nothing.
+            try:
+                request = services.checkout.refuse_from_memory(request)
+            except CheckoutError:
+                if request.idempotency_key is None:
+                    raise
+                raise await services.admission.refuse(turned_away) from None
             if not (request.admitted and turned_away == "standing_queue"):
                 raise await services.admission.refuse(turned_away)
             # A buyer its waiting room admitted is already paced (admit_per_second): turning it away for a queue
@@ -51,11 +58,8 @@ class PurchaseHandler(JsonHandler):
         if services.limiter.enabled:
             decision = await services.limiter.check(request.user_id, self.client_ip)
             if not decision.allowed:
-                # A retry of a purchase that was placed must learn so, limited or not (found by `make chaos`: a
-                # buyer banned meanwhile was told 429 for the retry of an order its first try had placed).
-                order = await services.checkout.stored(request)
-                if order is None:
-                    raise rate_limited(decision.retry_after, decision.banned)
+                # A retry of a purchase that was placed must learn so, limited or not.
+                order = await services.checkout.refused(request, rate_limited(decision.retry_after, decision.banned))
         if order is None:
             order = await services.checkout.purchase(request)
         if order.replayed:

@@ -32,10 +32,11 @@ class JoinHandler(JsonHandler):
 class TicketHandler(JsonHandler):
     route = "/queue/{ticket}"
 
-    def get(self, ticket: str) -> None:
+    async def get(self, ticket: str) -> None:
         # Answered from this replica's memory (the ticket is signed, admission is arithmetic): a poll costs no
-        # Redis or PostgreSQL call, so a queue of thousands polling every second stays cheap.
-        self.write_json(self.services.rooms.read(ticket))
+        # Redis or PostgreSQL call, so a queue of thousands polling every second stays cheap (a ticket the copy
+        # cannot place yet is looked up: WaitingRooms.read).
+        self.write_json(await self.services.rooms.read(ticket))
 
 
 default_handlers = [

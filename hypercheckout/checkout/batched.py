@@ -28,7 +28,7 @@ from hypercheckout.checkout.errors import (
     unknown_product,
 )
 from hypercheckout.checkout.models import Order, PurchaseRequest
-from hypercheckout.checkout.schedule import check_opening, check_sale
+from hypercheckout.checkout.schedule import check_pass_in_transaction, check_sale
 from hypercheckout.queuestore import passes_used
 from hypercheckout.store import Store
 
@@ -166,7 +166,7 @@ class BatchedStrategy:
                         check_sale(product_id, locked.rules, requests[i].quantity, locked.now,
                                    admitted=requests[i].admitted)
                         if room:
-                            check_opening(requests[i], locked.room_generation)
+                            check_pass_in_transaction(requests[i], locked.room_generation, locked.now)
                     except CheckoutError as exc:
                         refused[i] = exc
             live = [i for i in range(len(requests)) if i not in taken and i not in refused]

@@ -16,6 +16,7 @@ class PurchaseRequest:
     # Set once the pass was checked (valid, unexpired, for this buyer and product): the opening of the room it was
     # given in. With the buyer and the product it names the pass, which buys once.
     pass_generation: int | None = None
+    pass_expires: int = 0  # the pass's expiry (epoch seconds), checked again in the transaction
 
     @property
     def admitted(self) -> bool:

@@ -11,7 +11,7 @@ from hypercheckout.checkout.errors import (
     unknown_product,
 )
 from hypercheckout.checkout.models import Order, PurchaseRequest
-from hypercheckout.checkout.schedule import check_opening, check_sale
+from hypercheckout.checkout.schedule import check_pass_in_transaction, check_sale
 from hypercheckout.queuestore import passes_used
 from hypercheckout.store import Store
 
@@ -32,7 +32,7 @@ async def buy_in_transaction(store: Store, request: PurchaseRequest, replica: st
         check_sale(request.product_id, locked.rules, request.quantity, locked.now, admitted=request.admitted)
         generation = None
         if locked.rules.waiting_room:
-            check_opening(request, locked.room_generation)
+            check_pass_in_transaction(request, locked.room_generation, locked.now)
             generation = locked.room_generation
             if await passes_used(cur, request.product_id, generation, [request.user_id]):
                 raise queue_pass_used(request.product_id)

@@ -144,17 +144,24 @@ class WaitingRooms:
         token = self._signer.sign(TICKET, product_id, room.generation, number, user_id)
         return {"ticket": token, "product_id": product_id, **self._standing(ticket, room)}
 
-    def read(self, token: str) -> dict[str, Any]:
-        """Where a ticket stands now: answered from memory, no Redis or PostgreSQL call."""
+    async def read(self, token: str) -> dict[str, Any]:
+        """Where a ticket stands now: answered from memory, no Redis or PostgreSQL call — unless this replica's copy
+        cannot place the ticket (no such room or product, or an older opening of the room): then the room opened a
+        moment ago and the copy has not seen it yet, or it was closed, or the product deleted, and PostgreSQL's row
+        says which (one primary-key read, for such tickets only). A buyer is never told its room is gone because
+        one replica has not caught up."""
         fields = self._signer.fields(token, TICKET, 4)
         if fields is None:
             raise unknown_ticket()
         ticket = Ticket(*fields)
         room = self._schedule.room(ticket.product_id)
-        if room is None:
-            if self._schedule.rules(ticket.product_id) is None:
+        if room is None or room.generation < ticket.generation:
+            product = await self._store.get_product(ticket.product_id)
+            if product is None:
                 raise unknown_ticket()  # its product was deleted
-            raise no_waiting_room(ticket.product_id)  # the room was closed: buy directly
+            room = product.room
+            if room is None:
+                raise no_waiting_room(ticket.product_id)  # the room was closed: buy directly
         return {"product_id": ticket.product_id, **self._standing(ticket, room)}
 
     def _standing(self, ticket: Ticket, room: WaitingRoom) -> dict[str, Any]:
@@ -163,9 +170,6 @@ class WaitingRooms:
         nothing = {"position": None, "estimated_wait_s": None, "pass": None, "pass_expires_at": None}
         if ticket.generation < room.generation:
             return {"status": "expired", **nothing}  # the room was closed and opened again since: join again
-        if ticket.generation > room.generation:
-            # This replica has not seen the room open again yet (its copy is re-read within a second).
-            return {"status": "waiting", **nothing, "estimated_wait_s": 1}
         if rules is not None and rules.ends_at is not None and now >= rules.ends_at.timestamp():
             return {"status": "ended", **nothing}
         if self._sold_out.is_sold_out(ticket.product_id):
@@ -194,17 +198,18 @@ class WaitingRooms:
             return request
         room = self._schedule.room(request.product_id)
         try:
-            generation = self._verify(request.queue_pass, request.user_id, request.product_id)
+            generation, expires = self._verify(request.queue_pass, request.user_id, request.product_id)
             if room is not None and generation < room.generation:
                 raise queue_pass_invalid("it is from an earlier opening of the waiting room; join the queue again")
         except CheckoutError:
             if room is not None:
                 raise
             return request
-        return replace(request, pass_generation=generation)
+        return replace(request, pass_generation=generation, pass_expires=expires)
 
-    def _verify(self, token: str, user_id: int, product_id: int) -> int:
-        """The opening of the room the pass was given in, if it is valid for this buyer and product now."""
+    def _verify(self, token: str, user_id: int, product_id: int) -> tuple[int, int]:
+        """The opening of the room the pass was given in and its expiry, if it is valid for this buyer and product
+        now."""
         fields = self._signer.fields(token, PASS, 4)
         if fields is None:
             raise queue_pass_invalid("malformed or forged")
@@ -215,7 +220,7 @@ class WaitingRooms:
             raise queue_pass_invalid("it is another buyer's")
         if self._clock() >= expires:
             raise queue_pass_expired(_iso(expires))
-        return generation
+        return generation, expires
 
     # --- for the dashboard and /metrics ---------------------------------------------------------------------------
 

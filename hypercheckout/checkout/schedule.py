@@ -18,10 +18,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from hypercheckout.checkout.errors import (
     CheckoutError,
+    queue_pass_expired,
     queue_pass_invalid,
     queue_pass_required,
     sale_ended,
@@ -40,11 +41,15 @@ def check_sale(product_id: int, rules: SaleRules, quantity: int, now: datetime, 
     _Window.of(rules).check(product_id, quantity, now.timestamp(), admitted)
 
 
-def check_opening(request: PurchaseRequest, room_generation: int) -> None:
+def check_pass_in_transaction(request: PurchaseRequest, room_generation: int, now: datetime) -> None:
     """Under the row lock of a product with a waiting room: refuse a pass given in an earlier opening of the room
-    (closed and opened again since, with a new line)."""
+    (closed and opened again since, with a new line), or expired by the transaction's time — the time the order
+    would carry: a purchase that waited (queued for the row, in a batch) must not buy with a pass a retry of it
+    was meanwhile told had expired."""
     if request.pass_generation != room_generation:
         raise queue_pass_invalid("it is from an earlier opening of the waiting room; join the queue again")
+    if now.timestamp() >= request.pass_expires:
+        raise queue_pass_expired(datetime.fromtimestamp(request.pass_expires, UTC).isoformat())
 
 
 @dataclass(frozen=True, slots=True)

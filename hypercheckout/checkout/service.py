@@ -1,4 +1,4 @@
-"""The purchase use case: Idempotency-Key replays, the in-memory refusals (sale window, sold out), then the
+"""The purchase use case: the in-memory refusals (pass, sale window, sold out), Idempotency-Key replays, then the
 configured strategy."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from hypercheckout.checkout.errors import (
     DuplicateKey,
     idempotency_key_reused,
     out_of_stock,
+    queue_pass_required,
     request_in_progress,
 )
 from hypercheckout.checkout.models import Order, PurchaseRequest
@@ -15,7 +16,7 @@ from hypercheckout.checkout.queue import WaitingRooms
 from hypercheckout.checkout.schedule import SaleSchedule
 from hypercheckout.checkout.soldout import SoldOutFlags
 from hypercheckout.checkout.strategy import Strategy
-from hypercheckout.store import Store
+from hypercheckout.store import Store, StoredOrder
 
 
 class Checkout:
@@ -29,18 +30,19 @@ class Checkout:
         self._keys_in_flight: set[str] = set()  # this replica's; other replicas' wait on the key's row instead
 
     async def purchase(self, request: PurchaseRequest) -> Order:
-        """Sell or raise ``CheckoutError``. With an Idempotency-Key, a key already used answers as it did the first
-        time (same order) or 422 for another body; one still being processed here answers 409. A Queue-Pass is
-        checked first (in memory): a bad one for a product with a waiting room is a 403."""
-        if self.rooms is not None and not request.admitted:
-            try:
-                request = self.rooms.check_pass(request)
-            except CheckoutError:
-                # A retry of a placed order must learn so, even once its pass has expired.
-                stored = await self.stored(request)
-                if stored is None:
-                    raise
-                return stored
+        """Sell or raise ``CheckoutError``. What this replica can refuse from memory is refused before any
+        PostgreSQL work — for a request with an Idempotency-Key only what concerns the request itself (its pass):
+        its retry of an order placed gets that order instead (``refused``). The sale window and sold out are
+        decided for a keyed request under the product's row lock, where its first try, perhaps still queued for
+        that lock on another replica, is settled before or after it, never beside it. A key already used answers
+        as it did the first time (same order) or 422 for another body; one still being processed here, 409."""
+        try:
+            if request.idempotency_key is None:
+                request = self.refuse_from_memory(request)
+            else:
+                request = self._check_pass(request)
+        except CheckoutError as refusal:
+            return await self.refused(request, refusal)
         key = request.idempotency_key
         if key is None:
             return await self._sell(request)
@@ -63,57 +65,53 @@ class Checkout:
             self._keys_in_flight.discard(key)
 
     def refuse_from_memory(self, request: PurchaseRequest) -> PurchaseRequest:
-        """Raise the refusal this replica can give from memory alone — a bad Queue-Pass, outside the sale window,
-        too many units, no pass, sold out — as ``purchase`` would; else return the request (marked ``admitted``
-        for a valid pass, so that ``purchase`` does not verify it twice). A request with an Idempotency-Key is
-        never refused here: its first try may have placed an order (see ``_sell``); its pass is still read."""
-        if self.rooms is not None:
-            try:
-                request = self.rooms.check_pass(request)
-            except CheckoutError:
-                if request.idempotency_key is None:
-                    raise
-                return request
-        if request.idempotency_key is not None:
-            return request
+        """Raise the refusal this replica can give from memory alone — a bad or missing Queue-Pass, outside the
+        sale window, too many units, sold out — else return the request (marked admitted for a valid pass, so it
+        is not verified twice). The transaction checks the same rules again: a stale copy sells nothing."""
+        if self.rooms is not None and not request.admitted:
+            request = self.rooms.check_pass(request)
         self.schedule.check(request)
         if self.sold_out.is_sold_out(request.product_id):
             raise out_of_stock(request.product_id, 0, request.quantity)
         return request
 
-    async def stored(self, request: PurchaseRequest) -> Order | None:
-        """The order an earlier request with this one's Idempotency-Key placed, for a request refused before the
-        purchase (rate-limited): None without a key, without such an order, or when PostgreSQL cannot say (the
-        refusal then stands, as it did before). A refused request costs this one primary-key lookup only when it
-        carries a key."""
+    def _check_pass(self, request: PurchaseRequest) -> PurchaseRequest:
+        """The request marked admitted, or the refusal of its pass (bad, expired, missing) by this replica's copy."""
+        if self.rooms is not None and not request.admitted:
+            request = self.rooms.check_pass(request)
+        if not request.admitted and self.schedule.room(request.product_id) is not None:
+            raise queue_pass_required(request.product_id)
+        return request
+
+    async def refused(self, request: PurchaseRequest, refusal: CheckoutError) -> Order:
+        """For a request refused before its purchase (its pass, by the limiter): raise ``refusal`` — unless the
+        request has an Idempotency-Key whose first try placed an order, which is answered instead. A first try
+        still committing (perhaps in a batch on another replica) is waited for on the key's row, never on the
+        product's (found by `make chaos`: a buyer banned meanwhile was told 429 for the retry of an order its
+        first try had placed; issue 22: a retry whose pass had expired could be told 403 while its first try was
+        committing). A first try not in its transaction yet checks its pass's expiry there, by PostgreSQL's
+        clock, so it cannot buy with a pass its retry was told had expired. A refused request costs PostgreSQL no
+        more than that rolled-back probe, and only with a key; when PostgreSQL cannot say, the answer is a 503,
+        not a refusal that may be false."""
         if request.idempotency_key is None:
-            return None
-        try:
-            return await self._replay(request)
-        except CheckoutError as exc:
-            if exc.code == "idempotency_key_reused":
-                raise
-            return None
+            raise refusal
+        stored = await self._store.settled_order(request.idempotency_key)
+        if stored is None:
+            raise refusal
+        return self._replayed(request, stored)
 
     async def _replay(self, request: PurchaseRequest) -> Order | None:
         stored = await self._store.stored_order(request.idempotency_key or "")
-        if stored is None:
-            return None
+        return None if stored is None else self._replayed(request, stored)
+
+    @staticmethod
+    def _replayed(request: PurchaseRequest, stored: StoredOrder) -> Order:
         if stored.fingerprint != request.fingerprint:
             raise idempotency_key_reused()
         return Order(id=stored.id, user_id=stored.user_id, product_id=stored.product_id, quantity=stored.quantity,
                      created_at=stored.created_at, remaining=None, replica=stored.replica, replayed=True)
 
     async def _sell(self, request: PurchaseRequest) -> Order:
-        """A purchase outside the sale window and a product seen at 0 are refused without a database round trip —
-        unless the request has an Idempotency-Key: its first try may still be in flight on another replica, about
-        to take the last unit or to commit just before the end, and the retry must wait for that outcome (the
-        strategy claims the key under the row lock, then checks the same rules) rather than be told a definite
-        refusal."""
-        if request.idempotency_key is None:
-            self.schedule.check(request)
-            if self.sold_out.is_sold_out(request.product_id):
-                raise out_of_stock(request.product_id, 0, request.quantity)
         try:
             order = await self.strategy.purchase(request)
         except CheckoutError as exc:
