@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import shutil
@@ -62,6 +63,11 @@ REDIS_MASTER = "redis-master-kill"  # with --redis-cluster, instead of redis-res
 REQUEST_TIMEOUT = 5.0  # seconds; a purchase not answered by then is an operation with an unknown outcome
 DEFINITE = {200, 400, 403, 404, 409, 422, 429}  # 503 is definite only with "outcome": "nothing_sold"
 ROOM_RATE, ROOM_PASS_SECONDS = 200, 60  # the waiting room's product (--waiting-room)
+# With --waiting-room, operators' changes to the room: a new rate (or the same one: an edit of the card), and the
+# room closed, then opened again (a new line) when healed. While it is closed the product sells without a pass.
+ROOM_RATE_EDIT, ROOM_REOPEN = "room-rate-edit", "room-close-reopen"
+ROOM_FAULTS = (ROOM_RATE_EDIT, ROOM_REOPEN)
+CLOSED_SLACK = 2.0  # seconds: an order's created_at is its transaction's start, which may precede its lock wait
 PASSLESS_SHARE = 0.1  # of purchases of that product, sent without a pass: each must be refused
 
 
@@ -143,6 +149,11 @@ def make_plan(seed: str, *, duration: float, buyers: int, faults_per_second: flo
     if waiting_room:  # drawn apart, so that the rest of a seed's plan is the same with or without it
         products.append(ProductPlan("queued", random.Random(f"{seed}/queued").randint(100, 400), None, 0.25,
                                     room=True))
+        room_rng = random.Random(f"{seed}/room-faults")
+        faults = sorted(faults + [
+            Fault(at=room_rng.uniform(0.5, duration * 0.8), kind=room_rng.choice(ROOM_FAULTS),
+                  target=room_rng.choice((ROOM_RATE // 2, ROOM_RATE, ROOM_RATE * 2)), hold=room_rng.uniform(0.5, 2.0))
+            for _ in range(max(2, round(duration * 0.2)))], key=lambda f: f.at)
     return Plan(seed=seed, products=products, faults=faults, buyers=buyers, users=rng.randint(20, 60))
 
 
@@ -156,6 +167,9 @@ class Nemesis:
         self.lock = threading.Lock()  # one change to a piece at a time
         self.paused: set[int] = set()
         self.injected: Counter[str] = Counter()
+        self.room_product: int | None = None  # the run's product with a waiting room (--waiting-room)
+        self.closed_by: Fault | None = None  # the fault that closed the room, while it is closed
+        self.closed: list[list[float]] = []  # wall-clock spans in which the room may have been closed
 
     def run(self, faults: list[Fault], started: float, stop: threading.Event) -> None:
         timers = []
@@ -172,6 +186,9 @@ class Nemesis:
 
     def inject(self, fault: Fault) -> None:
         cluster = self.cluster
+        if fault.kind in ROOM_FAULTS:
+            self.change_room(fault)
+            return
         with self.lock:
             self.injected[fault.kind] += 1
             if fault.kind == "kill-replica":
@@ -215,9 +232,52 @@ class Nemesis:
                 write_postgres_roles(cluster.data_dir, {"primary": standby.data_dir.name,
                                                         "standby": primary.data_dir.name})
 
+    def change_room(self, fault: Fault) -> None:
+        """An operator's change to the room, through the admin API, asked again for a few seconds while it is a 503
+        (PostgreSQL may be down: then the change is not made, and not counted). Not under the lock: it touches no
+        process, and the heals of the others must not wait for it."""
+        product = self.room_product
+        if product is None or (fault.kind == ROOM_REOPEN and self.closed_by is not None):
+            return
+        body: dict[str, Any] = ({"admit_per_second": fault.target} if fault.kind == ROOM_RATE_EDIT
+                                else {"waiting_room": False})
+        span = [time.time(), math.inf]
+        if fault.kind == ROOM_REOPEN:
+            self.closed.append(span)  # before the call: the change may commit even if its answer is lost
+        try:
+            admin(self.cluster, "PATCH", f"/admin/api/products/{product}", body, attempts=6)
+        except Exception:
+            if fault.kind == ROOM_REOPEN:
+                self.closed_by = fault  # not answered, perhaps made: opened again when this fault heals
+            return
+        self.injected[fault.kind] += 1
+        if fault.kind == ROOM_REOPEN:
+            self.closed_by = fault
+
+    def _reopen(self, fault: Fault | None, attempts: int) -> None:
+        if self.closed_by is None or (fault is not None and fault is not self.closed_by):
+            return
+        try:
+            admin(self.cluster, "PATCH", f"/admin/api/products/{self.room_product}", {"waiting_room": True},
+                  attempts=attempts)
+        except Exception:
+            if fault is None:
+                raise
+            return  # opened again by the heal at the end of the run
+        self.closed[-1][1] = time.time()
+        self.closed_by = None
+
     def heal(self, fault: Fault | None = None) -> None:
         """Undo one fault (None: everything that is down or paused). PostgreSQL and Redis come first: a replica
-        starting without PostgreSQL exits, and is started again by a later heal."""
+        starting without PostgreSQL exits, and is started again by a later heal; a room closed is opened last."""
+        if fault is not None and fault.kind in ROOM_FAULTS:
+            self._reopen(fault, attempts=6)
+            return
+        self._heal_processes(fault)
+        if fault is None:
+            self._reopen(None, attempts=20)
+
+    def _heal_processes(self, fault: Fault | None) -> None:
         cluster = self.cluster
         with self.lock:
             kinds = (*FAULTS, FAILOVER, REDIS_MASTER) if fault is None else (fault.kind,)
@@ -344,6 +404,7 @@ async def workload(url: str, plan: Plan, product_ids: list[int], duration: float
     deadline = time.monotonic() + duration
 
     passes: dict[tuple[int, int], str] = {}  # (buyer, product) -> its pass, shared by the concurrent buyers
+    spent: set[tuple[int, int]] = set()  # (buyer, product) whose place in line has bought (a pass buys once)
 
     async def buyer(index: int) -> None:
         rng = random.Random(f"{plan.seed}/buyer/{index}")  # each buyer's sequence is the seed's
@@ -355,9 +416,12 @@ async def workload(url: str, plan: Plan, product_ids: list[int], duration: float
                            product=product_ids[product], quantity=rng.randint(1, 3), started=time.time(),
                            room=product_ids[product] in rooms)
             if op.room and rng.random() >= PASSLESS_SHARE:
+                if (op.user, op.product) in spent:
+                    continue  # its place has bought; joining again gives the same place
                 held = passes.get((op.user, op.product)) or await admitted(client, url, op.product, op.user)
                 if held is None:
-                    continue  # not admitted (yet): no purchase to try
+                    await asyncio.sleep(0.05)
+                    continue  # not admitted (yet), or the room is closed: no purchase to try
                 passes[(op.user, op.product)] = op.queue_pass = held
                 op.started = time.time()
             history.append(op)
@@ -365,6 +429,8 @@ async def workload(url: str, plan: Plan, product_ids: list[int], duration: float
             op.ended = time.time()
             if op.status == 403:
                 passes.pop((op.user, op.product), None)  # expired or refused: join again next time
+                if op.body.get("error", {}).get("code") == "queue_pass_used":
+                    spent.add((op.user, op.product))
             await asyncio.sleep(rng.uniform(0, 0.02))
 
     try:
@@ -410,6 +476,7 @@ class Order:
     user: int
     product: int
     quantity: int
+    created_at: float = 0.0  # epoch seconds, PostgreSQL's clock (this machine's)
 
 
 def read_database(database_url: str, product_ids: list[int]) -> tuple[list[ProductState], list[Order]]:
@@ -417,7 +484,8 @@ def read_database(database_url: str, product_ids: list[int]) -> tuple[list[Produ
         cur.execute("SELECT id, stock, initial_stock, per_user_limit FROM products WHERE id = ANY(%s)",
                     (product_ids,))
         products = [ProductState(*row) for row in cur.fetchall()]
-        cur.execute("SELECT o.id, k.key, o.user_id, o.product_id, o.quantity FROM orders o "
+        cur.execute("SELECT o.id, k.key, o.user_id, o.product_id, o.quantity, extract(epoch FROM o.created_at)::float8 "
+                    "FROM orders o "
                     "LEFT JOIN idempotency_keys k ON k.order_id = o.id WHERE o.product_id = ANY(%s)",
                     (product_ids,))
         orders = [Order(*row) for row in cur.fetchall()]
@@ -425,9 +493,16 @@ def read_database(database_url: str, product_ids: list[int]) -> tuple[list[Produ
     return products, orders
 
 
-def check(history: list[Operation], products: list[ProductState], orders: list[Order]) -> list[str]:
-    """Every violation of the invariants, in words (empty: the run is clean)."""
+def check(history: list[Operation], products: list[ProductState], orders: list[Order],
+          closed: list[list[float]] | None = None) -> list[str]:
+    """Every violation of the invariants, in words (empty: the run is clean). ``closed``: wall-clock spans in which
+    the waiting room may have been closed (it then sells without a pass)."""
     problems = []
+    spans = closed or []
+
+    def room_was_closed(order: Order) -> bool:
+        return any(start - CLOSED_SLACK <= order.created_at <= end + CLOSED_SLACK for start, end in spans)
+
     sold: Counter[int] = Counter()
     for order in orders:
         sold[order.product] += order.quantity
@@ -468,10 +543,22 @@ def check(history: list[Operation], products: list[ProductState], orders: list[O
         limit = limits.get(product)
         if limit is not None and units > limit:
             problems.append(f"limit: buyer {user} owns {units} of product {product}, limit {limit}")
-    # Nobody buys around a waiting room: a purchase sent without a pass is refused, whatever happened meanwhile.
+    # Nobody buys around a waiting room: a purchase sent without a pass is refused, whatever happened meanwhile
+    # (unless the room was closed then); and a pass buys once: two keys sold with one pass are two purchases.
+    bought_with: dict[str, set[int]] = {}
     for op in history:
-        if op.room and op.queue_pass is None and op.final[0] == 200:
+        if not op.room or op.final[0] != 200:
+            continue
+        placed = [o for o in by_key.get(op.key, []) if not room_was_closed(o)]
+        if not placed:
+            continue
+        if op.queue_pass is None:
             problems.append(f"queue: key {op.key} bought product {op.product} without a pass")
+        else:
+            bought_with.setdefault(op.queue_pass, set()).update(o.id for o in placed)
+    for used, ids in bought_with.items():
+        if len(ids) > 1:
+            problems.append(f"queue: one pass bought {len(ids)} orders ({sorted(ids)}): {used[:40]}…")
     # Dependencies down are 503s (nginx turns its own 502/504 into 503 too): any other 5xx breaks the contract.
     for op in history:
         for status in (op.status, op.resolved):
@@ -577,6 +664,8 @@ def one_run(cluster: Cluster, nemesis: Nemesis, index: int, plan: Plan, duration
     product_ids = [admin(cluster, "POST", "/admin/api/products",
                          {"name": f"chaos {plan.seed} {p.name}", "stock": p.stock, "per_user_limit": p.per_user_limit,
                           **(room if p.room else {})})["id"] for p in plan.products]
+    rooms = [pid for pid, p in zip(product_ids, plan.products, strict=True) if p.room]
+    nemesis.room_product, nemesis.closed_by, nemesis.closed = (rooms[0] if rooms else None), None, []
     before = Counter(nemesis.injected)
     stop = threading.Event()
     runner = threading.Thread(target=nemesis.run, args=(plan.faults, time.monotonic(), stop), name="nemesis")
@@ -591,7 +680,7 @@ def one_run(cluster: Cluster, nemesis: Nemesis, index: int, plan: Plan, duration
     unknown = [op for op in history if op.kind == "info"]
     asyncio.run(resolve(cluster.url, unknown))
     products, orders = read_database(cluster.env["HC_DATABASE_URL"], product_ids)
-    violations = check(history, products, orders)
+    violations = check(history, products, orders, nemesis.closed)
     injected = Counter(nemesis.injected)
     injected.subtract(before)
     result = RunResult(
@@ -703,7 +792,8 @@ def summarise(results: list[RunResult]) -> str:
     return (f"total: {len(results)} runs, {sum(r.operations for r in results):,} operations (ok {kinds['ok']:,}, "
             f"fail {kinds['fail']:,}, info {kinds['info']:,} → sold {sum(r.info_sold for r in results):,}, not sold "
             f"{sum(r.info_not_sold for r in results):,}); faults {sum(faults.values()):,} "
-            f"({', '.join(f'{k} {faults[k]}' for k in (*FAULTS, FAILOVER, REDIS_MASTER) if faults[k])}); violations "
+            f"({', '.join(f'{k} {faults[k]}' for k in (*FAULTS, FAILOVER, REDIS_MASTER, *ROOM_FAULTS) if faults[k])}); "
+            "violations "
             f"{sum(len(r.violations) for r in results)}\nfirst answers: "
             + ", ".join(f"{name} {n:,}" for name, n in answers.most_common()) + rooms)
 

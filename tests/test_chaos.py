@@ -56,6 +56,22 @@ def test_every_kind_of_violation_is_caught(history, stock, orders, says) -> None
     assert any(says in p for p in problems), problems
 
 
+def test_a_pass_that_buys_twice_is_caught_and_a_closed_room_sells_without_one() -> None:
+    def with_pass(key: str, order_id: int, queue_pass: str | None) -> chaos.Operation:
+        return Op(key, 1, 7, 1, 0.0, status=200, body={"order_id": order_id}, room=True, queue_pass=queue_pass)
+
+    twice = [with_pass("a", 1, "p2.7.1.1.99.x"), with_pass("b", 2, "p2.7.1.1.99.x")]
+    orders = [Order(1, "a", 1, 7, 1, created_at=100.0), Order(2, "b", 1, 7, 1, created_at=101.0)]
+    problems = chaos.check(twice, [State(7, 0, 2, None)], orders)
+    assert any("one pass bought 2 orders" in p for p in problems), problems
+    # The room was closed from 200 to 210: an order without a pass placed then is the rule, one placed at 300 not.
+    passless = [with_pass("c", 3, None), with_pass("d", 4, None)]
+    orders = [Order(3, "c", 1, 7, 1, created_at=205.0), Order(4, "d", 1, 7, 1, created_at=300.0)]
+    problems = chaos.check(passless, [State(7, 0, 2, None)], orders, closed=[[200.0, 210.0]])
+    assert [p for p in problems if "without a pass" in p] == [
+        "queue: key d bought product 7 without a pass"], problems
+
+
 def test_limits_and_undersell_are_caught() -> None:
     history = [ok("a", 1, qty=2), ok("b", 2, qty=2), refused("c", remaining=0)]
     orders = [Order(1, "a", 1, 7, 2), Order(2, "b", 1, 7, 2)]
@@ -96,6 +112,8 @@ def test_a_short_campaign_injects_faults_and_finds_no_violation(tmp_path: Path) 
     # The waiting room's product: bought with passes, and every purchase sent without one refused (the checker
     # counts any that sold as a violation).
     assert all(r["room"]["bought_with_pass"] > 0 and r["room"]["sent_without_pass"] > 0 for r in runs), runs
+    # Operators' changes to the room (a rate edited, the room closed and opened again) are among the faults.
+    assert kinds & {"room-rate-edit", "room-close-reopen"}, runs
 
 
 def test_a_short_campaign_on_a_redis_cluster_kills_masters_and_finds_no_violation(tmp_path: Path) -> None:
