@@ -459,6 +459,7 @@ class Store:
         self._timeout = timeout
         self._following: asyncio.Task[None] | None = None
         self._followed_at = 0.0
+        self._retiring: set[asyncio.Task[None]] = set()  # pools left for another host, closing
         self.primary_changes = 0
 
     @classmethod
@@ -477,6 +478,9 @@ class Store:
         if self._following is not None:
             self._following.cancel()
             await asyncio.gather(self._following, return_exceptions=True)
+        for task in self._retiring:
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         self.pool.close()
         await self.pool.wait_closed()
 
@@ -506,8 +510,24 @@ class Store:
             old, self.pool, self._url = self.pool, pool, candidate
             self.primary_changes += 1
             log.warning("PostgreSQL: now using %s, the writable host", urlsplit(candidate).netloc.rpartition("@")[2])
-            old.close()  # its connections are to a server that is gone or read-only; in-flight ones fail there
+            retiring = asyncio.create_task(self._retire(old), name="postgres-retire-pool")
+            self._retiring.add(retiring)
+            retiring.add_done_callback(self._retiring.discard)
             return
+
+    @staticmethod
+    async def _retire(pool: aiopg.Pool) -> None:
+        """Close a pool left for another host. Its connections are to a server that is gone or read-only, perhaps
+        still up: the idle ones are closed now, each one in use when it comes back (aiopg's ``close`` alone only
+        marks the pool). Apart from the search, so that a request still holding one cannot hold up the next."""
+        pool.close()
+        try:
+            await pool.wait_closed()
+        except asyncio.CancelledError:
+            pool.terminate()
+            raise
+        except Exception:
+            log.debug("closing the pool of the former primary failed", exc_info=True)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[aiopg.Connection]:

@@ -4,11 +4,14 @@ been done yet, and the answer is a 503 saying so — never a 500."""
 from __future__ import annotations
 
 import asyncio
+import gc
 
+import psycopg2
 import pytest
 
 from hypercheckout.checkout.errors import CheckoutError
-from hypercheckout.store import Store, split_hosts
+from hypercheckout.localservices import free_port, wait_until
+from hypercheckout.store import Store, _create_pool, split_hosts
 
 
 class PoolHandingOutAClosedConnection:
@@ -39,3 +42,43 @@ def test_a_multi_host_url_is_one_url_per_host_with_the_same_credentials_and_opti
         "postgresql://postgres:s3cret@127.0.0.1:5433/hypercheckout?target_session_attrs=read-write",
     ]
     assert split_hosts("postgresql://postgres@127.0.0.1:5432/db") == ["postgresql://postgres@127.0.0.1:5432/db"]
+
+
+def _with_name(url: str, name: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}application_name={name}"
+
+
+def _connections_named(url: str, name: str) -> int:
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,))
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_a_pool_left_for_another_host_closes_its_connections(database_url: str) -> None:
+    """After a failover the old primary may still be up (read-only, or fenced but reachable): the pool the store
+    leaves must close its idle connections there, not keep them open for as long as the replica runs."""
+    old_url, new_url = _with_name(database_url, "hc-old-host"), _with_name(database_url, "hc-new-host")
+    gone = f"postgresql://postgres@127.0.0.1:{free_port()}/hypercheckout"  # the first host: nothing listens
+
+    async def follow() -> None:
+        store = Store(await _create_pool(old_url, 3, 5.0), urls=[gone, new_url], url=old_url, size=3, timeout=5.0)
+        assert _connections_named(database_url, "hc-old-host") == 3
+        try:
+            await store._follow_primary()
+            assert store.primary_changes == 1
+            await asyncio.to_thread(wait_until, lambda: _connections_named(database_url, "hc-old-host") == 0,
+                                    timeout=30, what="the old pool's connections to close")
+            async with store.cursor() as cur:  # the new pool serves
+                await cur.execute("SELECT 1")
+        finally:
+            await store.close()
+
+    gc.disable()  # not left to the collector: aiopg closes a forgotten connection in __del__, with a warning
+    try:
+        asyncio.run(follow())
+    finally:
+        gc.enable()
