@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from hypercheckout.app import Services, redis_client
-from hypercheckout.limiter import FAILURE_BACKOFF, Decision, RateLimiter, limit_key, shard_of
+from hypercheckout.limiter import FAILURE_BACKOFF, Decision, RateLimiter, index_keys, limit_key, shard_of
 from hypercheckout.localservices import PrivateRedis, free_port
 from hypercheckout.redisclient import RedisClient, is_cluster
 from hypercheckout.settings import Settings
@@ -92,6 +92,33 @@ def test_hammering_past_the_threshold_bans_and_unban_lifts_it(redis_url: str, re
         assert await limiter.unban(user_id=9) > 0
         assert await limiter.bans() == []
         assert (await limiter.check(9, "10.0.0.4")).allowed
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+@ON_BOTH_REDIS
+def test_the_bans_index_forgets_ended_bans_without_anyone_listing_them(redis_url: str, redis_prefix: str) -> None:
+    """A bot rotating buyer ids is banned again and again; the index the dashboard lists bans from keeps only bans
+    still running, even when nobody opens the dashboard (its listing used to be the only thing that pruned it)."""
+    users = [u for u in range(1, 500) if shard_of(f"user:{u}") == shard_of("user:1")][:3]
+    banned_index = index_keys(redis_prefix, shard_of("user:1"))[0]
+
+    async def ban(limiter: RateLimiter, user: int) -> None:
+        assert (await limiter.check(user, "10.0.0.9")).allowed
+        assert (await limiter.check(user, "10.0.0.9")).banned
+
+    async def scenario() -> None:
+        client, limiter = limiter_for(redis_url, redis_prefix, user_rate=0.01, user_burst=1, ban_after=1,
+                                      local_deny_seconds=0)
+        first, second, third = users
+        await ban(limiter, first)
+        await ban(limiter, second)
+        # The first ban ends (as time would end it: its key gone, its end in the past) while the second runs.
+        await client.delete(limit_key(redis_prefix, "ban", f"user:{first}"))
+        await client.zadd(banned_index, {f"user:{first}": 1})
+        await ban(limiter, third)
+        assert set(await client.zrange(banned_index, 0, -1)) == {f"user:{second}".encode(), f"user:{third}".encode()}
         await client.aclose()
 
     asyncio.run(scenario())

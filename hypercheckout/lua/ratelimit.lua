@@ -7,10 +7,10 @@
 -- expiry in this script, so no key can be left without one (the original's bug).
 --
 -- Two sorted sets per shard index the identities the dashboard lists, so that it never scans the keyspace:
--- "banned" (score: when the ban ends, Redis time in ms) and "limited" (score: current strikes; capped at
--- LIMITED_MAX members, the fewest strikes dropped first). Members are "user:<id>" / "ip:<address>"; the sets
--- expire when idle. An identity's keys and its shard's two indexes share one hash tag, so on a Redis Cluster a
--- call for one identity runs within one slot. On one Redis server the limiter passes both identities in one call;
+-- "banned" (score: when the ban ends, Redis time in ms; ended ones are dropped at each new ban) and "limited"
+-- (score: current strikes; capped at LIMITED_MAX members, the fewest strikes dropped first). Members are
+-- "user:<id>" / "ip:<address>"; the sets expire when idle. An identity's keys and its shard's two indexes share
+-- one hash tag, so on a Redis Cluster a call for one identity runs within one slot. On one Redis server the limiter passes both identities in one call;
 -- on a cluster, one call each, in parallel (see limiter.py for how the answers combine).
 --
 -- A replica that was told "limited" refuses that identity's next attempts itself until the retry time; it sends
@@ -65,6 +65,8 @@ for i = 1, count do
         redis.call('SET', key(i, 1), strikes, 'PX', ban_ms)
         redis.call('DEL', key(i, 3))
         redis.call('ZREM', key(i, 5), member)
+        -- Bans that ended leave the index here, not only when someone lists it: a stream of bans keeps it alive.
+        redis.call('ZREMRANGEBYSCORE', key(i, 4), '-inf', math.floor(now / 1000))
         redis.call('ZADD', key(i, 4), math.floor(now / 1000) + ban_ms, member)
         redis.call('PEXPIRE', key(i, 4), ban_ms)  -- every ban lasts as long: the newest one outlives the others
         return {2, ban_ms, i, 0}
