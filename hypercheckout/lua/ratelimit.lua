@@ -10,8 +10,9 @@
 -- "banned" (score: when the ban ends, Redis time in ms; ended ones are dropped at each new ban) and "limited"
 -- (score: current strikes; capped at LIMITED_MAX members, the fewest strikes dropped first). Members are
 -- "user:<id>" / "ip:<address>"; the sets expire when idle. An identity's keys and its shard's two indexes share
--- one hash tag, so on a Redis Cluster a call for one identity runs within one slot. On one Redis server the limiter passes both identities in one call;
--- on a cluster, one call each, in parallel (see limiter.py for how the answers combine).
+-- one hash tag, so on a Redis Cluster a call for one identity runs within one slot. On one Redis server the
+-- limiter passes both identities in one call; on a cluster, one call each, in parallel (see limiter.py for how
+-- the answers combine).
 --
 -- A replica that was told "limited" refuses that identity's next attempts itself until the retry time; it sends
 -- those refusals along with its next call as extra strikes, so that they count toward a ban.
