@@ -272,10 +272,12 @@ UPDATE products SET
 WHERE id = %(product_id)s
 RETURNING {PRODUCT_COLUMNS}
 """
-# A room opened again starts a new line: the old lines' places (and their tickets' meaning) go.
+# A room opened again starts a new line: the old lines' places (and their tickets' meaning) go; so does a closed
+# room's, which no opening will use again. Places are taken by buyer ids the client writes (bounded only by the
+# join's rate limit): they must not outlive the line.
 FORGET_OLD_LINES = """
-DELETE FROM queue_lines WHERE product_id = %(product_id)s
-  AND generation < (SELECT room_generation FROM products WHERE id = %(product_id)s)
+DELETE FROM queue_lines l USING products p
+WHERE l.product_id = %(product_id)s AND p.id = l.product_id AND (l.generation < p.room_generation OR NOT p.waiting_room)
 """
 # Its orders go with it (ON DELETE CASCADE), and their idempotency keys with them.
 DELETE_PRODUCT = "DELETE FROM products WHERE id = %(product_id)s"

@@ -172,6 +172,22 @@ async def test_a_room_closed_and_opened_again_starts_a_new_line(  # type: ignore
 
 
 @pytest.mark.gen_test(timeout=60)
+async def test_a_room_closed_keeps_no_places(  # type: ignore[no-untyped-def]
+        http_client, base_url, settings: Settings, services) -> None:
+    """Every buyer id a client writes takes a place; a closed room's line is never used again (opening it starts a
+    new one), so its places go when it closes, not when, if ever, it is opened again."""
+    pid = room_product(settings.database_url, 100, rate=1, pass_seconds=60)
+    await services.schedule.load()
+    for user in range(1, 21):
+        await join(http_client, base_url, pid, user)
+    places = "SELECT count(*) FROM queue_places WHERE product_id = %s"
+    assert sql(settings.database_url, places, (pid,)) == [(20,)]
+    await change(services, pid, waiting_room=False)
+    assert sql(settings.database_url, places, (pid,)) == [(0,)]
+    assert sql(settings.database_url, "SELECT count(*) FROM queue_lines WHERE product_id = %s", (pid,)) == [(0,)]
+
+
+@pytest.mark.gen_test(timeout=60)
 @pytest.mark.settings(schedule_refresh_ms=3_600_000)  # this replica's copy is read when the test says, never else
 async def test_a_replica_whose_copy_has_not_seen_the_room_still_places_its_tickets(  # type: ignore[no-untyped-def]
         http_client, base_url, settings: Settings, services) -> None:
