@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,8 +100,11 @@ def redis_client(settings: Settings, max_connections: int = REDIS_CONNECTIONS) -
     return connect(settings.redis_url, timeout=settings.redis_timeout, max_connections=max_connections)
 
 
-async def start_services(settings: Settings, *, migrate: bool = True) -> Services:
-    """Connect to PostgreSQL (creating the database and schema when missing) and Redis; start background tasks."""
+async def start_services(settings: Settings, *, migrate: bool = True,
+                         local_clock: Callable[[], float] = time.time) -> Services:
+    """Connect to PostgreSQL (creating the database and schema when missing) and Redis; start background tasks.
+    ``local_clock``: this machine's clock (a test gives it a skew); decisions about PostgreSQL's instants are
+    made on PostgreSQL's clock as read through it (checkout/clock.py)."""
     if migrate:
         await ensure_database(settings.database_url, timeout=settings.db_timeout)
     store = await Store.connect(settings.database_url, size=settings.db_pool_size, timeout=settings.db_timeout)
@@ -127,7 +131,7 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
     sold_out = SoldOutFlags(
         store, client, prefix=settings.redis_prefix, recheck_seconds=settings.soldout_recheck_ms / 1000,
     )
-    schedule = SaleSchedule(store, refresh_seconds=settings.schedule_refresh_ms / 1000)
+    schedule = SaleSchedule(store, refresh_seconds=settings.schedule_refresh_ms / 1000, local_clock=local_clock)
     await schedule.load()  # before the first request: a replica never sells on an empty copy of the windows
     sold_out.listeners.append(schedule.changed)
     rooms = WaitingRooms(store, schedule, sold_out, secret=settings.cookie_secret)

@@ -100,7 +100,7 @@ class ServiceCollector(Collector):
         joined = GaugeMetricFamily("hypercheckout_queue_length", "Buyers who joined a product's waiting room.",
                                    labels=["product"])
         admitted = GaugeMetricFamily("hypercheckout_queue_admitted", "Buyers a product's waiting room has admitted "
-                                     "so far (by the admission rate and this replica's clock).", labels=["product"])
+                                     "so far (by the admission rate and PostgreSQL's clock).", labels=["product"])
         for product_id, queue in sorted(self._metrics.queues.items()):
             joined.add_metric([str(product_id)], queue["length"])
             admitted.add_metric([str(product_id)], queue["admitted"])

@@ -793,6 +793,12 @@ class Store:
             return {row[0]: (SaleRules(*row[1:5]), WaitingRoom(*row[5:10], _segments(row[10])) if row[4] else None)
                     for row in await cur.fetchall()}
 
+    async def server_time(self) -> float:
+        """PostgreSQL's clock now, epoch seconds (the time as it passes, not the transaction's start)."""
+        async with self.cursor() as cur:
+            await cur.execute("SELECT extract(epoch FROM clock_timestamp())::float8")
+            return float((await cur.fetchone())[0])
+
     async def status(self, product_id: int | None = None) -> list[ProductStatus]:
         """Every product with its sales, or the one asked for (psycopg2 puts the value in the statement, so the
         planner sees a constant and reads that product's rows alone)."""

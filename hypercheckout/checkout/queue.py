@@ -12,9 +12,10 @@ Nothing runs in the background, so nothing can die and stop the queue:
 * **Admission is arithmetic**: by time t the line has reached place ``admitted_before + admit_per_second * (t -
   origin)``, the origin being the later of the sale's start and the moment the room opened (or its rate or start
   last changed: the line then moves on from where it stood, so no place is admitted twice). Every replica
-  computes it from its copy of the product (the sale schedule) and its clock, so all replicas agree, in ticket
-  order, without talking to each other. A place the line passed before the last change keeps the admission time
-  it had (the product keeps the line's earlier segments), so its pass keeps its expiry.
+  computes it from its copy of the product (the sale schedule) and PostgreSQL's clock as it reads it (``clock.py``:
+  whatever its own clock's skew), so all replicas agree, in ticket order, without talking to each other. A place
+  the line passed before the last change keeps the admission time it had (the product keeps the line's earlier
+  segments), so its pass keeps its expiry.
 * **The pass** names the buyer, the product, the room's opening and its expiry (``pass_seconds`` after the
   ticket's admission) and is signed; a purchase checks it in memory, and the purchase's transaction checks that a
   product with a waiting room is bought only with one of its current opening, and that the pass has not bought
@@ -30,7 +31,6 @@ import base64
 import hashlib
 import hmac
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -120,12 +120,14 @@ def _iso(epoch: float) -> str:
 
 class WaitingRooms:
     def __init__(self, store: Store, schedule: SaleSchedule, sold_out: SoldOutFlags, *, secret: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] | None = None) -> None:
         self._store = store
         self._schedule = schedule
         self._sold_out = sold_out
         self._signer = Signer(secret)
-        self._clock = clock
+        # PostgreSQL's clock as this replica reads it: admissions are counted from an origin PostgreSQL set, and
+        # every replica must count alike, whatever its own clock's skew.
+        self._clock = schedule.clock if clock is None else clock
 
     # --- joining and reading a ticket ---------------------------------------------------------------------------
 

@@ -3,10 +3,11 @@
 Two places apply the same rules (``check_sale``):
 
 * **In memory, on every replica** (``SaleSchedule``): each replica keeps every product's rules and compares them
-  with its clock, so a herd arriving before the start costs what a sold-out rejection costs — no PostgreSQL round
-  trip — and the first purchase at the start instant needs no refresh: the start is a time, not a flag. The copy
-  is re-read when a product changes (the product-changed channel, within milliseconds) and every
-  ``HC_SCHEDULE_REFRESH_MS`` regardless (the guarantee, with Redis down).
+  with PostgreSQL's clock as it reads it (``DatabaseClock``: the replica's own may be skewed), so a herd arriving
+  before the start costs what a sold-out rejection costs — no PostgreSQL round trip — and the first purchase at
+  the start instant needs no refresh: the start is a time, not a flag. The copy is re-read when a product
+  changes (the product-changed channel, within milliseconds) and every ``HC_SCHEDULE_REFRESH_MS`` regardless (the
+  guarantee, with Redis down).
 * **In the purchase's transaction**, against PostgreSQL's ``now()`` — the time the order carries as created_at. A
   replica whose copy is stale (a start moved later a moment ago) therefore still sells nothing early.
 """
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from hypercheckout.checkout.clock import DatabaseClock
 from hypercheckout.checkout.errors import (
     CheckoutError,
     queue_pass_expired,
@@ -86,10 +88,10 @@ class SaleSchedule:
     """This replica's copy of every product's sale rules. A product it does not know (created a moment ago) is
     left to the transaction's check."""
 
-    def __init__(self, store: Store, *, refresh_seconds: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, *, refresh_seconds: float, local_clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._refresh = refresh_seconds
-        self._clock = clock
+        self.clock = DatabaseClock(local_clock)  # every in-memory decision about PostgreSQL's instants uses it
         self._rules: dict[int, SaleRules] = {}
         self._windows: dict[int, _Window] = {}
         self._rooms: dict[int, WaitingRoom] = {}
@@ -100,7 +102,7 @@ class SaleSchedule:
     def check(self, request: PurchaseRequest) -> None:
         window = self._windows.get(request.product_id)
         if window is not None:
-            window.check(request.product_id, request.quantity, self._clock(), request.admitted)
+            window.check(request.product_id, request.quantity, self.clock(), request.admitted)
 
     def rules(self, product_id: int) -> SaleRules | None:
         return self._rules.get(product_id)
@@ -120,6 +122,7 @@ class SaleSchedule:
 
     async def load(self) -> None:
         found = await self._store.sale_rules()
+        await self.clock.measure(self._store.server_time)
         self._windows = {product_id: _Window.of(rules) for product_id, (rules, _) in found.items()}
         self._rooms = {product_id: room for product_id, (_, room) in found.items() if room is not None}
         self._rules = {product_id: rules for product_id, (rules, _) in found.items()}
