@@ -73,7 +73,8 @@ class Services:
     snapshots: Snapshotter
     live: LiveHub
     login_throttle: LoginThrottle
-    admission: Admission
+    admission: Admission  # purchases'
+    join_admission: Admission  # waiting-room joins': a bound of their own
     rooms: WaitingRooms
     stopping: bool = False
     failed_logins: int = 0
@@ -134,7 +135,8 @@ async def start_services(settings: Settings, *, migrate: bool = True,
     schedule = SaleSchedule(store, refresh_seconds=settings.schedule_refresh_ms / 1000, local_clock=local_clock)
     await schedule.load()  # before the first request: a replica never sells on an empty copy of the windows
     sold_out.listeners.append(schedule.changed)
-    rooms = WaitingRooms(store, schedule, sold_out, secret=settings.cookie_secret)
+    rooms = WaitingRooms(store, schedule, sold_out, secret=settings.cookie_secret,
+                         join_connections=max(1, min(settings.join_connections, settings.db_pool_size - 1)))
     hits = HitCounter(
         client, prefix=settings.redis_prefix, replica=settings.replica_id,
         flush_seconds=settings.stats_flush_ms / 1000,
@@ -157,6 +159,9 @@ async def start_services(settings: Settings, *, migrate: bool = True,
         login_throttle=login_throttle,
         admission=Admission(max_in_flight=settings.max_in_flight, target=settings.admission_target_ms / 1000,
                             interval=settings.admission_interval_ms / 1000),
+        join_admission=Admission(max_in_flight=settings.max_joins_in_flight,
+                                 target=settings.admission_target_ms / 1000,
+                                 interval=settings.admission_interval_ms / 1000),
     )
     services.metrics.watch(services)
     return services

@@ -263,6 +263,7 @@ def cmd_nginx_config(args: argparse.Namespace) -> int:
     print(render_nginx_config(listen=args.listen, upstreams=args.upstream, runtime_dir=args.runtime_dir,
                               log_dir=args.log_dir, user=args.user, tls=tls,
                               purchase_concurrency=settings.front_door_in_flight * replicas,
+                              join_concurrency=settings.max_joins_in_flight * replicas,
                               overload_answers=settings.overload_answers))
     return 0
 

@@ -93,15 +93,17 @@ def raise_file_limit(wanted: int = WANTED_FILES) -> int:
 
 
 def render_nginx_config(*, listen: str, upstreams: list[str], runtime_dir: str, log_dir: str,
-                        purchase_concurrency: int, overload_answers: int, user: str | None = None,
+                        purchase_concurrency: int, join_concurrency: int, overload_answers: int,
+                        user: str | None = None,
                         tls: TlsFiles | None = None, files: int = WANTED_FILES,
                         template: Path = NGINX_TEMPLATE) -> str:
     """The nginx.conf for these replicas, from the one template that docker-compose uses too.
 
     ``user`` is the account nginx's workers run as when it is started by root (None: nginx's default); ``tls``
     makes the listener https only, with that certificate; ``files`` is the open-file limit its workers may take;
-    ``purchase_concurrency`` and ``overload_answers`` are the front door's limits (from Settings: the per-replica
-    HC_FRONT_DOOR_IN_FLIGHT times the replicas, and HC_OVERLOAD_ANSWERS).
+    ``purchase_concurrency``, ``join_concurrency`` and ``overload_answers`` are the front door's limits (from
+    Settings: the per-replica HC_FRONT_DOOR_IN_FLIGHT and HC_MAX_JOINS_IN_FLIGHT times the replicas, and
+    HC_OVERLOAD_ANSWERS).
     """
     servers = "\n".join(f"        server {u} max_fails=3 fail_timeout=2s;" for u in upstreams)
     tls_directives = ""
@@ -115,7 +117,8 @@ def render_nginx_config(*, listen: str, upstreams: list[str], runtime_dir: str, 
     values = {"LISTEN": listen, "UPSTREAM_SERVERS": servers, "RUNTIME_DIR": runtime_dir, "LOG_DIR": log_dir,
               "USER_DIRECTIVE": f"user {user};" if user else "", "TLS_DIRECTIVES": tls_directives,
               "WORKER_RLIMIT_NOFILE": str(files), "WORKER_CONNECTIONS": str(worker_connections_for(files)),
-              "PURCHASE_CONCURRENCY": str(purchase_concurrency), "OVERLOAD_ANSWERS": str(overload_answers)}
+              "PURCHASE_CONCURRENCY": str(purchase_concurrency), "JOIN_CONCURRENCY": str(join_concurrency),
+              "OVERLOAD_ANSWERS": str(overload_answers)}
     text = template.read_text()
     for name, value in values.items():
         text = text.replace("{{" + name + "}}", value)
@@ -387,7 +390,7 @@ class Cluster:
             user="root" if os.geteuid() == 0 else None,
             tls=self_signed_certificate(self.data_dir / "tls") if self.tls else None,
             files=self.files, purchase_concurrency=settings.front_door_in_flight * self.replicas,
-            overload_answers=settings.overload_answers,
+            join_concurrency=settings.max_joins_in_flight * self.replicas, overload_answers=settings.overload_answers,
         ))
         command = [program, "-p", str(runtime), "-c", str(conf), "-e", str(self.log_dir / "nginx-error.log"),
                    "-g", "daemon off;"]

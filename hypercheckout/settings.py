@@ -214,6 +214,16 @@ class Settings:
     max_in_flight: int = setting(
         "HC_MAX_IN_FLIGHT", 128, _positive_int,
         "Purchases one replica serves at once; more are refused at once with 503 overloaded (admission control).")
+    max_joins_in_flight: int = setting(
+        "HC_MAX_JOINS_IN_FLIGHT", 128, _positive_int,
+        "Waiting-room joins one replica serves at once, a bound of their own: a herd of joins at a drop's start "
+        "cannot take the in-flight places of the purchases its admitted buyers make. More are refused at once with "
+        "503 overloaded.")
+    join_connections: int = setting(
+        "HC_JOIN_CONNECTIONS", 2, _positive_int,
+        "PostgreSQL connections a replica's joins use at once (at most HC_DB_POOL_SIZE - 1): the others stay free "
+        "for purchases. Joins of one product take their line's row lock in turn, so more would only wait on it "
+        "holding connections; joins past this wait in memory.")
     front_door_in_flight: int = setting(
         "HC_FRONT_DOOR_IN_FLIGHT", 128, _positive_int,
         "Purchases nginx lets through to each replica at once (`up` and `nginx-config` multiply it by the "

@@ -115,6 +115,7 @@ def test_the_nginx_template_is_valid_nginx(tmp_path: Path) -> None:
     defaults = Settings.from_env({})
     conf.write_text(render_nginx_config(listen=f"127.0.0.1:{free_port()}", upstreams=["127.0.0.1:8000"],
                                         purchase_concurrency=defaults.front_door_in_flight,
+                                        join_concurrency=defaults.max_joins_in_flight,
                                         overload_answers=defaults.overload_answers,
                                         runtime_dir=str(tmp_path), log_dir=str(tmp_path)))
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"

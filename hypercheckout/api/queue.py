@@ -13,9 +13,11 @@ class JoinHandler(JsonHandler):
 
     async def post(self, product_id: str) -> None:
         services = self.services
-        turned_away = services.admission.enter(self.waited())
+        # Joins have an in-flight bound of their own: a herd of them must not take the purchases' places.
+        admission = services.join_admission
+        turned_away = admission.enter(self.waited())
         if turned_away is not None:
-            raise await services.admission.refuse(turned_away)
+            raise await admission.refuse(turned_away)
         try:
             user_id = parse_join(self.request.body, max_body_bytes=services.settings.max_body_bytes)
             # Joining is limited as buying is: a bot cannot take a thousand places, nor a place a thousand times.
@@ -25,7 +27,7 @@ class JoinHandler(JsonHandler):
                     raise rate_limited(decision.retry_after, decision.banned)
             answer = await services.rooms.join(int(product_id), user_id)
         finally:
-            services.admission.leave()
+            admission.leave()
         self.write_json(answer, status=202)
 
 

@@ -27,6 +27,7 @@ Nothing runs in the background, so nothing can die and stop the queue:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -120,8 +121,11 @@ def _iso(epoch: float) -> str:
 
 class WaitingRooms:
     def __init__(self, store: Store, schedule: SaleSchedule, sold_out: SoldOutFlags, *, secret: str,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None, join_connections: int = 2) -> None:
         self._store = store
+        # Joins of one product take their line's row lock in turn: more at once than this would only hold pool
+        # connections while they wait for it, and purchases would queue for a connection behind a herd of joins.
+        self._join_slots = asyncio.Semaphore(join_connections)
         self._schedule = schedule
         self._sold_out = sold_out
         self._signer = Signer(secret)
@@ -134,7 +138,8 @@ class WaitingRooms:
     async def join(self, product_id: int, user_id: int) -> dict[str, Any]:
         """The buyer's ticket (the same one if it joined before) and where it stands now, by PostgreSQL's row
         (not this replica's copy, which may not have seen the room open yet)."""
-        product, number = await take_place(self._store, product_id, user_id)
+        async with self._join_slots:
+            product, number = await take_place(self._store, product_id, user_id)
         if product is None:
             raise unknown_product(product_id)
         room = product.room
