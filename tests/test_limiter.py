@@ -116,7 +116,8 @@ def test_the_bans_index_forgets_ended_bans_without_anyone_listing_them(redis_url
         await ban(limiter, second)
         # The first ban ends (as time would end it: its key gone, its end in the past) while the second runs.
         await client.delete(limit_key(redis_prefix, "ban", f"user:{first}"))
-        await client.zadd(banned_index, {f"user:{first}": 1})
+        seconds, micros = await client.time()  # the script's clock: scores are Redis time in ms
+        await client.zadd(banned_index, {f"user:{first}": seconds * 1000 + micros // 1000 - 1000})  # ended 1 s ago
         await ban(limiter, third)
         assert set(await client.zrange(banned_index, 0, -1)) == {f"user:{second}".encode(), f"user:{third}".encode()}
         await client.aclose()
