@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,10 @@ class Services:
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     last_request_at: float = 0.0  # event-loop time the latest request started
 
+    def now(self) -> datetime:
+        """The time by PostgreSQL's clock, as this replica reads it: for comparing with the instants it set."""
+        return datetime.fromtimestamp(self.schedule.clock(), UTC)
+
     def request_started(self) -> None:
         self.in_flight += 1
         self.idle.clear()
@@ -101,11 +105,8 @@ def redis_client(settings: Settings, max_connections: int = REDIS_CONNECTIONS) -
     return connect(settings.redis_url, timeout=settings.redis_timeout, max_connections=max_connections)
 
 
-async def start_services(settings: Settings, *, migrate: bool = True,
-                         local_clock: Callable[[], float] = time.time) -> Services:
-    """Connect to PostgreSQL (creating the database and schema when missing) and Redis; start background tasks.
-    ``local_clock``: this machine's clock (a test gives it a skew); decisions about PostgreSQL's instants are
-    made on PostgreSQL's clock as read through it (checkout/clock.py)."""
+async def start_services(settings: Settings, *, migrate: bool = True) -> Services:
+    """Connect to PostgreSQL (creating the database and schema when missing) and Redis; start background tasks."""
     if migrate:
         await ensure_database(settings.database_url, timeout=settings.db_timeout)
     store = await Store.connect(settings.database_url, size=settings.db_pool_size, timeout=settings.db_timeout)
@@ -132,7 +133,7 @@ async def start_services(settings: Settings, *, migrate: bool = True,
     sold_out = SoldOutFlags(
         store, client, prefix=settings.redis_prefix, recheck_seconds=settings.soldout_recheck_ms / 1000,
     )
-    schedule = SaleSchedule(store, refresh_seconds=settings.schedule_refresh_ms / 1000, local_clock=local_clock)
+    schedule = SaleSchedule(store, refresh_seconds=settings.schedule_refresh_ms / 1000)
     await schedule.load()  # before the first request: a replica never sells on an empty copy of the windows
     sold_out.listeners.append(schedule.changed)
     rooms = WaitingRooms(store, schedule, sold_out, secret=settings.cookie_secret,
@@ -144,7 +145,7 @@ async def start_services(settings: Settings, *, migrate: bool = True,
     login_throttle = LoginThrottle(client, prefix=settings.redis_prefix,
                                    per_address=settings.login_failures_per_address,
                                    total=settings.login_failures_total)
-    snapshots = Snapshotter(settings, store, client, limiter, login_throttle, rooms=rooms)
+    snapshots = Snapshotter(settings, store, client, limiter, login_throttle, rooms=rooms, clock=schedule.clock)
     janitor = KeyJanitor(store, ttl=settings.idempotency_ttl_hours * 3600,
                          interval=max(1.0, settings.idempotency_sweep_s))
     sold_out.start()

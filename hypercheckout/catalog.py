@@ -67,8 +67,9 @@ def _number(value: Any, name: str, minimum: int, maximum: int, *, clearable: boo
     return value
 
 
-def changes_from_json(data: Any, *, creating: bool, max_quantity: int, now: datetime | None = None) -> ProductChanges:
-    """Validate a product's fields (a JSON object's values); ``creating`` makes name and stock required."""
+def changes_from_json(data: Any, *, creating: bool, max_quantity: int, now: datetime) -> ProductChanges:
+    """Validate a product's fields (a JSON object's values); ``creating`` makes name and stock required. A time
+    given as ``now`` or ``+SECONDS`` is from ``now``, PostgreSQL's clock (the one its start is checked against)."""
     if not isinstance(data, dict):
         raise invalid_request("the body must be a JSON object of product fields")
     unknown = sorted(set(data) - set(UPDATABLE))
@@ -80,7 +81,6 @@ def changes_from_json(data: Any, *, creating: bool, max_quantity: int, now: date
             raise invalid_request(f"missing field(s): {', '.join(missing)}")
     if not data:
         raise invalid_request(f"nothing to change; fields: {', '.join(UPDATABLE)}")
-    now = now or datetime.now(UTC)
     values: dict[str, Any] = {}
     if "name" in data:
         name = data["name"]
@@ -115,7 +115,7 @@ def changes_from_json(data: Any, *, creating: bool, max_quantity: int, now: date
 
 
 def changes_from_text(fields: Mapping[str, str | None], *, creating: bool, max_quantity: int,
-                      now: datetime | None = None) -> ProductChanges:
+                      now: datetime) -> ProductChanges:
     """The same fields as text (a form, CLI options): numbers in ASCII digits; an empty limit or time, or
     ``none``, clears it (and a per-user limit of 0 means none, as for `reset`). Fields given as None are absent."""
     data: dict[str, Any] = {}

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -152,8 +153,9 @@ def cmd_product(args: argparse.Namespace) -> int:
 
     async def action(store: Store, client: Any) -> int:
         prefix, max_quantity = settings.redis_prefix, settings.max_quantity
+        now = datetime.fromtimestamp(await store.server_time(), UTC)  # sale times are PostgreSQL's
         if args.action == "list":
-            rows = [{**r.product.as_json(max_quantity), "sold": r.sold, "orders": r.orders}
+            rows = [{**r.product.as_json(max_quantity, now), "sold": r.sold, "orders": r.orders}
                     for r in await store.status()]
             if args.json:
                 print(json.dumps({"products": rows}, indent=2))
@@ -166,13 +168,14 @@ def cmd_product(args: argparse.Namespace) -> int:
             _warn_unannounced(settings, result.announced)
             return 0
         fields = {name: getattr(args, name) for name in PRODUCT_OPTIONS}
-        changes = catalog.changes_from_text(fields, creating=args.action == "create", max_quantity=max_quantity)
+        changes = catalog.changes_from_text(fields, creating=args.action == "create", max_quantity=max_quantity,
+                                            now=now)
         if args.action == "create":
             result = await catalog.create_product(store, client, prefix, changes)
         else:
             result = await catalog.update_product(store, client, prefix, args.id, changes)
         assert result.product is not None
-        _print_product(result.product.as_json(max_quantity), args.json)
+        _print_product(result.product.as_json(max_quantity, now), args.json)
         _warn_unannounced(settings, result.announced)
         return 0
 

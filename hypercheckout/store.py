@@ -8,10 +8,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -356,9 +357,10 @@ class Product:
             return "scheduled"
         return "sold_out" if self.stock == 0 else "live"
 
-    def as_json(self, max_quantity: int, now: datetime | None = None) -> dict[str, Any]:
+    def as_json(self, max_quantity: int, now: datetime) -> dict[str, Any]:
         """The product as GET /products/{id} shows it; ``max_per_order`` is the one in force (the product's own,
-        never above the service's HC_MAX_QUANTITY)."""
+        never above the service's HC_MAX_QUANTITY); its status at ``now``, by PostgreSQL's clock (a replica's own
+        may be skewed)."""
         return {
             "id": self.id,
             "name": self.name,
@@ -368,7 +370,7 @@ class Product:
             "max_per_order": min(self.max_per_order or max_quantity, max_quantity),
             "starts_at": None if self.starts_at is None else self.starts_at.isoformat(),
             "ends_at": None if self.ends_at is None else self.ends_at.isoformat(),
-            "status": self.status(now or datetime.now(UTC)),
+            "status": self.status(now),
             "waiting_room": self.waiting_room,
             **({"admit_per_second": self.admit_per_second, "pass_seconds": self.pass_seconds}
                if self.waiting_room else {}),
@@ -795,9 +797,17 @@ class Store:
 
     async def server_time(self) -> float:
         """PostgreSQL's clock now, epoch seconds (the time as it passes, not the transaction's start)."""
+        return (await self.read_clock(time.time))[1]
+
+    async def read_clock(self, local: Callable[[], float]) -> tuple[float, float, float]:
+        """(``local()`` when asked, PostgreSQL's clock, the round trip in seconds): one statement timed on a
+        connection already in hand, so that waiting for the pool is not taken for the network's delay; the round
+        trip on the monotonic clock, which a step of the wall clock cannot make negative."""
         async with self.cursor() as cur:
+            sent, started = local(), time.monotonic()
             await cur.execute("SELECT extract(epoch FROM clock_timestamp())::float8")
-            return float((await cur.fetchone())[0])
+            round_trip = time.monotonic() - started
+            return sent, float((await cur.fetchone())[0]), round_trip
 
     async def status(self, product_id: int | None = None) -> list[ProductStatus]:
         """Every product with its sales, or the one asked for (psycopg2 puts the value in the statement, so the
@@ -850,8 +860,15 @@ class Store:
             with _refusing_bad_values():
                 await cur.execute(UPDATE_PRODUCT, {**changes.params(), "product_id": product_id})
             product = Product(*await cur.fetchone())
-            await cur.execute(FORGET_OLD_LINES, {"product_id": product_id})
-            return product
+        # After the commit, not under the product's row lock: a closed line may hold a place per buyer id a client
+        # wrote, and purchases must not wait while they go. Failing here undoes nothing (the change stands); the
+        # next change of the product forgets them, as it does the place of a join that raced this one.
+        try:
+            async with self.cursor() as cur:
+                await cur.execute(FORGET_OLD_LINES, {"product_id": product_id})
+        except CheckoutError:
+            log.warning("product %d: its old waiting-room lines are kept until its next change", product_id)
+        return product
 
     async def delete_product(self, product_id: int, *, with_orders: bool) -> int | None:
         """Delete the product (and, with ``with_orders``, its orders); returns the orders deleted, or None if it

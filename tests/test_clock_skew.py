@@ -10,11 +10,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import time_machine
 
 from hypercheckout.app import Services, start_services, stop_services
 from hypercheckout.checkout.clock import SAMPLES, DatabaseClock
 from hypercheckout.settings import Settings
-from tests.helpers import buy, sql
+from tests.helpers import buy, get, sql
+from tests.test_admin_api import call
 from tests.test_waiting_room import admitted_pass, join, standing
 
 SKEW = 120.0
@@ -27,9 +29,12 @@ def skew(request: pytest.FixtureRequest) -> float:
 
 @pytest.fixture
 def services(io_loop, settings: Settings, skew: float) -> Iterator[Services]:  # type: ignore[no-untyped-def]
-    started = io_loop.run_sync(lambda: start_services(settings, local_clock=lambda: time.time() + skew))
-    yield started
-    io_loop.run_sync(lambda: stop_services(started))
+    """A replica on a machine whose wall clock is off by ``skew``: every ``time.time()`` and ``datetime.now()`` in
+    this process (time-machine moves them at the C level; the monotonic clock and PostgreSQL's stay true)."""
+    with time_machine.travel(time.time() + skew, tick=True):
+        started = io_loop.run_sync(lambda: start_services(settings))
+        yield started
+        io_loop.run_sync(lambda: stop_services(started))
 
 
 def product(database_url: str, *, starts_in: float, room: bool = False) -> int:
@@ -51,6 +56,14 @@ async def test_a_skewed_replica_sells_from_the_start_postgresql_set(  # type: ig
     refused = await buy(http_client, base_url, user=2, product=later)
     assert (refused.status, refused.body["error"]["code"]) == (409, "sale_not_started"), refused.body
     assert 500 < int(refused.headers["Retry-After"]) <= 600  # the wait by PostgreSQL's clock, not 600 ± the skew
+    # What the replica shows says the same, and an operator's "+600" is 600 s from PostgreSQL's now.
+    shown = [(await get(http_client, f"{base_url}/products/{pid}")).body["status"] for pid in (started, later)]
+    assert shown == ["live", "scheduled"]
+    made = await call(http_client, base_url, "POST", "/admin/api/products",
+                      {"name": "relative", "stock": 1, "starts_at": "+600"})
+    assert made.status == 201, made.body
+    assert 590 < sql(settings.database_url, "SELECT extract(epoch FROM starts_at - now()) FROM products WHERE id = %s",
+                     (made.body["id"],))[0][0] <= 600
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -73,10 +86,10 @@ def test_the_clock_keeps_the_latest_samples_shortest_round_trip() -> None:
     round trip was shortest is the best reading; older ones roll off, so a clock stepped since is followed."""
     clock = DatabaseClock(local=lambda: 1000.0)
     assert clock() == 1000.0 and clock.error == float("inf")  # nothing measured: its own clock
-    clock.observe(sent=0.0, server=52.0, received=4.0)  # read 2 s into a 4 s round trip: 50 s ahead
-    clock.observe(sent=10.0, server=60.1, received=10.2)  # a 0.2 s round trip: 50.0, give or take 0.1
+    clock.observe(sent=0.0, server=52.0, round_trip=4.0)  # read 2 s into a 4 s round trip: 50 s ahead
+    clock.observe(sent=10.0, server=60.1, round_trip=0.2)  # a 0.2 s round trip: 50.0, give or take 0.1
     assert (clock.offset, clock.error) == (pytest.approx(50.0), pytest.approx(0.1))
     assert clock() == pytest.approx(1050.0)
     for n in range(SAMPLES):  # the clock was stepped: 30 s now, read through slower round trips
-        clock.observe(sent=100.0 + n, server=130.5 + n, received=101.0 + n)
+        clock.observe(sent=100.0 + n, server=130.5 + n, round_trip=1.0)
     assert (clock.offset, clock.error) == (pytest.approx(30.0), pytest.approx(0.5))

@@ -52,7 +52,7 @@ class AdminApiHandler(JsonHandler):
         return parse_json_body(self.request.body, ADMIN_MAX_BODY)
 
     def product_json(self, product: Product, **extra: Any) -> dict[str, Any]:
-        return {**product.as_json(self.services.settings.max_quantity), **extra}
+        return {**product.as_json(self.services.settings.max_quantity, self.services.now()), **extra}
 
     def changed(self, product_id: int) -> None:
         """This replica at once; the others by the announcement (or their periodic re-read)."""
@@ -70,7 +70,7 @@ class ProductsApiHandler(AdminApiHandler):
     async def post(self) -> None:
         services = self.services
         changes = catalog.changes_from_json(self.body_json(), creating=True,
-                                            max_quantity=services.settings.max_quantity)
+                                            max_quantity=services.settings.max_quantity, now=services.now())
         result = await catalog.create_product(services.store, services.redis, services.settings.redis_prefix,
                                               changes)
         assert result.product is not None
@@ -92,7 +92,7 @@ class ProductApiHandler(AdminApiHandler):
     async def patch(self, product_id: str) -> None:
         services = self.services
         changes = catalog.changes_from_json(self.body_json(), creating=False,
-                                            max_quantity=services.settings.max_quantity)
+                                            max_quantity=services.settings.max_quantity, now=services.now())
         result = await catalog.update_product(services.store, services.redis, services.settings.redis_prefix,
                                               int(product_id), changes)
         assert result.product is not None
@@ -119,8 +119,8 @@ class ResetApiHandler(AdminApiHandler):
         if not isinstance(body, dict) or set(body) - {"stock", "per_user_limit"}:
             raise CheckoutError(400, "invalid_request", "the body may hold stock and per_user_limit only")
         # An empty body resets to the initial stock; a null per_user_limit removes the limit.
-        changes = catalog.changes_from_json(body, creating=False, max_quantity=services.settings.max_quantity) \
-            if body else ProductChanges()
+        changes = catalog.changes_from_json(body, creating=False, max_quantity=services.settings.max_quantity,
+                                            now=services.now()) if body else ProductChanges()
         stock = changes.stock if "stock" in changes.given else None
         limit = (changes.per_user_limit or 0) if "per_user_limit" in changes.given else None
         result = await reset_product(services.store, services.redis, services.settings.redis_prefix,

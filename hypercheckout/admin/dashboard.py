@@ -74,13 +74,13 @@ class ProductFormHandler(ActionHandler):
         fields = {name: None if name in ROOM_NUMBERS and value is not None and not value.strip() else value
                   for name, value in fields.items()}
         return catalog.changes_from_text(fields, creating=creating,
-                                         max_quantity=self.services.settings.max_quantity)
+                                         max_quantity=self.services.settings.max_quantity, now=self.services.now())
 
     def answer(self, product_id: int, product: Product | None, announced: bool, **extra: object) -> None:
         services = self.services
         services.schedule.changed(product_id)  # this replica at once; the others by the announcement
         services.sold_out.clear(product_id)
-        body = {} if product is None else {"product": product.as_json(services.settings.max_quantity)}
+        body = {} if product is None else {"product": product.as_json(services.settings.max_quantity, services.now())}
         self.write_json({**body, **extra, "announced": announced})
 
 

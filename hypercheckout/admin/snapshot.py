@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from hypercheckout.checkout.errors import CheckoutError
@@ -27,8 +29,10 @@ def _rate(value: float | None) -> str:
 
 class Snapshotter:
     def __init__(self, settings: Settings, store: Store, redis: Any, limiter: RateLimiter,
-                 login_throttle: LoginThrottle, max_age: float = 0.25, rooms: WaitingRooms | None = None) -> None:
+                 login_throttle: LoginThrottle, max_age: float = 0.25, rooms: WaitingRooms | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self._settings = settings
+        self._clock = clock  # PostgreSQL's, as the replica reads it: a product's status compares its sale times
         self._rooms = rooms
         self._store = store
         self._redis = redis
@@ -73,8 +77,9 @@ class Snapshotter:
         }
         try:
             rows = await self._store.status()
+            now = datetime.fromtimestamp(self._clock(), UTC)
             snapshot["products"] = [
-                {**r.product.as_json(settings.max_quantity), "sold": r.sold, "orders": r.orders,
+                {**r.product.as_json(settings.max_quantity, now), "sold": r.sold, "orders": r.orders,
                  "buyers": r.buyers, "sold_out": r.product.stock == 0}
                 for r in rows
             ]

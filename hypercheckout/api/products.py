@@ -11,8 +11,8 @@ class ProductsHandler(JsonHandler):
 
     async def get(self) -> None:
         products = await self.services.store.list_products()
-        max_quantity = self.services.settings.max_quantity
-        self.write_json({"products": [p.as_json(max_quantity) for p in products]})
+        max_quantity, now = self.services.settings.max_quantity, self.services.now()
+        self.write_json({"products": [p.as_json(max_quantity, now) for p in products]})
 
 
 class ProductHandler(JsonHandler):
@@ -22,7 +22,7 @@ class ProductHandler(JsonHandler):
         product = await self.services.store.get_product(int(product_id))
         if product is None:
             raise unknown_product(int(product_id))
-        self.write_json(product.as_json(self.services.settings.max_quantity))
+        self.write_json(product.as_json(self.services.settings.max_quantity, self.services.now()))
 
 
 # The id pattern is bounded so that int() can never see a number too large for PostgreSQL's bigint.

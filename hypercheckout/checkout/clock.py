@@ -18,8 +18,13 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 SAMPLES = 8  # the latest reads weighed; at one a second, a clock stepped by NTP is followed within as many
+
+
+class ClockReader(Protocol):
+    def __call__(self, local: Callable[[], float], /) -> Awaitable[tuple[float, float, float]]: ...
 
 
 class DatabaseClock:
@@ -34,15 +39,13 @@ class DatabaseClock:
     def __call__(self) -> float:
         return self._local() + self.offset
 
-    async def measure(self, read_server_time: Callable[[], Awaitable[float]]) -> None:
-        """Take one sample: ``read_server_time`` returns the server's clock (epoch seconds) in one round trip."""
-        sent = self._local()
-        server = await read_server_time()
-        received = self._local()
-        self.observe(sent, server, received)
+    async def measure(self, read_clock: ClockReader) -> None:
+        """Take one sample: ``read_clock(local)`` answers (``local()`` when it asked, the server's clock in epoch
+        seconds, the round trip in seconds) — Store.read_clock."""
+        self.observe(*await read_clock(self._local))
 
-    def observe(self, sent: float, server: float, received: float) -> None:
-        round_trip = max(0.0, received - sent)
+    def observe(self, sent: float, server: float, round_trip: float) -> None:
+        round_trip = max(0.0, round_trip)
         self._samples.append((round_trip, server - (sent + round_trip / 2)))
         round_trip, self.offset = min(self._samples)
         self.error = round_trip / 2

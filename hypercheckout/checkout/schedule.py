@@ -122,11 +122,14 @@ class SaleSchedule:
 
     async def load(self) -> None:
         found = await self._store.sale_rules()
-        await self.clock.measure(self._store.server_time)
         self._windows = {product_id: _Window.of(rules) for product_id, (rules, _) in found.items()}
         self._rooms = {product_id: room for product_id, (_, room) in found.items() if room is not None}
         self._rules = {product_id: rules for product_id, (rules, _) in found.items()}
         self.reads += 1
+        try:
+            await self.clock.measure(self._store.read_clock)
+        except CheckoutError:
+            pass  # PostgreSQL went away meanwhile: the rules just read stand; the clock keeps its last offset
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="sale-schedule")
