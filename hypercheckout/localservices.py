@@ -197,11 +197,13 @@ class PrivatePostgres:
             raise ServiceError(f"PostgreSQL did not start:\n{done.stdout}{done.stderr}\n{tail(self.log_path)}")
         return self.url
 
-    def stop(self, mode: str = "fast") -> None:
+    def stop(self, mode: str = "fast") -> subprocess.CompletedProcess[str] | None:
         """``fast``: roll back open transactions and shut down cleanly; ``immediate``: quit at once, as a crash
-        does (the next start recovers from the WAL)."""
-        if self.initialised():
-            self._run("pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "stop")
+        does (the next start recovers from the WAL). Returns pg_ctl's run (None without a data dir): its return
+        code is not 0 when no server was running or it did not stop, which a caller that meant to stop one checks."""
+        if not self.initialised():
+            return None
+        return self._run("pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "stop")
 
     # --- streaming replication -------------------------------------------------------------------------------------
 

@@ -1,0 +1,69 @@
+"""What a seed decides: the run's products, its faults and their timings, the number of buyers."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+FAULTS = ("kill-replica", "pause-replica", "postgres-restart-fast", "postgres-restart-immediate", "redis-restart",
+          "nginx-reload")
+FAILOVER = "postgres-failover"  # with --pg-standby only
+REDIS_MASTER = "redis-master-kill"  # with --redis-cluster, instead of redis-restart: SIGKILL one master
+ROOM_RATE, ROOM_PASS_SECONDS = 200, 60  # the waiting room's product (--waiting-room)
+# With --waiting-room, operators' changes to the room: a new rate (or the same one: an edit of the card), and the
+# room closed, then opened again (a new line) when healed. While it is closed the product sells without a pass.
+ROOM_RATE_EDIT, ROOM_REOPEN = "room-rate-edit", "room-close-reopen"
+ROOM_FAULTS = (ROOM_RATE_EDIT, ROOM_REOPEN)
+
+
+@dataclass
+class ProductPlan:
+    name: str
+    stock: int
+    per_user_limit: int | None
+    weight: float
+    room: bool = False  # sold through a waiting room
+
+
+@dataclass
+class Fault:
+    at: float  # seconds into the run
+    kind: str
+    target: int  # a replica's index where it matters
+    hold: float  # seconds before it is healed (restart, SIGCONT)
+
+
+@dataclass
+class Plan:
+    """Everything a seed decides."""
+
+    seed: str
+    products: list[ProductPlan]
+    faults: list[Fault]
+    buyers: int
+    users: int
+
+
+def make_plan(seed: str, *, duration: float, buyers: int, faults_per_second: float, replicas: int,
+              kinds: tuple[str, ...] = FAULTS, waiting_room: bool = False) -> Plan:
+    rng = random.Random(seed)
+    products = [
+        ProductPlan("limited", rng.randint(5_000, 20_000), rng.randint(2, 5), 0.3),
+        ProductPlan("scarce", rng.randint(20, 60), None, 0.3),
+        ProductPlan("scarce-limited", rng.randint(30, 80), rng.randint(1, 3), 0.2),
+        ProductPlan("plain", rng.randint(500, 5_000), None, 0.2),
+    ]
+    count = max(1, round(duration * faults_per_second * rng.uniform(0.8, 1.2)))
+    faults = sorted((Fault(at=rng.uniform(0.5, duration * 0.9), kind=rng.choice(kinds),
+                           target=rng.randrange(replicas), hold=rng.uniform(0.5, 3.0)) for _ in range(count)),
+                    key=lambda f: f.at)
+    if waiting_room:  # drawn apart, so that the rest of a seed's plan is the same with or without it
+        products.append(ProductPlan("queued", random.Random(f"{seed}/queued").randint(100, 400), None, 0.25,
+                                    room=True))
+        room_rng = random.Random(f"{seed}/room-faults")
+        faults = sorted(faults + [
+            Fault(at=room_rng.uniform(0.5, duration * 0.8), kind=room_rng.choice(ROOM_FAULTS),
+                  target=room_rng.choice((ROOM_RATE // 2, ROOM_RATE, ROOM_RATE * 2)), hold=room_rng.uniform(0.5, 2.0))
+            for _ in range(max(2, round(duration * 0.2)))], key=lambda f: f.at)
+    return Plan(seed=seed, products=products, faults=faults, buyers=buyers, users=rng.randint(20, 60))
+
