@@ -51,11 +51,15 @@ WHERE p.id = ANY(%(ids)s::bigint[])
 GROUP BY p.id
 """
 
-# Buyers among these whose pass of this opening of the room has bought already (orders_one_per_pass). Read under
-# the product's row lock, which every purchase holds while it inserts its order.
+# Buyers among these whose pass of this opening of the room has bought already (orders_one_per_pass), and
+# PostgreSQL's clock now, to judge the passes' expiry by. Read under the product's row lock, which every purchase
+# holds while it inserts its order, and after the purchases' keys were claimed: a retry told its pass expired (its
+# probe of the key found none) was told so before this reading, so a first try judged here finds it expired too.
+# (now() would be the transaction's start, before it waited for the row.)
 PASSES_USED = """
-SELECT user_id FROM orders
-WHERE product_id = %(product_id)s AND room_generation = %(generation)s AND user_id = ANY(%(user_ids)s::bigint[])
+SELECT extract(epoch FROM clock_timestamp())::float8, ARRAY(
+    SELECT user_id FROM orders
+    WHERE product_id = %(product_id)s AND room_generation = %(generation)s AND user_id = ANY(%(user_ids)s::bigint[]))
 """
 
 
@@ -79,7 +83,10 @@ async def line_lengths(store: Store, product_ids: Sequence[int]) -> dict[int, di
         return {row[0]: {"length": int(row[1]), "admitted": int(row[2])} for row in await cur.fetchall()}
 
 
-async def passes_used(cur: aiopg.Cursor, product_id: int, generation: int, user_ids: Sequence[int]) -> set[int]:
+async def passes_used(cur: aiopg.Cursor, product_id: int, generation: int, user_ids: Sequence[int]) \
+        -> tuple[set[int], float]:
+    """The buyers among ``user_ids`` whose pass has bought, and PostgreSQL's clock (epoch seconds) as it is now."""
     await cur.execute(PASSES_USED, {"product_id": product_id, "generation": generation,
                                     "user_ids": sorted(set(user_ids))})
-    return {row[0] for row in await cur.fetchall()}
+    now, used = await cur.fetchone()
+    return set(used), float(now)

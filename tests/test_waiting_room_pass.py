@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from hypercheckout.app import redis_client
+from hypercheckout.checkout.clock import DatabaseClock
 from hypercheckout.checkout.errors import CheckoutError
 from hypercheckout.checkout.models import Order, PurchaseRequest
 from hypercheckout.checkout.queue import PASS, Signer, WaitingRooms
@@ -24,7 +25,7 @@ from hypercheckout.checkout.strategy import make_strategy
 from hypercheckout.settings import STRATEGIES, Settings
 from hypercheckout.store import Store
 from tests.helpers import assert_invariant, orders_of, sql
-from tests.locks import lock_waiters, open_transaction
+from tests.locks import lock_waiters, open_transaction, row_locked, wait_for_lock_waiters
 from tests.test_waiting_room import room_product
 
 
@@ -234,7 +235,7 @@ def test_the_transaction_refuses_a_pass_expired_by_postgresqls_clock(settings: S
     pid = room_product(url, 10, rate=1000)
 
     async def scenario() -> None:
-        async with replica(settings, strategy, clock=lambda: time.time() - 120) as r:
+        async with replica(settings, strategy, clock=DatabaseClock(lambda: time.time() - 120)) as r:
             late = expired_pass(pid, 4)
             for key in (None, f"late-{strategy}"):
                 answer = await outcomes(r.checkout, [PurchaseRequest(4, pid, 1, idempotency_key=key, queue_pass=late)])
@@ -242,3 +243,48 @@ def test_the_transaction_refuses_a_pass_expired_by_postgresqls_clock(settings: S
 
     asyncio.run(scenario())
     assert orders_of(url, pid) == {}
+
+
+def postgres_now(database_url: str) -> float:
+    return float(sql(database_url, "SELECT extract(epoch FROM clock_timestamp())::float8")[0][0])
+
+
+async def until_postgres_passes(database_url: str, instant: float) -> None:
+    """Wait (a condition, not a time) until PostgreSQL's clock is past ``instant``."""
+    deadline = time.monotonic() + 60
+    while postgres_now(database_url) <= instant:
+        assert time.monotonic() < deadline, "PostgreSQL's clock stands still"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_retry_told_its_pass_expired_is_never_followed_by_its_first_tries_order(settings: Settings,
+                                                                                  strategy: str) -> None:
+    """Issue 45, item 1: the first try (pass + key) waits for the product's row, held by another transaction,
+    past its pass's expiry; its retry is answered meanwhile. It was told 403 ``queue_pass_expired`` (the probe
+    found no key: the first try claims its key only once it has the row), and then the first try sold, because
+    the transaction compared the expiry with its own start. The answers must agree: a retry told "expired" means
+    the first try sells nothing."""
+    url = settings.database_url
+    pid = room_product(url, 10, rate=1000)
+
+    async def scenario() -> None:
+        async with replica(settings, strategy) as r:
+            expires = int(postgres_now(url)) + 2
+            short = Signer("test-secret").sign(PASS, pid, 11, 0, expires)
+            request = PurchaseRequest(11, pid, 1, idempotency_key=f"slow-{strategy}", queue_pass=short)
+            with row_locked(url, pid):
+                first = asyncio.ensure_future(outcomes(r.checkout, [request]))
+                await wait_for_lock_waiters(url, 1)
+                await until_postgres_passes(url, expires + 0.5)
+                retry = await outcomes(r.checkout, [request])
+            first_answer = (await first)[0]
+            if isinstance(first_answer, Order):
+                assert isinstance(retry[0], Order) and retry[0].id == first_answer.id, (first_answer, retry)
+            else:
+                assert first_answer == retry[0] == (403, "queue_pass_expired"), (first_answer, retry)
+            assert retry == [(403, "queue_pass_expired")], retry  # the row was held: the probe found no key
+
+    asyncio.run(scenario())
+    assert orders_of(url, pid) == {}
+    assert_invariant(url, 10, product=pid)

@@ -165,17 +165,22 @@ class BatchedStrategy:
                     try:
                         check_sale(product_id, locked.rules, requests[i].quantity, locked.now,
                                    admitted=requests[i].admitted)
-                        if room:
-                            check_pass_in_transaction(requests[i], locked.room_generation, locked.now)
+                    except CheckoutError as exc:
+                        refused[i] = exc
+            used: set[int] = set()
+            if room and (passing := [i for i in range(len(requests)) if i not in taken and i not in refused]):
+                # The passes, against PostgreSQL's clock read now that the keys are claimed.
+                used, now = await passes_used(cur, product_id, locked.room_generation,
+                                              [requests[i].user_id for i in passing])
+                for i in passing:
+                    try:
+                        check_pass_in_transaction(requests[i], locked.room_generation, now)
                     except CheckoutError as exc:
                         refused[i] = exc
             live = [i for i in range(len(requests)) if i not in taken and i not in refused]
             owned: dict[int, int] = {}
             if locked.per_user_limit is not None and live:
                 owned = await Store.owned(cur, product_id, [requests[i].user_id for i in live])
-            used: set[int] = set()
-            if room and live:
-                used = await passes_used(cur, product_id, locked.room_generation, [requests[i].user_id for i in live])
             allocation = allocate(
                 locked.stock, [requests[i].quantity for i in live], users=[requests[i].user_id for i in live],
                 bought=owned, per_user_limit=locked.per_user_limit, single_use=room, used=used,

@@ -39,6 +39,12 @@ class DatabaseClock:
     def __call__(self) -> float:
         return self._local() + self.offset
 
+    def surely_past(self, instant: float) -> bool:
+        """Whether PostgreSQL's clock is past ``instant`` even if this estimate is off by its whole error (never,
+        before a first measurement). A refusal from memory that PostgreSQL must not contradict afterwards (a pass
+        expired) waits for this; a borderline case is left to a transaction, on PostgreSQL's own clock."""
+        return self() - self.error >= instant
+
     async def measure(self, read_clock: ClockReader) -> None:
         """Take one sample: ``read_clock(local)`` answers (``local()`` when it asked, the server's clock in epoch
         seconds, the round trip in seconds) — Store.read_clock."""

@@ -32,9 +32,10 @@ async def buy_in_transaction(store: Store, request: PurchaseRequest, replica: st
         check_sale(request.product_id, locked.rules, request.quantity, locked.now, admitted=request.admitted)
         generation = None
         if locked.rules.waiting_room:
-            check_pass_in_transaction(request, locked.room_generation, locked.now)
             generation = locked.room_generation
-            if await passes_used(cur, request.product_id, generation, [request.user_id]):
+            used, now = await passes_used(cur, request.product_id, generation, [request.user_id])
+            check_pass_in_transaction(request, generation, now)
+            if used:
                 raise queue_pass_used(request.product_id)
         if limit is not None:
             owned = (await Store.owned(cur, request.product_id, [request.user_id])).get(request.user_id, 0)

@@ -32,11 +32,11 @@ import base64
 import hashlib
 import hmac
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from hypercheckout.checkout.clock import DatabaseClock
 from hypercheckout.checkout.errors import (
     CheckoutError,
     no_waiting_room,
@@ -121,7 +121,7 @@ def _iso(epoch: float) -> str:
 
 class WaitingRooms:
     def __init__(self, store: Store, schedule: SaleSchedule, sold_out: SoldOutFlags, *, secret: str,
-                 clock: Callable[[], float] | None = None, join_connections: int = 2) -> None:
+                 clock: DatabaseClock | None = None, join_connections: int = 2) -> None:
         self._store = store
         # Joins of one product take their line's row lock in turn: more at once than this would only hold pool
         # connections while they wait for it, and purchases would queue for a connection behind a herd of joins.
@@ -225,7 +225,9 @@ class WaitingRooms:
             raise queue_pass_invalid(f"it is for product {pass_product}")
         if pass_user != user_id:
             raise queue_pass_invalid("it is another buyer's")
-        if self._clock() >= expires:
+        # Only when surely expired by PostgreSQL's clock: a retry told so must never be followed by its first try
+        # buying with the pass (the transaction reads PostgreSQL's clock after claiming the key, so it agrees).
+        if self._clock.surely_past(expires):
             raise queue_pass_expired(_iso(expires))
         return generation, expires
 
