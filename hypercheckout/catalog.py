@@ -17,7 +17,7 @@ from hypercheckout.checkout.errors import invalid_request, unknown_product
 from hypercheckout.checkout.soldout import announce_product_changed
 from hypercheckout.checkout.validation import MAX_ID, MAX_UNITS, parse_whole_number
 from hypercheckout.redisclient import RedisClient
-from hypercheckout.store import UPDATABLE, Product, ProductChanges, Store
+from hypercheckout.store import MAX_PASS_SECONDS, UPDATABLE, Product, ProductChanges, Store
 
 MAX_NAME = 200
 _RELATIVE = re.compile(r"\+([0-9]{1,9})(\.[0-9]{1,6})?")
@@ -26,7 +26,6 @@ TIME_FIELDS = ("starts_at", "ends_at")
 CLEARABLE = ("per_user_limit", "max_per_order", "starts_at", "ends_at")
 NUMBERS = ("stock", "per_user_limit", "max_per_order", "admit_per_second", "pass_seconds")
 MAX_ADMIT_PER_SECOND = 1_000_000  # the columns' bounds (0003_waiting_room.sql)
-MAX_PASS_SECONDS = 86_400
 _YES, _NO = ("yes", "true", "on", "1"), ("no", "false", "off", "0", "")
 
 

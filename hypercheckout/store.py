@@ -63,6 +63,7 @@ SELECT setval('products_id_seq', GREATEST((SELECT max(id) FROM products), 1));
 # A waiting room's defaults when a product is created without them (the columns' defaults, 0003_waiting_room.sql).
 DEFAULT_ADMIT_PER_SECOND = 100
 DEFAULT_PASS_SECONDS = 120
+MAX_PASS_SECONDS = 86_400  # products_pass_seconds_check (0003_waiting_room.sql)
 
 # --- pessimistic: the original's transaction, statement by statement ------------------------------------------
 # FOR UPDATE makes concurrent buyers of one product queue on the row lock, so the check and the decrement below
@@ -252,7 +253,8 @@ UPDATE products SET
     -- (SET sees the row as it was.) A room that opens starts a new line (a generation) counting from now. A room
     -- that stays open and gets another rate or start moves on from where its line stands now (admitted_before
     -- becomes the count so far, the origin now), so no place is admitted twice nor skipped; the segment it leaves,
-    -- if admission had begun, joins the history (the newest 32: each pass lasts at most a day).
+    -- if admission had begun, joins the history. A segment is kept while a pass of one of its places may still
+    -- be valid (it ended less than the longest pass an operator can set ago), however many edits there were.
     admission_origin = CASE WHEN {OPENS} OR {LINE_MOVES} THEN now() ELSE admission_origin END,
     admitted_before = CASE WHEN {OPENS} THEN 0 WHEN {LINE_MOVES} THEN {LINE_NOW} ELSE admitted_before END,
     room_generation = CASE WHEN {OPENS} THEN room_generation + 1 ELSE room_generation END,
@@ -260,10 +262,11 @@ UPDATE products SET
         WHEN {OPENS} THEN '[]'::jsonb
         WHEN {LINE_MOVES} AND GREATEST(admission_origin, starts_at) < now() THEN (
             SELECT jsonb_agg(segment ORDER BY n) FROM (
-                SELECT segment, n FROM jsonb_array_elements(admission_history || jsonb_build_array(jsonb_build_array(
+                SELECT segment, n, lead((segment ->> 0)::float8) OVER (ORDER BY n) AS ended
+                FROM jsonb_array_elements(admission_history || jsonb_build_array(jsonb_build_array(
                     extract(epoch FROM GREATEST(admission_origin, starts_at)), admitted_before, admit_per_second)))
-                    WITH ORDINALITY AS h (segment, n)
-                ORDER BY n DESC LIMIT 32) AS newest)
+                    WITH ORDINALITY AS h (segment, n)) AS segments
+            WHERE COALESCE(ended, extract(epoch FROM now())) > extract(epoch FROM now()) - {MAX_PASS_SECONDS})
         ELSE admission_history END,
     stock          = CASE WHEN %(set_stock)s THEN %(stock)s::integer ELSE stock END,
     initial_stock  = CASE WHEN %(set_stock)s

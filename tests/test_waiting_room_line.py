@@ -130,6 +130,29 @@ async def test_an_edit_with_the_same_rate_moves_nothing_and_a_new_rate_keeps_ear
     assert place_of(third["ticket"]) > admitted_by(await room_of(services, longer), time.time() - 0.05)
 
 
+@pytest.mark.gen_test(timeout=120)
+async def test_a_pass_stays_valid_through_any_number_of_rate_edits(  # type: ignore[no-untyped-def]
+        http_client, base_url, settings: Settings, services) -> None:
+    """Issue 45, item 2: the line kept its newest 32 segments, so after 33 edits of the rate (the dashboard's live
+    rate field) a buyer admitted with a 600 s pass read ``expired``. What an unexpired pass needs is kept however
+    many edits there were; only segments that ended longer ago than any pass lasts go."""
+    pid = room_product(settings.database_url, 100, rate=1000, pass_seconds=600)
+    await services.schedule.load()
+    ticket = (await join(http_client, base_url, pid, 1))["ticket"]
+    admitted = await until(http_client, base_url, ticket, "admitted")
+    for edit in range(40):
+        await change(services, pid, admit_per_second=500 + edit)
+    again = await standing(http_client, base_url, ticket)
+    assert (again["status"], again["pass_expires_at"]) == ("admitted", admitted["pass_expires_at"]), again
+    assert len((await room_of(services, pid)).history) == 40
+    # A segment that ended more than a day ago (longer than any pass lasts) is no longer kept.
+    sql(settings.database_url, "UPDATE products SET admission_history = jsonb_set(jsonb_set(admission_history, "
+        "'{0,0}', to_jsonb(extract(epoch FROM now()) - 200000)), '{1,0}', to_jsonb(extract(epoch FROM now()) - "
+        "100000)) WHERE id = %s", (pid,))
+    await change(services, pid, admit_per_second=2000)
+    assert len((await room_of(services, pid)).history) == 40  # the oldest gone, the newest added
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_redis_losing_its_data_mid_queue_puts_nobody_ahead_of_those_waiting(  # type: ignore[no-untyped-def]
         http_client, base_url, settings: Settings, services) -> None:

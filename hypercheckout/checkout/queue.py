@@ -104,7 +104,7 @@ def admitted_by(room: WaitingRoom, now: float) -> int:
 def admission_time(room: WaitingRoom, number: int) -> float | None:
     """When ticket ``number`` is (or was) admitted, epoch seconds; None while the room has no origin. A ticket the
     line passed before its last change was admitted in an earlier segment; one older than the segments kept
-    (the newest 32) is long expired (epoch 0)."""
+    (those that ended less than the longest pass ago) is long expired (epoch 0)."""
     if number > room.admitted_before:
         if room.origin is None:
             return None
