@@ -4,6 +4,7 @@ Places are kept in PostgreSQL (0004_queue_places.sql) so the order of joining su
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import aiopg
 
@@ -13,7 +14,9 @@ from hypercheckout.store import LINE_NOW, PRODUCT_COLUMNS, Product, Store
 # joined before, else one past the later of the last place given and the line's position now (PostgreSQL's now()).
 # The line's row is apart from the product's, so a herd of joins never waits on the stock's row lock. Two joins of
 # one buyer at once: the second finds the first's place taken (ON CONFLICT) and answers no place; it is asked
-# again. Returns the product as it is and the place (NULL: no room, or that race).
+# again. A room that can admit nobody (the sale ended, nothing left) gives no place: a join then writes nothing,
+# and a bot rotating buyer ids cannot fill a finished sale's line. Returns the product as it is, whether its sale
+# has ended by PostgreSQL's clock, and the place (NULL: no room, none given, or that race).
 #
 # The join commits without waiting for its WAL to reach the disk (synchronous_commit off, for this transaction
 # only): every join of a product takes the line's row lock, and holding it through an fsync made a herd of joins
@@ -23,7 +26,7 @@ from hypercheckout.store import LINE_NOW, PRODUCT_COLUMNS, Product, Store
 # is put ahead of a place that was kept. Orders and stock keep synchronous commits.
 JOIN = f"""
 WITH room AS (
-    SELECT p.*, {LINE_NOW} AS now_place
+    SELECT p.*, {LINE_NOW} AS now_place, COALESCE(p.ends_at <= now(), false) AS ended
     FROM products p CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
     WHERE id = %(product_id)s
 ), placed_before AS (
@@ -32,7 +35,7 @@ WITH room AS (
 ), line AS (
     INSERT INTO queue_lines AS l (product_id, generation, last_place)
     SELECT id, room_generation, now_place + 1 FROM room
-    WHERE waiting_room AND NOT EXISTS (SELECT 1 FROM placed_before)
+    WHERE waiting_room AND NOT ended AND stock > 0 AND NOT EXISTS (SELECT 1 FROM placed_before)
     ON CONFLICT (product_id, generation) DO UPDATE SET last_place = GREATEST(l.last_place + 1, EXCLUDED.last_place)
     RETURNING product_id, generation, last_place
 ), placed AS (
@@ -41,7 +44,7 @@ WITH room AS (
     ON CONFLICT DO NOTHING
     RETURNING place
 )
-SELECT {PRODUCT_COLUMNS}, COALESCE((SELECT place FROM placed_before), (SELECT place FROM placed)) FROM room
+SELECT {PRODUCT_COLUMNS}, ended, COALESCE((SELECT place FROM placed_before), (SELECT place FROM placed)) FROM room
 """
 # Per product: buyers in its current line, and how many of them the line has reached by now.
 LENGTHS = f"""
@@ -63,18 +66,28 @@ SELECT extract(epoch FROM clock_timestamp())::float8, ARRAY(
 """
 
 
-async def take_place(store: Store, product_id: int, user_id: int) -> tuple[Product | None, int | None]:
-    """The product (None if there is none) and the buyer's place in its room's line (None if it has no room)."""
+@dataclass(frozen=True, slots=True)
+class Place:
+    """What a join found: the product as it is, whether its sale has ended, and the buyer's place (None: the
+    product has no room, or its room admits nobody now and the buyer had no place, or it raced itself)."""
+
+    product: Product
+    ended: bool
+    number: int | None
+
+
+async def take_place(store: Store, product_id: int, user_id: int) -> Place | None:
+    """The buyer's place in the product's room's line (None: no such product)."""
     for _ in range(2):
         async with store.cursor() as cur:
             await cur.execute(JOIN, {"product_id": product_id, "user_id": user_id})
             row = await cur.fetchone()
         if row is None:
-            return None, None
-        product, place = Product(*row[:-1]), row[-1]
-        if place is not None or not product.waiting_room:
-            return product, place
-    return product, None  # the same buyer raced itself twice in a row: it may join again
+            return None
+        place = Place(Product(*row[:-2]), bool(row[-2]), row[-1])
+        if place.number is not None or not place.product.waiting_room or place.ended or place.product.stock <= 0:
+            return place
+    return place  # the same buyer raced itself twice in a row: it may join again
 
 
 async def line_lengths(store: Store, product_ids: Sequence[int]) -> dict[int, dict[str, int]]:

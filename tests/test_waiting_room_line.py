@@ -16,7 +16,7 @@ import redis.asyncio
 from hypercheckout.checkout.queue import admission_time, admitted_by
 from hypercheckout.settings import Settings
 from hypercheckout.store import ProductChanges
-from tests.helpers import get, sql
+from tests.helpers import get, post_raw, sql
 from tests.test_waiting_room import join, room_product, standing
 
 
@@ -208,6 +208,29 @@ async def test_a_room_closed_keeps_no_places(  # type: ignore[no-untyped-def]
     await change(services, pid, waiting_room=False)
     assert sql(settings.database_url, places, (pid,)) == [(0,)]
     assert sql(settings.database_url, "SELECT count(*) FROM queue_lines WHERE product_id = %s", (pid,)) == [(0,)]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_join_to_a_room_that_can_admit_nobody_writes_nothing(  # type: ignore[no-untyped-def]
+        http_client, base_url, settings: Settings, services) -> None:
+    """Issue 45, item 3: 40 joins to an ended product were 40 x 202 ``ended`` and 40 places nothing deleted (a bot
+    rotating buyer ids grew the table for a finished sale). A join to an ended or sold-out room is refused as
+    such (409, as a purchase would be) and writes nothing; one that joined before the end still reads its ticket."""
+    url = settings.database_url
+    ended = room_product(url, 100, rate=1000, starts_at=datetime.now(UTC) - timedelta(hours=2))
+    kept = (await join(http_client, base_url, ended, 1))["ticket"]
+    sql(url, "UPDATE products SET ends_at = now() - interval '1 second' WHERE id = %s", (ended,))
+    sold_out = room_product(url, 0, rate=1000)
+    await services.schedule.load()
+    for product, code in ((ended, "sale_ended"), (sold_out, "out_of_stock")):
+        for user in range(100, 140):
+            answer = await post_raw(http_client, f"{base_url}/products/{product}/queue", f'{{"user_id": {user}}}')
+            assert (answer.status, answer.body["error"]["code"]) == (409, code), answer.body
+    places = "SELECT count(*) FROM queue_places WHERE product_id = %s"
+    assert sql(url, places, (ended,)) == [(1,)] and sql(url, places, (sold_out,)) == [(0,)]
+    assert (await standing(http_client, base_url, kept))["status"] == "ended"
+    again = await post_raw(http_client, f"{base_url}/products/{ended}/queue", '{"user_id": 1}')
+    assert (again.status, again.body["status"]) == (202, "ended"), again.body  # its own place, nothing new
 
 
 @pytest.mark.gen_test(timeout=60)

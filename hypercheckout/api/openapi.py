@@ -118,7 +118,9 @@ def document(settings: Settings) -> dict[str, Any]:
                     "202": _json("Ticket", "In line: the ticket, and where it stands now."),
                     "400": _error("Malformed body or user_id."),
                     "404": _error("No such product."),
-                    "409": _error("no_waiting_room: buy the product directly."),
+                    "409": _error("no_waiting_room: buy the product directly; sale_ended or out_of_stock "
+                                  "(remaining 0): the room admits nobody, and the join took no place (a buyer "
+                                  "who joined before gets its ticket back)."),
                     "429": _error("rate_limited or banned.", retry_after=True),
                     "503": _error("overloaded, or the queue's store (Redis) is unreachable.", retry_after=True),
                 },

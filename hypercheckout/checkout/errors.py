@@ -51,6 +51,12 @@ def out_of_stock(product_id: int, remaining: int, requested: int) -> CheckoutErr
     )
 
 
+def room_sold_out(product_id: int) -> CheckoutError:
+    """A join to a sold-out product's waiting room: the purchase's own refusal, worded for the queue."""
+    return CheckoutError(409, "out_of_stock", f"product {product_id} is sold out: its waiting room admits nobody",
+                         extra={"remaining": 0})
+
+
 def sale_not_started(product_id: int, starts_at: str, seconds_left: float) -> CheckoutError:
     """Before the window opens (``starts_at`` in ISO 8601). Retry-After is whole seconds to the start, at least 1:
     a client that honours it arrives at (or just after) the start, never before."""

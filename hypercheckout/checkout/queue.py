@@ -43,6 +43,8 @@ from hypercheckout.checkout.errors import (
     queue_pass_expired,
     queue_pass_invalid,
     queue_unavailable,
+    room_sold_out,
+    sale_ended,
     unknown_product,
     unknown_ticket,
 )
@@ -139,12 +141,17 @@ class WaitingRooms:
         """The buyer's ticket (the same one if it joined before) and where it stands now, by PostgreSQL's row
         (not this replica's copy, which may not have seen the room open yet)."""
         async with self._join_slots:
-            product, number = await take_place(self._store, product_id, user_id)
-        if product is None:
+            place = await take_place(self._store, product_id, user_id)
+        if place is None:
             raise unknown_product(product_id)
+        product, number = place.product, place.number
         room = product.room
         if room is None:
             raise no_waiting_room(product_id)
+        if number is None and place.ended:
+            raise sale_ended(product_id, product.ends_at.isoformat() if product.ends_at else "")
+        if number is None and product.stock <= 0:
+            raise room_sold_out(product_id)
         if number is None:
             raise queue_unavailable()
         ticket = Ticket(product_id, room.generation, number, user_id)
