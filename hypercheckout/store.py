@@ -196,7 +196,7 @@ SELECT p.id, p.name, p.stock, p.initial_stock, p.per_user_limit, p.starts_at, p.
        p.waiting_room, p.admit_per_second, p.pass_seconds, GREATEST(p.admission_origin, p.starts_at),
        p.admitted_before, p.room_generation, p.admission_history, COALESCE(sum(o.quantity), 0)::bigint AS sold,
        count(o.id) AS orders,
-       count(DISTINCT o.user_id) AS buyers
+       count(o.id) FILTER (WHERE o.room_generation = p.room_generation) AS passes_used
 FROM products p LEFT JOIN orders o ON o.product_id = p.id
 WHERE %(product_id)s::bigint IS NULL OR p.id = %(product_id)s::bigint
 GROUP BY p.id ORDER BY p.id
@@ -385,7 +385,7 @@ class ProductStatus:
     product: Product
     sold: int
     orders: int
-    buyers: int = 0  # distinct buyers with orders: in a waiting room, the passes used
+    passes_used: int = 0  # orders bought with a pass of the room's current opening (one each: orders_one_per_pass)
 
 
 @dataclass(frozen=True, slots=True)
@@ -818,7 +818,7 @@ class Store:
         async with self.cursor() as cur:
             await cur.execute(STATUS, {"product_id": product_id})
             return [
-                ProductStatus(product=Product(*row[:15]), sold=row[15], orders=row[16], buyers=row[17])
+                ProductStatus(product=Product(*row[:15]), sold=row[15], orders=row[16], passes_used=row[17])
                 for row in await cur.fetchall()
             ]
 

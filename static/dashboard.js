@@ -173,7 +173,7 @@
     setText(field("queue"), p.waiting_room
       ? `Waiting room: ${q ? fmt(q.length) : "?"} joined · ` +
         `${q ? fmt(q.admitted) : "?"} admitted · ` +
-        `${fmt(p.admit_per_second)}/s · passes of ${fmt(p.pass_seconds)} s · ${fmt(p.buyers ?? 0)} passes used`
+        `${fmt(p.admit_per_second)}/s · passes of ${fmt(p.pass_seconds)} s · ${fmt(p.passes_used ?? 0)} passes used`
       : "");
     field("bar").style.width = pct + "%";
     card.querySelector(".progress").setAttribute("aria-valuenow", String(pct));

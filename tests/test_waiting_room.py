@@ -315,11 +315,19 @@ async def test_the_dashboard_and_metrics_show_each_rooms_queue(http_client, base
     snapshot = await services.snapshots.get()
     product = next(p for p in snapshot["products"] if p["id"] == pid)
     assert product["queue"] == {"length": 5, "admitted": 0}  # an hour before the start
-    assert (product["admit_per_second"], product["buyers"]) == (2, 0)
+    assert (product["admit_per_second"], product["passes_used"]) == (2, 0)
     assert "queue" not in next(p for p in snapshot["products"] if p["id"] == 1)
     text = (await http_client.fetch(f"{base_url}/metrics")).body.decode()
     assert f'hypercheckout_queue_length{{product="{pid}"}} 5.0' in text
     assert f'hypercheckout_queue_admitted{{product="{pid}"}} 0.0' in text
+    # "Passes used" counts orders bought with a pass of this opening, not every buyer with an order (issue 45):
+    # one bought while the room was closed (no opening) and one of an earlier opening are not this room's passes.
+    sql(settings.database_url, "INSERT INTO orders (user_id, product_id, quantity, replica, room_generation) VALUES "
+        "(1, %(p)s, 1, 't', NULL), (2, %(p)s, 1, 't', 0), (3, %(p)s, 1, 't', 1)", {"p": pid})
+    sql(settings.database_url, "UPDATE products SET room_generation = 1, stock = stock - 3 WHERE id = %s", (pid,))
+    services.snapshots._cached = None  # type: ignore[attr-defined]
+    product = next(p for p in (await services.snapshots.get())["products"] if p["id"] == pid)
+    assert (product["orders"], product["passes_used"]) == (3, 1)
 
 
 @pytest.mark.gen_test

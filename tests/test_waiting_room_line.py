@@ -10,13 +10,16 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg2
 import pytest
 import redis.asyncio
 
+from hypercheckout import queuestore
 from hypercheckout.checkout.queue import admission_time, admitted_by
 from hypercheckout.settings import Settings
-from hypercheckout.store import ProductChanges
+from hypercheckout.store import LINE_NOW, ProductChanges
 from tests.helpers import get, post_raw, sql
+from tests.locks import open_transaction, wait_for_lock_waiters
 from tests.test_waiting_room import join, room_product, standing
 
 
@@ -231,6 +234,71 @@ async def test_a_join_to_a_room_that_can_admit_nobody_writes_nothing(  # type: i
     assert (await standing(http_client, base_url, kept))["status"] == "ended"
     again = await post_raw(http_client, f"{base_url}/products/{ended}/queue", '{"user_id": 1}')
     assert (again.status, again.body["status"]) == (202, "ended"), again.body  # its own place, nothing new
+
+
+def queue_places_read(database_url: str, product_id: int) -> int:
+    """Rows of queue_places that reading the product's line figures (queuestore.LENGTHS) goes through."""
+    def rows(node: dict[str, Any]) -> int:
+        own = node.get("Actual Rows", 0) * node.get("Actual Loops", 1) if node.get("Relation Name") == \
+            "queue_places" else 0
+        return own + sum(rows(child) for child in node.get("Plans", []))
+
+    conn = psycopg2.connect(database_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + queuestore.LENGTHS, {"ids": [product_id]})
+            (plan,) = cur.fetchone()[0]
+    finally:
+        conn.close()
+    return int(rows(plan["Plan"]))
+
+
+@pytest.mark.gen_test(timeout=180)
+async def test_watching_a_line_costs_the_same_however_long_it_is(  # type: ignore[no-untyped-def]
+        settings: Settings, services) -> None:
+    """Issue 45, item 4: the dashboard (every 250 ms per replica) and each scrape counted the line's places: 73-108
+    ms of PostgreSQL for 200,000. With 1,500 buyers in line, half of them reached, the figures are still right
+    and reading them goes through a couple of places, not all of them."""
+    url = settings.database_url
+    pid = room_product(url, 100, rate=1, pass_seconds=60)
+    await services.schedule.load()
+    for first in range(1, 1501, 50):
+        await asyncio.gather(*(services.rooms.join(pid, user) for user in range(first, first + 50)))
+    sql(url, "UPDATE products SET admitted_before = 750 WHERE id = %s", (pid,))  # the line reached half of them
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:  # one transaction: both read the line at the same now()
+            cur.execute(queuestore.LENGTHS, {"ids": [pid]})
+            figures = cur.fetchall()
+            cur.execute("SELECT count(*), count(*) FILTER (WHERE q.place <= " + LINE_NOW + ") FROM queue_places q "
+                        "JOIN products p ON p.id = q.product_id AND p.room_generation = q.generation "
+                        "WHERE p.id = %s", (pid,))
+            counted = cur.fetchone()
+        conn.rollback()
+    finally:
+        conn.close()
+    assert figures == [(pid, counted[0], counted[1])] and counted[0] == 1500 and counted[1] >= 750, (figures, counted)
+    assert queue_places_read(url, pid) <= 2
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_two_joins_of_one_buyer_at_once_leave_no_gap_in_the_line(  # type: ignore[no-untyped-def]
+        settings: Settings, services) -> None:
+    """Also from issue 45's review: both joins of one buyer waited for the line's row; the second then raised the
+    line's last place for nobody (its own place was the first's), so the next buyer was placed a slot later, a slot
+    admitted for nobody. The next buyer must be placed right after."""
+    url = settings.database_url
+    pid = room_product(url, 100, rate=1, starts_at=datetime.now(UTC) + timedelta(hours=1))  # the line stands at 0
+    await services.schedule.load()
+    assert place_of((await services.rooms.join(pid, 1))["ticket"]) == 1
+    with open_transaction(url) as holder:
+        holder.execute("SELECT last_place FROM queue_lines WHERE product_id = %s FOR UPDATE", (pid,))
+        both = asyncio.gather(services.rooms.join(pid, 2), services.rooms.join(pid, 2))
+        await wait_for_lock_waiters(url, 2)
+    first, second = await both
+    assert place_of(first["ticket"]) == place_of(second["ticket"]) == 2
+    assert place_of((await services.rooms.join(pid, 3))["ticket"]) == 3
+    assert (await services.rooms.queues([pid]))[pid]["length"] == 3
 
 
 @pytest.mark.gen_test(timeout=60)

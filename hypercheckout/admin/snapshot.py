@@ -80,7 +80,7 @@ class Snapshotter:
             now = datetime.fromtimestamp(self._clock(), UTC)
             snapshot["products"] = [
                 {**r.product.as_json(settings.max_quantity, now), "sold": r.sold, "orders": r.orders,
-                 "buyers": r.buyers, "sold_out": r.product.stock == 0}
+                 "passes_used": r.passes_used, "sold_out": r.product.stock == 0}
                 for r in rows
             ]
             snapshot["orders"] = sum(r.orders for r in rows)
