@@ -106,7 +106,10 @@ async def test_a_missing_or_wrong_token_is_refused_and_counted(http_client, base
 
 
 @pytest.mark.gen_test(timeout=60)
-@pytest.mark.settings(login_failures_per_address=10, login_failures_total=100)
+# 300 script calls at once wait for one of the replica's Redis connections; on a machine busy with other work the
+# default 0.25 s bound on a Redis call (a limiter's fail-open latency) was passed and a few guesses were 503. What
+# is tested is the count, not that bound.
+@pytest.mark.settings(login_failures_per_address=10, login_failures_total=100, redis_timeout=5.0)
 async def test_concurrent_wrong_tokens_cannot_overrun_the_caps(http_client, base_url, services) -> None:  # type: ignore[no-untyped-def]
     """300 guesses at once from one address: the check and the count are one step, so exactly the address's 10 are
     compared (401) and the rest refused unseen (429); the total counts those 10. A right token is not a failure."""
@@ -119,7 +122,8 @@ async def test_concurrent_wrong_tokens_cannot_overrun_the_caps(http_client, base
                                          for i in range(300)))
     finally:
         client.close()
-    assert Counter(a.status for a in answers) == {401: 10, 429: 290}
+    assert Counter(a.status for a in answers) == {401: 10, 429: 290}, [a.body for a in answers
+                                                                       if a.status not in (401, 429)]
     assert int(await services.redis.get(total_key)) == 10
 
 

@@ -54,10 +54,11 @@ class AdminApiHandler(JsonHandler):
     def product_json(self, product: Product, **extra: Any) -> dict[str, Any]:
         return {**product.as_json(self.services.settings.max_quantity, self.services.now()), **extra}
 
-    def changed(self, product_id: int) -> None:
-        """This replica at once; the others by the announcement (or their periodic re-read)."""
-        self.services.schedule.changed(product_id)
+    async def changed(self, product_id: int) -> None:
+        """This replica before the operator is answered; the others by the announcement (or their periodic
+        re-read)."""
         self.services.sold_out.clear(product_id)
+        await self.services.schedule.reread()
 
 
 class ProductsApiHandler(AdminApiHandler):
@@ -74,7 +75,7 @@ class ProductsApiHandler(AdminApiHandler):
         result = await catalog.create_product(services.store, services.redis, services.settings.redis_prefix,
                                               changes)
         assert result.product is not None
-        self.changed(result.product.id)
+        await self.changed(result.product.id)
         self.set_header("Location", f"/admin/api/products/{result.product.id}")
         self.write_json(self.product_json(result.product), status=201)
 
@@ -96,7 +97,7 @@ class ProductApiHandler(AdminApiHandler):
         result = await catalog.update_product(services.store, services.redis, services.settings.redis_prefix,
                                               int(product_id), changes)
         assert result.product is not None
-        self.changed(result.product.id)
+        await self.changed(result.product.id)
         self.write_json(self.product_json(result.product))
 
     async def delete(self, product_id: str) -> None:
@@ -106,7 +107,7 @@ class ProductApiHandler(AdminApiHandler):
             raise CheckoutError(400, "invalid_request", "with_orders must be true or false")
         result = await catalog.delete_product(services.store, services.redis, services.settings.redis_prefix,
                                               int(product_id), with_orders=with_orders == "true")
-        self.changed(int(product_id))
+        await self.changed(int(product_id))
         self.write_json({"deleted": int(product_id), "deleted_orders": result.deleted_orders})
 
 
@@ -125,7 +126,7 @@ class ResetApiHandler(AdminApiHandler):
         limit = (changes.per_user_limit or 0) if "per_user_limit" in changes.given else None
         result = await reset_product(services.store, services.redis, services.settings.redis_prefix,
                                      int(product_id), stock, per_user_limit=limit)
-        self.changed(result.product_id)
+        await self.changed(result.product_id)
         self.write_json({"product_id": result.product_id, "stock": result.stock,
                          "deleted_orders": result.deleted_orders, "announced": result.announced})
 

@@ -48,8 +48,8 @@ class ResetHandler(ActionHandler):
         stock = self.int_argument("stock", 0, MAX_UNITS)
         result = await reset_product(services.store, services.redis, services.settings.redis_prefix,
                                      product_id, stock)
-        services.sold_out.clear(product_id)  # this replica at once; the others by the announcement
-        services.schedule.changed(product_id)
+        services.sold_out.clear(product_id)  # this replica before answering; the others by the announcement
+        await services.schedule.reread()
         self.write_json({"product_id": result.product_id, "stock": result.stock,
                          "deleted_orders": result.deleted_orders, "announced": result.announced})
 
@@ -76,10 +76,10 @@ class ProductFormHandler(ActionHandler):
         return catalog.changes_from_text(fields, creating=creating,
                                          max_quantity=self.services.settings.max_quantity, now=self.services.now())
 
-    def answer(self, product_id: int, product: Product | None, announced: bool, **extra: object) -> None:
+    async def answer(self, product_id: int, product: Product | None, announced: bool, **extra: object) -> None:
         services = self.services
-        services.schedule.changed(product_id)  # this replica at once; the others by the announcement
-        services.sold_out.clear(product_id)
+        services.sold_out.clear(product_id)  # this replica before answering; the others by the announcement
+        await services.schedule.reread()
         body = {} if product is None else {"product": product.as_json(services.settings.max_quantity, services.now())}
         self.write_json({**body, **extra, "announced": announced})
 
@@ -92,7 +92,7 @@ class CreateProductHandler(ProductFormHandler):
         result = await catalog.create_product(services.store, services.redis, services.settings.redis_prefix,
                                               self.form_changes(creating=True))
         assert result.product is not None
-        self.answer(result.product.id, result.product, result.announced)
+        await self.answer(result.product.id, result.product, result.announced)
 
 
 class UpdateProductHandler(ProductFormHandler):
@@ -102,7 +102,7 @@ class UpdateProductHandler(ProductFormHandler):
         services = self.services
         result = await catalog.update_product(services.store, services.redis, services.settings.redis_prefix,
                                               int(product_id), self.form_changes(creating=False))
-        self.answer(int(product_id), result.product, result.announced)
+        await self.answer(int(product_id), result.product, result.announced)
 
 
 class DeleteProductHandler(ProductFormHandler):
@@ -115,7 +115,7 @@ class DeleteProductHandler(ProductFormHandler):
             raise invalid_request("with_orders must be true or false")
         result = await catalog.delete_product(services.store, services.redis, services.settings.redis_prefix,
                                               int(product_id), with_orders=with_orders == "true")
-        self.answer(int(product_id), None, result.announced, deleted=int(product_id),
+        await self.answer(int(product_id), None, result.announced, deleted=int(product_id),
                     deleted_orders=result.deleted_orders)
 
 

@@ -96,6 +96,7 @@ class SaleSchedule:
         self._windows: dict[int, _Window] = {}
         self._rooms: dict[int, WaitingRoom] = {}
         self._changed = asyncio.Event()
+        self._rereads: list[asyncio.Future[None]] = []  # callers of reread() waiting for the next read
         self._task: asyncio.Task[None] | None = None
         self.reads = 0  # completed reads from PostgreSQL, for tests and /metrics
 
@@ -119,6 +120,18 @@ class SaleSchedule:
         """A product changed (or any may have): read again now. One task does every read, so a slow old read can
         never overwrite a newer one."""
         self._changed.set()
+
+    async def reread(self) -> None:
+        """Return once a read that began after this call has ended: a change this replica just committed (an
+        operator's) is in its copy before the operator is answered, so the next request here sees it. A read that
+        fails leaves the copy as it was (the periodic re-read catches up)."""
+        if self._task is None:
+            await self.load()
+            return
+        done = asyncio.get_running_loop().create_future()
+        self._rereads.append(done)
+        self._changed.set()
+        await done
 
     async def load(self) -> None:
         found = await self._store.sale_rules()
@@ -147,7 +160,12 @@ class SaleSchedule:
             except TimeoutError:
                 pass
             self._changed.clear()  # before the read: a change announced during it makes another
+            waiting, self._rereads = self._rereads, []
             try:
                 await self.load()
             except CheckoutError:
                 pass  # PostgreSQL is down: purchases answer 503 anyway, and the transaction checks the window
+            finally:
+                for done in waiting:
+                    if not done.done():
+                        done.set_result(None)
