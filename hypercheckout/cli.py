@@ -90,7 +90,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         created = await ensure_database(settings.database_url, timeout=settings.db_timeout)
         store = await Store.connect(settings.database_url, size=1, timeout=settings.db_timeout)
         try:
-            applied = await store.migrate()
+            applied = await store.migrate(force=args.force)
             version = await store.schema_version()
         finally:
             await store.close()
@@ -300,8 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--replica-id")
     p.add_argument("--strategy", choices=("pessimistic", "atomic", "batched"))
-    command("migrate", cmd_migrate, "create the database if missing and apply the schema migrations it has not had "
-                                    "(idempotent, safe to run concurrently)")
+    p = command("migrate", cmd_migrate, "create the database if missing and apply the schema migrations it has not "
+                                        "had (idempotent, safe to run concurrently); refused while a waiting room is "
+                                        "open, unless forced")
+    p.add_argument("--force", action="store_true",
+                   help="upgrade even while a waiting room is open: its buyers in line may lose their place")
     p = command("reset", cmd_reset, "set a product's stock, delete its orders, clear sold-out flags everywhere")
     p.add_argument("--product", type=int, default=1)
     p.add_argument("--stock", type=int, help="new stock (default: the product's initial stock)")

@@ -51,6 +51,10 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 # Read under the advisory lock: a replica that waited for another's migration sees it applied.
 APPLIED_MIGRATIONS = "SELECT version FROM schema_migrations"
 RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name) VALUES (%(version)s, %(name)s)"
+# Products selling through an open waiting room (the column exists from 0003_waiting_room.sql on). A new version may
+# read the room's tickets and passes differently: an upgrade while a room is open drops every buyer waiting in it.
+OPEN_ROOMS = "SELECT id FROM products WHERE waiting_room ORDER BY id"
+WAITING_ROOMS_SINCE = 3
 
 SEED = """
 INSERT INTO products (id, name, stock, initial_stock)
@@ -621,19 +625,27 @@ class Store:
 
     # --- schema ----------------------------------------------------------------------------------------------------
 
-    async def migrate(self, *, seed_stock: int = SEED_STOCK,
-                      migrations: Sequence[Migration] | None = None) -> list[Migration]:
+    async def migrate(self, *, seed_stock: int = SEED_STOCK, migrations: Sequence[Migration] | None = None,
+                      force: bool = False) -> list[Migration]:
         """Apply the migrations this database has not had, oldest first, each in a transaction of its own under
         the advisory lock (a failing one leaves nothing behind and stops the rest). The first one also seeds
-        product 1. Safe to run concurrently. Returns the migrations applied now."""
+        product 1. Safe to run concurrently. Returns the migrations applied now. Refuses (MigrationError) while a
+        product sells through an open waiting room, unless ``force``: a new version may not read the tickets and
+        passes its buyers hold."""
         applied_now = []
         for migration in load_migrations() if migrations is None else migrations:
             async with self.transaction() as cur:
                 await cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
                 await cur.execute(MIGRATIONS_TABLE)
                 await cur.execute(APPLIED_MIGRATIONS)
-                if migration.version in {row[0] for row in await cur.fetchall()}:
+                applied = {row[0] for row in await cur.fetchall()}
+                if migration.version in applied:
                     continue
+                if not force and max(applied, default=0) >= WAITING_ROOMS_SINCE:
+                    await cur.execute(OPEN_ROOMS)
+                    rooms = [row[0] for row in await cur.fetchall()]
+                    if rooms:
+                        raise MigrationError(_rooms_open(migration, rooms))
                 try:
                     await cur.execute(migration.sql)
                 except psycopg2.Error as exc:
@@ -929,7 +941,15 @@ async def _create_pool(url: str, size: int, timeout: float) -> aiopg.Pool:
 
 
 class MigrationError(RuntimeError):
-    """A migration failed; its transaction was rolled back and it is not recorded."""
+    """A migration failed, or was not tried; its transaction was rolled back and it is not recorded."""
+
+
+def _rooms_open(migration: Migration, rooms: Sequence[int]) -> str:
+    named = ", ".join(f"product {room}" for room in rooms[:10]) + (" …" if len(rooms) > 10 else "")
+    return (f"not upgrading the schema ({migration.file} and later are pending) while a waiting room is open "
+            f"({named}): the new version may not read the tickets and passes of the buyers in line, who would "
+            "all lose their place. Close the rooms first (hypercheckout product update ID --no-waiting-room, or "
+            "the dashboard), upgrade, open them again; or run `hypercheckout migrate --force` to upgrade anyway")
 
 
 @dataclass(frozen=True, slots=True)

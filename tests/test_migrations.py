@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from hypercheckout.localservices import free_port
 from hypercheckout.settings import Settings
 from hypercheckout.store import MigrationError, Store, load_migrations
 from tests.conftest import admin_execute, with_database
@@ -120,3 +121,30 @@ def test_replicas_creating_the_database_at_once_all_start(pg_server_url: str, re
             assert created.count(True) == 1, created
         finally:
             admin_execute(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_an_upgrade_is_refused_while_a_waiting_room_is_open_unless_forced(empty_database: str,
+                                                                         settings: Settings) -> None:
+    """Issue 45, item 5: an upgrade that changes the waiting room's tokens drops every buyer waiting in an open
+    room (their tickets and passes no longer read). A database with pending migrations and an open room is not
+    migrated — by `hypercheckout migrate`, nor by a replica starting — and the message says which rooms and what
+    to do; `--force` migrates anyway, and with the rooms closed it just migrates."""
+    every = load_migrations()
+    assert migrate(empty_database, migrations=every[:-1]) == [m.file for m in every[:-1]]
+    room = sql(empty_database, "INSERT INTO products (name, stock, initial_stock, waiting_room, admission_origin) "
+                               "VALUES ('drop', 10, 10, true, now()) RETURNING id")[0][0]
+    with pytest.raises(MigrationError, match=rf"product {room}\b.*--force"):
+        migrate(empty_database)
+    env = {**settings_env(settings), "HC_DATABASE_URL": empty_database}
+    refused = run_cli("migrate", env=env)
+    assert refused.returncode == 1 and f"product {room}" in refused.stderr and "close the rooms" in refused.stderr.lower(), refused
+    # A replica of the new version does not start either.
+    serving = run_cli("serve", "--port", str(free_port()), env=env, timeout=60)
+    assert serving.returncode == 1 and f"product {room}" in serving.stderr, serving.stderr[-2000:]
+    assert sql(empty_database, "SELECT max(version) FROM schema_migrations") == [(every[-2].version,)]
+    forced = run_cli("migrate", "--force", env=env)
+    assert forced.returncode == 0 and f"applied {every[-1].file}" in forced.stdout, forced.stderr
+    # Closed rooms are no reason to wait.
+    sql(empty_database, "DELETE FROM schema_migrations WHERE version = %s", (every[-1].version,))
+    sql(empty_database, "UPDATE products SET waiting_room = false")
+    assert migrate(empty_database) == [every[-1].file]
