@@ -207,7 +207,8 @@ def one_run(cluster: Cluster, nemesis: Nemesis, index: int, plan: Plan, duration
         info_not_sold=sum(1 for op in unknown if op.resolved not in (200, None)),
         faults={k: v for k, v in nemesis.applied.items() if v}, violations=violations,
         seconds=time.monotonic() - started, answers=dict(Counter(answer_name(op) for op in ops)),
-        room=room_figures(history), planned=len(plan.faults), skipped=dict(nemesis.skipped),
+        room={**room_figures(history), **({"burst_rate_edits": nemesis.room_edits} if rooms else {})},
+        planned=len(plan.faults), skipped=dict(nemesis.skipped),
         settled_by_database=len(by_database), keyless=keyless_figures(history),
         queue_calls=dict(Counter(f"{call.kind} {call.status}" for call in history.calls)))
     if violations:
@@ -318,7 +319,8 @@ def summarise(results: list[RunResult]) -> str:
         keyless.update(r.keyless)
         calls.update(r.queue_calls)
     rooms = (f"\nwaiting room: {room['bought_with_pass']:,} bought with a pass; {room['sent_without_pass']:,} sent "
-             f"without one, {room['refused_without_pass']:,} refused 403; {room['joins']:,} joins, "
+             f"without one, {room['refused_without_pass']:,} refused 403; rate edits in bursts "
+             f"{room['burst_rate_edits']:,}; {room['joins']:,} joins, "
              f"{room['joined']:,} answered 202; joins and polls by answer: "
              + ", ".join(f"{name} {n:,}" for name, n in calls.most_common())) if room else ""
     kinds_order = (*FAULTS, FAILOVER, REDIS_MASTER, *ROOM_FAULTS)

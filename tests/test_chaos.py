@@ -340,6 +340,8 @@ def test_a_short_campaign_injects_faults_and_finds_no_violation(tmp_path: Path) 
     assert all(r["room"]["bought_with_pass"] > 0 and r["room"]["sent_without_pass"] > 0 for r in runs), runs
     # Operators' changes to the room (a rate edited, the room closed and opened again) are among the faults.
     assert kinds & {"room-rate-edit", "room-close-reopen"}, runs
+    # And a burst of more rate edits than the line once kept segments for (issue 45, item 2).
+    assert max(r["room"]["burst_rate_edits"] for r in runs) > 32, runs
 
 
 def test_a_short_campaign_on_a_redis_cluster_kills_masters_and_finds_no_violation(tmp_path: Path) -> None:

@@ -17,7 +17,17 @@ from typing import Any
 import psycopg2
 
 from campaign.adminapi import admin
-from campaign.plan import FAILOVER, FAULTS, REDIS_MASTER, ROOM_FAULTS, ROOM_RATE_EDIT, ROOM_REOPEN, Fault
+from campaign.plan import (
+    FAILOVER,
+    FAULTS,
+    REDIS_MASTER,
+    ROOM_FAULTS,
+    ROOM_RATE,
+    ROOM_RATE_BURST,
+    ROOM_RATE_EDIT,
+    ROOM_REOPEN,
+    Fault,
+)
 from hypercheckout.cluster import Cluster, write_postgres_roles
 
 
@@ -32,11 +42,12 @@ class Nemesis:
         self.room_product: int | None = None  # the run's product with a waiting room (--waiting-room)
         self.closed_by: Fault | None = None  # the fault that closed the room, while it is closed
         self.closed: list[list[float]] = []  # wall-clock spans in which the room may have been closed
+        self.room_edits = 0  # rate edits made by bursts (ROOM_RATE_BURST)
 
     def reset(self, room_product: int | None) -> None:
         """Before a run: its room, and counts of its own."""
         self.applied, self.skipped, self.errors = Counter(), Counter(), []
-        self.room_product, self.closed_by, self.closed = room_product, None, []
+        self.room_product, self.closed_by, self.closed, self.room_edits = room_product, None, [], 0
 
     def run(self, faults: list[Fault], started: float, stop: threading.Event) -> None:
         timers = []
@@ -136,6 +147,8 @@ class Nemesis:
             return "no waiting room in this run"
         if fault.kind == ROOM_REOPEN and self.closed_by is not None:
             return "the room was already closed"
+        if fault.kind == ROOM_RATE_BURST:
+            return self._edit_rate_repeatedly(product, fault.target)
         body: dict[str, Any] = ({"admit_per_second": fault.target} if fault.kind == ROOM_RATE_EDIT
                                 else {"waiting_room": False})
         span = [time.time(), math.inf]
@@ -150,6 +163,19 @@ class Nemesis:
         if fault.kind == ROOM_REOPEN:
             self.closed_by = fault
         return None
+
+    def _edit_rate_repeatedly(self, product: int, edits: int) -> str | None:
+        """``edits`` new rates in a row (each differs from the one before, so each moves the line on)."""
+        made = 0
+        for n in range(edits):
+            try:
+                admin(self.cluster, "PATCH", f"/admin/api/products/{product}",
+                      {"admit_per_second": ROOM_RATE + 1 + n % 2}, attempts=6)
+            except Exception:
+                continue
+            made += 1
+        self.room_edits += made
+        return None if made == edits else f"{edits - made} of {edits} edits were not answered"
 
     def _reopen(self, fault: Fault | None, attempts: int) -> None:
         if self.closed_by is None or (fault is not None and fault is not self.closed_by):

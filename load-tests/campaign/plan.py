@@ -13,7 +13,10 @@ ROOM_RATE, ROOM_PASS_SECONDS = 200, 60  # the waiting room's product (--waiting-
 # With --waiting-room, operators' changes to the room: a new rate (or the same one: an edit of the card), and the
 # room closed, then opened again (a new line) when healed. While it is closed the product sells without a pass.
 ROOM_RATE_EDIT, ROOM_REOPEN = "room-rate-edit", "room-close-reopen"
-ROOM_FAULTS = (ROOM_RATE_EDIT, ROOM_REOPEN)
+# Once a run, an operator typing in the dashboard's live rate field: ROOM_BURST_EDITS new rates in a row (more than
+# the 32 segments the line once kept: a pass admitted before them must still buy).
+ROOM_RATE_BURST, ROOM_BURST_EDITS = "room-rate-burst", 40
+ROOM_FAULTS = (ROOM_RATE_EDIT, ROOM_REOPEN, ROOM_RATE_BURST)
 
 
 @dataclass
@@ -62,8 +65,11 @@ def make_plan(seed: str, *, duration: float, buyers: int, faults_per_second: flo
                                     room=True))
         room_rng = random.Random(f"{seed}/room-faults")
         faults = sorted(faults + [
-            Fault(at=room_rng.uniform(0.5, duration * 0.8), kind=room_rng.choice(ROOM_FAULTS),
+            Fault(at=room_rng.uniform(0.5, duration * 0.8), kind=room_rng.choice((ROOM_RATE_EDIT, ROOM_REOPEN)),
                   target=room_rng.choice((ROOM_RATE // 2, ROOM_RATE, ROOM_RATE * 2)), hold=room_rng.uniform(0.5, 2.0))
             for _ in range(max(2, round(duration * 0.2)))], key=lambda f: f.at)
+        burst = random.Random(f"{seed}/room-burst")  # apart too: the faults above are the same with or without it
+        faults = sorted([*faults, Fault(at=burst.uniform(duration * 0.3, duration * 0.6), kind=ROOM_RATE_BURST,
+                                        target=ROOM_BURST_EDITS, hold=0.1)], key=lambda f: f.at)
     return Plan(seed=seed, products=products, faults=faults, buyers=buyers, users=rng.randint(20, 60))
 
