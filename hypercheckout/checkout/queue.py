@@ -19,7 +19,8 @@ Nothing runs in the background, so nothing can die and stop the queue:
 * **The pass** names the buyer, the product, the room's opening and its expiry (``pass_seconds`` after the
   ticket's admission) and is signed; a purchase checks it in memory, and the purchase's transaction checks that a
   product with a waiting room is bought only with one of its current opening, and that the pass has not bought
-  before (`queuestore.passes_used`, under the row lock): one place in line, one purchase (its retries with the same Idempotency-Key replay it).
+  before (`queuestore.passes_used`, under the row lock): one place in line, one purchase (its retries with the
+  same Idempotency-Key replay it).
 * **Stock-aware**: a product seen sold out (the sold-out flags, shared between replicas over Redis) turns every
   ticket ``sold_out`` at once; a restock clears the flags and the tickets stand where the clock puts them again. A
   later end does the same for ``ended``.
