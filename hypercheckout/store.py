@@ -803,11 +803,12 @@ class Store:
             await cur.execute(RESTOCKED, {"ids": list(product_ids)})
             return [row[0] for row in await cur.fetchall()]
 
-    async def sale_rules(self) -> dict[int, tuple[SaleRules, WaitingRoom | None]]:
-        """Every product's rules, and its waiting room if it has one."""
+    async def sale_rules(self) -> dict[int, tuple[SaleRules, WaitingRoom | None, int]]:
+        """Every product's rules, its waiting room if it has one open, and its room's latest opening (0: never)."""
         async with self.cursor() as cur:
             await cur.execute(SALE_RULES)
-            return {row[0]: (SaleRules(*row[1:5]), WaitingRoom(*row[5:10], _segments(row[10])) if row[4] else None)
+            return {row[0]: (SaleRules(*row[1:5]), WaitingRoom(*row[5:10], _segments(row[10])) if row[4] else None,
+                             row[9])
                     for row in await cur.fetchall()}
 
     async def server_time(self) -> float:

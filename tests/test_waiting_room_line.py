@@ -214,6 +214,36 @@ async def test_a_room_closed_keeps_no_places(  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.gen_test(timeout=60)
+async def test_a_closed_rooms_tickets_are_answered_from_memory(  # type: ignore[no-untyped-def]
+        http_client, base_url, settings: Settings, services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From issue 45's review: every poll of a closed room's ticket read the product from PostgreSQL, and every
+    buyer who was in line keeps polling. A replica whose copy has seen the room close answers from memory; one
+    whose copy has not seen it reopen still asks PostgreSQL, and is told the ticket's opening is over."""
+    pid = room_product(settings.database_url, 100, rate=1000)
+    await services.schedule.load()
+    ticket = (await join(http_client, base_url, pid, 1))["ticket"]
+    await change(services, pid, waiting_room=False)
+    lookups = []
+    real = services.store.get_product
+
+    async def counted(product_id: int) -> Any:
+        lookups.append(product_id)
+        return await real(product_id)
+
+    monkeypatch.setattr(services.store, "get_product", counted)
+    for _ in range(20):
+        answer = await get(http_client, f"{base_url}/queue/{ticket}")
+        assert (answer.status, answer.body["error"]["code"]) == (409, "no_waiting_room"), answer.body
+    assert lookups == []
+    # Reopened behind this copy's back: the old ticket's opening is over either way.
+    sql(settings.database_url, "UPDATE products SET waiting_room = true, room_generation = room_generation + 1, "
+                               "admission_origin = now(), admitted_before = 0 WHERE id = %s", (pid,))
+    new = (await join(http_client, base_url, pid, 2))["ticket"]  # a ticket of the opening the copy has not seen
+    assert (await standing(http_client, base_url, new))["status"] in ("waiting", "admitted")
+    assert lookups == [pid]
+
+
+@pytest.mark.gen_test(timeout=60)
 async def test_a_join_to_a_room_that_can_admit_nobody_writes_nothing(  # type: ignore[no-untyped-def]
         http_client, base_url, settings: Settings, services) -> None:
     """Issue 45, item 3: 40 joins to an ended product were 40 x 202 ``ended`` and 40 places nothing deleted (a bot

@@ -160,16 +160,19 @@ class WaitingRooms:
         return {"ticket": token, "product_id": product_id, **self._standing(ticket, room)}
 
     async def read(self, token: str) -> dict[str, Any]:
-        """Where a ticket stands now: answered from memory, no Redis or PostgreSQL call — unless this replica's copy
-        cannot place the ticket (no such room or product, or an older opening of the room): then the room opened a
-        moment ago and the copy has not seen it yet, or it was closed, or the product deleted, and PostgreSQL's row
-        says which (one primary-key read, for such tickets only). A buyer is never told its room is gone because
-        one replica has not caught up."""
+        """Where a ticket stands now: answered from memory, no Redis or PostgreSQL call — a ticket of a room this
+        copy knows closed since the ticket's opening included (polled by every buyer who was in line) — unless
+        this replica's copy cannot place the ticket (a product it does not know, or an opening newer than it has
+        seen): then the room opened a moment ago and the copy has not seen it yet, or the product was deleted, and
+        PostgreSQL's row says which (one primary-key read, for such tickets only). A buyer is never told its room
+        is gone because one replica has not caught up."""
         fields = self._signer.fields(token, TICKET, 4)
         if fields is None:
             raise unknown_ticket()
         ticket = Ticket(*fields)
         room = self._schedule.room(ticket.product_id)
+        if room is None and self._schedule.closed_since(ticket.product_id, ticket.generation):
+            raise no_waiting_room(ticket.product_id)  # closed after its opening, and not reopened: no lookup
         if room is None or room.generation < ticket.generation:
             product = await self._store.get_product(ticket.product_id)
             if product is None:

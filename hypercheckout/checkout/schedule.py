@@ -95,6 +95,7 @@ class SaleSchedule:
         self._rules: dict[int, SaleRules] = {}
         self._windows: dict[int, _Window] = {}
         self._rooms: dict[int, WaitingRoom] = {}
+        self._openings: dict[int, int] = {}  # every known product's latest room opening, open or closed since
         self._changed = asyncio.Event()
         self._rereads: list[asyncio.Future[None]] = []  # callers of reread() waiting for the next read
         self._task: asyncio.Task[None] | None = None
@@ -111,6 +112,11 @@ class SaleSchedule:
     def room(self, product_id: int) -> WaitingRoom | None:
         """The product's waiting room, if it has one (by this copy)."""
         return self._rooms.get(product_id)
+
+    def closed_since(self, product_id: int, opening: int) -> bool:
+        """Whether, by this copy, the product's room is closed and no opening after ``opening`` was made: a ticket
+        of that opening is answered "no waiting room" from memory."""
+        return product_id not in self._rooms and self._openings.get(product_id, -1) >= opening
 
     @property
     def rooms(self) -> dict[int, WaitingRoom]:
@@ -135,9 +141,10 @@ class SaleSchedule:
 
     async def load(self) -> None:
         found = await self._store.sale_rules()
-        self._windows = {product_id: _Window.of(rules) for product_id, (rules, _) in found.items()}
-        self._rooms = {product_id: room for product_id, (_, room) in found.items() if room is not None}
-        self._rules = {product_id: rules for product_id, (rules, _) in found.items()}
+        self._windows = {product_id: _Window.of(rules) for product_id, (rules, _, _) in found.items()}
+        self._rooms = {product_id: room for product_id, (_, room, _) in found.items() if room is not None}
+        self._rules = {product_id: rules for product_id, (rules, _, _) in found.items()}
+        self._openings = {product_id: opening for product_id, (_, _, opening) in found.items()}
         self.reads += 1
         try:
             await self.clock.measure(self._store.read_clock)
