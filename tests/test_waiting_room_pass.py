@@ -288,3 +288,31 @@ def test_a_retry_told_its_pass_expired_is_never_followed_by_its_first_tries_orde
     asyncio.run(scenario())
     assert orders_of(url, pid) == {}
     assert_invariant(url, 10, product=pid)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_pass_that_bought_is_refused_from_memory(settings: Settings, strategy: str) -> None:
+    """From issue 45's review: a pass that had bought still reached the product's row (and skipped the admission
+    control a room's pacing exempts passes from) to be told ``queue_pass_used`` there. Once this replica has seen
+    it buy, another purchase with it is refused without waiting for the row, keyed or not; the first purchase's
+    keyed retry still gets its order."""
+    url = settings.database_url
+    pid = room_product(url, 10, rate=1000)
+
+    async def scenario() -> None:
+        async with replica(settings, strategy) as r:
+            valid = await pass_of(r.rooms, pid, 4)
+            first = PurchaseRequest(4, pid, 1, idempotency_key=f"first-{strategy}", queue_pass=valid)
+            bought = (await outcomes(r.checkout, [first]))[0]
+            assert isinstance(bought, Order), bought
+            with row_locked(url, pid):
+                for key in (None, f"again-{strategy}"):
+                    again = PurchaseRequest(4, pid, 1, idempotency_key=key, queue_pass=valid)
+                    seen = await answer_unless_it_waits(url, asyncio.ensure_future(outcomes(r.checkout, [again])))
+                    assert seen == [(403, "queue_pass_used")], (key, seen)
+                retry = await answer_unless_it_waits(url, asyncio.ensure_future(outcomes(r.checkout, [first])))
+                assert isinstance(retry, list) and isinstance(retry[0], Order) and retry[0].id == bought.id, retry
+
+    asyncio.run(scenario())
+    assert list(orders_of(url, pid).values()) == [(4, 1)]
+    assert_invariant(url, 10, product=pid)

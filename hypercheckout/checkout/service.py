@@ -3,12 +3,15 @@ configured strategy."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from hypercheckout.checkout.errors import (
     CheckoutError,
     DuplicateKey,
     idempotency_key_reused,
     out_of_stock,
     queue_pass_required,
+    queue_pass_used,
     request_in_progress,
 )
 from hypercheckout.checkout.models import Order, PurchaseRequest
@@ -17,6 +20,8 @@ from hypercheckout.checkout.schedule import SaleSchedule
 from hypercheckout.checkout.soldout import SoldOutFlags
 from hypercheckout.checkout.strategy import Strategy
 from hypercheckout.store import Store, StoredOrder
+
+USED_PASSES_KEPT = 65_536  # about 10 MB at most
 
 
 class Checkout:
@@ -28,6 +33,11 @@ class Checkout:
         self.rooms = rooms
         self._store = store
         self._keys_in_flight: set[str] = set()  # this replica's; other replicas' wait on the key's row instead
+        # Passes this replica saw buy (or refused as having bought): (product, opening, buyer), newest last. A pass
+        # buys once, so another purchase with it is refused from memory instead of skipping the admission control
+        # its room's pacing exempts it from and waiting for the product's row only to be told so there. Bounded:
+        # the oldest are forgotten (and the transaction still refuses them).
+        self._used_passes: OrderedDict[tuple[int, int, int], None] = OrderedDict()
 
     async def purchase(self, request: PurchaseRequest) -> Order:
         """Sell or raise ``CheckoutError``. What this replica can refuse from memory is refused before any
@@ -70,6 +80,7 @@ class Checkout:
         is not verified twice). The transaction checks the same rules again: a stale copy sells nothing."""
         if self.rooms is not None and not request.admitted:
             request = self.rooms.check_pass(request)
+        self._refuse_used_pass(request)
         self.schedule.check(request)
         if self.sold_out.is_sold_out(request.product_id):
             raise out_of_stock(request.product_id, 0, request.quantity)
@@ -81,7 +92,28 @@ class Checkout:
             request = self.rooms.check_pass(request)
         if not request.admitted and self.schedule.room(request.product_id) is not None:
             raise queue_pass_required(request.product_id)
+        self._refuse_used_pass(request)
         return request
+
+    @staticmethod
+    def _pass_of(request: PurchaseRequest) -> tuple[int, int, int] | None:
+        if request.pass_generation is None:
+            return None
+        return request.product_id, request.pass_generation, request.user_id
+
+    def _refuse_used_pass(self, request: PurchaseRequest) -> None:
+        used = self._pass_of(request)
+        if used is not None and used in self._used_passes:
+            raise queue_pass_used(request.product_id)
+
+    def _pass_used(self, request: PurchaseRequest) -> None:
+        used = self._pass_of(request)
+        if used is None:
+            return
+        self._used_passes[used] = None
+        self._used_passes.move_to_end(used)
+        if len(self._used_passes) > USED_PASSES_KEPT:
+            self._used_passes.popitem(last=False)
 
     async def refused(self, request: PurchaseRequest, refusal: CheckoutError) -> Order:
         """For a request refused before its purchase (its pass, by the limiter): raise ``refusal`` — unless the
@@ -117,7 +149,10 @@ class Checkout:
         except CheckoutError as exc:
             if exc.code == "out_of_stock" and exc.extra.get("remaining") == 0:
                 self.sold_out.mark(request.product_id)
+            elif exc.code == "queue_pass_used":
+                self._pass_used(request)
             raise
         if order.remaining == 0:
             self.sold_out.mark(request.product_id)
+        self._pass_used(request)
         return order
