@@ -234,9 +234,12 @@ COUNT_ORDERS = "SELECT count(*) FROM orders WHERE product_id = %(product_id)s"
 # One statement for any subset of fields: set_x says whether x is given (a given NULL clears it). A new stock
 # keeps the orders, so the initial stock becomes stock + units sold and the invariant stock + Σ quantity = initial
 # stock still holds.
-# How the line stands now, on the row as it was: places admitted so far.
+# How the line stands now, on the row as it was: places admitted so far — in whole microseconds and integers, the
+# arithmetic checkout/queue.py's admitted_by does in memory (numeric: a year of microseconds times a million a
+# second would overflow bigint).
 LINE_NOW = """(admitted_before + CASE WHEN GREATEST(admission_origin, starts_at) < now()
-    THEN floor(extract(epoch FROM now() - GREATEST(admission_origin, starts_at)) * admit_per_second)::bigint
+    THEN div(round(extract(epoch FROM now() - GREATEST(admission_origin, starts_at)) * 1000000)::numeric
+             * admit_per_second, 1000000)::bigint
     ELSE 0 END)"""
 OPENS = "(%(set_waiting_room)s AND %(waiting_room)s AND NOT waiting_room)"
 # An edit that gives the same rate or start again (the dashboard's Save sends every field) moves nothing.

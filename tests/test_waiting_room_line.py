@@ -17,7 +17,7 @@ import redis.asyncio
 from hypercheckout import queuestore
 from hypercheckout.checkout.queue import admission_time, admitted_by
 from hypercheckout.settings import Settings
-from hypercheckout.store import LINE_NOW, ProductChanges
+from hypercheckout.store import LINE_NOW, ProductChanges, WaitingRoom
 from tests.helpers import get, post_raw, sql
 from tests.locks import open_transaction, wait_for_lock_waiters
 from tests.test_waiting_room import join, room_product, standing
@@ -264,6 +264,41 @@ async def test_a_join_to_a_room_that_can_admit_nobody_writes_nothing(  # type: i
     assert (await standing(http_client, base_url, kept))["status"] == "ended"
     again = await post_raw(http_client, f"{base_url}/products/{ended}/queue", '{"user_id": 1}')
     assert (again.status, again.body["status"]) == (202, "ended"), again.body  # its own place, nothing new
+
+
+RATES = (1, 3, 7, 10, 999, 1000, 333_333, 999_999, 1_000_000)
+
+
+def test_replicas_and_postgresql_count_admissions_alike(database_url: str) -> None:
+    """From issue 45's review: the line's arithmetic is written in SQL (placing joiners, moving the line on at an
+    edit, the dashboard's figures) and in Python (each poll), and floats made the two disagree by a place at high
+    rates. At every rate and around every admission instant, both give the same count, and each place's
+    admission time is the first instant both count it."""
+    elapsed = sorted({us for rate in RATES for k in (1, 2, 3, 10, 99, 1000, 123_457) for edge in (-1, 0, 1)
+                      if (us := -(-k * 1_000_000 // rate) + edge) > 0})
+    conn = psycopg2.connect(database_url)
+    try:
+        with conn.cursor() as cur:  # one transaction: one now()
+            cur.execute(f"""
+                SELECT admit_per_second, us, {LINE_NOW}, extract(epoch FROM now())::text, admission_origin
+                FROM (SELECT rate AS admit_per_second, us, 5::bigint AS admitted_before, NULL::timestamptz AS starts_at,
+                             now() - us * interval '1 microsecond' AS admission_origin
+                      FROM unnest(%(rates)s::int[]) AS rate, unnest(%(us)s::bigint[]) AS us) AS room
+                """, {"rates": list(RATES), "us": elapsed})
+            rows = cur.fetchall()
+        conn.rollback()
+    finally:
+        conn.close()
+    assert len(rows) == len(RATES) * len(elapsed)
+    disagreements = []
+    for rate, us, in_sql, now, origin in rows:
+        room = WaitingRoom(admit_per_second=rate, pass_seconds=60, origin=origin, admitted_before=5)
+        in_memory = admitted_by(room, float(now))
+        if in_memory != in_sql:
+            disagreements.append((rate, us, in_sql, in_memory))
+        at = admission_time(room, in_sql + 1)  # the next place: not yet admitted, by both
+        assert at is not None and at > float(now) and admitted_by(room, at) == in_sql + 1, (rate, us)
+    assert disagreements == [], disagreements[:10]
 
 
 def queue_places_read(database_url: str, product_id: int) -> int:

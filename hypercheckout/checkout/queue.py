@@ -34,7 +34,7 @@ import hashlib
 import hmac
 import math
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hypercheckout.checkout.clock import DatabaseClock
@@ -94,14 +94,36 @@ class Ticket:
     user_id: int
 
 
+# Admission counts whole microseconds, as PostgreSQL's timestamps do, in integers: by time t the line has reached
+# admitted_before + floor(microseconds since origin x rate / 1,000,000) — the very arithmetic of store.LINE_NOW,
+# which places joiners and moves the line on at an edit, so a replica and PostgreSQL never disagree by a place at
+# the edges (floats did, at high rates). tests/test_waiting_room_line.py holds the two to the same answers.
+MICROSECONDS = 1_000_000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros(epoch: float) -> int:
+    """Epoch seconds as whole microseconds (a float of today's epoch is exact to a quarter of one)."""
+    return round(epoch * MICROSECONDS)
+
+
+def _origin_micros(origin: datetime) -> int:
+    return (origin - EPOCH) // timedelta(microseconds=1)
+
+
 def admitted_by(room: WaitingRoom, now: float) -> int:
     """How many tickets the room has admitted by ``now`` (epoch seconds)."""
     if room.origin is None:
         return room.admitted_before
-    elapsed = now - room.origin.timestamp()
+    elapsed = _micros(now) - _origin_micros(room.origin)
     if elapsed <= 0:
         return room.admitted_before
-    return room.admitted_before + math.floor(elapsed * room.admit_per_second)
+    return room.admitted_before + elapsed * room.admit_per_second // MICROSECONDS
+
+
+def _reached(origin: int, before: int, rate: int, number: int) -> float:
+    """The first microsecond (as epoch seconds) at which a segment from ``origin`` reaches place ``number``."""
+    return (origin - (-(number - before) * MICROSECONDS // rate)) / MICROSECONDS
 
 
 def admission_time(room: WaitingRoom, number: int) -> float | None:
@@ -111,10 +133,10 @@ def admission_time(room: WaitingRoom, number: int) -> float | None:
     if number > room.admitted_before:
         if room.origin is None:
             return None
-        return room.origin.timestamp() + (number - room.admitted_before) / room.admit_per_second
+        return _reached(_origin_micros(room.origin), room.admitted_before, room.admit_per_second, number)
     for origin, before, rate in reversed(room.history):
         if number > before:
-            return origin + (number - before) / rate
+            return _reached(_micros(origin), before, rate, number)
     return 0.0
 
 
