@@ -20,9 +20,10 @@ from hypercheckout.checkout.validation import MAX_ID, parse_address, parse_whole
 from hypercheckout.cluster import read_env_file
 from hypercheckout.limiter import REDIS_ERRORS, RateLimiter
 from hypercheckout.login_throttle import LoginThrottle
+from hypercheckout.migrations.runner import MigrationError
 from hypercheckout.operations import reset_product, status_report
 from hypercheckout.settings import Settings, SettingsError, documentation
-from hypercheckout.store import DEFAULT_ADMIT_PER_SECOND, DEFAULT_PASS_SECONDS, MigrationError, Store, ensure_database
+from hypercheckout.store import DEFAULT_ADMIT_PER_SECOND, DEFAULT_PASS_SECONDS, Store, ensure_database
 
 CLUSTER_ENV = "cluster.env"
 

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from importlib import resources
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,38 +28,11 @@ from hypercheckout.checkout.errors import (
     statement_cancelled,
     unavailable,
 )
+from hypercheckout.migrations import runner
+from hypercheckout.migrations.runner import SEED_STOCK, Migration
 
 log = logging.getLogger(__name__)
 
-SEED_PRODUCT_ID = 1
-SEED_STOCK = 10_000
-
-# Serialises migrations: three replicas starting at once would otherwise race to apply the same one.
-MIGRATION_LOCK = 0x4843_4D49  # "HCMI"
-# Numbered migrations, hypercheckout/migrations/NNNN_name.sql, each applied once, in its own transaction.
-MIGRATION_FILE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
-MIGRATIONS_TABLE = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version    integer     PRIMARY KEY,
-    name       text        NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
-)
-"""
-# Read under the advisory lock: a replica that waited for another's migration sees it applied.
-APPLIED_MIGRATIONS = "SELECT version FROM schema_migrations"
-RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name) VALUES (%(version)s, %(name)s)"
-# Products selling through an open waiting room (the column exists from 0003_waiting_room.sql on). A new version may
-# read the room's tickets and passes differently: an upgrade while a room is open drops every buyer waiting in it.
-OPEN_ROOMS = "SELECT id FROM products WHERE waiting_room ORDER BY id"
-WAITING_ROOMS_SINCE = 3
-
-SEED = """
-INSERT INTO products (id, name, stock, initial_stock)
-VALUES (%(id)s, 'Flash-sale product', %(stock)s, %(stock)s)
-ON CONFLICT (id) DO NOTHING;
--- The seed row took an explicit id: move the sequence past it so later products do not collide.
-SELECT setval('products_id_seq', GREATEST((SELECT max(id) FROM products), 1));
-"""
 
 # A waiting room's defaults when a product is created without them (the columns' defaults, 0003_waiting_room.sql).
 DEFAULT_ADMIT_PER_SECOND = 100
@@ -630,35 +600,8 @@ class Store:
 
     async def migrate(self, *, seed_stock: int = SEED_STOCK, migrations: Sequence[Migration] | None = None,
                       force: bool = False) -> list[Migration]:
-        """Apply the migrations this database has not had, oldest first, each in a transaction of its own under
-        the advisory lock (a failing one leaves nothing behind and stops the rest). The first one also seeds
-        product 1. Safe to run concurrently. Returns the migrations applied now. Refuses (MigrationError) while a
-        product sells through an open waiting room, unless ``force``: a new version may not read the tickets and
-        passes its buyers hold."""
-        applied_now = []
-        for migration in load_migrations() if migrations is None else migrations:
-            async with self.transaction() as cur:
-                await cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-                await cur.execute(MIGRATIONS_TABLE)
-                await cur.execute(APPLIED_MIGRATIONS)
-                applied = {row[0] for row in await cur.fetchall()}
-                if migration.version in applied:
-                    continue
-                if not force and max(applied, default=0) >= WAITING_ROOMS_SINCE:
-                    await cur.execute(OPEN_ROOMS)
-                    rooms = [row[0] for row in await cur.fetchall()]
-                    if rooms:
-                        raise MigrationError(_rooms_open(migration, rooms))
-                try:
-                    await cur.execute(migration.sql)
-                except psycopg2.Error as exc:
-                    raise MigrationError(f"migration {migration.file} failed: {exc}".strip()) from exc
-                if migration.version == 1:
-                    # Seeded once, with the schema: a product the operator deleted later stays deleted.
-                    await cur.execute(SEED, {"id": SEED_PRODUCT_ID, "stock": seed_stock})
-                await cur.execute(RECORD_MIGRATION, {"version": migration.version, "name": migration.name})
-            applied_now.append(migration)
-        return applied_now
+        """Apply the migrations this database has not had (``migrations.runner.migrate``)."""
+        return await runner.migrate(self, seed_stock=seed_stock, migrations=migrations, force=force)
 
     async def schema_version(self) -> int:
         async with self.cursor() as cur:
@@ -942,43 +885,6 @@ async def _create_pool(url: str, size: int, timeout: float) -> aiopg.Pool:
         if not isinstance(conn, BaseException):
             await pool.release(conn)
     return pool
-
-
-class MigrationError(RuntimeError):
-    """A migration failed, or was not tried; its transaction was rolled back and it is not recorded."""
-
-
-def _rooms_open(migration: Migration, rooms: Sequence[int]) -> str:
-    named = ", ".join(f"product {room}" for room in rooms[:10]) + (" …" if len(rooms) > 10 else "")
-    return (f"not upgrading the schema ({migration.file} and later are pending) while a waiting room is open "
-            f"({named}): the new version may not read the tickets and passes of the buyers in line, who would "
-            "all lose their place. Close the rooms first (hypercheckout product update ID --no-waiting-room, or "
-            "the dashboard), upgrade, open them again; or run `hypercheckout migrate --force` to upgrade anyway")
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
-
-    @property
-    def file(self) -> str:
-        return f"{self.version:04d}_{self.name}.sql"
-
-
-def load_migrations(directory: Path | None = None) -> list[Migration]:
-    """The numbered SQL files of ``directory`` (default: the package's migrations/), by version."""
-    folder = directory or Path(str(resources.files("hypercheckout").joinpath("migrations")))
-    found = []
-    for path in folder.iterdir():
-        match = MIGRATION_FILE.fullmatch(path.name)
-        if match:
-            found.append(Migration(int(match.group(1)), match.group(2), path.read_text(encoding="utf-8")))
-    versions = [m.version for m in found]
-    if len(set(versions)) != len(versions):
-        raise MigrationError(f"two migrations share a version in {folder}")
-    return sorted(found, key=lambda m: m.version)
 
 
 def _raise_if_cancelled_by_server(exc: asyncio.CancelledError) -> None:

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from hypercheckout.localservices import free_port
+from hypercheckout.migrations.runner import MigrationError, load_migrations
 from hypercheckout.settings import Settings
-from hypercheckout.store import MigrationError, Store, load_migrations
+from hypercheckout.store import Store
 from tests.conftest import admin_execute, with_database
 from tests.helpers import run_cli, settings_env, sql
+from tests.locks import open_transaction, wait_for_lock_waiters
 
 # The schema as the code before versioned migrations created it (and re-ran at every start), word for word.
 PREVIOUS_SCHEMA = (Path(__file__).parent / "data" / "schema-before-migrations.sql").read_text()
@@ -149,3 +151,46 @@ def test_an_upgrade_is_refused_while_a_waiting_room_is_open_unless_forced(empty_
     sql(empty_database, "DELETE FROM schema_migrations WHERE version = %s", (every[-1].version,))
     sql(empty_database, "UPDATE products SET waiting_room = false")
     assert migrate(empty_database) == [every[-1].file]
+
+
+def test_the_one_purchase_per_pass_index_is_built_without_blocking_purchases(empty_database: str) -> None:
+    """From issue 45's review: 0005 built its unique index on orders inside its transaction, which holds a lock
+    that blocks every INSERT into orders — every purchase — until the index is built. It is built CONCURRENTLY
+    now (0007, outside a transaction): while the build waits for a purchase still open, another purchase goes
+    through; and an index an interrupted build left invalid is built again."""
+    every = load_migrations()
+    assert not every[-1].transactional and every[-1].statements()[0].startswith("CREATE UNIQUE INDEX CONCURRENTLY")
+    migrate(empty_database, migrations=every[:-1])
+    insert = "INSERT INTO orders (user_id, product_id, quantity, replica, room_generation) VALUES (%s, 1, 1, 'r', 1)"
+    with open_transaction(empty_database) as open_purchase:
+        open_purchase.execute(insert, (1,))
+
+        async def build_while_purchasing() -> list[str]:
+            building = asyncio.ensure_future(asyncio.to_thread(migrate, empty_database))
+            try:
+                await wait_for_lock_waiters(empty_database, 1)  # the build waits for the open purchase
+                # Another purchase meanwhile: not blocked by the build (PostgreSQL gives up after 20 s if it is).
+                sql(empty_database, "SET statement_timeout = '20s'; " + insert, (2,))
+            finally:
+                open_purchase.connection.commit()  # the build can end, whatever happened
+            return await building
+
+        assert asyncio.run(build_while_purchasing()) == [every[-1].file]
+    assert valid_index(empty_database, "orders_one_per_pass") is True
+
+    # A build interrupted (here: by a duplicate) leaves the index invalid; the next migration builds it again.
+    sql(empty_database, "DROP INDEX orders_one_per_pass; DELETE FROM schema_migrations WHERE version = %s",
+        (every[-1].version,))
+    sql(empty_database, insert, (2,))
+    with pytest.raises(Exception, match="could not create unique index"):
+        sql(empty_database, every[-1].statements()[0])
+    assert valid_index(empty_database, "orders_one_per_pass") is False
+    sql(empty_database, "DELETE FROM orders WHERE id = (SELECT max(id) FROM orders)")
+    assert migrate(empty_database) == [every[-1].file]
+    assert valid_index(empty_database, "orders_one_per_pass") is True
+
+
+def valid_index(url: str, name: str) -> bool | None:
+    found = sql(url, "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = %s",
+                (name,))
+    return found[0][0] if found else None
