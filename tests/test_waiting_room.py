@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -81,8 +82,9 @@ def test_tokens_are_signed_and_admission_is_arithmetic() -> None:
 
 
 def test_tickets_are_admitted_in_the_order_they_joined_across_two_replicas(settings: Settings) -> None:
-    starts = datetime.now(UTC) + timedelta(seconds=2)
-    pid = room_product(settings.database_url, 100, rate=5, starts_at=starts)
+    # The start is set once every buyer has joined: a start a few seconds ahead passed, on a busy machine, while
+    # the replicas were still starting, and the joiners were no longer all before it.
+    pid = room_product(settings.database_url, 100, rate=5, starts_at=datetime.now(UTC) + timedelta(hours=1))
 
     async def scenario(urls: list[str]) -> None:
         client = SimpleAsyncHTTPClient(force_instance=True, max_clients=20)
@@ -92,8 +94,22 @@ def test_tickets_are_admitted_in_the_order_they_joined_across_two_replicas(setti
             assert all(t["status"] == "waiting" for t in tickets)
             again = await join(client, urls[1], pid, 500)  # the first buyer again, at the other replica
             assert again["ticket"] == tickets[0]["ticket"] and again["position"] == 1
+            # The sale starts two seconds from now; each replica sees that at its next re-read of the schedule,
+            # which must come before the start for the two to agree from the first admission (asked again with a
+            # later start if the machine was too slow for that).
+            while True:
+                start = sql(settings.database_url, "UPDATE products SET starts_at = now() + interval '2 seconds' "
+                            "WHERE id = %s RETURNING extract(epoch FROM starts_at)::float8", (pid,))[0][0]
+                seen_by = time.monotonic() + 60
+                for replica in urls:
+                    while (await standing(client, replica, tickets[9]["ticket"]))["estimated_wait_s"] > 60:
+                        assert time.monotonic() < seen_by, "a replica never saw the new start"
+                        await asyncio.sleep(0.05)
+                if sql(settings.database_url, "SELECT extract(epoch FROM clock_timestamp())::float8 < %s",
+                       (start,))[0][0]:
+                    break
             admitted_at: dict[int, float] = {}
-            deadline = time.monotonic() + 15
+            deadline = time.monotonic() + 30
             while len(admitted_at) < 10:
                 assert time.monotonic() < deadline, admitted_at
                 for n, ticket in enumerate(tickets):
@@ -105,8 +121,8 @@ def test_tickets_are_admitted_in_the_order_they_joined_across_two_replicas(setti
                 await asyncio.sleep(0.02)
             order = sorted(admitted_at, key=lambda n: admitted_at[n])
             assert order == list(range(10)), admitted_at
-            # 5 a second from the start: the tenth about 2 s after the first.
-            assert 1.2 < admitted_at[9] - admitted_at[0] < 2.8, admitted_at
+            # The pace (5 a second from the start) is the arithmetic's, held exactly by the tests of admitted_by
+            # and admission_time; the moments this loop saw them are a busy machine's, and not asserted.
         finally:
             client.close()
 
@@ -114,32 +130,45 @@ def test_tickets_are_admitted_in_the_order_they_joined_across_two_replicas(setti
         asyncio.run(scenario(urls))
 
 
-def test_the_admission_rate_holds_within_ten_percent(settings: Settings) -> None:
-    rate = 40
-    pid = room_product(settings.database_url, 1000, rate=rate,
-                       starts_at=datetime.now(UTC) + timedelta(seconds=3))
+def test_the_admission_rate_holds_on_every_replica(settings: Settings) -> None:
+    """300 buyers joined on two replicas; once the sale starts, every read of their tickets on either replica
+    finds admitted exactly the places the rate allows between PostgreSQL's clock before and after the read (a
+    place either way for the replicas' estimate of that clock) — bounds a slower machine only widens, where a
+    rate measured over a wall-clock interval failed on a busy one."""
+    rate = 20  # 300 places last 15 s: reads on a slow machine still find the line moving
+    url = settings.database_url
+    pid = room_product(url, 1000, rate=rate, starts_at=datetime.now(UTC) + timedelta(hours=1))
 
-    async def count_admitted(client: SimpleAsyncHTTPClient, url: str, tickets: list[str]) -> tuple[float, int]:
-        """(when, how many admitted), read from the tickets themselves: the first still waiting marks the line."""
-        when = time.time()
-        statuses = await asyncio.gather(*(standing(client, url, t) for t in tickets))
-        admitted = [s["status"] == "admitted" for s in statuses]
-        first_waiting = admitted.index(False)
-        assert not any(admitted[first_waiting:]), "admitted out of order"
-        return (when + time.time()) / 2, first_waiting
+    def postgres_now() -> float:
+        return float(sql(url, "SELECT extract(epoch FROM clock_timestamp())::float8")[0][0])
+
+    async def check_read(client: SimpleAsyncHTTPClient, replica: str, tickets: list[str], start: float) -> int:
+        before = postgres_now()
+        statuses = await asyncio.gather(*(standing(client, replica, t) for t in tickets))
+        after = postgres_now()
+        admitted = {n + 1 for n, body in enumerate(statuses) if body["status"] == "admitted"}  # places 1..300
+        surely = math.floor(rate * (before - start)) - 1  # admitted by the time the read began
+        at_most = math.floor(rate * (after - start)) + 1  # admitted by the time it ended
+        assert set(range(1, surely + 1)) <= admitted, (surely, sorted(admitted)[:5])
+        assert all(place <= at_most for place in admitted), (at_most, sorted(admitted)[-5:])
+        return len(admitted)
 
     async def scenario(urls: list[str]) -> None:
         client = SimpleAsyncHTTPClient(force_instance=True, max_clients=50)
         try:
             tickets = [(await join(client, urls[n % 2], pid, 1000 + n))["ticket"] for n in range(300)]
-            starts = sql(settings.database_url, "SELECT starts_at FROM products WHERE id = %s", (pid,))[0][0]
-            await asyncio.sleep(max(0.0, starts.timestamp() + 0.5 - time.time()))
-            t1, first = await count_admitted(client, urls[0], tickets)
-            await asyncio.sleep(4.0)
-            t2, second = await count_admitted(client, urls[1], tickets)
-            measured = (second - first) / (t2 - t1)
-            print(f"\nadmission rate: {measured:.1f}/s over {t2 - t1:.2f} s (set: {rate}/s)")
-            assert abs(measured - rate) <= 0.1 * rate, measured
+            start = float(sql(url, "UPDATE products SET starts_at = now() + interval '1 second' WHERE id = %s "
+                                   "RETURNING extract(epoch FROM starts_at)::float8", (pid,))[0][0])
+            deadline = time.monotonic() + 60
+            for replica in urls:  # each has seen the start once it admits the first place
+                while (await standing(client, replica, tickets[0]))["status"] != "admitted":
+                    assert time.monotonic() < deadline, "a replica never saw the start"
+                    await asyncio.sleep(0.05)
+            counts = []
+            while len(counts) < 6:
+                counts.append(await check_read(client, urls[len(counts) % 2], tickets, start))
+                await asyncio.sleep(0.5)
+            assert counts == sorted(counts) and counts[-1] > counts[0], counts  # the line moves on
         finally:
             client.close()
 

@@ -14,10 +14,11 @@ import psycopg2
 import pytest
 import redis.asyncio
 
-from hypercheckout import queuestore
 from hypercheckout.checkout.queue import admission_time, admitted_by
 from hypercheckout.settings import Settings
-from hypercheckout.store import LINE_NOW, ProductChanges, WaitingRoom
+from hypercheckout.store import ProductChanges, WaitingRoom
+from hypercheckout.store import line as line_sql
+from hypercheckout.store.line import LINE_NOW
 from tests.helpers import get, post_raw, sql
 from tests.locks import open_transaction, wait_for_lock_waiters
 from tests.test_waiting_room import join, room_product, standing
@@ -302,7 +303,7 @@ def test_replicas_and_postgresql_count_admissions_alike(database_url: str) -> No
 
 
 def queue_places_read(database_url: str, product_id: int) -> int:
-    """Rows of queue_places that reading the product's line figures (queuestore.LENGTHS) goes through."""
+    """Rows of queue_places that reading the product's line figures (line_sql.LENGTHS) goes through."""
     def rows(node: dict[str, Any]) -> int:
         own = node.get("Actual Rows", 0) * node.get("Actual Loops", 1) if node.get("Relation Name") == \
             "queue_places" else 0
@@ -311,7 +312,7 @@ def queue_places_read(database_url: str, product_id: int) -> int:
     conn = psycopg2.connect(database_url)
     try:
         with conn.cursor() as cur:
-            cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + queuestore.LENGTHS, {"ids": [product_id]})
+            cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + line_sql.LENGTHS, {"ids": [product_id]})
             (plan,) = cur.fetchone()[0]
     finally:
         conn.close()
@@ -333,7 +334,7 @@ async def test_watching_a_line_costs_the_same_however_long_it_is(  # type: ignor
     conn = psycopg2.connect(url)
     try:
         with conn.cursor() as cur:  # one transaction: both read the line at the same now()
-            cur.execute(queuestore.LENGTHS, {"ids": [pid]})
+            cur.execute(line_sql.LENGTHS, {"ids": [pid]})
             figures = cur.fetchall()
             cur.execute("SELECT count(*), count(*) FILTER (WHERE q.place <= " + LINE_NOW + ") FROM queue_places q "
                         "JOIN products p ON p.id = q.product_id AND p.room_generation = q.generation "

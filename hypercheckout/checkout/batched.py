@@ -29,8 +29,8 @@ from hypercheckout.checkout.errors import (
 )
 from hypercheckout.checkout.models import Order, PurchaseRequest
 from hypercheckout.checkout.schedule import check_pass_in_transaction, check_sale
-from hypercheckout.queuestore import passes_used
 from hypercheckout.store import Store
+from hypercheckout.store.line import passes_used
 
 log = logging.getLogger(__name__)
 

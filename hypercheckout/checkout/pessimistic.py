@@ -12,8 +12,8 @@ from hypercheckout.checkout.errors import (
 )
 from hypercheckout.checkout.models import Order, PurchaseRequest
 from hypercheckout.checkout.schedule import check_pass_in_transaction, check_sale
-from hypercheckout.queuestore import passes_used
 from hypercheckout.store import Store
+from hypercheckout.store.line import passes_used
 
 
 async def buy_in_transaction(store: Store, request: PurchaseRequest, replica: str) -> Order:

@@ -3,7 +3,7 @@
 
 Nothing runs in the background, so nothing can die and stop the queue:
 
-* **Joining** gives the buyer a place in the room's line, in PostgreSQL (one statement, `queuestore.py`): one
+* **Joining** gives the buyer a place in the room's line, in PostgreSQL (one statement, `store/line.py`): one
   past the later of the last place given and where the line stands now, and the same place again to a buyer who
   joins twice. So places follow the order of joining, a late joiner is admitted within one slot (capacity nobody
   used is not handed out in a burst), and a Redis that loses its data changes nothing. The ticket is the place,
@@ -19,7 +19,7 @@ Nothing runs in the background, so nothing can die and stop the queue:
 * **The pass** names the buyer, the product, the room's opening and its expiry (``pass_seconds`` after the
   ticket's admission) and is signed; a purchase checks it in memory, and the purchase's transaction checks that a
   product with a waiting room is bought only with one of its current opening, and that the pass has not bought
-  before (`queuestore.passes_used`, under the row lock): one place in line, one purchase (its retries with the
+  before (`store.line.passes_used`, under the row lock): one place in line, one purchase (its retries with the
   same Idempotency-Key replay it).
 * **Stock-aware**: a product seen sold out (the sold-out flags, shared between replicas over Redis) turns every
   ticket ``sold_out`` at once; a restock clears the flags and the tickets stand where the clock puts them again. A
@@ -52,8 +52,8 @@ from hypercheckout.checkout.errors import (
 from hypercheckout.checkout.models import PurchaseRequest
 from hypercheckout.checkout.schedule import SaleSchedule
 from hypercheckout.checkout.soldout import SoldOutFlags
-from hypercheckout.queuestore import line_lengths, take_place
 from hypercheckout.store import Store, WaitingRoom
+from hypercheckout.store.line import line_lengths, take_place
 
 TICKET, PASS = "t2", "p2"  # token kinds (and versions): a ticket can never pass for a pass
 

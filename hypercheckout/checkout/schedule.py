@@ -46,7 +46,7 @@ def check_sale(product_id: int, rules: SaleRules, quantity: int, now: datetime, 
 def check_pass_in_transaction(request: PurchaseRequest, room_generation: int, now: float) -> None:
     """Under the row lock of a product with a waiting room: refuse a pass given in an earlier opening of the room
     (closed and opened again since, with a new line), or expired by PostgreSQL's clock ``now`` (epoch seconds), read
-    after the purchase's key was claimed (``queuestore.passes_used``): a purchase that waited (queued for the row,
+    after the purchase's key was claimed (``store.line.passes_used``): a purchase that waited (queued for the row,
     in a batch) past its pass's expiry must not buy with a pass a retry of it was meanwhile told had expired."""
     if request.pass_generation != room_generation:
         raise queue_pass_invalid("it is from an earlier opening of the waiting room; join the queue again")

@@ -1,14 +1,27 @@
-"""The waiting room's SQL: a buyer's place in its product's line, each line's length, and which passes have bought.
-Places are kept in PostgreSQL (0004_queue_places.sql) so the order of joining survives anything Redis may lose."""
+"""The waiting room's SQL: where a line stands, a buyer's place in it, each line's figures, and which passes have
+bought. Places are kept in PostgreSQL (0004_queue_places.sql) so the order of joining survives anything Redis may
+lose."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiopg
 
-from hypercheckout.store import LINE_NOW, PRODUCT_COLUMNS, Product, Store
+from hypercheckout.store.models import PRODUCT_COLUMNS, Product
+
+if TYPE_CHECKING:
+    from hypercheckout.store.database import Store
+
+# How the line stands now, on the row as it was: places admitted so far — in whole microseconds and integers, the
+# arithmetic checkout/queue.py's admitted_by does in memory (numeric: a year of microseconds times a million a
+# second would overflow bigint).
+LINE_NOW = """(admitted_before + CASE WHEN GREATEST(admission_origin, starts_at) < now()
+    THEN div(round(extract(epoch FROM now() - GREATEST(admission_origin, starts_at)) * 1000000)::numeric
+             * admit_per_second, 1000000)::bigint
+    ELSE 0 END)"""
 
 # One statement, so one transaction: the buyer's place in the room's current line (hc_take_place,
 # 0006_line_counters.sql: the one it got before if it joined before, else one past the later of the last place given
