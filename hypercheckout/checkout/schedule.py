@@ -131,7 +131,7 @@ class SaleSchedule:
         """Return once a read that began after this call has ended: a change this replica just committed (an
         operator's) is in its copy before the operator is answered, so the next request here sees it. A read that
         fails leaves the copy as it was (the periodic re-read catches up)."""
-        if self._task is None:
+        if self._task is None or self._task.done():  # not started (tests), or stopped: read here
             await self.load()
             return
         done = asyncio.get_running_loop().create_future()
