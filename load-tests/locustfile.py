@@ -35,6 +35,7 @@ import os
 import random
 import time
 from collections import Counter, defaultdict
+from typing import Any
 
 import gevent
 from locust import FastHttpUser, between, constant, events, task
@@ -284,6 +285,13 @@ class DropUser(UntilServed):
         self.product = DROP_PRODUCTS[self.user_id % len(DROP_PRODUCTS)]
 
 
+def error_code(response: Any) -> str | None:
+    try:
+        return response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 class QueuedUser(Buyer):
     """Scenario 6: a buyer of product HC_LOAD_PRODUCT, which sells through a waiting room. It joins before the
     start (once: the same ticket if it asks again), polls its ticket as a buyer's page would — often when its
@@ -323,6 +331,9 @@ class QueuedUser(Buyer):
             elif response.status_code in (429, 503) and response.headers.get("Retry-After"):
                 response.success()  # overloaded or limited: asked to come back, as a real client does
                 self.pause = float(response.headers["Retry-After"])
+            elif response.status_code == 409 and error_code(response) in ("out_of_stock", "sale_ended"):
+                response.success()  # the room admits nobody any more: nothing to wait for, as the shop page says
+                self.finish()
             else:
                 response.failure(f"{response.status_code}: {(response.text or '')[:200]}")
                 self.pause = 1.0
