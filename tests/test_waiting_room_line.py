@@ -20,7 +20,6 @@ from hypercheckout.store import ProductChanges, WaitingRoom
 from hypercheckout.store import line as line_sql
 from hypercheckout.store.line import LINE_NOW
 from tests.helpers import get, post_raw, sql
-from tests.locks import open_transaction, wait_for_lock_waiters
 from tests.test_waiting_room import join, room_product, standing
 
 
@@ -345,26 +344,6 @@ async def test_watching_a_line_costs_the_same_however_long_it_is(  # type: ignor
         conn.close()
     assert figures == [(pid, counted[0], counted[1])] and counted[0] == 1500 and counted[1] >= 750, (figures, counted)
     assert queue_places_read(url, pid) <= 2
-
-
-@pytest.mark.gen_test(timeout=60)
-async def test_two_joins_of_one_buyer_at_once_leave_no_gap_in_the_line(  # type: ignore[no-untyped-def]
-        settings: Settings, services) -> None:
-    """Also from issue 45's review: both joins of one buyer waited for the line's row; the second then raised the
-    line's last place for nobody (its own place was the first's), so the next buyer was placed a slot later, a slot
-    admitted for nobody. The next buyer must be placed right after."""
-    url = settings.database_url
-    pid = room_product(url, 100, rate=1, starts_at=datetime.now(UTC) + timedelta(hours=1))  # the line stands at 0
-    await services.schedule.load()
-    assert place_of((await services.rooms.join(pid, 1))["ticket"]) == 1
-    with open_transaction(url) as holder:
-        holder.execute("SELECT last_place FROM queue_lines WHERE product_id = %s FOR UPDATE", (pid,))
-        both = asyncio.gather(services.rooms.join(pid, 2), services.rooms.join(pid, 2))
-        await wait_for_lock_waiters(url, 2)
-    first, second = await both
-    assert place_of(first["ticket"]) == place_of(second["ticket"]) == 2
-    assert place_of((await services.rooms.join(pid, 3))["ticket"]) == 3
-    assert (await services.rooms.queues([pid]))[pid]["length"] == 3
 
 
 @pytest.mark.gen_test(timeout=60)
