@@ -192,15 +192,9 @@ class Store:
     @asynccontextmanager
     async def cursor(self) -> AsyncIterator[aiopg.Cursor]:
         """A cursor in autocommit mode: each statement is its own transaction."""
-        try:
+        with self._answering():
             async with self.connection() as conn, conn.cursor() as cur:
                 yield cur
-        except CONNECTION_ERRORS as exc:
-            self._suspect()
-            raise _answer_for(exc) from exc
-        except asyncio.CancelledError as exc:
-            _raise_if_cancelled_by_server(exc)
-            raise
 
     @asynccontextmanager
     async def transaction(self, *, explicit: bool = False) -> AsyncIterator[aiopg.Cursor]:
@@ -209,7 +203,7 @@ class Store:
 
         ``explicit``: the caller's own statements carry BEGIN and COMMIT (saving two round trips); a transaction
         still open when the block ends without one is rolled back here."""
-        try:
+        with self._answering():
             async with self.connection() as conn, conn.cursor() as cur:
                 if not explicit:
                     await cur.execute("BEGIN")
@@ -231,6 +225,13 @@ class Store:
                         await cur.execute("ROLLBACK")
                     except Exception:
                         conn.close()  # the server rolls back a transaction whose connection is gone
+
+    @contextmanager
+    def _answering(self) -> Iterator[None]:
+        """Connection trouble in a block becomes the answer it means (and a search for the writable host); a
+        statement PostgreSQL cancelled becomes a 503, a real cancellation of the task goes on."""
+        try:
+            yield
         except CONNECTION_ERRORS as exc:
             self._suspect()
             raise _answer_for(exc) from exc
