@@ -18,14 +18,15 @@ import tornado.web
 from hypercheckout.admin import routes as admin_routes
 from hypercheckout.admin.live import LiveHub
 from hypercheckout.admin.snapshot import Snapshotter
-from hypercheckout.api import health, openapi, products, purchase, queue, shop
+from hypercheckout.api import checkouts, health, openapi, products, purchase, queue, shop
 from hypercheckout.api.base import NotFoundHandler
 from hypercheckout.checkout.admission import Admission
+from hypercheckout.checkout.holds import HoldSweeper
 from hypercheckout.checkout.idempotency import KeyJanitor
 from hypercheckout.checkout.queue import WaitingRooms
 from hypercheckout.checkout.schedule import SaleSchedule
 from hypercheckout.checkout.service import Checkout
-from hypercheckout.checkout.soldout import SoldOutFlags
+from hypercheckout.checkout.soldout import SoldOutFlags, announce_product_changed
 from hypercheckout.checkout.strategy import Strategy, make_strategy
 from hypercheckout.limiter import RateLimiter
 from hypercheckout.login_throttle import LoginThrottle
@@ -76,6 +77,7 @@ class Services:
     admission: Admission  # purchases'
     join_admission: Admission  # waiting-room joins': a bound of their own
     rooms: WaitingRooms
+    sweeper: HoldSweeper
     stopping: bool = False
     failed_logins: int = 0
     in_flight: int = 0
@@ -148,14 +150,22 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
     snapshots = Snapshotter(settings, store, client, limiter, login_throttle, rooms=rooms, clock=schedule.clock)
     janitor = KeyJanitor(store, ttl=settings.idempotency_ttl_hours * 3600,
                          interval=max(1.0, settings.idempotency_sweep_s))
+
+    async def units_returned(product_id: int, holds: int) -> None:
+        # Every replica drops a stale sold-out flag of the product and re-reads it at once.
+        sold_out.clear(product_id)
+        await announce_product_changed(client, settings.redis_prefix, product_id)
+
+    sweeper = HoldSweeper(store, interval=settings.hold_sweep_ms / 1000, on_returned=units_returned)
     sold_out.start()
     schedule.start()
     hits.start()
     janitor.start()
+    sweeper.start()
     services = Services(
         settings=settings, store=store, redis=client, limiter=limiter, strategy=strategy, sold_out=sold_out,
         schedule=schedule, checkout=Checkout(strategy, sold_out, store, schedule, rooms), rooms=rooms,
-        hits=hits, janitor=janitor,
+        hits=hits, janitor=janitor, sweeper=sweeper,
         metrics=Metrics(settings.replica_id), snapshots=snapshots, live=LiveHub(snapshots),
         login_throttle=login_throttle,
         admission=Admission(max_in_flight=settings.max_in_flight, target=settings.admission_target_ms / 1000,
@@ -189,6 +199,7 @@ async def stop_services(services: Services) -> None:
     await _bounded("the sale schedule", services.schedule.close())
     await _bounded("the last hit counts", services.hits.close())
     await _bounded("the key janitor", services.janitor.close())
+    await _bounded("the hold sweeper", services.sweeper.close())
     await _bounded("Redis", services.redis.aclose())
     await _bounded("PostgreSQL connections in use", services.store.close())
 
@@ -215,8 +226,8 @@ class StaticHandler(tornado.web.StaticFileHandler):
 
 def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
     """Every route of the application, as (pattern, handler); static files come on top, under /static/."""
-    return [*purchase.default_handlers, *products.default_handlers, *queue.default_handlers,
-            *health.default_handlers, *openapi.default_handlers, *shop.default_handlers,
+    return [*purchase.default_handlers, *checkouts.default_handlers, *products.default_handlers,
+            *queue.default_handlers, *health.default_handlers, *openapi.default_handlers, *shop.default_handlers,
             *admin_routes.default_handlers]
 
 

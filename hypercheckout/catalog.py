@@ -17,14 +17,14 @@ from hypercheckout.checkout.errors import invalid_request, unknown_product
 from hypercheckout.checkout.soldout import announce_product_changed
 from hypercheckout.checkout.validation import MAX_ID, MAX_UNITS, parse_whole_number
 from hypercheckout.redisclient import RedisClient
-from hypercheckout.store import MAX_PASS_SECONDS, UPDATABLE, Product, ProductChanges, Store
+from hypercheckout.store import MAX_HOLD_SECONDS, MAX_PASS_SECONDS, UPDATABLE, Product, ProductChanges, Store
 
 MAX_NAME = 200
 _RELATIVE = re.compile(r"\+([0-9]{1,9})(\.[0-9]{1,6})?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 TIME_FIELDS = ("starts_at", "ends_at")
 CLEARABLE = ("per_user_limit", "max_per_order", "starts_at", "ends_at")
-NUMBERS = ("stock", "per_user_limit", "max_per_order", "admit_per_second", "pass_seconds")
+NUMBERS = ("stock", "per_user_limit", "max_per_order", "admit_per_second", "pass_seconds", "hold_seconds")
 MAX_ADMIT_PER_SECOND = 1_000_000  # the columns' bounds (0003_waiting_room.sql)
 _YES, _NO = ("yes", "true", "on", "1"), ("no", "false", "off", "0", "")
 
@@ -101,6 +101,8 @@ def changes_from_json(data: Any, *, creating: bool, max_quantity: int, now: date
                                              clearable=False)
     if "pass_seconds" in data:
         values["pass_seconds"] = _number(data["pass_seconds"], "pass_seconds", 1, MAX_PASS_SECONDS, clearable=False)
+    if "hold_seconds" in data:
+        values["hold_seconds"] = _number(data["hold_seconds"], "hold_seconds", 1, MAX_HOLD_SECONDS, clearable=False)
     for name in TIME_FIELDS:
         if name in data:
             raw = data[name]

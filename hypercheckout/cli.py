@@ -15,6 +15,7 @@ from typing import Any
 
 from hypercheckout import catalog
 from hypercheckout.app import redis_client, serve
+from hypercheckout.checkout import holds
 from hypercheckout.checkout.errors import CheckoutError
 from hypercheckout.checkout.validation import MAX_ID, parse_address, parse_whole_number
 from hypercheckout.cluster import read_env_file
@@ -23,7 +24,13 @@ from hypercheckout.login_throttle import LoginThrottle
 from hypercheckout.migrations.runner import MigrationError
 from hypercheckout.operations import reset_product, status_report
 from hypercheckout.settings import Settings, SettingsError, documentation
-from hypercheckout.store import DEFAULT_ADMIT_PER_SECOND, DEFAULT_PASS_SECONDS, Store, ensure_database
+from hypercheckout.store import (
+    DEFAULT_ADMIT_PER_SECOND,
+    DEFAULT_HOLD_SECONDS,
+    DEFAULT_PASS_SECONDS,
+    Store,
+    ensure_database,
+)
 
 CLUSTER_ENV = "cluster.env"
 
@@ -124,7 +131,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
 
 PRODUCT_OPTIONS = ("name", "stock", "starts_at", "ends_at", "per_user_limit", "max_per_order", "waiting_room",
-                   "admit_per_second", "pass_seconds")
+                   "admit_per_second", "pass_seconds", "hold_seconds")
 
 
 def _product_line(product: dict[str, Any]) -> str:
@@ -134,9 +141,9 @@ def _product_line(product: dict[str, Any]) -> str:
     limit = product["per_user_limit"] or "none"
     room = (f", waiting room: {product['admit_per_second']}/s, passes {product['pass_seconds']} s"
             if product.get("waiting_room") else "")
-    return (f"product {product['id']} {product['name']!r}: {product['status']}, stock {product['stock']} / "
-            f"initial {product['initial_stock']}, {window}, per buyer {limit}, per order {product['max_per_order']}"
-            f"{room}")
+    return (f"product {product['id']} {product['name']!r}: {product['status']}, available {product['available']}, "
+            f"held {product['held']}, sold {product['sold']} / initial {product['initial_stock']}, {window}, "
+            f"per buyer {limit}, per order {product['max_per_order']}, holds {product['hold_seconds']} s{room}")
 
 
 def _print_product(product: dict[str, Any], as_json: bool) -> None:
@@ -183,6 +190,29 @@ def cmd_product(args: argparse.Namespace) -> int:
     return asyncio.run(_with_store(settings, action))
 
 
+def cmd_checkouts(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+
+    async def action(store: Store, client: Any) -> int:
+        if args.action == "release":
+            hold, moved = await holds.release(store, args.id)
+            print(json.dumps(hold.as_json(), indent=2) if args.json else
+                  f"checkout {hold.id}: {hold.status}" + (f", {hold.quantity} unit(s) of product {hold.product_id} "
+                                                          "back on sale" if moved else " (nothing to give back)"))
+            return 0
+        found = await holds.list_held(store, args.product, args.limit)
+        if args.json:
+            print(json.dumps({"checkouts": [h.as_json() for h in found]}, indent=2))
+            return 0
+        for hold in found:
+            print(f"{hold.id}  product {hold.product_id}  buyer {hold.user_id}  {hold.quantity} unit(s)  "
+                  f"expires {hold.expires_at.isoformat()}  ({hold.status})")
+        print(f"{len(found)} hold(s)")
+        return 0
+
+    return asyncio.run(_with_store(settings, action))
+
+
 def cmd_unban(args: argparse.Namespace) -> int:
     settings = load_settings(args)
 
@@ -213,8 +243,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(json.dumps(report, indent=2))
             return 0
         for p in report["products"]:
-            print(f"product {p['id']} {p['name']!r}: stock {p['stock']} / initial {p['initial_stock']}, "
-                  f"sold {p['sold']}")
+            print(f"product {p['id']} {p['name']!r}: available {p['available']}, held {p['held']}, "
+                  f"sold {p['sold']} / initial {p['initial_stock']}")
         print(f"orders: {report['orders']}")
         bans = report["bans"]
         if bans is None:
@@ -336,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
                             f"{DEFAULT_ADMIT_PER_SECOND}; changed during a sale, counts on from the admissions so far)")
         a.add_argument("--pass-seconds", metavar="N",
                        help=f"waiting room: seconds an admitted buyer's pass is valid (default {DEFAULT_PASS_SECONDS})")
+        a.add_argument("--hold-seconds", metavar="N",
+                       help=f"seconds a checkout holds its units before they go back (default {DEFAULT_HOLD_SECONDS})")
         a.add_argument("--json", action="store_true")
     a = actions.add_parser("list", help="every product with its status, sold units and orders")
     a.add_argument("--json", action="store_true")
@@ -344,6 +376,18 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--with-orders", action="store_true", help="delete its orders too")
     for a in actions.choices.values():
         # Also after the action (`product create --data-dir D …`); SUPPRESS keeps one given before it.
+        a.add_argument("--data-dir", default=argparse.SUPPRESS, help="use the cluster `hypercheckout up` started "
+                                                                     "in this directory")
+    p = command("checkouts", cmd_checkouts, "list running holds, or release one")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("list", help="running holds, the soonest to expire first")
+    a.add_argument("--product", type=_product_id, help="one product's only")
+    a.add_argument("--limit", type=int, default=100)
+    a.add_argument("--json", action="store_true")
+    a = actions.add_parser("release", help="give a hold's units back at once (as its buyer's release does)")
+    a.add_argument("id", help="the checkout id (co_…)")
+    a.add_argument("--json", action="store_true")
+    for a in actions.choices.values():
         a.add_argument("--data-dir", default=argparse.SUPPRESS, help="use the cluster `hypercheckout up` started "
                                                                      "in this directory")
     p = command("unban", cmd_unban, "lift bans and rate-limit state")

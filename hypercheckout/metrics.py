@@ -88,15 +88,27 @@ class ServiceCollector(Collector):
         size.add_metric(["idle"], pool.freesize)
         size.add_metric(["max"], pool.maxsize)
         yield size
-        stock = GaugeMetricFamily("hypercheckout_stock", "Units left, per product (read at scrape).",
+        stock = GaugeMetricFamily("hypercheckout_stock", "Units available, per product (read at scrape).",
                                   labels=["product"])
         initial = GaugeMetricFamily("hypercheckout_initial_stock", "Units the sale started with, per product.",
                                     labels=["product"])
+        held = GaugeMetricFamily("hypercheckout_held_units", "Units held by checkouts whose hold still runs, per "
+                                 "product (read at scrape).", labels=["product"])
         for product in self._metrics.products:
-            stock.add_metric([str(product.id)], product.stock)
+            stock.add_metric([str(product.id)], product.available)
             initial.add_metric([str(product.id)], product.initial_stock)
+            held.add_metric([str(product.id)], product.held_now)
         yield stock
         yield initial
+        yield held
+        checkout = services.checkout
+        holds = CounterMetricFamily("hypercheckout_holds", "Checkouts this replica took (placed) and how those it "
+                                    "ended ended: confirmed, released, or expired (given back by its sweeper).",
+                                    labels=["outcome"])
+        for outcome, count in (("placed", checkout.holds_placed), ("confirmed", checkout.holds_confirmed),
+                               ("released", checkout.holds_released), ("expired", services.sweeper.expired)):
+            holds.add_metric([outcome], count)
+        yield holds
         joined = GaugeMetricFamily("hypercheckout_queue_length", "Buyers who joined a product's waiting room.",
                                    labels=["product"])
         admitted = GaugeMetricFamily("hypercheckout_queue_admitted", "Buyers a product's waiting room has admitted "

@@ -56,7 +56,8 @@ async def reset_product(
 
 
 async def status_report(store: Store, limiter: RateLimiter, login_throttle: LoginThrottle) -> dict[str, Any]:
-    """Per product: stock, initial and sold (Σ orders.quantity); the order count; active bans and admin-login
+    """Per product: available, held (running holds) and sold (Σ orders.quantity), which add up to the initial
+    stock; the order count; active bans and admin-login
     lockouts (None if Redis is unreachable)."""
     rows = await store.status()
     try:
@@ -69,7 +70,9 @@ async def status_report(store: Store, limiter: RateLimiter, login_throttle: Logi
             {
                 "id": r.product.id,
                 "name": r.product.name,
-                "stock": r.product.stock,
+                "stock": r.product.available,
+                "available": r.product.available,
+                "held": r.product.held_now,
                 "initial_stock": r.product.initial_stock,
                 "sold": r.sold,
             }

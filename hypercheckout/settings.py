@@ -258,6 +258,10 @@ class Settings:
         "HC_SCHEDULE_REFRESH_MS", 1000.0, _period_ms,
         "How often a replica re-reads every product's sale window and limits from PostgreSQL (changes announced "
         "over Redis arrive sooner).")
+    hold_sweep_ms: float = setting(
+        "HC_HOLD_SWEEP_MS", 1000.0, _period_ms,
+        "How often a replica gives back checkouts' holds that ran out (their units count as available from the "
+        "instant they expire; this only moves them back into stock).")
     stats_flush_ms: float = setting(
         "HC_STATS_FLUSH_MS", 250.0, _period_ms, "How often per-replica hit counts are flushed to Redis.")
     admin_token: str = setting("HC_ADMIN_TOKEN", "", _text, "Token for the admin dashboard (generated when empty).")

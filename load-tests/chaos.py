@@ -57,6 +57,16 @@ from campaign.checker import Expected, check  # noqa: E402
 from campaign.client import PASSLESS_SHARE, refused_for_itself, resolve, workload  # noqa: E402
 from campaign.database import last_order_id, read_database, settle_from_database, wait_quiet  # noqa: E402
 from campaign.history import History, Operation  # noqa: E402
+from campaign.holds import (  # noqa: E402
+    HOLD_SECONDS,
+    HoldFlow,
+    Watcher,
+    check_holds,
+    hold_figures,
+    hold_workload,
+    read_holds,
+    resolve_holds,
+)
 from campaign.nemesis import Nemesis  # noqa: E402
 from campaign.plan import (  # noqa: E402
     FAILOVER,
@@ -91,6 +101,7 @@ class RunResult:
     settled_by_database: int = 0  # unknown outcomes settled by the key's row (retries refused for themselves)
     keyless: dict[str, int] = field(default_factory=dict)  # purchases sent without a key: sent, sold, unknown
     queue_calls: dict[str, int] = field(default_factory=dict)  # joins and polls by answer
+    holds: dict[str, int] = field(default_factory=dict)  # checkouts: held, confirmed, answers by kind
 
 
 def room_figures(history: History) -> dict[str, int]:
@@ -180,12 +191,28 @@ def one_run(cluster: Cluster, nemesis: Nemesis, index: int, plan: Plan, duration
     expected = [Expected(pid, p.stock, p.per_user_limit, p.room)
                 for pid, p in zip(product_ids, plan.products, strict=True)]
     rooms = [e.id for e in expected if e.room]
+    held_product = admin(cluster, "POST", "/admin/api/products",
+                         {"name": f"chaos {plan.seed} held", "stock": plan.holds_stock,
+                          "hold_seconds": HOLD_SECONDS})["id"] if plan.holders else None
     nemesis.reset(rooms[0] if rooms else None)
     stop = threading.Event()
     runner = threading.Thread(target=nemesis.run, args=(plan.faults, time.monotonic(), stop), name="nemesis")
     runner.start()
+    watcher = Watcher(database_url, held_product, plan.holds_stock) if held_product else None
+
+    async def buyers() -> tuple[History, list[HoldFlow]]:
+        flows: list[HoldFlow] = []
+        if held_product is None:
+            return await workload(cluster.url, plan, product_ids, duration), flows
+        history, flows = await asyncio.gather(
+            workload(cluster.url, plan, product_ids, duration),
+            hold_workload(cluster.url, plan.seed, held_product, plan.holders, plan.users, duration))
+        return history, flows
+
     try:
-        history = asyncio.run(workload(cluster.url, plan, product_ids, duration))
+        if watcher is not None:
+            watcher.start()
+        history, flows = asyncio.run(buyers())
     finally:
         stop.set()
         runner.join()
@@ -193,12 +220,22 @@ def one_run(cluster: Cluster, nemesis: Nemesis, index: int, plan: Plan, duration
     wait_ready(cluster)
     unknown = [op for op in history.operations if op.kind == "info"]
     asyncio.run(resolve(cluster.url, unknown))
+    if flows:
+        asyncio.run(resolve_holds(cluster.url, flows))
     wait_quiet(cluster, database_url)
+    if watcher is not None:
+        watcher.stop()
     by_database = [op for op in unknown if op.keyed and op.resolved is None and refused_for_itself(op)]
     settle_from_database(database_url, by_database)
     products, orders = read_database(database_url, product_ids, after_order=after_order,
                                      key_prefix=f"{plan.seed}/")
     violations = [f"nemesis: {error}" for error in nemesis.errors]
+    if held_product is not None:
+        # Judged by its own rules (campaign/holds.py); its orders are confirmed checkouts, not keyed purchases.
+        orders = [order for order in orders if order.product != held_product]
+        time.sleep(HOLD_SECONDS + 2)  # every hold has run out and been swept by now
+        violations += watcher.problems if watcher is not None else []
+        violations += check_holds(flows, plan.holds_stock, *read_holds(database_url, held_product))
     violations += check(history, expected, products, orders, nemesis.closed)
     ops = history.operations
     result = RunResult(
@@ -210,13 +247,17 @@ def one_run(cluster: Cluster, nemesis: Nemesis, index: int, plan: Plan, duration
         room={**room_figures(history), **({"burst_rate_edits": nemesis.room_edits} if rooms else {})},
         planned=len(plan.faults), skipped=dict(nemesis.skipped),
         settled_by_database=len(by_database), keyless=keyless_figures(history),
-        queue_calls=dict(Counter(f"{call.kind} {call.status}" for call in history.calls)))
+        queue_calls=dict(Counter(f"{call.kind} {call.status}" for call in history.calls)),
+        holds={**hold_figures(flows), **({"watched": watcher.readings} if watcher is not None else {})})
     if violations:
         keep = out / f"run-{index}"
         keep.mkdir(parents=True, exist_ok=True)
         with (keep / "history.jsonl").open("w") as handle:
             for op in ops:
                 handle.write(json.dumps(asdict(op)) + "\n")
+        with (keep / "holds.jsonl").open("w") as handle:
+            for flow in flows:
+                handle.write(json.dumps(asdict(flow)) + "\n")
         with (keep / "queue-calls.jsonl").open("w") as handle:
             for call in history.calls:
                 handle.write(json.dumps(asdict(call)) + "\n")
@@ -240,6 +281,10 @@ def main() -> int:
                         help=f"a fifth product sold through a waiting room ({ROOM_RATE}/s): its buyers join, wait for "
                              f"their pass and buy with it; {PASSLESS_SHARE * 100:.0f}%% of its purchases carry no "
                              "pass and must all be refused")
+    parser.add_argument("--holds", action="store_true",
+                        help=f"a product of its own that buyers hold (holds of {HOLD_SECONDS} s), then confirm, "
+                             "release or abandon, beside the purchases; a watcher checks its units add up during the "
+                             "run")
     parser.add_argument("--redis-cluster", action="store_true",
                         help="a Redis Cluster (`up --redis-cluster`) with the limiter on; a master is killed instead "
                              "of Redis restarted")
@@ -275,7 +320,7 @@ def main() -> int:
         for index in range(1, args.runs + 1):
             plan = make_plan(f"{args.seed}-{index}", duration=args.duration, buyers=args.buyers,
                              faults_per_second=args.faults_per_second, replicas=cluster.replicas, kinds=fault_kinds,
-                             waiting_room=args.waiting_room)
+                             waiting_room=args.waiting_room, holds=args.holds)
             result = one_run(cluster, nemesis, index, plan, args.duration, args.out)
             results.append(result)
             kinds = result.kinds
@@ -284,7 +329,8 @@ def main() -> int:
                   f"{result.info_not_sold}, {result.settled_by_database} of them by the key's row); keyless "
                   f"{result.keyless}; faults planned {result.planned}, applied {sum(result.faults.values())} "
                   f"{dict(sorted(result.faults.items()))}, skipped {sum(result.skipped.values())}; violations "
-                  f"{len(result.violations)}" + (f"; waiting room {result.room}" if result.room else ""), flush=True)
+                  f"{len(result.violations)}" + (f"; waiting room {result.room}" if result.room else "")
+                  + (f"; holds {dict(sorted(result.holds.items()))}" if result.holds else ""), flush=True)
             for problem in result.violations[:10]:
                 print(f"    VIOLATION: {problem}", flush=True)
     finally:
@@ -313,7 +359,9 @@ def summarise(results: list[RunResult]) -> str:
     room: Counter[str] = Counter()
     keyless: Counter[str] = Counter()
     calls: Counter[str] = Counter()
+    held: Counter[str] = Counter()
     for r in results:
+        held.update(r.holds)
         kinds.update(r.kinds)
         faults.update(r.faults)
         skipped.update(r.skipped)
@@ -338,7 +386,8 @@ def summarise(results: list[RunResult]) -> str:
             f"{sum(skipped.values()):,}" + (f" ({', '.join(f'{k} {n}' for k, n in skipped.most_common())})"
                                              if skipped else "")
             + f"\nviolations {sum(len(r.violations) for r in results)}\nfirst answers: "
-            + ", ".join(f"{name} {n:,}" for name, n in answers.most_common()) + rooms)
+            + ", ".join(f"{name} {n:,}" for name, n in answers.most_common()) + rooms
+            + (("\ncheckouts: " + ", ".join(f"{name} {n:,}" for name, n in held.most_common())) if held else ""))
 
 
 if __name__ == "__main__":

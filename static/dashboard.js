@@ -139,6 +139,7 @@
                                                   ["off", "on"])),
       edit("admit_per_second", "Admit / s", { inputmode: "numeric", placeholder: "100" }),
       edit("pass_seconds", "Pass valid (s)", { inputmode: "numeric", placeholder: "120" }),
+      edit("hold_seconds", "Holds (s)", { inputmode: "numeric", placeholder: "600" }),
       el("div", { class: "reset" }, el("button", { type: "submit", id: "save-" + p.id }, "Save"),
          el("button", { type: "button", class: "danger", id: "delete-" + p.id }, "Delete")));
     const card = el("div", { class: "card", id: "product-" + p.id },
@@ -146,6 +147,7 @@
       el("div", { class: "countdown", "data-field": "countdown", role: "timer" }),
       el("div", { class: "big", "data-field": "stock", "aria-label": "stock left" }),
       el("div", { class: "muted small", "data-field": "summary" }),
+      el("div", { class: "small", "data-field": "held" }),
       el("div", { class: "progress", role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100",
                   "aria-label": "share sold" }, el("div", { "data-field": "bar" })),
       el("div", { class: "muted small", "data-field": "window" }),
@@ -164,7 +166,11 @@
     const pct = p.initial_stock ? Math.round((100 * p.sold) / p.initial_stock) : 0;
     setText(field("title"), `#${p.id} ${p.name}`);
     setText(field("stock"), fmt(p.stock));
-    setText(field("summary"), `left · ${fmt(p.sold)} sold of ${fmt(p.initial_stock)} (${pct}%) · ` +
+    setText(field("held"), p.held || p.holds_expiring
+      ? `${fmt(p.held)} held by checkouts (may come back) · ${fmt(p.holds_expiring || 0)} expiring within a minute · ` +
+        `holds of ${fmt(p.hold_seconds)} s`
+      : `nothing held · holds of ${fmt(p.hold_seconds)} s`);
+    setText(field("summary"), `available · ${fmt(p.sold)} sold of ${fmt(p.initial_stock)} (${pct}%) · ` +
       `${fmt(p.orders)} orders` + (p.per_user_limit ? ` · at most ${fmt(p.per_user_limit)} per buyer` : "") +
       ` · ${fmt(p.max_per_order)} per order`);
     setText(field("window"), [p.starts_at ? "from " + when(p.starts_at) : "on sale now",
@@ -187,6 +193,7 @@
     follow(form.elements.waiting_room, p.waiting_room ? "on" : "off");
     follow(form.elements.admit_per_second, p.waiting_room ? String(p.admit_per_second) : "");
     follow(form.elements.pass_seconds, p.waiting_room ? String(p.pass_seconds) : "");
+    follow(form.elements.hold_seconds, String(p.hold_seconds));
     tick(card);
   }
 
@@ -305,6 +312,32 @@
       el("td", {}, o.replica))) : [el("tr", {}, el("td", { colspan: "6", class: "muted" }, "No orders yet."))]));
   }
 
+  // The holds closest to running out, each with a button that gives its units back at once.
+  function renderHolds(holds) {
+    const tbody = $("holds");
+    if (!holds.length) {
+      if (!tbody.querySelector("tr.empty")) {
+        tbody.replaceChildren(el("tr", { class: "empty" }, el("td", { colspan: "6", class: "muted" }, "Nothing held.")));
+      }
+      return;
+    }
+    const row = (h) => el("tr", { "data-hold": h.checkout_id },
+      el("td", {}, el("code", {}, h.checkout_id.slice(0, 12) + "…")), el("td", { class: "num" }, h.product_id),
+      el("td", { class: "num" }, h.user_id), el("td", { class: "num" }, h.quantity), el("td", {}),
+      el("td", {}, el("button", { type: "button", "data-release": h.checkout_id, onclick: async () => {
+        try {
+          const done = await post(`/admin/checkouts/${h.checkout_id}/release`, {});
+          say(`Checkout ${done.checkout_id}: ${done.status}; ${fmt(done.quantity)} unit(s) of product ` +
+              `${done.product_id} back on sale.`);
+        } catch (err) { say("Release failed: " + err.message); }
+      } }, "Release")));
+    const update = (tr, h) => {
+      const left = Date.parse(h.expires_at) - (Date.now() + clockOffset);
+      setText(tr.children[4], left > 0 ? "in " + duration(left) : "expired");
+    };
+    syncKeyed(tbody, holds, (h) => h.checkout_id, row, update);
+  }
+
   function renderHealth(snap) {
     const facts = [
       ["PostgreSQL", snap.postgres], ["Redis", snap.redis], ["Strategy", snap.settings.strategy],
@@ -352,6 +385,7 @@
     renderReplicas(snap.hits || {}, snap.replicas || {});
     renderLimits(snap);
     renderOrders(snap.recent_orders || []);
+    renderHolds(snap.holds || []);
     renderHealth(snap);
     renderChart(snap);
   }

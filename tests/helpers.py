@@ -133,8 +133,10 @@ def sql(database_url: str, statement: str, params: Any = None) -> list[tuple[Any
 
 
 def set_stock(database_url: str, stock: int, product: int = 1) -> None:
+    sql(database_url, "DELETE FROM checkouts WHERE product_id = %s", (product,))
     sql(database_url, "DELETE FROM orders WHERE product_id = %s", (product,))
-    sql(database_url, "UPDATE products SET stock = %s, initial_stock = %s WHERE id = %s", (stock, stock, product))
+    sql(database_url, "UPDATE products SET stock = %s, initial_stock = %s, held = 0 WHERE id = %s",
+        (stock, stock, product))
 
 
 def stock_of(database_url: str, product: int = 1) -> int:
@@ -148,11 +150,16 @@ def orders_of(database_url: str, product: int = 1) -> dict[int, tuple[int, int]]
 
 
 def assert_invariant(database_url: str, initial: int, product: int = 1) -> int:
-    """stock + Σ orders.quantity == initial and stock ≥ 0; returns the stock left."""
-    stock = stock_of(database_url, product)
-    sold = sum(q for _, q in orders_of(database_url, product).values())
-    assert stock >= 0
-    assert stock + sold == initial, f"stock {stock} + sold {sold} != {initial}"
+    """stock + held + Σ orders.quantity == initial, stock ≥ 0, and held is the sum of the checkouts still held
+    (read in one snapshot); returns the stock left."""
+    stock, held, sold, in_holds = sql(database_url, """
+        SELECT p.stock, p.held,
+               (SELECT COALESCE(sum(quantity), 0) FROM orders WHERE product_id = p.id),
+               (SELECT COALESCE(sum(quantity), 0) FROM checkouts WHERE product_id = p.id AND status = 'held')
+        FROM products p WHERE p.id = %s""", (product,))[0]
+    assert stock >= 0 and held >= 0
+    assert held == in_holds, f"held {held} != units of checkouts held {in_holds}"
+    assert stock + held + sold == initial, f"stock {stock} + held {held} + sold {sold} != {initial}"
     return stock
 
 

@@ -42,9 +42,10 @@ async def test_a_product_goes_through_its_whole_life(http_client, base_url, sett
     assert created.status == 201, created.body
     pid = created.body["id"]
     assert created.headers["Location"] == f"/admin/api/products/{pid}"
-    assert created.body == {"id": pid, "name": "Sneaker drop", "stock": 50, "initial_stock": 50,
-                            "per_user_limit": 2, "max_per_order": 2, "starts_at": "2030-01-01T09:00:00+00:00",
-                            "ends_at": "2030-01-01T12:00:00+00:00", "status": "scheduled", "waiting_room": False}
+    assert created.body == {"id": pid, "name": "Sneaker drop", "stock": 50, "available": 50, "held": 0, "sold": 0,
+                            "initial_stock": 50, "hold_seconds": 600, "per_user_limit": 2, "max_per_order": 2,
+                            "starts_at": "2030-01-01T09:00:00+00:00", "ends_at": "2030-01-01T12:00:00+00:00",
+                            "status": "scheduled", "waiting_room": False}
     public = json.loads((await http_client.fetch(f"{base_url}/products/{pid}")).body)
     assert public == created.body  # the admin API and the public one say the same
     early = await buy(http_client, base_url, product=pid)

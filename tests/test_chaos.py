@@ -325,7 +325,7 @@ def test_a_waiting_room_closed_sells_without_a_pass_but_a_pass_buys_once() -> No
 def test_a_short_campaign_injects_faults_and_finds_no_violation(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(LOAD_TESTS / "chaos.py"), "--runs", "2", "--duration", "8", "--seed", "ci",
-         "--buyers", "12", "--faults-per-second", "1", "--waiting-room", "--out", str(tmp_path)],
+         "--buyers", "12", "--faults-per-second", "1", "--waiting-room", "--holds", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=400, env={**os.environ, "HC_LOG_LEVEL": "WARNING"})
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -342,6 +342,9 @@ def test_a_short_campaign_injects_faults_and_finds_no_violation(tmp_path: Path) 
     assert kinds & {"room-rate-edit", "room-close-reopen"}, runs
     # And a burst of more rate edits than the line once kept segments for (issue 45, item 2).
     assert max(r["room"]["burst_rate_edits"] for r in runs) > 32, runs
+    # Checkouts under the same faults (--holds): held, confirmed, and a watcher reading their units meanwhile.
+    assert all(r["holds"]["held"] > 0 and r["holds"]["confirmed"] > 0 and r["holds"]["watched"] > 10
+               for r in runs), runs
 
 
 def test_a_short_campaign_on_a_redis_cluster_kills_masters_and_finds_no_violation(tmp_path: Path) -> None:

@@ -37,7 +37,8 @@ def test_status_reports_stock_sales_orders_and_bans(settings: Settings) -> None:
     done = run_cli("status", "--json", env=settings_env(settings))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {
-        "products": [{"id": 1, "name": "Flash-sale product", "stock": 9995, "initial_stock": 10000, "sold": 5}],
+        "products": [{"id": 1, "name": "Flash-sale product", "stock": 9995, "available": 9995, "held": 0,
+                      "initial_stock": 10000, "sold": 5}],
         "orders": 2,
         "bans": [],
     }
@@ -121,7 +122,8 @@ def test_products_are_created_listed_updated_and_deleted_from_the_cli(settings: 
     assert updated.returncode == 0, updated.stderr
     assert (json.loads(updated.stdout)["status"], json.loads(updated.stdout)["per_user_limit"]) == ("live", None)
     listed = run_cli("product", "list", env=env)
-    assert f"product {pid} 'Hoodie drop': live, stock 40 / initial 40" in listed.stdout, listed.stdout
+    assert f"product {pid} 'Hoodie drop': live, available 40, held 0, sold 0 / initial 40" in listed.stdout, \
+        listed.stdout
     as_json = json.loads(run_cli("product", "list", "--json", env=env).stdout)
     assert [p["id"] for p in as_json["products"]] == [1, pid]
 

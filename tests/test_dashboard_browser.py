@@ -235,7 +235,8 @@ def test_an_operator_watches_a_sale_resets_it_and_unbans_a_spammer(cluster: Runn
     page.click("#reset-1")
     expect(stock).to_have_text("777", timeout=3_000)
     assert f"({sold:,} units sold)" in dialogs[0], dialogs
-    assert cluster.status()["products"][0] == {**status, "stock": 777, "initial_stock": 777, "sold": 0}
+    assert cluster.status()["products"][0] == {**status, "stock": 777, "available": 777, "held": 0,
+                                                    "initial_stock": 777, "sold": 0}
 
     # A spammer gets banned; the ban shows up on the dashboard and its button lifts it.
     answers = [purchase(cluster.url, SPAMMER)[0] for _ in range(20)]

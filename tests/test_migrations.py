@@ -158,7 +158,7 @@ def test_the_one_purchase_per_pass_index_is_built_without_blocking_purchases(emp
     that blocks every INSERT into orders — every purchase — until the index is built. It is built CONCURRENTLY
     now (0007, outside a transaction): while the build waits for a purchase still open, another purchase goes
     through; and an index an interrupted build left invalid is built again."""
-    every = load_migrations()
+    every = load_migrations()[:7]  # up to 0007, the one under test
     assert not every[-1].transactional and every[-1].statements()[0].startswith("CREATE UNIQUE INDEX CONCURRENTLY")
     migrate(empty_database, migrations=every[:-1])
     insert = "INSERT INTO orders (user_id, product_id, quantity, replica, room_generation) VALUES (%s, 1, 1, 'r', 1)"
@@ -166,7 +166,7 @@ def test_the_one_purchase_per_pass_index_is_built_without_blocking_purchases(emp
         open_purchase.execute(insert, (1,))
 
         async def build_while_purchasing() -> list[str]:
-            building = asyncio.ensure_future(asyncio.to_thread(migrate, empty_database))
+            building = asyncio.ensure_future(asyncio.to_thread(migrate, empty_database, migrations=every))
             try:
                 await wait_for_lock_waiters(empty_database, 1)  # the build waits for the open purchase
                 # Another purchase meanwhile: not blocked by the build (PostgreSQL gives up after 20 s if it is).
@@ -186,7 +186,7 @@ def test_the_one_purchase_per_pass_index_is_built_without_blocking_purchases(emp
         sql(empty_database, every[-1].statements()[0])
     assert valid_index(empty_database, "orders_one_per_pass") is False
     sql(empty_database, "DELETE FROM orders WHERE id = (SELECT max(id) FROM orders)")
-    assert migrate(empty_database) == [every[-1].file]
+    assert migrate(empty_database, migrations=every) == [every[-1].file]
     assert valid_index(empty_database, "orders_one_per_pass") is True
 
 
@@ -194,3 +194,40 @@ def valid_index(url: str, name: str) -> bool | None:
     found = sql(url, "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = %s",
                 (name,))
     return found[0][0] if found else None
+
+
+def test_a_database_of_the_schema_before_holds_upgrades_and_its_sales_go_on(empty_database: str) -> None:
+    """Issue 24: 0008 adds holds to a database of the schema before them (0007) with orders, Idempotency-Keys, a
+    waiting room's line and an order bought with its pass: every row is kept, nothing is held, and the invariant
+    stock + held + sold = initial holds for every product."""
+    every = load_migrations()
+    assert every[-1].file == "0008_checkouts.sql"
+    migrate(empty_database, migrations=every[:-1])
+    sql(empty_database, "UPDATE products SET stock = 9997 WHERE id = 1")
+    sql(empty_database, "INSERT INTO orders (user_id, product_id, quantity, replica) VALUES (5, 1, 2, 'old'), "
+                        "(6, 1, 1, 'old')")
+    sql(empty_database, "INSERT INTO idempotency_keys (key, fingerprint, order_id) "
+                        "SELECT 'k-' || id, '5:1:2', id FROM orders WHERE user_id = 5")
+    sql(empty_database, "INSERT INTO products (name, stock, initial_stock, waiting_room, admission_origin, "
+                        "room_generation) VALUES ('drop', 9, 10, false, now(), 1)")
+    sql(empty_database, "INSERT INTO queue_lines (product_id, generation, last_place, joined) VALUES (2, 1, 1, 1)")
+    sql(empty_database, "INSERT INTO queue_places (product_id, generation, user_id, place, ordinal) "
+                        "VALUES (2, 1, 8, 1, 1)")
+    sql(empty_database, "INSERT INTO orders (user_id, product_id, quantity, replica, room_generation) "
+                        "VALUES (8, 2, 1, 'old', 1)")
+    tables = ("orders", "idempotency_keys", "queue_lines", "queue_places")
+    before = {table: sql(empty_database, f"SELECT * FROM {table} ORDER BY 1") for table in tables}
+    products = sql(empty_database, "SELECT id, stock, initial_stock FROM products ORDER BY id")
+
+    assert migrate(empty_database) == ["0008_checkouts.sql"]
+    for table, rows in before.items():
+        assert sql(empty_database, f"SELECT * FROM {table} ORDER BY 1") == rows, table
+    assert sql(empty_database, "SELECT id, stock, initial_stock FROM products ORDER BY id") == products
+    assert sql(empty_database, "SELECT id, held, hold_seconds, lapsed_units(id) FROM products ORDER BY id") == [
+        (1, 0, 600, 0), (2, 0, 600, 0)]
+    assert sql(empty_database, """
+        SELECT bool_and(p.stock + p.held + (SELECT COALESCE(sum(quantity), 0) FROM orders WHERE product_id = p.id)
+                        = p.initial_stock) FROM products p""") == [(True,)]
+    # Holds can be written.
+    sql(empty_database, "INSERT INTO checkouts (id, product_id, user_id, quantity, expires_at, replica) "
+                        "VALUES ('co_test', 1, 9, 1, now() + interval '1 minute', 'new')")

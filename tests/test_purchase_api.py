@@ -128,8 +128,9 @@ async def test_redis_unreachable_fails_open_and_readyz_says_so_but_stays_ready(h
 async def test_products_are_listed_and_read_one_by_one(http_client, base_url) -> None:
     listed = await get(http_client, f"{base_url}/products")
     assert listed.body == {"products": [
-        {"id": 1, "name": "Flash-sale product", "stock": 10000, "initial_stock": 10000, "per_user_limit": None,
-         "max_per_order": 10, "starts_at": None, "ends_at": None, "status": "live",
+        {"id": 1, "name": "Flash-sale product", "stock": 10000, "available": 10000, "held": 0, "sold": 0,
+         "initial_stock": 10000, "hold_seconds": 600, "per_user_limit": None, "max_per_order": 10,
+         "starts_at": None, "ends_at": None, "status": "live",
          "waiting_room": False},
     ]}
     one = await get(http_client, f"{base_url}/products/1")

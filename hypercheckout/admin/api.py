@@ -12,9 +12,11 @@ from typing import Any
 
 from hypercheckout import catalog
 from hypercheckout.api.base import JsonHandler
+from hypercheckout.api.checkouts import CHECKOUT_ID
 from hypercheckout.api.products import PRODUCT_ID
+from hypercheckout.checkout import holds
 from hypercheckout.checkout.errors import CheckoutError, unauthorized, unknown_product
-from hypercheckout.checkout.validation import parse_json_body
+from hypercheckout.checkout.validation import MAX_ID, parse_json_body, parse_whole_number
 from hypercheckout.limiter import CALL_FAILED
 from hypercheckout.login_throttle import ThrottleUnavailable
 from hypercheckout.operations import reset_product
@@ -131,7 +133,31 @@ class ResetApiHandler(AdminApiHandler):
                          "deleted_orders": result.deleted_orders, "announced": result.announced})
 
 
+class CheckoutsApiHandler(AdminApiHandler):
+    """Running holds, the soonest to expire first (``product_id``, ``limit`` up to 1,000)."""
+
+    route = "/admin/api/checkouts"
+
+    async def get(self) -> None:
+        product = self.get_query_argument("product_id", None)
+        limit = self.get_query_argument("limit", "100")
+        wanted = None if product is None else parse_whole_number(product, "product_id", 1, MAX_ID)
+        found = await holds.list_held(self.services.store, wanted, parse_whole_number(limit, "limit", 1, 1000))
+        self.write_json({"checkouts": [h.as_json() for h in found]})
+
+
+class ReleaseCheckoutApiHandler(AdminApiHandler):
+    """An operator gives a hold's units back (the same release as the buyer's)."""
+
+    route = "/admin/api/checkouts/{id}/release"
+
+    async def post(self, checkout_id: str) -> None:
+        self.write_json((await self.services.checkout.release(checkout_id)).as_json())
+
+
 default_handlers = [
+    (r"/admin/api/checkouts", CheckoutsApiHandler),
+    (rf"/admin/api/checkouts/{CHECKOUT_ID}/release", ReleaseCheckoutApiHandler),
     (r"/admin/api/products", ProductsApiHandler),
     (rf"/admin/api/products/{PRODUCT_ID}", ProductApiHandler),
     (rf"/admin/api/products/{PRODUCT_ID}/reset", ResetApiHandler),

@@ -55,8 +55,9 @@ class ResetHandler(ActionHandler):
 
 
 PRODUCT_FORM_FIELDS = ("name", "stock", "starts_at", "ends_at", "per_user_limit", "max_per_order", "waiting_room",
-                       "admit_per_second", "pass_seconds")
-ROOM_NUMBERS = ("admit_per_second", "pass_seconds")  # empty: as they are (a product without a room shows none)
+                       "admit_per_second", "pass_seconds", "hold_seconds")
+# Empty: as they are (a product without a room shows no room numbers; the hold time cannot be cleared).
+ROOM_NUMBERS = ("admit_per_second", "pass_seconds", "hold_seconds")
 
 
 class ProductFormHandler(ActionHandler):
@@ -134,6 +135,15 @@ class UnbanHandler(ActionHandler):
         else:
             raise invalid_request("kind must be 'user', 'ip' or 'login', with a value")
         self.write_json({"removed": removed})
+
+
+class ReleaseCheckoutHandler(ActionHandler):
+    """The dashboard's Release button: the same release as the buyer's and the admin API's."""
+
+    route = "/admin/checkouts/{id}/release"
+
+    async def post(self, checkout_id: str) -> None:
+        self.write_json((await self.services.checkout.release(checkout_id)).as_json())
 
 
 class ClearLimitsHandler(ActionHandler):

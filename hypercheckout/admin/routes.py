@@ -6,12 +6,14 @@ from hypercheckout.admin.dashboard import (
     CreateProductHandler,
     DashboardHandler,
     DeleteProductHandler,
+    ReleaseCheckoutHandler,
     ResetHandler,
     UnbanHandler,
     UpdateProductHandler,
 )
 from hypercheckout.admin.live import LiveSocket
 from hypercheckout.admin.login import LoginHandler, LogoutHandler
+from hypercheckout.api.checkouts import CHECKOUT_ID
 from hypercheckout.api.products import PRODUCT_ID
 
 default_handlers = [
@@ -22,6 +24,7 @@ default_handlers = [
     (r"/admin/reset", ResetHandler),
     (r"/admin/unban", UnbanHandler),
     (r"/admin/clear-limits", ClearLimitsHandler),
+    (rf"/admin/checkouts/{CHECKOUT_ID}/release", ReleaseCheckoutHandler),
     (r"/admin/products", CreateProductHandler),
     (rf"/admin/products/{PRODUCT_ID}", UpdateProductHandler),
     (rf"/admin/products/{PRODUCT_ID}/delete", DeleteProductHandler),

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from hypercheckout.checkout import holds
 from hypercheckout.checkout.errors import CheckoutError
 from hypercheckout.checkout.queue import WaitingRooms
 from hypercheckout.limiter import REDIS_ERRORS, RateLimiter
@@ -78,16 +79,19 @@ class Snapshotter:
         try:
             rows = await self._store.status()
             now = datetime.fromtimestamp(self._clock(), UTC)
+            soon = await holds.expiring(self._store)
             snapshot["products"] = [
                 {**r.product.as_json(settings.max_quantity, now), "sold": r.sold, "orders": r.orders,
-                 "passes_used": r.passes_used, "sold_out": r.product.stock == 0}
+                 "holds_expiring": soon.get(r.product.id, 0),
+                 "passes_used": r.passes_used, "sold_out": r.product.available == 0 and r.product.held_now == 0}
                 for r in rows
             ]
             snapshot["orders"] = sum(r.orders for r in rows)
             snapshot["recent_orders"] = await self._store.recent_orders(20)
+            snapshot["holds"] = [h.as_json() for h in await holds.list_held(self._store, limit=10)]
             snapshot["postgres"] = "ok"
         except CheckoutError:
-            snapshot.update(products=[], orders=None, recent_orders=[], postgres="unreachable")
+            snapshot.update(products=[], orders=None, recent_orders=[], holds=[], postgres="unreachable")
         try:
             now = int(time.time())
             snapshot["history"] = await read_outcomes(self._redis, settings.redis_prefix, now - HISTORY_SECONDS, now)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from hypercheckout.api.base import JsonHandler
-from hypercheckout.catalog import MAX_ADMIT_PER_SECOND, MAX_NAME, MAX_PASS_SECONDS
+from hypercheckout.catalog import MAX_ADMIT_PER_SECOND, MAX_HOLD_SECONDS, MAX_NAME, MAX_PASS_SECONDS
 from hypercheckout.checkout.validation import MAX_ID, MAX_UNITS
 from hypercheckout.settings import Settings
 
@@ -15,7 +15,7 @@ ERROR_CODES = [
     "idempotency_key_reused", "rate_limited", "banned", "unavailable", "overloaded", "method_not_allowed",
     "internal_error", "forbidden", "sale_not_started", "sale_ended", "has_orders", "unauthorized",
     "queue_pass_required", "queue_pass_invalid", "queue_pass_expired", "queue_pass_used", "no_waiting_room",
-    "unknown_ticket",
+    "unknown_ticket", "units_held", "unknown_checkout", "hold_expired", "checkout_released", "checkout_confirmed",
 ]
 
 
@@ -42,6 +42,19 @@ def document(settings: Settings) -> dict[str, Any]:
         "unavailable: PostgreSQL (or the replica) is unavailable, with outcome nothing_sold or unknown; or "
         "overloaded: refused by admission control before any work (outcome nothing_sold, Retry-After set).",
         retry_after=True)
+    purchase_parameters = [{
+        "name": "Idempotency-Key", "in": "header", "required": False,
+        "description": "1-255 printable ASCII characters; remembered at least 24 hours.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"},
+    }, {
+        "name": "Queue-Pass", "in": "header", "required": False,
+        "description": "For a product with a waiting room: the pass GET /queue/{ticket} gave once "
+                       "admitted (a longer or malformed one is queue_pass_invalid). Ignored for a "
+                       "product without one.",
+        "schema": {"type": "string"},
+    }]
+    checkout_id = {"name": "checkout_id", "in": "path", "required": True,
+                   "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}
     product_id = {"name": "product_id", "in": "path", "required": True,
                   "schema": {"type": "integer", "minimum": 1, "maximum": 999_999_999_999_999_999}}
     return {
@@ -59,17 +72,7 @@ def document(settings: Settings) -> dict[str, Any]:
                 "summary": "Buy units of a product.",
                 "description": "The body is JSON whatever the Content-Type says (curl -d sends a form type). "
                                "A retry with the same Idempotency-Key and body returns the first answer.",
-                "parameters": [{
-                    "name": "Idempotency-Key", "in": "header", "required": False,
-                    "description": "1-255 printable ASCII characters; remembered at least 24 hours.",
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"},
-                }, {
-                    "name": "Queue-Pass", "in": "header", "required": False,
-                    "description": "For a product with a waiting room: the pass GET /queue/{ticket} gave once "
-                                   "admitted (a longer or malformed one is queue_pass_invalid). Ignored for a "
-                                   "product without one.",
-                    "schema": {"type": "string"},
-                }],
+                "parameters": purchase_parameters,
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "$ref": "#/components/schemas/PurchaseRequest"}}}},
                 "responses": {
@@ -86,7 +89,9 @@ def document(settings: Settings) -> dict[str, Any]:
                                   "expired, or has bought already (a pass buys once; a retry with the same "
                                   "Idempotency-Key gets that order back)."),
                     "404": _error("No such product."),
-                    "409": _error("out_of_stock (with remaining), limit_reached (with limit), "
+                    "409": _error("out_of_stock (with remaining: sold out for good when 0), units_held (none "
+                                  "available but units held by checkouts may come back; Retry-After until the "
+                                  "next hold runs out), limit_reached (with limit; held units count), "
                                   "request_in_progress (the same Idempotency-Key is being processed), "
                                   "sale_not_started (with starts_at; Retry-After: whole seconds to the start) or "
                                   "sale_ended (with ends_at).",
@@ -94,6 +99,63 @@ def document(settings: Settings) -> dict[str, Any]:
                     "422": _error("idempotency_key_reused: the key was used with another body."),
                     "429": _error("rate_limited or banned.", retry_after=True),
                     "503": purchase_unavailable,
+                },
+            }},
+            "/checkouts": {"post": {
+                "operationId": "createCheckout",
+                "summary": "Hold units of a product while the buyer pays (the product's hold_seconds).",
+                "description": "The same body, headers, limits and refusals as POST /purchase; the units leave "
+                               "available for held. Confirm the checkout to turn it into an order, or release "
+                               "it. A retry with the same Idempotency-Key and body returns the same checkout.",
+                "parameters": purchase_parameters,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "$ref": "#/components/schemas/PurchaseRequest"}}}},
+                "responses": {
+                    "201": {**_json("Checkout", "Units held until expires_at (PostgreSQL's clock)."),
+                            "headers": {"Location": {"schema": {"type": "string"}}}},
+                    "200": _json("Checkout", "The checkout an earlier request with this Idempotency-Key took "
+                                             "(Idempotent-Replayed: true)."),
+                    "400": _error("Malformed body, field or Idempotency-Key; nothing was written."),
+                    "403": _error("As for POST /purchase: the waiting room's pass (a pass takes one checkout)."),
+                    "404": _error("No such product."),
+                    "409": _error("As for POST /purchase: out_of_stock, units_held, limit_reached, "
+                                  "request_in_progress, sale_not_started, sale_ended.", retry_after=True),
+                    "422": _error("idempotency_key_reused: the key was used with another body."),
+                    "429": _error("rate_limited or banned.", retry_after=True),
+                    "503": purchase_unavailable,
+                },
+            }},
+            "/checkouts/{checkout_id}": {"get": {
+                "operationId": "getCheckout",
+                "summary": "Where a checkout stands: held, confirmed (with its order), released or expired.",
+                "parameters": [checkout_id],
+                "responses": {"200": _json("Checkout", "The checkout."), "404": _error("unknown_checkout."),
+                              "503": unavailable},
+            }},
+            "/checkouts/{checkout_id}/confirm": {"post": {
+                "operationId": "confirmCheckout",
+                "summary": "Turn the hold into its order; idempotent.",
+                "description": "A hold that ran out is re-booked if its units can still be taken from what is "
+                               "available; otherwise 409 hold_expired, nothing sold.",
+                "parameters": [checkout_id],
+                "responses": {
+                    "200": _json("Order", "The checkout's order (Idempotent-Replayed: true when it was confirmed "
+                                          "before)."),
+                    "404": _error("unknown_checkout."),
+                    "409": _error("hold_expired (its units went to other buyers), checkout_released, "
+                                  "sale_ended or limit_reached (a re-booking is a new sale); nothing sold."),
+                    "503": unavailable,
+                },
+            }},
+            "/checkouts/{checkout_id}/release": {"post": {
+                "operationId": "releaseCheckout",
+                "summary": "Give the held units back at once; idempotent.",
+                "parameters": [checkout_id],
+                "responses": {
+                    "200": _json("Checkout", "The checkout, released (or expired, if its time had run out)."),
+                    "404": _error("unknown_checkout."),
+                    "409": _error("checkout_confirmed (with order_id): a confirmed checkout is not released."),
+                    "503": unavailable,
                 },
             }},
             "/products": {"get": {
@@ -190,14 +252,37 @@ def document(settings: Settings) -> dict[str, Any]:
                     "quantity": {"type": "integer", "minimum": 1},
                     "created_at": {"type": "string", "format": "date-time"},
                     "replica": {"type": "string"},
+                    "checkout_id": {"type": "string", "description": "The checkout it confirmed, if any."},
                 },
+            },
+            "Checkout": {
+                "type": "object", "additionalProperties": False,
+                "required": ["checkout_id", "status", "user_id", "product_id", "quantity", "created_at",
+                             "expires_at", "replica"],
+                "properties": {
+                    "checkout_id": {"type": "string", "description": "Opaque and unguessable: keep it private."},
+                    "status": {"enum": ["held", "confirmed", "released", "expired"]},
+                    "user_id": identifier,
+                    "product_id": identifier,
+                    "quantity": {"type": "integer", "minimum": 1},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "expires_at": {"type": "string", "format": "date-time"},
+                    "ended_at": {"type": "string", "format": "date-time"},
+                    "order_id": {"type": "integer", "minimum": 1},
+                    "rebooked": {"type": "boolean", "description": "Confirmed after its hold ran out."},
+                    "replica": {"type": "string"},
+                },
+            },
+            "CheckoutList": {
+                "type": "object", "additionalProperties": False, "required": ["checkouts"],
+                "properties": {"checkouts": {"type": "array", "items": {"$ref": "#/components/schemas/Checkout"}}},
             },
             "Product": {
                 "type": "object", "additionalProperties": False, "required": _required(settings),
                 "properties": _product(settings),
             },
             "AdminProduct": {
-                "type": "object", "additionalProperties": False, "required": [*_required(settings), "sold", "orders"],
+                "type": "object", "additionalProperties": False, "required": [*_required(settings), "orders"],
                 "properties": {**_product(settings), "sold": {"type": "integer", "minimum": 0},
                                "orders": {"type": "integer", "minimum": 0}},
             },
@@ -265,6 +350,9 @@ def document(settings: Settings) -> dict[str, Any]:
                         "ends_at": {"type": "string", "format": "date-time"},
                         "orders": {"type": "integer", "minimum": 1},
                         "expired_at": {"type": "string", "format": "date-time"},
+                        "held": {"type": "integer", "minimum": 1, "description": "units_held: units held by "
+                                 "checkouts, which may come back (Retry-After: until the next hold runs out)."},
+                        "order_id": {"type": "integer", "minimum": 1},
                         "outcome": {"enum": ["nothing_sold", "unknown"], "description": "503 only: nothing_sold "
                                     "when that is certain; unknown when the connection broke while committing "
                                     "(retry with the same Idempotency-Key to learn the outcome)."},
@@ -284,15 +372,23 @@ def _product(settings: Settings) -> dict[str, Any]:
     return {
         "id": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
         "name": {"type": "string"},
-        "stock": {"type": "integer", "minimum": 0},
+        "stock": {"type": "integer", "minimum": 0, "description": "The original's field: the same as available."},
+        "available": {"type": "integer", "minimum": 0,
+                      "description": "Units a purchase or a checkout can take now (a hold that ran out counts)."},
+        "held": {"type": "integer", "minimum": 0, "description": "Units held by checkouts whose hold still runs."},
+        "sold": {"type": "integer", "minimum": 0,
+                 "description": "Units ordered. available + held + sold = initial_stock."},
         "initial_stock": {"type": "integer", "minimum": 0},
+        "hold_seconds": {"type": "integer", "minimum": 1, "maximum": MAX_HOLD_SECONDS,
+                         "description": "How long a checkout holds its units."},
         "per_user_limit": {"type": ["integer", "null"], "minimum": 1},
         "max_per_order": {"type": "integer", "minimum": 1, "maximum": settings.max_quantity,
                           "description": "The most units one order may ask for (the product's own, at most the "
                                          "service's)."},
         "starts_at": {**when, "description": "Purchases before it get 409 sale_not_started; null: on sale now."},
         "ends_at": {**when, "description": "Purchases from it on get 409 sale_ended; null: no end."},
-        "status": {"enum": ["scheduled", "live", "sold_out", "ended"]},
+        "status": {"enum": ["scheduled", "live", "held", "sold_out", "ended"],
+                   "description": "held: none available, but units held by checkouts may come back."},
         "waiting_room": {"type": "boolean", "description": "Buyers join POST /products/{id}/queue and buy with "
                                                            "the pass they are given (Queue-Pass)."},
         "admit_per_second": {"type": "integer", "minimum": 1, "description": "Waiting room only."},
@@ -334,6 +430,7 @@ def _product_input(settings: Settings) -> dict[str, Any]:
         "admit_per_second": {"type": "integer", "minimum": 1, "maximum": MAX_ADMIT_PER_SECOND,
                              "description": "Changed during a sale, admission counts on from the admissions so far."},
         "pass_seconds": {"type": "integer", "minimum": 1, "maximum": MAX_PASS_SECONDS},
+        "hold_seconds": {"type": "integer", "minimum": 1, "maximum": MAX_HOLD_SECONDS},
     }
 
 
@@ -382,6 +479,26 @@ def _admin_paths(product_id: dict[str, Any]) -> dict[str, Any]:
                      "summary": "Set the stock and delete the product's orders.",
                      "requestBody": request("Reset", required=False),
                      "responses": {"200": _json("ResetResult", "Reset."), **one}},
+        },
+        "/admin/api/checkouts": {
+            "get": {**secured, "operationId": "adminListCheckouts",
+                    "summary": "Running holds, the soonest to expire first.",
+                    "parameters": [
+                        {"name": "product_id", "in": "query", "required": False,
+                         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}},
+                        {"name": "limit", "in": "query", "required": False,
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+                    "responses": {"200": _json("CheckoutList", "The holds."), **common}},
+        },
+        "/admin/api/checkouts/{checkout_id}/release": {
+            "post": {**secured, "operationId": "adminReleaseCheckout",
+                     "summary": "Give a hold's units back at once (as its buyer's release does).",
+                     "parameters": [{"name": "checkout_id", "in": "path", "required": True,
+                                     "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}],
+                     "responses": {"200": _json("Checkout", "Released (or as it already was)."),
+                                   "404": _error("unknown_checkout."),
+                                   "409": _error("checkout_confirmed: a confirmed checkout is not released."),
+                                   **common}},
         },
     }
 

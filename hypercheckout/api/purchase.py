@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypercheckout.api.base import JsonHandler
 from hypercheckout.checkout.errors import CheckoutError, rate_limited
 from hypercheckout.checkout.idempotency import parse_key
-from hypercheckout.checkout.models import PurchaseRequest
+from hypercheckout.checkout.models import Order, PurchaseRequest
 from hypercheckout.checkout.validation import parse_purchase
+
+
+def order_body(order: Order) -> dict[str, Any]:
+    """A placed order as the original's POST /purchase answers it (and a confirmed checkout, with its id)."""
+    body: dict[str, Any] = {
+        "message": "Order placed successfully",
+        "order_id": order.id,
+        "user_id": order.user_id,
+        "product_id": order.product_id,
+        "quantity": order.quantity,
+        "created_at": order.created_at.isoformat(),
+        "replica": order.replica,
+    }
+    if order.checkout_id is not None:
+        body["checkout_id"] = order.checkout_id
+    return body
 
 
 class PurchaseHandler(JsonHandler):
@@ -52,27 +70,25 @@ class PurchaseHandler(JsonHandler):
         finally:
             services.admission.leave()
 
+    async def _limited(self, request: PurchaseRequest) -> CheckoutError | None:
+        """The limiter's refusal of this buyer and address, if it refuses."""
+        services = self.services
+        if not services.limiter.enabled:
+            return None
+        decision = await services.limiter.check(request.user_id, self.client_ip)
+        return None if decision.allowed else rate_limited(decision.retry_after, decision.banned)
+
     async def _admitted(self, request: PurchaseRequest) -> None:
         services = self.services
-        order = None
-        if services.limiter.enabled:
-            decision = await services.limiter.check(request.user_id, self.client_ip)
-            if not decision.allowed:
-                # A retry of a purchase that was placed must learn so, limited or not.
-                order = await services.checkout.refused(request, rate_limited(decision.retry_after, decision.banned))
-        if order is None:
+        refusal = await self._limited(request)
+        if refusal is not None:
+            # A retry of a purchase that was placed must learn so, limited or not.
+            order = await services.checkout.refused(request, refusal)
+        else:
             order = await services.checkout.purchase(request)
         if order.replayed:
             self.set_header("Idempotent-Replayed", "true")
-        self.write_json({
-            "message": "Order placed successfully",
-            "order_id": order.id,
-            "user_id": order.user_id,
-            "product_id": order.product_id,
-            "quantity": order.quantity,
-            "created_at": order.created_at.isoformat(),
-            "replica": order.replica,
-        })
+        self.write_json(order_body(order))
 
     def on_finish(self) -> None:
         super().on_finish()

@@ -9,7 +9,8 @@ subquery on another table.
 from __future__ import annotations
 
 from hypercheckout.checkout.errors import out_of_stock, unknown_product
-from hypercheckout.checkout.models import Order, PurchaseRequest
+from hypercheckout.checkout.holds import hold_one
+from hypercheckout.checkout.models import Hold, Order, PurchaseRequest
 from hypercheckout.checkout.pessimistic import buy_in_transaction
 from hypercheckout.store import SaleRules, Store
 
@@ -32,15 +33,19 @@ class AtomicStrategy:
             product = await self._store.get_product(request.product_id)
             if product is None:
                 raise unknown_product(request.product_id)
-            if product.per_user_limit is not None or product.rules != NO_RULES:
-                # The rules are decided under the row lock, against the time the order would carry.
+            if product.per_user_limit is not None or product.rules != NO_RULES or product.held > 0:
+                # The rules are decided under the row lock, against the time the order would carry; so are holds
+                # that ran out (their units are available) and units that may come back.
                 return await buy_in_transaction(self._store, request, self._replica)
             raise out_of_stock(request.product_id, product.stock, request.quantity)
-        order_id, created_at, remaining = placed
+        order_id, created_at, remaining, held = placed
         return Order(
             id=order_id, user_id=request.user_id, product_id=request.product_id, quantity=request.quantity,
-            created_at=created_at, remaining=remaining, replica=self._replica,
+            created_at=created_at, remaining=remaining, replica=self._replica, held=held,
         )
+
+    async def hold(self, request: PurchaseRequest) -> Hold:
+        return await hold_one(self._store, request, self._replica)
 
     async def close(self) -> None:
         return None

@@ -13,32 +13,39 @@ import asyncio
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from hypercheckout.checkout.allocation import LIMIT_REACHED, PASS_USED, allocate
 from hypercheckout.checkout.errors import (
     CheckoutError,
     DuplicateKey,
     limit_reached,
-    out_of_stock,
     outcome_unknown,
     overloaded,
     queue_pass_used,
+    short_of_stock,
     shutting_down,
     unavailable,
     unknown_product,
 )
-from hypercheckout.checkout.models import Order, PurchaseRequest
+from hypercheckout.checkout.holds import hold_in_transaction
+from hypercheckout.checkout.models import Hold, Order, PurchaseRequest
 from hypercheckout.checkout.schedule import check_pass_in_transaction, check_sale
 from hypercheckout.store import Store
+from hypercheckout.store.holds import reclaim
 from hypercheckout.store.line import passes_used
 
 log = logging.getLogger(__name__)
 
 
+PURCHASE = "purchase"
+HOLD = "hold"
+
+
 @dataclass(slots=True)
 class _Waiter:
     request: PurchaseRequest
-    answer: asyncio.Future[Order]
+    answer: asyncio.Future[Any]  # an Order for a purchase, a Hold for a hold
     arrived: float  # event-loop time
 
 
@@ -60,16 +67,27 @@ class BatchedStrategy:
         self._max_batch = max_batch
         self._max_queue = max_queue  # buyers of one product waiting here at most; more are refused
         self.refused = 0  # purchases refused for a full queue, for /metrics
-        self._queues: dict[int, _ProductQueue] = {}
+        self._queues: dict[tuple[int, str], _ProductQueue] = {}  # (product, purchase or hold) -> its queue
         self._closing = False
         self.batch_sizes: Counter[int] = Counter()  # batch size -> batches settled; for metrics and tests
 
     async def purchase(self, request: PurchaseRequest) -> Order:
+        order: Order = await self._enqueue(request, PURCHASE)
+        return order
+
+    async def hold(self, request: PurchaseRequest) -> Hold:
+        """Holds are grouped as purchases are: concurrent holds of one product share one transaction (its own
+        queue, beside the product's purchases)."""
+        hold: Hold = await self._enqueue(request, HOLD)
+        return hold
+
+    async def _enqueue(self, request: PurchaseRequest, kind: str) -> Any:
         if self._closing:
             raise shutting_down()
-        queue = self._queues.get(request.product_id)
+        key = (request.product_id, kind)
+        queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[request.product_id] = _ProductQueue()
+            queue = self._queues[key] = _ProductQueue()
         if len(queue.waiting) >= self._max_queue:
             self.refused += 1
             raise overloaded()
@@ -80,11 +98,11 @@ class BatchedStrategy:
             queue.full.set()
         if queue.task is None:
             queue.task = asyncio.create_task(
-                self._run(request.product_id, queue), name=f"batcher-product-{request.product_id}",
+                self._run(key, queue), name=f"batcher-product-{request.product_id}-{kind}",
             )
         return await waiter.answer
 
-    async def _run(self, product_id: int, queue: _ProductQueue) -> None:
+    async def _run(self, key: tuple[int, str], queue: _ProductQueue) -> None:
         """Settle batches of one product until nobody waits, then go away (no idle task per product ever seen)."""
         try:
             loop = asyncio.get_running_loop()
@@ -101,7 +119,7 @@ class BatchedStrategy:
                 del queue.waiting[: self._max_batch]
                 if len(queue.waiting) < self._max_batch:
                     queue.full.clear()
-                await self._settle(product_id, batch)
+                await self._settle(key, batch)
         finally:
             # Only a cancelled task (a shutdown past its time limit) gets here with buyers still queued: they never
             # reached the database, and must not wait for a task that is gone.
@@ -110,13 +128,18 @@ class BatchedStrategy:
                     waiter.answer.set_exception(shutting_down())
             queue.waiting.clear()
             queue.task = None
-            if self._queues.get(product_id) is queue:
-                del self._queues[product_id]
+            if self._queues.get(key) is queue:
+                del self._queues[key]
 
-    async def _settle(self, product_id: int, batch: list[_Waiter]) -> None:
-        outcomes: list[Order | CheckoutError | DuplicateKey]
+    async def _settle(self, key: tuple[int, str], batch: list[_Waiter]) -> None:
+        product_id, kind = key
+        outcomes: list[Any]
         try:
-            outcomes = await self._settle_in_transaction(product_id, batch)
+            if kind == HOLD:
+                outcomes = await hold_in_transaction(self._store, product_id, [w.request for w in batch],
+                                                     self._replica)
+            else:
+                outcomes = await self._settle_in_transaction(product_id, batch)
         except CheckoutError as exc:
             outcomes = [exc] * len(batch)
         except asyncio.CancelledError:
@@ -124,13 +147,13 @@ class BatchedStrategy:
             self._answer(batch, [outcome_unknown()] * len(batch))
             raise
         except Exception:
-            log.exception("batch of %d purchases of product %d failed", len(batch), product_id)
+            log.exception("batch of %d %ss of product %d failed", len(batch), kind, product_id)
             outcomes = [unavailable()] * len(batch)
         self.batch_sizes[len(batch)] += 1
         self._answer(batch, outcomes)
 
     @staticmethod
-    def _answer(batch: list[_Waiter], outcomes: list[Order | CheckoutError | DuplicateKey]) -> None:
+    def _answer(batch: list[_Waiter], outcomes: list[Any]) -> None:
         for waiter, outcome in zip(batch, outcomes, strict=True):
             if waiter.answer.done():
                 continue
@@ -178,11 +201,15 @@ class BatchedStrategy:
                     except CheckoutError as exc:
                         refused[i] = exc
             live = [i for i in range(len(requests)) if i not in taken and i not in refused]
+            stock, held, next_in = locked.stock, locked.held, None
+            if live and held > 0 and stock < sum(requests[i].quantity for i in live):
+                back = await reclaim(cur, product_id)  # holds that ran out are available: given back first
+                stock, held, next_in = stock + back.units, back.held, back.next_expiry_in
             owned: dict[int, int] = {}
             if locked.per_user_limit is not None and live:
                 owned = await Store.owned(cur, product_id, [requests[i].user_id for i in live])
             allocation = allocate(
-                locked.stock, [requests[i].quantity for i in live], users=[requests[i].user_id for i in live],
+                stock, [requests[i].quantity for i in live], users=[requests[i].user_id for i in live],
                 bought=owned, per_user_limit=locked.per_user_limit, single_use=room, used=used,
             )
             granted = [i for i, ok in zip(live, allocation.granted, strict=True) if ok]
@@ -209,7 +236,7 @@ class BatchedStrategy:
                 outcomes[i] = Order(
                     id=locked.order_ids[i], user_id=request.user_id, product_id=product_id,
                     quantity=request.quantity, created_at=locked.now, remaining=allocation.stock_after,
-                    replica=self._replica,
+                    replica=self._replica, held=held,
                 )
             elif refusal == PASS_USED:
                 outcomes[i] = queue_pass_used(product_id)
@@ -217,7 +244,7 @@ class BatchedStrategy:
                 limit = locked.per_user_limit or 0
                 outcomes[i] = limit_reached(product_id, limit, owned.get(request.user_id, 0), request.quantity)
             else:
-                outcomes[i] = out_of_stock(product_id, before, request.quantity)
+                outcomes[i] = short_of_stock(product_id, before, request.quantity, held, next_in)
         return [outcomes[i] for i in range(len(requests))]
 
     async def close(self) -> None:

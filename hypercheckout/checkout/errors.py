@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+NOTHING_SOLD = {"outcome": "nothing_sold"}
+
 
 class CheckoutError(Exception):
     """An expected failure with its HTTP status, machine-readable code and human message.
@@ -49,6 +51,48 @@ def out_of_stock(product_id: int, remaining: int, requested: int) -> CheckoutErr
         409, "out_of_stock", f"product {product_id} has {remaining} left, {requested} requested",
         extra={"remaining": remaining},
     )
+
+
+def units_held(product_id: int, held: int, next_expiry_in: float | None) -> CheckoutError:
+    """None available, but some units are held by checkouts: they come back if their buyers let them go. Still a
+    409, as the original's clients expect of a purchase that cannot be served; Retry-After: until the next hold
+    runs out (a release may bring units back sooner)."""
+    retry_after = max(1, math.ceil(next_expiry_in)) if next_expiry_in is not None else 1
+    return CheckoutError(
+        409, "units_held", f"product {product_id} has none available now: {held} held by buyers checking out may "
+                           f"come back; retry in {retry_after} s",
+        extra={"remaining": 0, "held": held}, headers={"Retry-After": str(retry_after)},
+    )
+
+
+def short_of_stock(product_id: int, stock: int, quantity: int, held: int, next_expiry_in: float | None) \
+        -> CheckoutError:
+    """The refusal of a request that does not fit what is available: sold out for good only when nothing is held."""
+    if stock == 0 and held > 0:
+        return units_held(product_id, held, next_expiry_in)
+    return out_of_stock(product_id, stock, quantity)
+
+
+def unknown_checkout() -> CheckoutError:
+    return CheckoutError(404, "unknown_checkout", "no such checkout (its product may have been deleted or reset)")
+
+
+def hold_expired(checkout_id: str, available: int, quantity: int) -> CheckoutError:
+    return CheckoutError(409, "hold_expired",
+                         f"checkout {checkout_id} expired and its units went to other buyers: {available} available, "
+                         f"{quantity} wanted; nothing was sold", extra={"remaining": available, **NOTHING_SOLD})
+
+
+def checkout_released(checkout_id: str) -> CheckoutError:
+    return CheckoutError(409, "checkout_released",
+                         f"checkout {checkout_id} was released: its units went back; nothing was sold",
+                         extra=dict(NOTHING_SOLD))
+
+
+def checkout_confirmed(checkout_id: str, order_id: int) -> CheckoutError:
+    return CheckoutError(409, "checkout_confirmed",
+                         f"checkout {checkout_id} is confirmed (order {order_id}): it can no longer be released",
+                         extra={"order_id": order_id})
 
 
 def room_sold_out(product_id: int) -> CheckoutError:
@@ -114,9 +158,6 @@ def has_orders(product_id: int, orders: int) -> CheckoutError:
 def unauthorized() -> CheckoutError:
     return CheckoutError(401, "unauthorized", "missing or wrong admin token (Authorization: Bearer <token>)",
                          headers={"WWW-Authenticate": 'Bearer realm="hypercheckout-admin"'})
-
-
-NOTHING_SOLD = {"outcome": "nothing_sold"}
 
 
 def unavailable(what: str = "the database") -> CheckoutError:

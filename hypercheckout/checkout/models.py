@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +41,46 @@ class Order:
     remaining: int | None  # None for a replayed answer: the stock now is another question
     replica: str = ""  # which replica placed it (a replayed answer names the original one)
     replayed: bool = False  # the stored answer to an earlier request with the same Idempotency-Key
+    held: int = 0  # units held by checkouts right after it (with none left and none held: sold out for good)
+    checkout_id: str | None = None  # the checkout it confirmed
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A checkout: units held for its buyer until ``expires_at`` (PostgreSQL's clock), then confirmed into an
+    order, released, or expired."""
+
+    id: str
+    user_id: int
+    product_id: int
+    quantity: int
+    status: str  # held, confirmed, released, expired
+    created_at: datetime
+    expires_at: datetime
+    replica: str = ""
+    order_id: int | None = None
+    ordered_at: datetime | None = None
+    rebooked: bool = False
+    ended_at: datetime | None = None
+    replayed: bool = False
+    remaining: int | None = None  # stock right after it was taken, as its transaction saw it
+    held: int = 0  # units held right after it was taken
+
+    def as_json(self) -> dict[str, Any]:
+        """The checkout as GET /checkouts/{id} shows it."""
+        body: dict[str, Any] = {
+            "checkout_id": self.id,
+            "status": self.status,
+            "user_id": self.user_id,
+            "product_id": self.product_id,
+            "quantity": self.quantity,
+            "created_at": self.created_at.isoformat(),
+            "expires_at": self.expires_at.isoformat(),
+            "replica": self.replica,
+        }
+        if self.ended_at is not None:
+            body["ended_at"] = self.ended_at.isoformat()
+        if self.order_id is not None:
+            body["order_id"] = self.order_id
+            body["rebooked"] = self.rebooked
+        return body

@@ -6,18 +6,22 @@ from __future__ import annotations
 from hypercheckout.checkout.errors import (
     DuplicateKey,
     limit_reached,
-    out_of_stock,
     queue_pass_used,
+    short_of_stock,
     unknown_product,
 )
-from hypercheckout.checkout.models import Order, PurchaseRequest
+from hypercheckout.checkout.holds import hold_one
+from hypercheckout.checkout.models import Hold, Order, PurchaseRequest
 from hypercheckout.checkout.schedule import check_pass_in_transaction, check_sale
 from hypercheckout.store import Store
+from hypercheckout.store.holds import reclaim
 from hypercheckout.store.line import passes_used
 
 
 async def buy_in_transaction(store: Store, request: PurchaseRequest, replica: str) -> Order:
-    """Everything under the product's row lock, in one transaction: key, sale window, pass, limit, stock, order."""
+    """Everything under the product's row lock, in one transaction: key, sale window, pass, limit, stock, order.
+    A purchase is a hold confirmed in the same transaction: it counts held units toward the per-user limit, takes
+    units of holds that ran out, and is told ``units_held`` rather than sold out while units may come back."""
     key = request.idempotency_key
     async with store.transaction() as cur:
         locked = await Store.lock_stock(cur, request.product_id, reserve_id=key is not None)
@@ -41,8 +45,12 @@ async def buy_in_transaction(store: Store, request: PurchaseRequest, replica: st
             owned = (await Store.owned(cur, request.product_id, [request.user_id])).get(request.user_id, 0)
             if owned + request.quantity > limit:
                 raise limit_reached(request.product_id, limit, owned, request.quantity)
+        held, next_in = locked.held, None
+        if stock < request.quantity and held > 0:  # holds that ran out are available: given back first
+            back = await reclaim(cur, request.product_id)
+            stock, held, next_in = stock + back.units, back.held, back.next_expiry_in
         if stock < request.quantity:
-            raise out_of_stock(request.product_id, stock, request.quantity)
+            raise short_of_stock(request.product_id, stock, request.quantity, held, next_in)
         await Store.decrement_stock(cur, request.product_id, request.quantity)
         order_id, created_at = await Store.insert_order(
             cur, request.user_id, request.product_id, request.quantity, replica, order_id=locked.order_id,
@@ -50,7 +58,7 @@ async def buy_in_transaction(store: Store, request: PurchaseRequest, replica: st
         )
     return Order(
         id=order_id, user_id=request.user_id, product_id=request.product_id, quantity=request.quantity,
-        created_at=created_at, remaining=stock - request.quantity, replica=replica,
+        created_at=created_at, remaining=stock - request.quantity, replica=replica, held=held,
     )
 
 
@@ -63,6 +71,9 @@ class PessimisticStrategy:
 
     async def purchase(self, request: PurchaseRequest) -> Order:
         return await buy_in_transaction(self._store, request, self._replica)
+
+    async def hold(self, request: PurchaseRequest) -> Hold:
+        return await hold_one(self._store, request, self._replica)
 
     async def close(self) -> None:
         return None

@@ -173,7 +173,7 @@ class WaitingRooms:
             raise no_waiting_room(product_id)
         if number is None and place.ended:
             raise sale_ended(product_id, product.ends_at.isoformat() if product.ends_at else "")
-        if number is None and product.stock <= 0:
+        if number is None and product.stock <= 0 and product.held <= 0:
             raise room_sold_out(product_id)
         if number is None:
             raise queue_unavailable()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from hypercheckout.checkout import holds
 from hypercheckout.checkout.errors import (
     CheckoutError,
     DuplicateKey,
@@ -14,7 +15,7 @@ from hypercheckout.checkout.errors import (
     queue_pass_used,
     request_in_progress,
 )
-from hypercheckout.checkout.models import Order, PurchaseRequest
+from hypercheckout.checkout.models import Hold, Order, PurchaseRequest
 from hypercheckout.checkout.queue import WaitingRooms
 from hypercheckout.checkout.schedule import SaleSchedule
 from hypercheckout.checkout.soldout import SoldOutFlags
@@ -38,6 +39,10 @@ class Checkout:
         # its room's pacing exempts it from and waiting for the product's row only to be told so there. Bounded:
         # the oldest are forgotten (and the transaction still refuses them).
         self._used_passes: OrderedDict[tuple[int, int, int], None] = OrderedDict()
+        # Checkouts by how they ended here, for /metrics (holds that ran out: the sweeper and reclaims count them).
+        self.holds_placed = 0
+        self.holds_confirmed = 0
+        self.holds_released = 0
 
     async def purchase(self, request: PurchaseRequest) -> Order:
         """Sell or raise ``CheckoutError``. What this replica can refuse from memory is refused before any
@@ -152,7 +157,88 @@ class Checkout:
             elif exc.code == "queue_pass_used":
                 self._pass_used(request)
             raise
-        if order.remaining == 0:
+        if order.remaining == 0 and order.held == 0:  # with units held, some may come back
             self.sold_out.mark(request.product_id)
         self._pass_used(request)
         return order
+
+    # --- checkouts (holds) -----------------------------------------------------------------------------------------
+
+    async def hold(self, request: PurchaseRequest) -> Hold:
+        """Hold units for the buyer: the same refusals as a purchase (from memory first, then under the row lock),
+        the same Idempotency-Key rules (a retry gets the same checkout; another body with the key, 422)."""
+        try:
+            if request.idempotency_key is None:
+                request = self.refuse_from_memory(request)
+            else:
+                request = self._check_pass(request)
+        except CheckoutError as refusal:
+            return await self.refused_hold(request, refusal)
+        key = request.idempotency_key
+        if key is None:
+            return await self._take_hold(request)
+        flight = f"checkout:{key}"
+        if flight in self._keys_in_flight:
+            raise request_in_progress()
+        self._keys_in_flight.add(flight)
+        try:
+            stored = await self._replay_hold(request)
+            if stored is not None:
+                return stored
+            try:
+                return await self._take_hold(request)
+            except DuplicateKey:
+                stored = await self._replay_hold(request)
+                if stored is None:
+                    raise request_in_progress() from None
+                return stored
+        finally:
+            self._keys_in_flight.discard(flight)
+
+    async def refused_hold(self, request: PurchaseRequest, refusal: CheckoutError) -> Hold:
+        """A hold refused before its transaction (its pass, the limiter): its checkout, if a first try with its key
+        took one, else ``refusal``."""
+        if request.idempotency_key is None:
+            raise refusal
+        stored = await self._replay_hold(request)
+        if stored is None:
+            raise refusal
+        return stored
+
+    async def _replay_hold(self, request: PurchaseRequest) -> Hold | None:
+        stored = await holds.by_key(self._store, request.idempotency_key or "")
+        if stored is None:
+            return None
+        if stored.fingerprint != request.fingerprint:
+            raise idempotency_key_reused()
+        return holds.as_hold(stored, replayed=True)
+
+    async def _take_hold(self, request: PurchaseRequest) -> Hold:
+        try:
+            hold = await self.strategy.hold(request)
+        except CheckoutError as exc:
+            if exc.code == "out_of_stock" and exc.extra.get("remaining") == 0:
+                self.sold_out.mark(request.product_id)
+            elif exc.code == "queue_pass_used":
+                self._pass_used(request)
+            raise
+        self.holds_placed += 1
+        self._pass_used(request)
+        return hold
+
+    async def checkout(self, checkout_id: str) -> Hold:
+        return holds.as_hold(await holds.find(self._store, checkout_id))
+
+    async def confirm(self, checkout_id: str, replica: str) -> Order:
+        order = await holds.confirm(self._store, checkout_id, replica)
+        if not order.replayed:
+            self.holds_confirmed += 1
+            if order.remaining == 0 and order.held == 0:
+                self.sold_out.mark(order.product_id)
+        return order
+
+    async def release(self, checkout_id: str) -> Hold:
+        hold, moved = await holds.release(self._store, checkout_id)
+        if moved and hold.status == "released":
+            self.holds_released += 1
+        return hold

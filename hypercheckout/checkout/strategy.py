@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from hypercheckout.checkout.models import Order, PurchaseRequest
+from hypercheckout.checkout.models import Hold, Order, PurchaseRequest
 from hypercheckout.store import Store
 
 
@@ -14,6 +14,11 @@ class Strategy(Protocol):
     name: str
 
     async def purchase(self, request: PurchaseRequest) -> Order: ...
+
+    async def hold(self, request: PurchaseRequest) -> Hold:
+        """Holds ``request.quantity`` units (a checkout) or raises ``CheckoutError`` (or ``DuplicateKey``) having
+        written nothing."""
+        ...
 
     async def close(self) -> None:
         """Finish every purchase already accepted, then release resources."""

@@ -13,7 +13,9 @@ All statements are parameterised; each one that touches stock says why it is saf
 from hypercheckout.store.database import Store
 from hypercheckout.store.models import (
     DEFAULT_ADMIT_PER_SECOND,
+    DEFAULT_HOLD_SECONDS,
     DEFAULT_PASS_SECONDS,
+    MAX_HOLD_SECONDS,
     MAX_PASS_SECONDS,
     UPDATABLE,
     BatchLock,
@@ -28,7 +30,8 @@ from hypercheckout.store.models import (
 from hypercheckout.store.pool import CONNECTION_ERRORS, _create_pool, ensure_database, split_hosts
 
 __all__ = [
-    "CONNECTION_ERRORS", "DEFAULT_ADMIT_PER_SECOND", "DEFAULT_PASS_SECONDS", "MAX_PASS_SECONDS", "UPDATABLE",
+    "CONNECTION_ERRORS", "DEFAULT_ADMIT_PER_SECOND", "DEFAULT_HOLD_SECONDS", "DEFAULT_PASS_SECONDS",
+    "MAX_HOLD_SECONDS", "MAX_PASS_SECONDS", "UPDATABLE",
     "BatchLock", "LockedStock", "Product", "ProductChanges", "ProductStatus", "SaleRules", "Store", "StoredOrder",
     "WaitingRoom", "_create_pool", "ensure_database", "split_hosts",
 ]

@@ -276,7 +276,7 @@ class Store:
         if row is None:
             return None
         return LockedStock(stock=row[0], per_user_limit=row[1], order_id=row[2], rules=SaleRules(*row[3:7]),
-                           now=row[7], room_generation=row[8])
+                           now=row[7], room_generation=row[8], held=row[9])
 
     @staticmethod
     async def decrement_stock(cur: aiopg.Cursor, product_id: int, quantity: int) -> None:
@@ -300,9 +300,9 @@ class Store:
 
     async def buy_atomic(
         self, user_id: int, product_id: int, quantity: int, replica: str,
-    ) -> tuple[int, datetime, int] | None:
-        """(order id, created_at, stock left) or None when the product is missing or short, or its rules refuse
-        (a product with a waiting room is never bought here: its pass is counted under the row lock)."""
+    ) -> tuple[int, datetime, int, int] | None:
+        """(order id, created_at, stock left, units held) or None when the product is missing or short, or its
+        rules refuse (a product with a waiting room is never bought here: its pass is counted under the row lock)."""
         async with self.cursor() as cur:
             # One statement in autocommit: it is its own commit.
             await Store.commit(
@@ -310,7 +310,7 @@ class Store:
                 {"user_id": user_id, "product_id": product_id, "quantity": quantity, "replica": replica},
             )
             row = await cur.fetchone()
-            return None if row is None else (row[0], row[1], row[2])
+            return None if row is None else (row[0], row[1], row[2], row[3])
 
     # --- batched --------------------------------------------------------------------------------------------------
 
@@ -321,7 +321,7 @@ class Store:
         if row is None:
             return None
         return BatchLock(stock=row[0], per_user_limit=row[1], now=row[2], order_ids=list(row[3]),
-                         rules=SaleRules(*row[4:8]), room_generation=row[8])
+                         rules=SaleRules(*row[4:8]), room_generation=row[8], held=row[9])
 
     @staticmethod
     async def settle_batch(
@@ -429,7 +429,7 @@ class Store:
         async with self.cursor() as cur:
             await cur.execute(STATUS, {"product_id": product_id})
             return [
-                ProductStatus(product=Product(*row[:15]), sold=row[15], orders=row[16], passes_used=row[17])
+                ProductStatus(product=Product(*row[:18]), sold=row[18], orders=row[19], passes_used=row[20])
                 for row in await cur.fetchall()
             ]
 

@@ -54,7 +54,7 @@ WITH room AS (
 ), line AS (
     INSERT INTO queue_lines AS l (product_id, generation, last_place, joined)
     SELECT id, room_generation, now_place + 1, 1 FROM room
-    WHERE waiting_room AND NOT ended AND stock > 0 AND NOT EXISTS (SELECT 1 FROM placed_before)
+    WHERE waiting_room AND NOT ended AND (stock > 0 OR held > 0) AND NOT EXISTS (SELECT 1 FROM placed_before)
     ON CONFLICT (product_id, generation) DO UPDATE
         SET last_place = GREATEST(l.last_place + 1, EXCLUDED.last_place), joined = l.joined + 1
     RETURNING product_id, generation, last_place, joined
@@ -78,7 +78,8 @@ FROM products p LEFT JOIN queue_lines l ON l.product_id = p.id AND l.generation 
 WHERE p.id = ANY(%(ids)s::bigint[])
 """
 
-# Buyers among these whose pass of this opening of the room has bought already (orders_one_per_pass), and
+# Buyers among these whose pass of this opening of the room has bought already (orders_one_per_pass) or taken a
+# checkout (checkouts_one_per_pass: a pass takes one, which its confirm turns into its one order), and
 # PostgreSQL's clock now, to judge the passes' expiry by. Read under the product's row lock, which every purchase
 # holds while it inserts its order, and after the purchases' keys were claimed: a retry told its pass expired (its
 # probe of the key found none) was told so before this reading, so a first try judged here finds it expired too.
@@ -86,6 +87,9 @@ WHERE p.id = ANY(%(ids)s::bigint[])
 PASSES_USED = """
 SELECT extract(epoch FROM clock_timestamp())::float8, ARRAY(
     SELECT user_id FROM orders
+    WHERE product_id = %(product_id)s AND room_generation = %(generation)s AND user_id = ANY(%(user_ids)s::bigint[])
+    UNION
+    SELECT user_id FROM checkouts
     WHERE product_id = %(product_id)s AND room_generation = %(generation)s AND user_id = ANY(%(user_ids)s::bigint[]))
 """
 
@@ -109,7 +113,8 @@ async def take_place(store: Store, product_id: int, user_id: int) -> Place | Non
         if row is None:
             return None
         place = Place(Product(*row[:-2]), bool(row[-2]), row[-1])
-        if place.number is not None or not place.product.waiting_room or place.ended or place.product.stock <= 0:
+        if place.number is not None or not place.product.waiting_room or place.ended or (
+                place.product.stock <= 0 and place.product.held <= 0):
             return place
     return place  # the same buyer raced itself twice in a row: it may join again
 

@@ -11,11 +11,13 @@ from typing import Any
 DEFAULT_ADMIT_PER_SECOND = 100
 DEFAULT_PASS_SECONDS = 120
 MAX_PASS_SECONDS = 86_400  # products_pass_seconds_check (0003_waiting_room.sql)
+DEFAULT_HOLD_SECONDS = 600  # how long a checkout holds its units (0008_checkouts.sql)
+MAX_HOLD_SECONDS = 86_400
 # The columns of a products row as ``Product`` takes them, in order (its admission origin: the later of the room's
 # origin and the start).
 PRODUCT_COLUMNS = ("id, name, stock, initial_stock, per_user_limit, starts_at, ends_at, max_per_order, waiting_room, "
                    "admit_per_second, pass_seconds, GREATEST(admission_origin, starts_at), admitted_before, "
-                   "room_generation, admission_history")
+                   "room_generation, admission_history, held, hold_seconds, lapsed_units(id)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,23 @@ class Product:
     admitted_before: int = 0
     room_generation: int = 0  # which opening of the room: a ticket of an earlier one admits nobody
     admission_history: Any = ()  # the line's earlier segments: [origin epoch, admitted_before, rate]
+    held: int = 0  # units of checkouts still recorded as held, lapsed ones included
+    hold_seconds: int = DEFAULT_HOLD_SECONDS
+    lapsed: int = 0  # of ``held``, the units whose hold has expired, not yet given back: available
+
+    @property
+    def available(self) -> int:
+        """Units a purchase or a hold can take now: in stock, or held by a checkout whose hold has lapsed."""
+        return self.stock + self.lapsed
+
+    @property
+    def held_now(self) -> int:
+        """Units held by checkouts whose hold is still running."""
+        return self.held - self.lapsed
+
+    @property
+    def sold(self) -> int:
+        return self.initial_stock - self.stock - self.held
 
     @property
     def rules(self) -> SaleRules:
@@ -72,12 +91,15 @@ class Product:
                            self.room_generation, _segments(self.admission_history))
 
     def status(self, now: datetime) -> str:
-        """``ended`` past the end, ``scheduled`` before the start, else ``sold_out`` at 0, else ``live``."""
+        """``ended`` past the end, ``scheduled`` before the start, else ``sold_out`` when every unit is sold,
+        ``held`` when none is available but some are held (they may come back), else ``live``."""
         if self.ends_at is not None and now >= self.ends_at:
             return "ended"
         if self.starts_at is not None and now < self.starts_at:
             return "scheduled"
-        return "sold_out" if self.stock == 0 else "live"
+        if self.available == 0:
+            return "held" if self.held_now > 0 else "sold_out"
+        return "live"
 
     def as_json(self, max_quantity: int, now: datetime) -> dict[str, Any]:
         """The product as GET /products/{id} shows it; ``max_per_order`` is the one in force (the product's own,
@@ -86,8 +108,12 @@ class Product:
         return {
             "id": self.id,
             "name": self.name,
-            "stock": self.stock,
+            "stock": self.available,  # the original's field: what can be bought now
+            "available": self.available,
+            "held": self.held_now,
+            "sold": self.sold,
             "initial_stock": self.initial_stock,
+            "hold_seconds": self.hold_seconds,
             "per_user_limit": self.per_user_limit,
             "max_per_order": min(self.max_per_order or max_quantity, max_quantity),
             "starts_at": None if self.starts_at is None else self.starts_at.isoformat(),
@@ -115,6 +141,7 @@ class LockedStock:
     rules: SaleRules
     now: datetime  # the transaction's time, which its order carries as created_at
     room_generation: int = 0  # the waiting room's opening: a pass of another one buys nothing
+    held: int = 0  # units held by checkouts (lapsed ones included, until given back)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +152,7 @@ class BatchLock:
     order_ids: list[int]
     rules: SaleRules
     room_generation: int = 0
+    held: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +169,7 @@ class ProductChanges:
     waiting_room: Any = None
     admit_per_second: Any = None
     pass_seconds: Any = None
+    hold_seconds: Any = None
     given: frozenset[str] = frozenset()  # which of the fields above were given
 
     def params(self) -> dict[str, Any]:
@@ -149,7 +178,7 @@ class ProductChanges:
 
 
 UPDATABLE = ("name", "stock", "per_user_limit", "max_per_order", "starts_at", "ends_at", "waiting_room",
-             "admit_per_second", "pass_seconds")
+             "admit_per_second", "pass_seconds", "hold_seconds")
 
 
 @dataclass(frozen=True, slots=True)

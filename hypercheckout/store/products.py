@@ -4,7 +4,13 @@ operator's changes to them."""
 from __future__ import annotations
 
 from hypercheckout.store.line import LINE_NOW
-from hypercheckout.store.models import DEFAULT_ADMIT_PER_SECOND, DEFAULT_PASS_SECONDS, MAX_PASS_SECONDS, PRODUCT_COLUMNS
+from hypercheckout.store.models import (
+    DEFAULT_ADMIT_PER_SECOND,
+    DEFAULT_HOLD_SECONDS,
+    DEFAULT_PASS_SECONDS,
+    MAX_PASS_SECONDS,
+    PRODUCT_COLUMNS,
+)
 
 # --- reading ---------------------------------------------------------------------------------------------------------
 LIST_PRODUCTS = f"SELECT {PRODUCT_COLUMNS} FROM products ORDER BY id"
@@ -17,16 +23,18 @@ SELECT id, starts_at, ends_at, max_per_order, waiting_room,
        room_generation, admission_history
 FROM products
 """
-# Products among the given ids that have stock again (or no longer exist): their sold-out flags are stale.
+# Products among the given ids that have stock again, or units held that may come back (or no longer exist):
+# their sold-out flags are stale.
 RESTOCKED = """
 SELECT ids.id FROM unnest(%(ids)s::bigint[]) AS ids (id)
 LEFT JOIN products p ON p.id = ids.id
-WHERE p.id IS NULL OR p.stock > 0
+WHERE p.id IS NULL OR p.stock > 0 OR p.held > 0
 """
 STATUS = """
 SELECT p.id, p.name, p.stock, p.initial_stock, p.per_user_limit, p.starts_at, p.ends_at, p.max_per_order,
        p.waiting_room, p.admit_per_second, p.pass_seconds, GREATEST(p.admission_origin, p.starts_at),
-       p.admitted_before, p.room_generation, p.admission_history, COALESCE(sum(o.quantity), 0)::bigint AS sold,
+       p.admitted_before, p.room_generation, p.admission_history, p.held, p.hold_seconds, lapsed_units(p.id),
+       COALESCE(sum(o.quantity), 0)::bigint AS sold,
        count(o.id) AS orders,
        count(o.id) FILTER (WHERE o.room_generation = p.room_generation) AS passes_used
 FROM products p LEFT JOIN orders o ON o.product_id = p.id
@@ -41,18 +49,23 @@ SELECT id, user_id, product_id, quantity, created_at, replica FROM orders ORDER 
 # --- admin -----------------------------------------------------------------------------------------------------------
 # Runs in one transaction with DELETE_ORDERS: nobody ever sees the new stock next to the old orders.
 RESET_PRODUCT = """
-UPDATE products SET stock = %(stock)s, initial_stock = %(stock)s,
+UPDATE products SET stock = %(stock)s, initial_stock = %(stock)s, held = 0,
     per_user_limit = CASE WHEN %(set_limit)s THEN NULLIF(%(per_user_limit)s, 0) ELSE per_user_limit END
 WHERE id = %(product_id)s RETURNING id
 """
-DELETE_ORDERS = "DELETE FROM orders WHERE product_id = %(product_id)s"
+# Checkouts first: a confirmed one references its order.
+DELETE_ORDERS = """
+WITH checkouts_gone AS (DELETE FROM checkouts WHERE product_id = %(product_id)s)
+DELETE FROM orders WHERE product_id = %(product_id)s
+"""
 CREATE_PRODUCT = f"""
 INSERT INTO products (name, stock, initial_stock, per_user_limit, max_per_order, starts_at, ends_at,
-                      waiting_room, admit_per_second, pass_seconds, admission_origin, room_generation)
+                      waiting_room, admit_per_second, pass_seconds, admission_origin, room_generation,
+                      hold_seconds)
 VALUES (%(name)s, %(stock)s, %(stock)s, %(per_user_limit)s, %(max_per_order)s, %(starts_at)s, %(ends_at)s,
         COALESCE(%(waiting_room)s, false), COALESCE(%(admit_per_second)s, {DEFAULT_ADMIT_PER_SECOND}),
         COALESCE(%(pass_seconds)s, {DEFAULT_PASS_SECONDS}), CASE WHEN %(waiting_room)s THEN now() END,
-        CASE WHEN %(waiting_room)s THEN 1 ELSE 0 END)
+        CASE WHEN %(waiting_room)s THEN 1 ELSE 0 END, COALESCE(%(hold_seconds)s, {DEFAULT_HOLD_SECONDS}))
 RETURNING {PRODUCT_COLUMNS}
 """
 # Every purchase holds this lock while it inserts an order: taken first, it makes the order count and the sums
@@ -60,8 +73,8 @@ RETURNING {PRODUCT_COLUMNS}
 LOCK_PRODUCT = "SELECT id FROM products WHERE id = %(product_id)s FOR UPDATE"
 COUNT_ORDERS = "SELECT count(*) FROM orders WHERE product_id = %(product_id)s"
 # One statement for any subset of fields: set_x says whether x is given (a given NULL clears it). A new stock
-# keeps the orders, so the initial stock becomes stock + units sold and the invariant stock + Σ quantity = initial
-# stock still holds.
+# keeps the orders and the holds, so the initial stock becomes stock + units held + units sold and the invariant
+# stock + held + Σ quantity = initial stock still holds.
 OPENS = "(%(set_waiting_room)s AND %(waiting_room)s AND NOT waiting_room)"
 # An edit that gives the same rate or start again (the dashboard's Save sends every field) moves nothing.
 LINE_MOVES = """(waiting_room AND NOT (%(set_waiting_room)s AND NOT %(waiting_room)s) AND (
@@ -78,6 +91,7 @@ UPDATE products SET
     admit_per_second = CASE WHEN %(set_admit_per_second)s THEN %(admit_per_second)s::integer
                             ELSE admit_per_second END,
     pass_seconds   = CASE WHEN %(set_pass_seconds)s THEN %(pass_seconds)s::integer ELSE pass_seconds END,
+    hold_seconds   = CASE WHEN %(set_hold_seconds)s THEN %(hold_seconds)s::integer ELSE hold_seconds END,
     -- (SET sees the row as it was.) A room that opens starts a new line (a generation) counting from now. A room
     -- that stays open and gets another rate or start moves on from where its line stands now (admitted_before
     -- becomes the count so far, the origin now), so no place is admitted twice nor skipped; the segment it leaves,
@@ -98,8 +112,8 @@ UPDATE products SET
         ELSE admission_history END,
     stock          = CASE WHEN %(set_stock)s THEN %(stock)s::integer ELSE stock END,
     initial_stock  = CASE WHEN %(set_stock)s
-                          THEN %(stock)s::integer + (SELECT COALESCE(sum(quantity), 0)::integer FROM orders
-                                                     WHERE product_id = %(product_id)s)
+                          THEN %(stock)s::integer + held + (SELECT COALESCE(sum(quantity), 0)::integer FROM orders
+                                                            WHERE product_id = %(product_id)s)
                           ELSE initial_stock END
 WHERE id = %(product_id)s
 RETURNING {PRODUCT_COLUMNS}

@@ -10,7 +10,7 @@ stock says why it is safe under concurrency."""
 # very time the order will carry.
 LOCK_STOCK = """
 SELECT stock, per_user_limit, CASE WHEN %(reserve_id)s THEN nextval('orders_id_seq') END,
-       starts_at, ends_at, max_per_order, waiting_room, now(), room_generation
+       starts_at, ends_at, max_per_order, waiting_room, now(), room_generation, held
 FROM products WHERE id = %(product_id)s FOR UPDATE
 """
 DECREMENT_STOCK = "UPDATE products SET stock = stock - %(quantity)s WHERE id = %(product_id)s"
@@ -35,13 +35,13 @@ WITH sold AS (
       AND (starts_at IS NULL OR starts_at <= now()) AND (ends_at IS NULL OR now() < ends_at)
       AND (max_per_order IS NULL OR max_per_order >= %(quantity)s)
       AND NOT waiting_room
-    RETURNING id, stock
+    RETURNING id, stock, held
 ), placed AS (
     INSERT INTO orders (user_id, product_id, quantity, replica)
     SELECT %(user_id)s, sold.id, %(quantity)s, %(replica)s FROM sold
     RETURNING id, created_at
 )
-SELECT placed.id, placed.created_at, sold.stock FROM placed, sold
+SELECT placed.id, placed.created_at, sold.stock, sold.held FROM placed, sold
 """
 
 # --- batched: one transaction for many buyers -------------------------------------------------------------------
@@ -52,7 +52,7 @@ LOCK_STOCK_FOR_BATCH = """
 BEGIN;
 SELECT stock, per_user_limit, now(),
        ARRAY(SELECT nextval('orders_id_seq') FROM generate_series(1, %(count)s)),
-       starts_at, ends_at, max_per_order, waiting_room, room_generation
+       starts_at, ends_at, max_per_order, waiting_room, room_generation, held
 FROM products WHERE id = %(product_id)s
 FOR UPDATE
 """
@@ -70,11 +70,18 @@ COMMIT;
 """
 
 # --- per-user limits and idempotency keys (every strategy) --------------------------------------------------------
-# Units each of these buyers already owns of the product. Read under the product's row lock, which every purchase
-# of the product holds while it inserts its order: nobody can add to these sums until this transaction ends.
+# Units each of these buyers already owns of the product: bought, or held by a checkout whose hold still runs. Read
+# under the product's row lock, which every purchase and every hold of the product takes before it writes: nobody
+# can add to these sums until this transaction ends.
 OWNED = """
-SELECT user_id, sum(quantity)::integer FROM orders
-WHERE product_id = %(product_id)s AND user_id = ANY(%(user_ids)s::bigint[])
+SELECT user_id, sum(quantity)::integer FROM (
+    SELECT user_id, quantity FROM orders
+    WHERE product_id = %(product_id)s AND user_id = ANY(%(user_ids)s::bigint[])
+    UNION ALL
+    SELECT user_id, quantity FROM checkouts
+    WHERE product_id = %(product_id)s AND status = 'held' AND expires_at > clock_timestamp()
+      AND user_id = ANY(%(user_ids)s::bigint[])
+) AS owned
 GROUP BY user_id
 """
 # Claims keys for the order ids they will get, after the product's row lock (every transaction takes the product

@@ -45,10 +45,12 @@ class Plan:
     faults: list[Fault]
     buyers: int
     users: int
+    holds_stock: int = 0  # with --holds: the stock of a product of its own that buyers hold, confirm and release
+    holders: int = 0  # concurrent buyers holding it
 
 
 def make_plan(seed: str, *, duration: float, buyers: int, faults_per_second: float, replicas: int,
-              kinds: tuple[str, ...] = FAULTS, waiting_room: bool = False) -> Plan:
+              kinds: tuple[str, ...] = FAULTS, waiting_room: bool = False, holds: bool = False) -> Plan:
     rng = random.Random(seed)
     products = [
         ProductPlan("limited", rng.randint(5_000, 20_000), rng.randint(2, 5), 0.3),
@@ -71,5 +73,9 @@ def make_plan(seed: str, *, duration: float, buyers: int, faults_per_second: flo
         burst = random.Random(f"{seed}/room-burst")  # apart too: the faults above are the same with or without it
         faults = sorted([*faults, Fault(at=burst.uniform(duration * 0.3, duration * 0.6), kind=ROOM_RATE_BURST,
                                         target=ROOM_BURST_EDITS, hold=0.1)], key=lambda f: f.at)
-    return Plan(seed=seed, products=products, faults=faults, buyers=buyers, users=rng.randint(20, 60))
+    plan = Plan(seed=seed, products=products, faults=faults, buyers=buyers, users=rng.randint(20, 60))
+    if holds:  # drawn apart too
+        held = random.Random(f"{seed}/holds")
+        plan.holds_stock, plan.holders = held.randint(8, 25), max(4, buyers // 2)
+    return plan
 

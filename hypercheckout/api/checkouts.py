@@ -1,0 +1,100 @@
+"""Checkouts (holds): POST /checkouts takes units for a while, as POST /purchase would sell them (same body, headers,
+admission, limits and refusals); GET /checkouts/{id} says where it stands; confirm turns it into its order, release
+gives the units back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypercheckout.api.base import JsonHandler
+from hypercheckout.api.purchase import PurchaseHandler, order_body
+from hypercheckout.checkout.errors import CheckoutError, unknown_checkout
+from hypercheckout.checkout.models import PurchaseRequest
+
+CHECKOUT_ID = r"([A-Za-z0-9_-]{1,64})"
+
+
+class CheckoutsHandler(PurchaseHandler):
+    """POST /checkouts: PurchaseHandler's parsing, admission and limiter; a hold instead of a sale."""
+
+    route = "/checkouts"
+
+    async def _admitted(self, request: PurchaseRequest) -> None:
+        services = self.services
+        refusal = await self._limited(request)
+        if refusal is not None:
+            hold = await services.checkout.refused_hold(request, refusal)
+        else:
+            hold = await services.checkout.hold(request)
+        if hold.replayed:
+            self.set_header("Idempotent-Replayed", "true")
+        self.set_header("Location", f"/checkouts/{hold.id}")
+        self.write_json(hold.as_json(), status=200 if hold.replayed else 201)
+
+
+class _CheckoutAction(JsonHandler):
+    def on_finish(self) -> None:
+        super().on_finish()
+        self.services.hits.record(self.get_status(), getattr(self, "_code", None))
+
+    async def _answer(self, work: Any) -> None:
+        # Refusals answered here, as POST /purchase does, not through Tornado's exception path.
+        try:
+            await work
+        except CheckoutError as exc:
+            self._code = exc.code
+            self.answer_error(exc)
+
+
+class CheckoutHandler(_CheckoutAction):
+    route = "/checkouts/{id}"
+
+    async def get(self, checkout_id: str) -> None:
+        await self._answer(self._show(checkout_id))
+
+    async def _show(self, checkout_id: str) -> None:
+        self.write_json((await self.services.checkout.checkout(checkout_id)).as_json())
+
+
+class ConfirmHandler(_CheckoutAction):
+    route = "/checkouts/{id}/confirm"
+
+    async def post(self, checkout_id: str) -> None:
+        await self._answer(self._confirm(checkout_id))
+
+    async def _confirm(self, checkout_id: str) -> None:
+        services = self.services
+        order = await services.checkout.confirm(checkout_id, services.settings.replica_id)
+        if order.replayed:
+            self.set_header("Idempotent-Replayed", "true")
+        self.write_json(order_body(order))
+
+
+class ReleaseHandler(_CheckoutAction):
+    route = "/checkouts/{id}/release"
+
+    async def post(self, checkout_id: str) -> None:
+        await self._answer(self._release(checkout_id))
+
+    async def _release(self, checkout_id: str) -> None:
+        self.write_json((await self.services.checkout.release(checkout_id)).as_json())
+
+
+class MalformedCheckoutHandler(_CheckoutAction):
+    """An id that no checkout can have: the same 404 as an unknown one."""
+
+    route = "/checkouts/{id}"
+
+    def prepare(self) -> None:
+        super().prepare()
+        self._code = "unknown_checkout"
+        raise unknown_checkout()
+
+
+default_handlers = [
+    (r"/checkouts", CheckoutsHandler),
+    (rf"/checkouts/{CHECKOUT_ID}", CheckoutHandler),
+    (rf"/checkouts/{CHECKOUT_ID}/confirm", ConfirmHandler),
+    (rf"/checkouts/{CHECKOUT_ID}/release", ReleaseHandler),
+    (r"/checkouts/[^/]*(?:/confirm|/release)?", MalformedCheckoutHandler),
+]

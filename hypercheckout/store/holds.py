@@ -1,0 +1,277 @@
+"""The SQL of checkouts (holds): taking units for a while, confirming them into an order, giving them back.
+
+Every statement that moves units runs under the product's row lock, which every purchase and every hold of the
+product takes first (then a checkout's row, never the other way round). Under it, in one statement each, units move
+between ``products.stock`` (available), ``products.held`` and ``orders``, so that in every committed state
+stock + held + Σ orders.quantity = initial_stock (0008_checkouts.sql). A checkout leaves ``held`` once: each
+statement that moves it out says ``WHERE status = 'held'``, and the row lock makes the second mover find it gone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import aiopg
+
+from hypercheckout.store.models import SaleRules
+
+# The product's row locked, with what a hold is decided on. now(): the transaction's time, for the sale window.
+LOCK_FOR_HOLD = """
+SELECT stock, held, per_user_limit, now(), starts_at, ends_at, max_per_order, waiting_room, room_generation,
+       hold_seconds
+FROM products WHERE id = %(product_id)s FOR UPDATE
+"""
+# Which of these keys a committed checkout holds already (read under the row lock: a first try of the same product
+# committed before we got it). A first try for another product still committing is caught by INSERT_HOLDS's
+# ON CONFLICT, which waits for it.
+KEYS_TAKEN = "SELECT idempotency_key FROM checkouts WHERE idempotency_key = ANY(%(keys)s::text[])"
+# Holds whose time ran out go back to stock, exactly once (status 'held' -> 'expired' under the row lock), stamped
+# with the instant they stopped counting. Also answers how many units were held before (the snapshot's row, which
+# the statement's own update does not show) and when the next running hold runs out.
+# The last subquery reads the statement's snapshot, where the holds just given back are still 'held', but their
+# expiry is behind clock_timestamp() as they were.
+RECLAIM = """
+WITH lapsed AS (
+    UPDATE checkouts SET status = 'expired', ended_at = expires_at
+    WHERE product_id = %(product_id)s AND status = 'held' AND expires_at <= clock_timestamp()
+    RETURNING quantity
+), back AS (
+    UPDATE products p SET stock = p.stock + t.units, held = p.held - t.units
+    FROM (SELECT COALESCE(sum(quantity), 0)::integer AS units, count(*) AS holds FROM lapsed) AS t
+    WHERE p.id = %(product_id)s AND t.holds > 0
+    RETURNING t.holds, t.units
+)
+SELECT COALESCE((SELECT holds FROM back), 0), COALESCE((SELECT units FROM back), 0),
+       (SELECT held FROM products WHERE id = %(product_id)s),
+       (SELECT extract(epoch FROM min(expires_at) - clock_timestamp())::float8 FROM checkouts
+        WHERE product_id = %(product_id)s AND status = 'held' AND expires_at > clock_timestamp())
+"""
+# The granted holds of a batch, each with its own id, and their units moved from stock to held. A key another
+# transaction committed meanwhile (a first try for another product) is skipped and missing from what this returns.
+# Every hold of the batch runs for hold_seconds from one reading of PostgreSQL's clock.
+INSERT_HOLDS = """
+WITH placed AS (
+    INSERT INTO checkouts (id, product_id, user_id, quantity, expires_at, replica, room_generation,
+                           idempotency_key, fingerprint)
+    SELECT h.id, %(product_id)s, h.user_id, h.quantity,
+           (SELECT clock_timestamp()) + make_interval(secs => %(hold_seconds)s), %(replica)s, %(room_generation)s,
+           h.key, h.fingerprint
+    FROM unnest(%(ids)s::text[], %(user_ids)s::bigint[], %(quantities)s::integer[], %(keys)s::text[],
+                %(fingerprints)s::text[]) AS h (id, user_id, quantity, key, fingerprint)
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id, expires_at, created_at, quantity
+), taken AS (
+    UPDATE products p SET stock = p.stock - t.units, held = p.held + t.units
+    FROM (SELECT COALESCE(sum(quantity), 0)::integer AS units FROM placed) AS t
+    WHERE p.id = %(product_id)s
+    RETURNING p.stock, p.held
+)
+SELECT placed.id, placed.expires_at, placed.created_at, taken.stock, taken.held FROM placed, taken
+"""
+CHECKOUT_COLUMNS = """c.id, c.product_id, c.user_id, c.quantity,
+       CASE WHEN c.status = 'held' AND c.expires_at <= clock_timestamp() THEN 'expired' ELSE c.status END,
+       c.created_at, c.expires_at, c.ended_at, c.order_id, o.created_at, c.rebooked, c.replica, c.room_generation,
+       c.fingerprint, c.status = 'held' AND c.expires_at <= clock_timestamp()"""
+# A checkout as its buyer sees it: a hold past its expiry reads 'expired' whether or not it was given back yet.
+GET_CHECKOUT = f"""
+SELECT {CHECKOUT_COLUMNS} FROM checkouts c LEFT JOIN orders o ON o.id = c.order_id WHERE c.id = %(checkout_id)s
+"""
+CHECKOUT_BY_KEY = f"""
+SELECT {CHECKOUT_COLUMNS} FROM checkouts c LEFT JOIN orders o ON o.id = c.order_id
+WHERE c.idempotency_key = %(key)s
+"""
+# A running hold becomes its order; its units leave held for sold (stock does not move). Nothing if the hold is no
+# longer running (it lapsed while this waited for the row lock: then it is given back and perhaps re-booked).
+CONFIRM_HELD = """
+WITH reserved AS (SELECT nextval('orders_id_seq') AS id), confirmed AS (
+    UPDATE checkouts SET status = 'confirmed', ended_at = clock_timestamp(), order_id = (SELECT id FROM reserved)
+    WHERE id = %(checkout_id)s AND status = 'held' AND expires_at > clock_timestamp()
+    RETURNING order_id, user_id, product_id, quantity, room_generation
+), placed AS (
+    INSERT INTO orders (id, user_id, product_id, quantity, replica, room_generation)
+    SELECT order_id, user_id, product_id, quantity, %(replica)s, room_generation FROM confirmed
+    RETURNING id, created_at
+), unheld AS (
+    UPDATE products p SET held = p.held - c.quantity FROM confirmed c WHERE p.id = c.product_id
+)
+SELECT placed.id, placed.created_at FROM placed
+"""
+# An expired hold confirmed from units available now (re-booked): they leave stock for sold.
+REBOOK = """
+WITH reserved AS (SELECT nextval('orders_id_seq') AS id), confirmed AS (
+    UPDATE checkouts SET status = 'confirmed', rebooked = true, ended_at = clock_timestamp(),
+                         order_id = (SELECT id FROM reserved)
+    WHERE id = %(checkout_id)s AND status = 'expired'
+    RETURNING order_id, user_id, product_id, quantity, room_generation
+), placed AS (
+    INSERT INTO orders (id, user_id, product_id, quantity, replica, room_generation)
+    SELECT order_id, user_id, product_id, quantity, %(replica)s, room_generation FROM confirmed
+    RETURNING id, created_at
+), taken AS (
+    UPDATE products p SET stock = p.stock - c.quantity FROM confirmed c WHERE p.id = c.product_id
+    RETURNING p.stock
+)
+SELECT placed.id, placed.created_at, taken.stock FROM placed, taken
+"""
+# A running hold given back by its buyer or an operator: its units return to stock at once. One past its expiry
+# (not swept yet) is given back as expired, as the sweeper would have.
+RELEASE = """
+WITH ended AS (
+    UPDATE checkouts
+    SET status = CASE WHEN expires_at <= clock_timestamp() THEN 'expired' ELSE 'released' END,
+        ended_at = LEAST(expires_at, clock_timestamp())
+    WHERE id = %(checkout_id)s AND status = 'held'
+    RETURNING product_id, quantity, status
+), back AS (
+    UPDATE products p SET stock = p.stock + e.quantity, held = p.held - e.quantity FROM ended e
+    WHERE p.id = e.product_id
+)
+SELECT status FROM ended
+"""
+# Products with holds past their expiry that nothing has given back yet: the sweeper's work.
+LAPSED_PRODUCTS = """
+SELECT DISTINCT product_id FROM checkouts WHERE status = 'held' AND expires_at <= clock_timestamp()
+ORDER BY product_id LIMIT %(limit)s
+"""
+LOCK_PRODUCT = "SELECT id FROM products WHERE id = %(product_id)s FOR UPDATE"
+# Units per product whose hold runs out within the next seconds (the dashboard's "expiring").
+EXPIRING = """
+SELECT product_id, sum(quantity)::integer FROM checkouts
+WHERE status = 'held' AND expires_at > now() AND expires_at <= now() + make_interval(secs => %(within)s)
+GROUP BY product_id
+"""
+# Running holds, the oldest expiry first: for operators.
+LIST_HELD = f"""
+SELECT {CHECKOUT_COLUMNS} FROM checkouts c LEFT JOIN orders o ON o.id = c.order_id
+WHERE c.status = 'held' AND (%(product_id)s::bigint IS NULL OR c.product_id = %(product_id)s::bigint)
+ORDER BY c.expires_at LIMIT %(limit)s
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class HoldLock:
+    stock: int
+    held: int
+    per_user_limit: int | None
+    now: datetime
+    rules: SaleRules
+    room_generation: int
+    hold_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reclaimed:
+    holds: int  # lapsed holds given back by this call
+    units: int  # their units, available again
+    held: int  # units still held (by running holds)
+    next_expiry_in: float | None  # seconds until the next running hold runs out (None: nothing held)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCheckout:
+    id: str
+    product_id: int
+    user_id: int
+    quantity: int
+    status: str  # held, confirmed, released or expired (a lapsed hold reads expired before it is swept)
+    created_at: datetime
+    expires_at: datetime
+    ended_at: datetime | None
+    order_id: int | None
+    ordered_at: datetime | None
+    rebooked: bool
+    replica: str
+    room_generation: int | None
+    fingerprint: str | None
+    lapsed: bool  # still recorded as held, but expired: its units are available, waiting to be given back
+
+
+async def lock_for_hold(cur: aiopg.Cursor, product_id: int) -> HoldLock | None:
+    await cur.execute(LOCK_FOR_HOLD, {"product_id": product_id})
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    return HoldLock(stock=row[0], held=row[1], per_user_limit=row[2], now=row[3], rules=SaleRules(*row[4:8]),
+                    room_generation=row[8], hold_seconds=row[9])
+
+
+async def lock_product(cur: aiopg.Cursor, product_id: int) -> bool:
+    await cur.execute(LOCK_PRODUCT, {"product_id": product_id})
+    return await cur.fetchone() is not None
+
+
+async def keys_taken(cur: aiopg.Cursor, keys: Sequence[str]) -> set[str]:
+    await cur.execute(KEYS_TAKEN, {"keys": list(keys)})
+    return {row[0] for row in await cur.fetchall()}
+
+
+async def reclaim(cur: aiopg.Cursor, product_id: int) -> Reclaimed:
+    """Give back the product's lapsed holds (its row must be locked by this transaction)."""
+    await cur.execute(RECLAIM, {"product_id": product_id})
+    holds, units, held_before, next_in = await cur.fetchone()
+    return Reclaimed(holds=int(holds), units=int(units), held=int(held_before or 0) - int(units),
+                     next_expiry_in=None if next_in is None else float(next_in))
+
+
+async def insert_holds(cur: aiopg.Cursor, product_id: int, *, ids: Sequence[str], user_ids: Sequence[int],
+                       quantities: Sequence[int], keys: Sequence[str | None], fingerprints: Sequence[str | None],
+                       hold_seconds: int, replica: str, room_generation: int | None,
+                       ) -> tuple[dict[str, tuple[datetime, datetime]], int, int]:
+    """The holds written (id -> (expires_at, created_at)), and the product's stock and held after them."""
+    await cur.execute(INSERT_HOLDS, {
+        "product_id": product_id, "ids": list(ids), "user_ids": list(user_ids), "quantities": list(quantities),
+        "keys": list(keys), "fingerprints": list(fingerprints), "hold_seconds": hold_seconds, "replica": replica,
+        "room_generation": room_generation,
+    })
+    rows = await cur.fetchall()
+    if not rows:
+        return {}, -1, -1
+    return {r[0]: (r[1], r[2]) for r in rows}, rows[0][3], rows[0][4]
+
+
+async def get_checkout(cur: aiopg.Cursor, checkout_id: str) -> StoredCheckout | None:
+    await cur.execute(GET_CHECKOUT, {"checkout_id": checkout_id})
+    row = await cur.fetchone()
+    return None if row is None else StoredCheckout(*row)
+
+
+async def checkout_by_key(cur: aiopg.Cursor, key: str) -> StoredCheckout | None:
+    await cur.execute(CHECKOUT_BY_KEY, {"key": key})
+    row = await cur.fetchone()
+    return None if row is None else StoredCheckout(*row)
+
+
+async def confirm_held(cur: aiopg.Cursor, checkout_id: str, replica: str) -> tuple[int, datetime] | None:
+    await cur.execute(CONFIRM_HELD, {"checkout_id": checkout_id, "replica": replica})
+    row = await cur.fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+async def rebook(cur: aiopg.Cursor, checkout_id: str, replica: str) -> tuple[int, datetime, int] | None:
+    await cur.execute(REBOOK, {"checkout_id": checkout_id, "replica": replica})
+    row = await cur.fetchone()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+async def release(cur: aiopg.Cursor, checkout_id: str) -> str | None:
+    """How the hold ended (released, or expired if its time had run out), or None if it was not held."""
+    await cur.execute(RELEASE, {"checkout_id": checkout_id})
+    row = await cur.fetchone()
+    return None if row is None else str(row[0])
+
+
+async def lapsed_products(cur: aiopg.Cursor, limit: int = 100) -> list[int]:
+    await cur.execute(LAPSED_PRODUCTS, {"limit": limit})
+    return [row[0] for row in await cur.fetchall()]
+
+
+async def expiring(cur: aiopg.Cursor, within: float) -> dict[int, int]:
+    await cur.execute(EXPIRING, {"within": within})
+    return {row[0]: row[1] for row in await cur.fetchall()}
+
+
+async def list_held(cur: aiopg.Cursor, product_id: int | None = None, limit: int = 100) -> list[StoredCheckout]:
+    await cur.execute(LIST_HELD, {"product_id": product_id, "limit": limit})
+    return [StoredCheckout(*row) for row in await cur.fetchall()]
