@@ -406,3 +406,30 @@ def test_a_buyer_waits_in_line_on_the_shop_page_and_buys_when_admitted(  # type:
     # Nobody buys around the queue.
     status, body = purchase(cluster.url, 888009, product=pid)
     assert (status, body["error"]["code"]) == (403, "queue_pass_required"), body
+
+
+def test_an_operator_sees_a_hold_run_down_and_releases_it_by_hand(  # type: ignore[no-untyped-def]
+        cluster: RunningCluster, page) -> None:
+    created = json.loads(cluster.cli("product", "create", "--name", "Held drop", "--stock", "5", "--hold-seconds",
+                                     "300", "--json").stdout)
+    pid = created["id"]
+    request = urllib.request.Request(f"{cluster.url}/checkouts", method="POST",
+                                     data=json.dumps({"user_id": 888001, "product_id": pid, "quantity": 2}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 201
+        checkout_id = json.load(response)["checkout_id"]
+    log_in(page, cluster.url)
+    card = page.locator(f"#product-{pid}")
+    expect(card.locator("[data-field=stock]")).to_have_text("3")
+    expect(card.locator("[data-field=held]")).to_contain_text("2 held by checkouts")
+    row = page.locator(f"#holds tr[data-hold='{checkout_id}']")
+    expect(row).to_contain_text("888001")
+    expect(row.locator("td").nth(4)).to_have_text(re.compile(r"^in 00:0[45]:\d\d$"))  # it runs down
+    row.get_by_role("button", name="Release").click()
+    expect(page.locator("#action-result")).to_have_text(
+        f"Checkout {checkout_id}: released; 2 unit(s) of product {pid} back on sale.")
+    expect(row).to_have_count(0)
+    expect(card.locator("[data-field=stock]")).to_have_text("5")
+    expect(card.locator("[data-field=held]")).to_contain_text("nothing held")
+    assert "available 5, held 0, sold 0" in cluster.cli("product", "list").stdout

@@ -33,9 +33,12 @@ class CheckoutsHandler(PurchaseHandler):
 
 
 class _CheckoutAction(JsonHandler):
+    counted = False  # in the dashboard's purchase requests per replica and by outcome: a confirm (a sale) is
+
     def on_finish(self) -> None:
         super().on_finish()
-        self.services.hits.record(self.get_status(), getattr(self, "_code", None))
+        if self.counted:
+            self.services.hits.record(self.get_status(), getattr(self, "_code", None))
 
     async def _answer(self, work: Any) -> None:
         # Refusals answered here, as POST /purchase does, not through Tornado's exception path.
@@ -58,6 +61,7 @@ class CheckoutHandler(_CheckoutAction):
 
 class ConfirmHandler(_CheckoutAction):
     route = "/checkouts/{id}/confirm"
+    counted = True
 
     async def post(self, checkout_id: str) -> None:
         await self._answer(self._confirm(checkout_id))

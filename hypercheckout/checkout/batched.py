@@ -15,25 +15,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from hypercheckout.checkout.allocation import LIMIT_REACHED, PASS_USED, allocate
+from hypercheckout.checkout.batch import decide
 from hypercheckout.checkout.errors import (
     CheckoutError,
     DuplicateKey,
-    limit_reached,
     outcome_unknown,
     overloaded,
-    queue_pass_used,
-    short_of_stock,
     shutting_down,
     unavailable,
     unknown_product,
 )
 from hypercheckout.checkout.holds import hold_in_transaction
 from hypercheckout.checkout.models import Hold, Order, PurchaseRequest
-from hypercheckout.checkout.schedule import check_pass_in_transaction, check_sale
 from hypercheckout.store import Store
-from hypercheckout.store.holds import reclaim
-from hypercheckout.store.line import passes_used
 
 log = logging.getLogger(__name__)
 
@@ -180,39 +174,10 @@ class BatchedStrategy:
                     [requests[i].fingerprint for i in keyed], [locked.order_ids[i] for i in keyed],
                 )
                 taken = {i for i in keyed if requests[i].idempotency_key not in claimed}
-            # The sale's rules, against the transaction's time (the orders' created_at).
-            refused: dict[int, CheckoutError] = {}
-            room = locked.rules.waiting_room  # every request left below then holds a pass, which buys once
-            for i in range(len(requests)):
-                if i not in taken:
-                    try:
-                        check_sale(product_id, locked.rules, requests[i].quantity, locked.now,
-                                   admitted=requests[i].admitted)
-                    except CheckoutError as exc:
-                        refused[i] = exc
-            used: set[int] = set()
-            if room and (passing := [i for i in range(len(requests)) if i not in taken and i not in refused]):
-                # The passes, against PostgreSQL's clock read now that the keys are claimed.
-                used, now = await passes_used(cur, product_id, locked.room_generation,
-                                              [requests[i].user_id for i in passing])
-                for i in passing:
-                    try:
-                        check_pass_in_transaction(requests[i], locked.room_generation, now)
-                    except CheckoutError as exc:
-                        refused[i] = exc
-            live = [i for i in range(len(requests)) if i not in taken and i not in refused]
-            stock, held, next_in = locked.stock, locked.held, None
-            if live and held > 0 and stock < sum(requests[i].quantity for i in live):
-                back = await reclaim(cur, product_id)  # holds that ran out are available: given back first
-                stock, held, next_in = stock + back.units, back.held, back.next_expiry_in
-            owned: dict[int, int] = {}
-            if locked.per_user_limit is not None and live:
-                owned = await Store.owned(cur, product_id, [requests[i].user_id for i in live])
-            allocation = allocate(
-                stock, [requests[i].quantity for i in live], users=[requests[i].user_id for i in live],
-                bought=owned, per_user_limit=locked.per_user_limit, single_use=room, used=used,
-            )
-            granted = [i for i, ok in zip(live, allocation.granted, strict=True) if ok]
+            # The sale's rules against the transaction's time (the orders' created_at), passes, limits, stock.
+            room = locked.rules.waiting_room
+            decision = await decide(cur, product_id, requests, locked, skip=taken)
+            granted = decision.granted
             if granted:
                 await Store.settle_batch(
                     cur, product_id, self._replica,
@@ -228,23 +193,14 @@ class BatchedStrategy:
         outcomes: dict[int, Order | CheckoutError | DuplicateKey] = {
             i: DuplicateKey(requests[i].idempotency_key or "") for i in taken
         }
-        outcomes.update(refused)
-        for i, ok, before, refusal in zip(live, allocation.granted, allocation.remaining_before,
-                                          allocation.refusals, strict=True):
+        outcomes.update(decision.refusals)
+        for i in granted:
             request = requests[i]
-            if ok:
-                outcomes[i] = Order(
-                    id=locked.order_ids[i], user_id=request.user_id, product_id=product_id,
-                    quantity=request.quantity, created_at=locked.now, remaining=allocation.stock_after,
-                    replica=self._replica, held=held,
-                )
-            elif refusal == PASS_USED:
-                outcomes[i] = queue_pass_used(product_id)
-            elif refusal == LIMIT_REACHED:
-                limit = locked.per_user_limit or 0
-                outcomes[i] = limit_reached(product_id, limit, owned.get(request.user_id, 0), request.quantity)
-            else:
-                outcomes[i] = short_of_stock(product_id, before, request.quantity, held, next_in)
+            outcomes[i] = Order(
+                id=locked.order_ids[i], user_id=request.user_id, product_id=product_id, quantity=request.quantity,
+                created_at=locked.now, remaining=decision.allocation.stock_after, replica=self._replica,
+                held=decision.held,
+            )
         return [outcomes[i] for i in range(len(requests))]
 
     async def close(self) -> None:

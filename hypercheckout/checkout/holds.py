@@ -12,8 +12,9 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 
-from hypercheckout.checkout.allocation import LIMIT_REACHED, PASS_USED, allocate
+from hypercheckout.checkout.batch import decide
 from hypercheckout.checkout.errors import (
     CheckoutError,
     DuplicateKey,
@@ -21,16 +22,13 @@ from hypercheckout.checkout.errors import (
     checkout_released,
     hold_expired,
     limit_reached,
-    queue_pass_used,
-    short_of_stock,
     unknown_checkout,
     unknown_product,
 )
 from hypercheckout.checkout.models import Hold, Order, PurchaseRequest
-from hypercheckout.checkout.schedule import check_pass_in_transaction, check_sale
+from hypercheckout.checkout.schedule import check_sale
 from hypercheckout.store import Store
 from hypercheckout.store import holds as sql
-from hypercheckout.store.line import passes_used
 
 log = logging.getLogger(__name__)
 
@@ -63,39 +61,13 @@ async def hold_in_transaction(store: Store, product_id: int, requests: Sequence[
         if keyed:
             found = await sql.keys_taken(cur, [requests[i].idempotency_key or "" for i in keyed])
             taken = {i for i in keyed if requests[i].idempotency_key in found}
-        refused: dict[int, CheckoutError] = {}
-        for i in range(len(requests)):
-            if i not in taken:
-                try:
-                    check_sale(product_id, locked.rules, requests[i].quantity, locked.now,
-                               admitted=requests[i].admitted)
-                except CheckoutError as exc:
-                    refused[i] = exc
-        room = locked.rules.waiting_room
-        used: set[int] = set()
-        if room and (passing := [i for i in range(len(requests)) if i not in taken and i not in refused]):
-            used, now = await passes_used(cur, product_id, locked.room_generation,
-                                          [requests[i].user_id for i in passing])
-            for i in passing:
-                try:
-                    check_pass_in_transaction(requests[i], locked.room_generation, now)
-                except CheckoutError as exc:
-                    refused[i] = exc
-        live = [i for i in range(len(requests)) if i not in taken and i not in refused]
-        stock, held, next_in = locked.stock, locked.held, None
-        if live and held > 0 and stock < sum(requests[i].quantity for i in live):
-            back = await sql.reclaim(cur, product_id)
-            stock, held, next_in = stock + back.units, back.held, back.next_expiry_in
-        owned: dict[int, int] = {}
-        if locked.per_user_limit is not None and live:
-            owned = await Store.owned(cur, product_id, [requests[i].user_id for i in live])
-        allocation = allocate(stock, [requests[i].quantity for i in live], users=[requests[i].user_id for i in live],
-                              bought=owned, per_user_limit=locked.per_user_limit, single_use=room, used=used)
-        granted = [i for i, ok in zip(live, allocation.granted, strict=True) if ok]
+        decision = await decide(cur, product_id, requests, locked, skip=taken, holds=True)
+        granted = decision.granted
         ids = {i: new_checkout_id() for i in granted}
-        placed: dict[str, tuple] = {}
-        stock_after, held_after = allocation.stock_after, held + allocation.total_granted
+        placed: dict[str, tuple[datetime, datetime]] = {}
+        stock_after, held_after = decision.allocation.stock_after, decision.held
         if granted:
+            room = locked.rules.waiting_room
             placed, stock_after, held_after = await sql.insert_holds(
                 cur, product_id, ids=[ids[i] for i in granted], user_ids=[requests[i].user_id for i in granted],
                 quantities=[requests[i].quantity for i in granted],
@@ -104,29 +76,17 @@ async def hold_in_transaction(store: Store, product_id: int, requests: Sequence[
                 hold_seconds=locked.hold_seconds, replica=replica,
                 room_generation=locked.room_generation if room else None,
             )
-            if not placed:  # every key of the batch was taken meanwhile: nothing moved
-                stock_after, held_after = stock, held
-        if next_in is None and held_after > 0 and stock_after == 0 and len(granted) < len(live):
-            next_in = (await sql.reclaim(cur, product_id)).next_expiry_in
     outcomes: dict[int, Outcome] = {i: DuplicateKey(requests[i].idempotency_key or "") for i in taken}
-    outcomes.update(refused)
-    for i, ok, before, refusal in zip(live, allocation.granted, allocation.remaining_before, allocation.refusals,
-                                      strict=True):
+    outcomes.update(decision.refusals)
+    for i in granted:
         request = requests[i]
-        if ok and ids[i] in placed:
+        if ids[i] in placed:
             expires_at, created_at = placed[ids[i]]
             outcomes[i] = Hold(id=ids[i], user_id=request.user_id, product_id=product_id, quantity=request.quantity,
                                status="held", created_at=created_at, expires_at=expires_at, replica=replica,
                                remaining=stock_after, held=held_after)
-        elif ok:  # its key was committed by a first try for another product while this one waited: replay it
+        else:  # its key was committed by a first try for another product while this one waited: replay it
             outcomes[i] = DuplicateKey(request.idempotency_key or "")
-        elif refusal == PASS_USED:
-            outcomes[i] = queue_pass_used(product_id)
-        elif refusal == LIMIT_REACHED:
-            limit = locked.per_user_limit or 0
-            outcomes[i] = limit_reached(product_id, limit, owned.get(request.user_id, 0), request.quantity)
-        else:
-            outcomes[i] = short_of_stock(product_id, before, request.quantity, held_after, next_in)
     return [outcomes[i] for i in range(len(requests))]
 
 

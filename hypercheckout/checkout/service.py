@@ -4,6 +4,8 @@ configured strategy."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from hypercheckout.checkout import holds
 from hypercheckout.checkout.errors import (
@@ -22,6 +24,7 @@ from hypercheckout.checkout.soldout import SoldOutFlags
 from hypercheckout.checkout.strategy import Strategy
 from hypercheckout.store import Store, StoredOrder
 
+T = TypeVar("T")
 USED_PASSES_KEPT = 65_536  # about 10 MB at most
 
 
@@ -61,23 +64,29 @@ class Checkout:
         key = request.idempotency_key
         if key is None:
             return await self._sell(request)
-        if key in self._keys_in_flight:
+        return await self._once_per_key(key, lambda: self._replay(request), lambda: self._sell(request))
+
+    async def _once_per_key(self, flight: str, replay: Callable[[], Awaitable[T | None]],
+                            act: Callable[[], Awaitable[T]]) -> T:
+        """``act`` for a request with an Idempotency-Key, unless ``replay`` finds what its first try got. A key
+        still being processed here is 409; another replica's, the transaction waits on its row (DuplicateKey)."""
+        if flight in self._keys_in_flight:
             raise request_in_progress()
-        self._keys_in_flight.add(key)
+        self._keys_in_flight.add(flight)
         try:
-            stored = await self._replay(request)
+            stored = await replay()
             if stored is not None:
                 return stored
             try:
-                return await self._sell(request)
+                return await act()
             except DuplicateKey:
                 # Another replica's request with this key committed first (we waited on its row, then rolled back).
-                stored = await self._replay(request)
-                if stored is None:  # its order was deleted since (a reset): nothing to replay, nothing sold here
+                stored = await replay()
+                if stored is None:  # deleted since (a reset): nothing to replay, nothing done here
                     raise request_in_progress() from None
                 return stored
         finally:
-            self._keys_in_flight.discard(key)
+            self._keys_in_flight.discard(flight)
 
     def refuse_from_memory(self, request: PurchaseRequest) -> PurchaseRequest:
         """Raise the refusal this replica can give from memory alone — a bad or missing Queue-Pass, outside the
@@ -177,23 +186,8 @@ class Checkout:
         key = request.idempotency_key
         if key is None:
             return await self._take_hold(request)
-        flight = f"checkout:{key}"
-        if flight in self._keys_in_flight:
-            raise request_in_progress()
-        self._keys_in_flight.add(flight)
-        try:
-            stored = await self._replay_hold(request)
-            if stored is not None:
-                return stored
-            try:
-                return await self._take_hold(request)
-            except DuplicateKey:
-                stored = await self._replay_hold(request)
-                if stored is None:
-                    raise request_in_progress() from None
-                return stored
-        finally:
-            self._keys_in_flight.discard(flight)
+        return await self._once_per_key(f"checkout:{key}", lambda: self._replay_hold(request),
+                                        lambda: self._take_hold(request))
 
     async def refused_hold(self, request: PurchaseRequest, refusal: CheckoutError) -> Hold:
         """A hold refused before its transaction (its pass, the limiter): its checkout, if a first try with its key
