@@ -4,6 +4,7 @@ Measures, one after another against the same private PostgreSQL and Redis:
 
 * the no-op ceiling: ``GET /healthz`` (nginx + replicas + the load generator, no domain work);
 * successful purchases/s while stock lasts, for each strategy (pessimistic, atomic, batched), limiter off;
+* holds/s (POST /checkouts) and checkouts held then confirmed/s, as a ratio to batched purchases/s;
 * sold-out rejections/s (stock 0: answered from the replicas' sold-out flags);
 * not-started rejections/s (a sale an hour ahead: answered from the replicas' copy of the schedule);
 * rate-limited rejections/s (one buyer over its rate: one Redis script call each);
@@ -147,6 +148,13 @@ class Bench:
         if parts == "redis":
             self.redis_cluster_cost()
             return
+        if parts == "holds":
+            with self.cluster(HC_STRATEGY="batched") as url:
+                self.cli("reset", "--stock", str(PLENTY))
+                batched = self.paired("purchases (batched)", url)
+                self.check_invariant(batched)
+                self.holds(url, batched)
+            return
         if parts in ("all", "overload"):
             with self.cluster(HC_STRATEGY="batched") as url:
                 self.overload_curve(url, self.steps)
@@ -167,6 +175,7 @@ class Bench:
             self.cli("reset", "--stock", str(PLENTY))
             batched = self.paired("purchases (batched)", url)
             self.check_invariant(batched)
+            self.holds(url, batched)
             self.half_rate_latency(url, batched)
             # Below the front door's limit (HC_FRONT_DOOR_IN_FLIGHT x 3 replicas = 384; at the limit itself a slot
             # frees a moment after its answer): past it nginx refuses the excess by design, which the overload
@@ -297,6 +306,33 @@ class Bench:
                     note=f"target {target:,.0f}/s: {connections} connections, each pausing {delay_ms:.1f} ms")
         self.check_invariant(figure, connections)
 
+    def holds(self, url: str, purchases: Figure) -> None:
+        """Checkouts against purchases, the same cluster and connections: holds alone (POST /checkouts), then
+        checkouts held and confirmed (each confirm sent by the thread right after its hold's answer): what a
+        confirm costs is the difference between the two, per checkout completed."""
+        self.cli("reset", "--stock", str(PLENTY))
+        held = self.paired("holds (batched)", url, WRK_MODE="hold")
+        ratio = f"{held.rate / purchases.rate:.2f} of purchases/s"
+        held.note = f"{held.note}; {ratio}" if held.note else ratio
+        self.check_units(held, held=True)
+        self.cli("reset", "--stock", str(PLENTY))
+        completed = self.paired("holds then confirms (batched)", url, WRK_MODE="checkout")
+        self.check_units(completed, held=False)
+        checkouts = (completed.requests - completed.non_2xx) / 2 / completed.seconds
+        note = (f"{checkouts:,.0f} checkouts completed/s, {checkouts / purchases.rate:.2f} of purchases/s; a confirm "
+                f"costs {(held.rate / checkouts - 1) if checkouts else 0:.2f} of a hold")
+        completed.note = f"{completed.note}; {note}" if completed.note else note
+        print(f"  holds: {held.note}; {note}", flush=True)
+
+    def check_units(self, figure: Figure, *, held: bool) -> None:
+        """After a run of holds: available + held + sold = the stock set, and every 2xx was a hold (or a confirm)."""
+        product = self.backends.status()["products"][0]
+        assert product["available"] + product["held"] + product["sold"] == product["initial_stock"], product
+        assert figure.non_2xx <= self.connections, f"{figure.non_2xx} holds or confirms refused while stock lasted"
+        if held:
+            ok = figure.requests - figure.non_2xx
+            assert 0 <= product["held"] - ok <= self.connections, (product, ok)
+
     def skip_access_log(self) -> None:
         """What nginx logged so far is not this run's (each cluster's nginx may start a new log)."""
         time.sleep(1.5)  # nginx flushes its access log every second
@@ -307,7 +343,7 @@ class Bench:
     def check_invariant(self, figure: Figure, connections: int | None = None) -> None:
         status = self.backends.status()
         product = status["products"][0]
-        assert product["stock"] + product["sold"] == product["initial_stock"], product
+        assert product["available"] + product["held"] + product["sold"] == product["initial_stock"], product
         ok = figure.requests - figure.non_2xx
         # Requests in flight when wrk stops are answered after it stopped counting: at most one per connection.
         assert 0 <= status["orders"] - ok <= (connections or self.connections), (status["orders"], ok)
@@ -342,9 +378,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10, help="length of each wrk run (default 10)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
-    parser.add_argument("--only", choices=("all", "overload", "figures", "redis"), default="all",
+    parser.add_argument("--only", choices=("all", "overload", "figures", "redis", "holds"), default="all",
                         help="overload: only the overload curve; figures: everything but it; redis: only the limiter "
-                             "on one Redis against a Redis Cluster (default: everything)")
+                             "on one Redis against a Redis Cluster; holds: batched purchases, then holds and "
+                             "checkouts confirmed against them (default: everything)")
     parser.add_argument("--steps", type=lambda text: tuple(int(n) for n in text.split(",")), default=OVERLOAD_STEPS,
                         help="connections of the overload curve, comma-separated (default 64,1000,4000,10000)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / datetime.now().strftime("%Y-%m-%d"),

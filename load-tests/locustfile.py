@@ -13,6 +13,7 @@ after another).
 * ``DropUser`` — the drop: buyers of several products (``HC_LOAD_PRODUCTS``) whose sales start at the same instant
   a few seconds ahead. Each arrives early, is told ``sale_not_started``, waits the ``Retry-After`` it was given and
   fires at the start; then like the herd, until it has bought or its product is sold out.
+* ``CheckoutUser`` — the checkout drop: buyers hold a unit, then confirm it, release it or walk away.
 * ``QueuedUser`` — the queued drop: buyers of a product with a waiting room join its queue before the start, poll
   their ticket (every 0.5 to 10 s, sooner the closer their turn), and buy one unit with their pass once admitted.
 
@@ -360,3 +361,73 @@ class QueuedUser(Buyer):
             self.pause = 0.0  # overloaded: Buyer.buy waited its Retry-After; the same key again
         else:
             self.finish()  # bought, sold out, or refused (a failure Buyer.buy has counted)
+
+
+class CheckoutUser(Buyer):
+    """Scenario 7, the checkout drop: a buyer of product HC_LOAD_PRODUCT that holds one unit (POST /checkouts),
+    then — its fate drawn at the start — walks away (30 %: the hold runs out), releases it (10 %) or confirms it
+    (60 %), 1 to 8 s after the hold. Told ``units_held`` (none available, some held), it waits the Retry-After
+    (until the next hold runs out) and holds again; a confirm refused ``hold_expired`` holds again too. Done when
+    it confirmed, released, walked away, or the product is sold out for good. Arrivals spread as the herd's."""
+
+    done = False
+    pause = 0.0
+
+    def wait_time(self) -> float:
+        return 3600.0 if self.done else self.pause
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.fate = random.choices(("abandon", "release", "confirm"), (0.3, 0.1, 0.6))[0]
+        arrival = herd_started["at"] + HERD_SPAWN_SECONDS + random.uniform(0, HERD_ARRIVAL_SECONDS)
+        gevent.sleep(max(0.0, arrival - time.time()))
+
+    def finish(self) -> None:
+        self.done = True
+        tell_master(self.environment, "buyers_done")
+
+    def answered(self, response: Any, ms: float, order_id: int | None = None) -> str | None:
+        """Count the answer; returns its error code (None for a success). Expected refusals are successes."""
+        status, code = response.status_code, error_code(response)
+        if status in (200, 201):
+            outcome = "200"
+            response.success()
+        elif status in (409, 429) or (status == 503 and code == "overloaded"):
+            outcome = "overloaded" if status == 503 else str(status)
+            response.success()
+        else:
+            outcome = "5xx" if status >= 500 else "other"
+            response.failure(f"{status}: {(response.text or '')[:200]}")
+        tally.add(outcome, response.headers.get("X-Replica") if response.headers else None, order_id, ms)
+        return code
+
+    @task
+    def step(self) -> None:
+        if self.done:
+            return
+        body = {"user_id": self.user_id, "product_id": PRODUCT, "quantity": 1}
+        started = time.perf_counter()
+        with self.client.post("/checkouts", json=body, name="POST /checkouts", catch_response=True) as response:
+            code = self.answered(response, 1000 * (time.perf_counter() - started))
+            status, retry_after = response.status_code, float(response.headers.get("Retry-After") or 1)
+            checkout_id = response.json().get("checkout_id") if status == 201 else None
+        if checkout_id is None:
+            if status == 409 and code == "out_of_stock":
+                self.finish()  # sold out for good: nothing held that could come back
+            else:
+                self.pause = retry_after if status in (409, 429, 503) else 1.0
+            return
+        if self.fate == "abandon":
+            self.finish()  # the hold runs out by itself
+            return
+        gevent.sleep(random.uniform(1, 8))
+        path = f"/checkouts/{checkout_id}/{'confirm' if self.fate == 'confirm' else 'release'}"
+        started = time.perf_counter()
+        with self.client.post(path, name=f"POST /checkouts/{{id}}/{self.fate}", catch_response=True) as response:
+            ms = 1000 * (time.perf_counter() - started)
+            order_id = response.json().get("order_id") if response.status_code == 200 else None
+            code = self.answered(response, ms, order_id if self.fate == "confirm" else None)
+        if code == "hold_expired":
+            self.pause = 0.0  # its units went to someone else: hold again
+        else:
+            self.finish()

@@ -62,6 +62,7 @@ class Scenario:
     drop_stocks: list[int] = field(default_factory=list)  # the drop: one product per stock, all starting at once
     lead: float = 0.0  # the drop: seconds from creating its products to their start
     queue_rate: int = 0  # the queued drop: its product's admit_per_second (0: no waiting room)
+    hold_seconds: int = 0  # the checkout drop: its product's hold_seconds (0: no holds)
 
 
 @dataclass
@@ -88,6 +89,7 @@ class Outcome:
     nginx_ok_p99: float = 0.0
     drop: list[dict[str, Any]] = field(default_factory=list)  # per product of the drop, from PostgreSQL
     queued: dict[str, Any] = field(default_factory=dict)  # the queued drop: fairness and timing
+    checkouts: dict[str, Any] = field(default_factory=dict)  # the checkout drop: holds, latency, resale
 
     @property
     def ok(self) -> bool:
@@ -134,6 +136,12 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
                  users=args.queue_users, spawn_rate=args.queue_users / max(1.0, args.queue_lead - 4),
                  stock=args.queue_stock, seconds=args.queue_lead + args.drain_timeout, sells_out=True,
                  processes=args.herd_processes, lead=args.queue_lead, queue_rate=args.queue_rate),
+        # Buyers hold a unit, then confirm it, release it or walk away; what is given back is sold again.
+        Scenario("checkout-drop", f"Checkout drop: {args.checkout_users:,} buyers hold one of {args.checkout_stock:,} "
+                 f"units for {args.checkout_hold} s; 30% walk away, 10% release, 60% confirm after 1-8 s",
+                 "CheckoutUser", users=args.checkout_users, spawn_rate=args.checkout_users / 3,
+                 stock=args.checkout_stock, seconds=args.checkout_hold * 4 + args.drain_timeout, sells_out=True,
+                 processes=args.herd_processes, hold_seconds=args.checkout_hold),
     ]
 
 
@@ -234,6 +242,11 @@ def run_scenario(scenario: Scenario, target: Backends | ExternalCluster, out: Pa
                 starts_at, "--waiting-room", "--admit-per-second", str(scenario.queue_rate), "--pass-seconds", "120",
                 "--json"))["id"]
             extra_env["HC_LOAD_PRODUCT"] = str(queued_id)
+        elif scenario.hold_seconds:
+            held_id = json.loads(target.cli(
+                "product", "create", "--name", "Checkout drop", "--stock", str(scenario.stock), "--hold-seconds",
+                str(scenario.hold_seconds), "--json"))["id"]
+            extra_env["HC_LOAD_PRODUCT"] = str(held_id)
         else:
             target.cli("reset", "--stock", str(scenario.stock))
         access_log = getattr(target, "access_log", None)  # nginx's, when the cluster is ours
@@ -246,9 +259,23 @@ def run_scenario(scenario: Scenario, target: Backends | ExternalCluster, out: Pa
     purchases = [e for e in read_log(access_log, log_from) if e.get("uri") == "/purchase"]
     purchase_seconds = [float(e["request_time"]) for e in purchases]
     ok_seconds = [float(e["request_time"]) for e in purchases if e.get("status") == 200]
+    if scenario.hold_seconds:  # its buyers' successes are holds (201)
+        ok_seconds = [float(e["request_time"]) for e in read_log(access_log, log_from)
+                      if e.get("uri") == "/checkouts" and e.get("status") == 201]
     problems = []
     queued: dict[str, Any] = {}
-    if scenario.drop_stocks:
+    checkouts: dict[str, Any] = {}
+    if scenario.hold_seconds:
+        checkouts = checkout_results(target.env["HC_DATABASE_URL"], held_id)
+        product = {"stock": checkouts["stock"], "sold": checkouts["sold"], "initial_stock": checkouts["initial"]}
+        problems += sale_problems(checkouts)
+        if checkouts["held"]:
+            problems.append(f"{checkouts['held']} units still held at the end")
+        holds = [e for e in read_log(access_log, log_from) if e.get("uri") == "/checkouts"]
+        hold_seconds = [float(e["request_time"]) for e in holds if e.get("status") == 201]
+        checkouts["nginx_hold_p50"] = 1000 * percentile(hold_seconds, 0.50)
+        checkouts["nginx_hold_p99"] = 1000 * percentile(hold_seconds, 0.99)
+    elif scenario.drop_stocks:
         drop = drop_results(target.env["HC_DATABASE_URL"], ids)
         for row in drop:
             problems += sale_problems(row, f"product {row['id']}: ")
@@ -287,7 +314,7 @@ def run_scenario(scenario: Scenario, target: Backends | ExternalCluster, out: Pa
         stock=product["stock"], sold=product["sold"], initial=product["initial_stock"],
         orders_checked=len(tally["order_ids"]), problems=problems, history=history,
         per_second=tally["per_second"], ok_p50=percentile(tally["ok_ms"], 0.50),
-        ok_p99=percentile(tally["ok_ms"], 0.99), drop=drop, queued=queued,
+        ok_p99=percentile(tally["ok_ms"], 0.99), drop=drop, queued=queued, checkouts=checkouts,
         nginx_ok_p50=1000 * percentile(ok_seconds, 0.50), nginx_ok_p99=1000 * percentile(ok_seconds, 0.99),
     )
     if queued:
@@ -304,6 +331,20 @@ def run_scenario(scenario: Scenario, target: Backends | ExternalCluster, out: Pa
               f"{100 * queued['inversions']:.2f}%; purchases by admitted buyers p50 {queued['purchase_p50']:.0f} ms, "
               f"p99 {queued['purchase_p99']:.0f} ms (Locust), p50 {queued['nginx_p50']:.0f} ms, p99 "
               f"{queued['nginx_p99']:.0f} ms (nginx)", flush=True)
+    if checkouts:
+        rows = {r["Name"]: r for r in read_rows(out / f"{scenario.name}_stats.csv")}
+        hold_row = rows.get("POST /checkouts", {})
+        checkouts["hold_p50"] = float(hold_row.get("50%", 0))
+        checkouts["hold_p99"] = float(hold_row.get("99%", 0))
+        checkouts["hold_requests"] = int(hold_row.get("Request Count", 0))
+        confirm_row = rows.get("POST /checkouts/{id}/confirm", {})
+        checkouts["confirm_p50"] = float(confirm_row.get("50%", 0))
+        checkouts["confirm_p99"] = float(confirm_row.get("99%", 0))
+        print(f"  checkout drop: {checkouts['by_status']}; {checkouts['rebooked']} re-booked; holds p50 "
+              f"{checkouts['hold_p50']:.0f} ms, p99 {checkouts['hold_p99']:.0f} ms (Locust), p50 "
+              f"{checkouts['nginx_hold_p50']:.0f} ms, p99 {checkouts['nginx_hold_p99']:.0f} ms (nginx); units given "
+              f"back ({checkouts['returned']:,} holds) taken again after p50 {checkouts['resale_p50_ms']:.0f} ms, "
+              f"p99 {checkouts['resale_p99_ms']:.0f} ms", flush=True)
     verdict = "invariant holds" if result.ok else "PROBLEMS: " + "; ".join(problems)
     total = sum(counts.values())
     print(f"  {total:,} answers in {seconds:.0f} s ({total / seconds:,.0f}/s): "
@@ -360,6 +401,34 @@ def read_log(path: Path | None, offset: int | None) -> list[dict[str, Any]]:
     with path.open("rb") as log:
         log.seek(offset)
         return [json.loads(line) for line in log.read().splitlines() if line.strip().startswith(b"{")]
+
+
+def checkout_results(database_url: str, product_id: int) -> dict[str, Any]:
+    """The checkout drop, from PostgreSQL: the invariant's figures (stock + held + sold = initial), checkouts by
+    how they ended, and for each hold given back (released, or expired: from the instant it ran out) how long
+    until the product's next hold took units again — what a release or an expiry costs the next buyer."""
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+        cur.execute("""
+            SELECT p.stock, p.held, p.initial_stock, p.starts_at,
+                   (SELECT COALESCE(sum(quantity), 0) FROM orders WHERE product_id = p.id),
+                   (SELECT count(*) FROM orders WHERE product_id = p.id),
+                   (SELECT count(*) FROM orders WHERE product_id = p.id AND created_at < p.starts_at)
+            FROM products p WHERE p.id = %s""", (product_id,))
+        stock, held, initial, _, sold, orders, early = cur.fetchone()
+        cur.execute("SELECT status, count(*), count(*) FILTER (WHERE rebooked) FROM checkouts WHERE product_id = %s "
+                    "GROUP BY status", (product_id,))
+        rows = cur.fetchall()
+        cur.execute("""
+            SELECT extract(epoch FROM (SELECT min(n.created_at) FROM checkouts n
+                                       WHERE n.product_id = c.product_id AND n.created_at >= c.ended_at)
+                                      - c.ended_at) * 1000
+            FROM checkouts c WHERE c.product_id = %s AND c.status IN ('released', 'expired')""", (product_id,))
+        delays = [float(d) for (d,) in cur.fetchall() if d is not None]
+    conn.close()
+    return {"id": product_id, "stock": stock, "held": held, "initial": initial, "sold": int(sold),
+            "orders": orders, "early": early, "by_status": {status: n for status, n, _ in rows},
+            "rebooked": sum(r for _, _, r in rows), "returned": len(delays),
+            "resale_p50_ms": percentile(delays, 0.50), "resale_p99_ms": percentile(delays, 0.99)}
 
 
 def queued_results(database_url: str, product_id: int) -> dict[str, Any]:
@@ -558,6 +627,25 @@ def report(results: list[Outcome], out: Path, started: str, source: str) -> Path
                   "the buyers' polling (every 0.5 to 10 s), so \"out-of-order pairs\" is the share of pairs of "
                   "buyers served in the opposite order of their tickets.", "",
                   "![queued drop: tickets in the order served](queued-fairness.png)", ""]
+    held = next((r for r in results if r.checkouts), None)
+    if held is not None:
+        c = held.checkouts
+        lines += ["## The checkout drop", "",
+                  f"{held.users:,} buyers arrived within 10 s for {c['initial']:,} units held "
+                  f"{held.scenario.hold_seconds} s each; a buyer told `units_held` waited its Retry-After (until "
+                  "the next hold runs out) and held again. Resale: for each hold given back (released, or run "
+                  "out: from its expiry), the time until the product's next hold took units, from the checkouts' "
+                  "times in PostgreSQL.", "",
+                  "| units | sold | still held | checkouts by end | re-booked | holds p50 / p99: Locust | the same at "
+                  "nginx | confirms p50 / p99 (Locust) | holds given back | resale p50 / p99 | invariant |",
+                  "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
+                  f"| {c['initial']:,} | {c['sold']:,} | {c['held']} | "
+                  + ", ".join(f"{k} {v:,}" for k, v in sorted(c["by_status"].items()))
+                  + f" | {c['rebooked']:,} | {c['hold_p50']:.0f} / {c['hold_p99']:.0f} ms | "
+                  f"{c['nginx_hold_p50']:.0f} / {c['nginx_hold_p99']:.0f} ms | "
+                  f"{c['confirm_p50']:.0f} / {c['confirm_p99']:.0f} ms | {c['returned']:,} | "
+                  f"{c['resale_p50_ms'] / 1000:.1f} / {c['resale_p99_ms'] / 1000:.1f} s | "
+                  f"{'holds' if held.ok else 'broken'} |", ""]
     for r in results:
         shares = ", ".join(f"{name} {100 * n / max(1, sum(r.replicas.values())):.0f}%"
                            for name, n in sorted(r.replicas.items()))
@@ -593,8 +681,13 @@ def main() -> int:
                              "serves with Locust beside it)")
     parser.add_argument("--queue-lead", type=float, default=15,
                         help="seconds from creating the queued drop's product to its start (default 15)")
+    parser.add_argument("--checkout-users", type=int, default=5000,
+                        help="buyers of the checkout drop (default 5,000)")
+    parser.add_argument("--checkout-stock", type=int, default=1000, help="units of the checkout drop (default 1,000)")
+    parser.add_argument("--checkout-hold", type=int, default=20,
+                        help="the checkout drop's hold_seconds (default 20)")
     parser.add_argument("--only", choices=["original", "write-limit", "rate-limit-shield", "flash-sale-drain", "herd",
-                                           "drop", "queued-drop"],
+                                           "drop", "queued-drop", "checkout-drop"],
                         action="append",
                         help="run only this scenario (repeatable)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / datetime.now().strftime("%Y-%m-%d"))

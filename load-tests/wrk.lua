@@ -1,4 +1,4 @@
--- wrk script for bench.py. WRK_MODE=healthz: GET /healthz (the no-op ceiling). Otherwise POST /purchase, one
+-- wrk script for bench.py. WRK_MODE=healthz: GET /healthz (the no-op ceiling); hold or checkout: see below. Otherwise POST /purchase, one
 -- unit, a different buyer on every request (so the per-buyer limit never applies) unless WRK_USER fixes one buyer
 -- (the rate-limited benchmark). Each wrk thread takes its own range of user ids. done() prints one JSON line.
 local counter = 0
@@ -17,16 +17,33 @@ end
 local fixed_user = os.getenv("WRK_USER")
 local product = os.getenv("WRK_PRODUCT") or "1"
 
-local healthz = os.getenv("WRK_MODE") == "healthz"
+local mode = os.getenv("WRK_MODE") or "purchase"
+local healthz = mode == "healthz"
+-- WRK_MODE=hold: POST /checkouts instead of /purchase. WRK_MODE=checkout: a hold, then its confirm, each checkout
+-- id taken from a hold's answer (response() below) and confirmed by the thread's next request.
+local path = (mode == "hold" or mode == "checkout") and "/checkouts" or "/purchase"
+local to_confirm = {}
 
 function request()
   if healthz then
     return wrk.format("GET", "/healthz")
   end
+  if #to_confirm > 0 then
+    return wrk.format("POST", "/checkouts/" .. table.remove(to_confirm) .. "/confirm")
+  end
   counter = counter + 1
   local user = fixed_user or tostring(thread_base + counter)
   local body = '{"user_id": ' .. user .. ', "product_id": ' .. product .. ', "quantity": 1}'
-  return wrk.format("POST", "/purchase", {["Content-Type"] = "application/json"}, body)
+  return wrk.format("POST", path, {["Content-Type"] = "application/json"}, body)
+end
+
+if mode == "checkout" then
+  function response(status, headers, body)
+    if status == 201 then
+      local id = string.match(body, '"checkout_id":"([%w_%-]+)"')
+      if id then table.insert(to_confirm, id) end
+    end
+  end
 end
 
 function done(summary, latency, requests)

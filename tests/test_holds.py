@@ -231,3 +231,34 @@ async def test_a_bad_hold_body_is_a_400_and_writes_nothing(http_client, base_url
         assert answer.status == 400 and answer.body["error"]["code"] == "invalid_request"
     assert sql(database_url, "SELECT count(*) FROM checkouts")[0][0] == 0
     assert stock_of(database_url) == 10_000
+
+
+@pytest.mark.gen_test
+async def test_a_waiting_room_keeps_admitting_while_units_are_held_and_a_pass_takes_one_checkout(
+    http_client, base_url, database_url: str, services: Services,
+) -> None:
+    from tests.test_waiting_room import admitted_pass, join, room_product, standing
+
+    pid = room_product(database_url, 2, rate=1000)
+    await services.schedule.reread()
+    first = await admitted_pass(http_client, base_url, (await join(http_client, base_url, pid, 1))["ticket"])
+    held = await hold(http_client, base_url, user=1, product=pid, qty=2, headers={"Queue-Pass": first})
+    assert held.status == 201, held.body
+    # The pass took its checkout: it buys nothing more, held or not.
+    again = await buy(http_client, base_url, user=1, product=pid, headers={"Queue-Pass": first})
+    assert again.status == 403 and again.body["error"]["code"] == "queue_pass_used", again.body
+    # Nothing available, but units held: the room still places and admits buyers, who are told units_held.
+    ticket = (await join(http_client, base_url, pid, 2))["ticket"]
+    second = await admitted_pass(http_client, base_url, ticket)
+    waiting = await hold(http_client, base_url, user=2, product=pid, headers={"Queue-Pass": second})
+    assert waiting.status == 409 and waiting.body["error"]["code"] == "units_held", waiting.body
+    assert (await standing(http_client, base_url, ticket))["status"] == "admitted"
+    # The units come back and go to the next buyer in line; once everything is sold, the room says so.
+    assert (await act(http_client, base_url, held.body["checkout_id"], "release")).status == 200
+    taken = await hold(http_client, base_url, user=2, product=pid, qty=2, headers={"Queue-Pass": second})
+    assert taken.status == 201, taken.body
+    assert (await act(http_client, base_url, taken.body["checkout_id"], "confirm")).status == 200
+    assert (await standing(http_client, base_url, ticket))["status"] == "sold_out"
+    late = await post_raw(http_client, f"{base_url}/products/{pid}/queue", '{"user_id": 3}')
+    assert late.status == 409 and late.body["error"]["code"] == "out_of_stock", late.body
+    assert assert_invariant(database_url, 2, product=pid) == 0

@@ -21,13 +21,15 @@ def run(script: str, *args: str, timeout: float = 240,
                           timeout=timeout, env={**os.environ, "HC_LOG_LEVEL": "WARNING", **(env or {})})
 
 
-SCENARIOS = ["original", "write-limit", "rate-limit-shield", "flash-sale-drain", "herd", "drop", "queued-drop"]
+SCENARIOS = ["original", "write-limit", "rate-limit-shield", "flash-sale-drain", "herd", "drop", "queued-drop",
+             "checkout-drop"]
 
 
 def test_the_scenarios_run_check_the_invariant_and_write_a_report(tmp_path: Path) -> None:
     done = run("run.py", "--duration", "3", "--drain-users", "200", "--drain-stock", "400", "--after-sold-out", "1",
                "--herd-users", "300", "--drop-users", "300", "--drop-lead", "6", "--queue-users", "300",
-               "--queue-stock", "60", "--queue-rate", "50", "--queue-lead", "6", "--out", str(tmp_path),
+               "--queue-stock", "60", "--queue-rate", "50", "--queue-lead", "6", "--checkout-users", "150",
+               "--checkout-stock", "30", "--checkout-hold", "2", "--out", str(tmp_path), timeout=420,
                env={"HC_LOAD_HERD_SPAWN_S": "1", "HC_LOAD_HERD_ARRIVAL_S": "2"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
@@ -40,18 +42,18 @@ def test_the_scenarios_run_check_the_invariant_and_write_a_report(tmp_path: Path
     assert original[-4] == "0", rows[0]  # failures: a 503 would be one
     assert ("| original | 0 failures (success: 200 and 409), the invariant holds | 0 failures, invariant: holds "
             "| met |") in report
-    for row in (rows[3], rows[4], rows[5], rows[6]):  # the drain, the herd and both drops sell out exactly
+    for row in rows[3:8]:  # the drain, the herd, both drops and the checkout drop sell out exactly
         cells = row.split(" | ")
         assert cells[-3:] in (["0", "400", "holds |"], ["0", "300", "holds |"], ["0", "150", "holds |"],
-                              ["0", "60", "holds |"]), row
+                              ["0", "60", "holds |"], ["0", "30", "holds |"]), row
         assert cells[-4] == "0"  # failures
     shield = rows[2].split(" | ")
     assert int(shield[6].replace(",", "")) > 0  # the limiter answered 429s
     for name in SCENARIOS:
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
-    assert done.stdout.count("found in PostgreSQL; invariant holds") == 7
+    assert done.stdout.count("found in PostgreSQL; invariant holds") == 8
     # Every scenario's goal of no failure is met (its latency goals are printed, not asserted: speed is measured).
-    assert sum(line.startswith("goal met: ") and ": 0 failures (" in line for line in done.stdout.splitlines()) == 7
+    assert sum(line.startswith("goal met: ") and ": 0 failures (" in line for line in done.stdout.splitlines()) == 8
     assert "Herd goal, p99 of 200s at nginx" in report
     # The drop: five products, each sold out exactly, none of it before the common start.
     drop_rows = [line for line in report.split("## The drop, per product")[1].split("\n## ")[0].splitlines()
@@ -68,6 +70,12 @@ def test_the_scenarios_run_check_the_invariant_and_write_a_report(tmp_path: Path
     assert "of 60" in cells[4] and "%" in cells[6], row
     assert (tmp_path / "queued-fairness.png").stat().st_size > 10_000
 
+    # The checkout drop: every unit sold by the end, nothing still held, holds given back and taken again.
+    held = report.split("## The checkout drop")[1].split("\n## ")[0]
+    row = next(line for line in held.splitlines() if line.startswith("| 30 |"))
+    cells = row.split(" | ")
+    assert cells[1:3] == ["30", "0"] and "confirmed" in cells[3] and row.endswith("| holds |"), row
+
 @pytest.mark.skipif(shutil.which("wrk") is None and not os.environ.get("CI"), reason="wrk is not installed")
 def test_the_benchmark_runs_every_figure_and_checks_the_invariant(tmp_path: Path) -> None:
     done = run("bench.py", "--seconds", "1", "--connections", "16", "--steps", "16,600", "--out", str(tmp_path))
@@ -83,7 +91,7 @@ def test_the_benchmark_runs_every_figure_and_checks_the_invariant(tmp_path: Path
     figures = results["figures"]
     assert [(f["name"], f["connections"]) for f in figures] == [
         ("sold-out rejections (409)", 16), ("not-started rejections (409)", 16), ("purchases (batched)", 16),
-        ("purchases (batched) at ~half the max", 32),
+        ("holds (batched)", 16), ("holds then confirms (batched)", 16), ("purchases (batched) at ~half the max", 32),
         ("purchases (batched)", 32), ("purchases (batched)", 40), ("purchases (pessimistic)", 16),
         ("purchases (atomic)", 16), ("rate-limited rejections (429)", 16),
         ("purchases, limiter on (one Redis)", 16), ("rate-limited rejections (one Redis)", 16),
@@ -94,3 +102,4 @@ def test_the_benchmark_runs_every_figure_and_checks_the_invariant(tmp_path: Path
     assert figures[1]["non_2xx"] == figures[1]["requests"]  # nor before the start
     assert "vs ceiling" in (tmp_path / "bench.md").read_text()
     assert "of one Redis's req/s" in figures[-1]["note"]  # the cluster's cost, as a ratio within the run
+    assert "of purchases/s" in figures[3]["note"] and "checkouts completed/s" in figures[4]["note"]
