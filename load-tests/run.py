@@ -136,11 +136,12 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
                  users=args.queue_users, spawn_rate=args.queue_users / max(1.0, args.queue_lead - 4),
                  stock=args.queue_stock, seconds=args.queue_lead + args.drain_timeout, sells_out=True,
                  processes=args.herd_processes, lead=args.queue_lead, queue_rate=args.queue_rate),
-        # Buyers hold a unit, then confirm it, release it or walk away; what is given back is sold again.
+        # Buyers hold a unit, then confirm it, release it or walk away; what is given back is sold again. The
+        # walked-away units come back a hold later, 30% of them walked away from again: the tail lasts several holds.
         Scenario("checkout-drop", f"Checkout drop: {args.checkout_users:,} buyers hold one of {args.checkout_stock:,} "
                  f"units for {args.checkout_hold} s; 30% walk away, 10% release, 60% confirm after 1-8 s",
                  "CheckoutUser", users=args.checkout_users, spawn_rate=args.checkout_users / 3,
-                 stock=args.checkout_stock, seconds=args.checkout_hold * 4 + args.drain_timeout, sells_out=True,
+                 stock=args.checkout_stock, seconds=args.checkout_hold * 12 + args.drain_timeout, sells_out=True,
                  processes=args.herd_processes, hold_seconds=args.checkout_hold),
     ]
 

@@ -262,3 +262,27 @@ async def test_a_waiting_room_keeps_admitting_while_units_are_held_and_a_pass_ta
     late = await post_raw(http_client, f"{base_url}/products/{pid}/queue", '{"user_id": 3}')
     assert late.status == 409 and late.body["error"]["code"] == "out_of_stock", late.body
     assert assert_invariant(database_url, 2, product=pid) == 0
+
+
+@pytest.mark.gen_test
+@pytest.mark.settings(soldout_recheck_ms=600_000)  # the memory outlasts any pause of a busy machine here
+async def test_a_replica_told_units_are_held_refuses_the_next_buyers_from_memory_until_a_release(
+    http_client, base_url, database_url: str,
+) -> None:
+    """Once PostgreSQL said "none available, some held", the replica answers the next buyers without a key from
+    memory for a moment (409 units_held with Retry-After), as it does for sold out — here while the product's row
+    is locked, so that an answer can only come from memory; its own release clears that at once."""
+    from tests.locks import row_locked
+
+    set_stock(database_url, 1)
+    first = await hold(http_client, base_url, user=1)
+    told = await hold(http_client, base_url, user=2)
+    assert told.status == 409 and told.body["error"]["code"] == "units_held", told.body
+    with row_locked(database_url):
+        for attempt in (hold(http_client, base_url, user=3), buy(http_client, base_url, user=4)):
+            refused = await attempt
+            assert refused.status == 409 and refused.body["error"]["code"] == "units_held", refused.body
+            assert refused.body["error"]["held"] == 1 and int(refused.headers["Retry-After"]) >= 1
+    assert (await act(http_client, base_url, first.body["checkout_id"], "release")).status == 200
+    assert (await hold(http_client, base_url, user=3)).status == 201
+    assert assert_invariant(database_url, 1) == 0

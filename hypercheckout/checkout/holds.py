@@ -121,6 +121,12 @@ async def confirm(store: Store, checkout_id: str, replica: str) -> Order:
     """Turn the hold into its order; a confirmed checkout answers with its order again. A hold that ran out is
     re-booked if its units can still be had from what is available (and the sale's rules allow it now), else
     409 ``hold_expired`` with nothing sold; a released one, 409 ``checkout_released``."""
+    async with store.cursor() as cur:  # the common case, a running hold: one statement
+        done = await sql.confirm_now(cur, checkout_id, replica)
+    if done is not None:
+        order_id, created_at, user_id, product_id, quantity, stock, held = done
+        return Order(id=order_id, user_id=user_id, product_id=product_id, quantity=quantity, created_at=created_at,
+                     remaining=stock, replica=replica, held=held, checkout_id=checkout_id)
     found = await find(store, checkout_id)
     if found.status == "confirmed":
         return _order_of(found, replayed=True)

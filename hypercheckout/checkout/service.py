@@ -98,6 +98,9 @@ class Checkout:
         self.schedule.check(request)
         if self.sold_out.is_sold_out(request.product_id):
             raise out_of_stock(request.product_id, 0, request.quantity)
+        held_out = self.sold_out.held_out(request.product_id)
+        if held_out is not None:
+            raise held_out
         return request
 
     def _check_pass(self, request: PurchaseRequest) -> PurchaseRequest:
@@ -128,6 +131,16 @@ class Checkout:
         self._used_passes.move_to_end(used)
         if len(self._used_passes) > USED_PASSES_KEPT:
             self._used_passes.popitem(last=False)
+
+    def _learn(self, request: PurchaseRequest, refusal: CheckoutError) -> None:
+        """What a refusal decided under the row lock tells this replica's memory for the next requests."""
+        if refusal.code == "out_of_stock" and refusal.extra.get("remaining") == 0:
+            self.sold_out.mark(request.product_id)
+        elif refusal.code == "units_held":
+            self.sold_out.mark_held_out(request.product_id, int(refusal.extra.get("held", 0)),
+                                        float(refusal.headers.get("Retry-After", "1")))
+        elif refusal.code == "queue_pass_used":
+            self._pass_used(request)
 
     async def refused(self, request: PurchaseRequest, refusal: CheckoutError) -> Order:
         """For a request refused before its purchase (its pass, by the limiter): raise ``refusal`` — unless the
@@ -161,10 +174,7 @@ class Checkout:
         try:
             order = await self.strategy.purchase(request)
         except CheckoutError as exc:
-            if exc.code == "out_of_stock" and exc.extra.get("remaining") == 0:
-                self.sold_out.mark(request.product_id)
-            elif exc.code == "queue_pass_used":
-                self._pass_used(request)
+            self._learn(request, exc)
             raise
         if order.remaining == 0 and order.held == 0:  # with units held, some may come back
             self.sold_out.mark(request.product_id)
@@ -211,10 +221,7 @@ class Checkout:
         try:
             hold = await self.strategy.hold(request)
         except CheckoutError as exc:
-            if exc.code == "out_of_stock" and exc.extra.get("remaining") == 0:
-                self.sold_out.mark(request.product_id)
-            elif exc.code == "queue_pass_used":
-                self._pass_used(request)
+            self._learn(request, exc)
             raise
         self.holds_placed += 1
         self._pass_used(request)
@@ -233,6 +240,8 @@ class Checkout:
 
     async def release(self, checkout_id: str) -> Hold:
         hold, moved = await holds.release(self._store, checkout_id)
-        if moved and hold.status == "released":
-            self.holds_released += 1
+        if moved:
+            self.sold_out.clear(hold.product_id)  # units are back: this replica's next buyer gets them at once
+            if hold.status == "released":
+                self.holds_released += 1
         return hold

@@ -11,6 +11,12 @@ The flag is a cache of PostgreSQL, so it must not outlive a restock. Two mechani
 
 A replica whose subscription reconnects drops every flag, since it may have missed messages meanwhile.
 
+**Held out** is the sibling of sold out: none available, but units held by checkouts that may come back. A replica
+told so by PostgreSQL refuses the product's next requests without an Idempotency-Key from memory (409
+``units_held``) for ``recheck`` seconds: units a release or a lapsed hold gives back reach buyers within that, with
+no message needed (a release clears it at once on the replica that released). Any change of the product clears it,
+as it clears the sold-out flag.
+
 A replica that flags a product also says so on the channel (``sold-out:<id>``), and the others flag it too: a
 replica that has sold nothing of it yet then refuses at once as well, and every waiting room's tickets turn
 ``sold_out`` on every replica together. Such a flag is held to the same PostgreSQL recheck as the replica's own.
@@ -24,7 +30,7 @@ from collections.abc import Callable
 
 import redis.exceptions
 
-from hypercheckout.checkout.errors import CheckoutError
+from hypercheckout.checkout.errors import CheckoutError, units_held
 from hypercheckout.redisclient import CLIENT_FAULTS, RedisClient
 from hypercheckout.store import Store
 
@@ -63,6 +69,8 @@ class SoldOutFlags:
         self._channel = channel_name(prefix)
         self._recheck = recheck_seconds
         self._flagged: set[int] = set()
+        # Held out: product -> (until, units held, when the next hold runs out), on the event loop's clock.
+        self._held_out: dict[int, tuple[float, int, float]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._closed = asyncio.Event()  # wakes the listener's retry pause at shutdown
@@ -94,8 +102,28 @@ class SoldOutFlags:
     def clear(self, product_id: int | None = None) -> None:
         if product_id is None:
             self._flagged.clear()
+            self._held_out.clear()
         else:
             self._flagged.discard(product_id)
+            self._held_out.pop(product_id, None)
+
+    def mark_held_out(self, product_id: int, held: int, retry_after: float) -> None:
+        """PostgreSQL said none is available and ``held`` units are held, the next hold running out in about
+        ``retry_after`` seconds."""
+        now = asyncio.get_running_loop().time()
+        self._held_out[product_id] = (now + self._recheck, held, now + retry_after)
+
+    def held_out(self, product_id: int) -> CheckoutError | None:
+        """The refusal to give from memory while the product is held out, or None."""
+        found = self._held_out.get(product_id)
+        if found is None:
+            return None
+        until, held, expiry = found
+        now = asyncio.get_running_loop().time()
+        if now >= until:
+            del self._held_out[product_id]
+            return None
+        return units_held(product_id, held, expiry - now)
 
     @property
     def flagged(self) -> frozenset[int]:

@@ -15,6 +15,7 @@ from datetime import datetime
 
 import aiopg
 
+from hypercheckout.store.database import Store
 from hypercheckout.store.models import SaleRules
 
 # The product's row locked, with what a hold is decided on. now(): the transaction's time, for the sale window.
@@ -97,6 +98,32 @@ WITH reserved AS (SELECT nextval('orders_id_seq') AS id), confirmed AS (
     UPDATE products p SET held = p.held - c.quantity FROM confirmed c WHERE p.id = c.product_id
 )
 SELECT placed.id, placed.created_at FROM placed
+"""
+# The common confirm in one statement, one round trip, in autocommit: the product's row locked first (the lock
+# order of every statement here), then the running hold turned into its order as CONFIRM_HELD does. The product's
+# lock is held for this statement and its commit only, not for a transaction's round trips. Nothing when the
+# checkout is unknown, not held, or ran out: the caller then takes the transaction (replay, re-book, refuse).
+CONFIRM_NOW = """
+WITH locked AS (
+    SELECT p.id, p.stock FROM products p
+    WHERE p.id = (SELECT product_id FROM checkouts WHERE id = %(checkout_id)s) FOR UPDATE
+), reserved AS (SELECT nextval('orders_id_seq') AS id), confirmed AS (
+    UPDATE checkouts c SET status = 'confirmed', ended_at = clock_timestamp(), order_id = (SELECT id FROM reserved)
+    FROM locked
+    WHERE c.id = %(checkout_id)s AND c.product_id = locked.id AND c.status = 'held'
+      AND c.expires_at > clock_timestamp()
+    RETURNING c.order_id, c.user_id, c.product_id, c.quantity, c.room_generation
+), placed AS (
+    INSERT INTO orders (id, user_id, product_id, quantity, replica, room_generation)
+    SELECT order_id, user_id, product_id, quantity, %(replica)s, room_generation FROM confirmed
+    RETURNING id, created_at
+), unheld AS (
+    UPDATE products p SET held = p.held - c.quantity FROM confirmed c WHERE p.id = c.product_id
+    RETURNING p.stock, p.held
+)
+SELECT placed.id, placed.created_at, confirmed.user_id, confirmed.product_id, confirmed.quantity, unheld.stock,
+       unheld.held
+FROM placed, confirmed, unheld
 """
 # An expired hold confirmed from units available now (re-booked): they leave stock for sold.
 REBOOK = """
@@ -247,6 +274,15 @@ async def confirm_held(cur: aiopg.Cursor, checkout_id: str, replica: str) -> tup
     await cur.execute(CONFIRM_HELD, {"checkout_id": checkout_id, "replica": replica})
     row = await cur.fetchone()
     return None if row is None else (row[0], row[1])
+
+
+async def confirm_now(cur: aiopg.Cursor, checkout_id: str, replica: str) \
+        -> tuple[int, datetime, int, int, int, int, int] | None:
+    """(order id, created_at, buyer, product, quantity, stock, held) if the running hold was confirmed, else None.
+    ``cur`` in autocommit: the statement is its own transaction."""
+    await Store.commit(cur, CONFIRM_NOW, {"checkout_id": checkout_id, "replica": replica})
+    row = await cur.fetchone()
+    return None if row is None else tuple(row)  # type: ignore[return-value]
 
 
 async def rebook(cur: aiopg.Cursor, checkout_id: str, replica: str) -> tuple[int, datetime, int] | None:
