@@ -20,6 +20,7 @@ from hypercheckout.admin.live import LiveHub
 from hypercheckout.admin.snapshot import Snapshotter
 from hypercheckout.api import checkouts, health, openapi, products, purchase, queue, shop
 from hypercheckout.api.base import NotFoundHandler
+from hypercheckout.buyers.auth import BuyerAuth
 from hypercheckout.checkout.admission import Admission
 from hypercheckout.checkout.holds import HoldSweeper
 from hypercheckout.checkout.idempotency import KeyJanitor
@@ -78,6 +79,7 @@ class Services:
     join_admission: Admission  # waiting-room joins': a bound of their own
     rooms: WaitingRooms
     sweeper: HoldSweeper
+    buyer_auth: BuyerAuth | None = None  # HC_BUYER_AUTH=jwt: buyers are who their bearer tokens say
     stopping: bool = False
     failed_logins: int = 0
     in_flight: int = 0
@@ -157,6 +159,9 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
         await announce_product_changed(client, settings.redis_prefix, product_id)
 
     sweeper = HoldSweeper(store, interval=settings.hold_sweep_ms / 1000, on_returned=units_returned)
+    buyer_auth = BuyerAuth.from_settings(settings, store) if settings.buyer_auth == "jwt" else None
+    if buyer_auth is not None:
+        await buyer_auth.verifier.refresh()  # keys in hand before the first buyer (a failure: fetched on demand)
     sold_out.start()
     schedule.start()
     hits.start()
@@ -165,7 +170,7 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
     services = Services(
         settings=settings, store=store, redis=client, limiter=limiter, strategy=strategy, sold_out=sold_out,
         schedule=schedule, checkout=Checkout(strategy, sold_out, store, schedule, rooms), rooms=rooms,
-        hits=hits, janitor=janitor, sweeper=sweeper,
+        hits=hits, janitor=janitor, sweeper=sweeper, buyer_auth=buyer_auth,
         metrics=Metrics(settings.replica_id), snapshots=snapshots, live=LiveHub(snapshots),
         login_throttle=login_throttle,
         admission=Admission(max_in_flight=settings.max_in_flight, target=settings.admission_target_ms / 1000,

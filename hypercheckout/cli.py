@@ -270,8 +270,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     load_settings(argparse.Namespace())  # a bad HC_* value stops here, before anything starts
     cluster = Cluster(data_dir=Path(args.data_dir or ".hypercheckout"), port=args.port, replicas=args.replicas,
                       stock=args.stock, tls=args.tls, pg_standby=args.pg_standby,
-                      redis_cluster=args.redis_cluster)
+                      redis_cluster=args.redis_cluster, buyer_auth=args.buyer_auth)
     return cluster.run()
+
+
+def cmd_buyer_token(args: argparse.Namespace) -> int:
+    from hypercheckout.buyers.issuer import LocalIssuer
+
+    issuer = LocalIssuer(Path(args.data_dir or ".hypercheckout") / "issuer")
+    if not issuer.private_path.exists():
+        print(f"hypercheckout: no local issuer in {issuer.directory} (start the cluster with `up --buyer-auth jwt`)",
+              file=sys.stderr)
+        return 1
+    print(issuer.mint(str(args.user), ttl=args.ttl))
+    return 0
 
 
 def cmd_failover(args: argparse.Namespace) -> int:
@@ -411,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis-cluster", action="store_true",
                    help="a Redis Cluster of three masters with a replica each (DATA/redis-cluster/) instead of one "
                         "Redis server; replicas follow a master's failover by themselves")
+    p.add_argument("--buyer-auth", choices=("none", "jwt"), default="none",
+                   help="jwt: buyers sign in with tokens of a local issuer made in DATA/issuer (mint one with "
+                        "`hypercheckout buyer-token --user N`); none: the user_id the body carries")
+    p = command("buyer-token", cmd_buyer_token, "mint a buyer's token with the local issuer of `up --buyer-auth jwt`")
+    p.add_argument("--user", required=True, help="the buyer (the token's subject)")
+    p.add_argument("--ttl", type=float, default=3600, help="seconds the token is valid (default 3600)")
     command("failover", cmd_failover, "kill the PostgreSQL primary of a cluster started with `up --pg-standby` "
                                       "(SIGKILL) and promote its standby (pg_ctl promote)")
     p = command("nginx-config", cmd_nginx_config, "print nginx.conf for a set of replicas (docker-compose uses it)")

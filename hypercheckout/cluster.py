@@ -217,6 +217,7 @@ class Cluster:
     tls: bool = False
     pg_standby: bool = False  # a second PostgreSQL as a synchronous streaming-replication standby
     redis_cluster: bool = False  # a Redis Cluster (three masters, three replicas) instead of one Redis server
+    buyer_auth: str = "none"  # jwt: buyers sign in with tokens of a local issuer (DATA/issuer)
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     out: IO[str] = field(default_factory=lambda: sys.stdout)
 
@@ -268,6 +269,10 @@ class Cluster:
                 "HC_CLUSTER_URL": self.url,
                 "HC_PUBLIC_URL": self.environ.get("HC_PUBLIC_URL") or self.public_urls,
             }
+            if self.buyer_auth == "jwt":
+                from hypercheckout.buyers.issuer import LocalIssuer
+
+                self.env.update(LocalIssuer(self.data_dir / "issuer").ensure().settings_env())
             self._migrate()
             ports = [free_port() for _ in range(self.replicas)]
             self.env["HC_REPLICA_PORTS"] = ",".join(str(p) for p in ports)

@@ -22,6 +22,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 STRATEGIES = ("pessimistic", "atomic", "batched")
 EVENT_LOOPS = ("uvloop", "asyncio")
+BUYER_AUTH = ("none", "jwt")
+JWT_ALGORITHMS = ("RS256", "ES256", "EdDSA")  # asymmetric only (hypercheckout/buyers/tokens.py)
 
 
 class SettingsError(ValueError):
@@ -97,6 +99,19 @@ def _event_loop(text: str) -> str:
     if text not in EVENT_LOOPS:
         raise ValueError(f"must be one of {', '.join(EVENT_LOOPS)}")
     return text
+
+
+def _buyer_auth(text: str) -> str:
+    if text not in BUYER_AUTH:
+        raise ValueError(f"must be one of {', '.join(BUYER_AUTH)}")
+    return text
+
+
+def _algorithms(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names or set(names) - set(JWT_ALGORITHMS):
+        raise ValueError(f"must be a comma-separated list of {', '.join(JWT_ALGORITHMS)} (never none or an HMAC)")
+    return names
 
 
 def _boolean(text: str) -> bool:
@@ -264,6 +279,21 @@ class Settings:
         "instant they expire; this only moves them back into stock).")
     stats_flush_ms: float = setting(
         "HC_STATS_FLUSH_MS", 250.0, _period_ms, "How often per-replica hit counts are flushed to Redis.")
+    buyer_auth: str = setting(
+        "HC_BUYER_AUTH", "none", _buyer_auth,
+        "Who a buyer is: none (the user_id the body carries, as the original) or jwt (a bearer token verified "
+        "against the issuer's keys on every buyer request).")
+    jwt_issuer: str = setting("HC_JWT_ISSUER", "", _text, "jwt: the issuer (iss) buyers' tokens must name.")
+    jwt_audience: str = setting("HC_JWT_AUDIENCE", "hypercheckout", _text,
+                                "jwt: the audience (aud) buyers' tokens must name.")
+    jwks_url: str = setting("HC_JWKS_URL", "", _text, "jwt: the issuer's JWKS URL (cached; fetched again on an "
+                                                      "unknown kid, at most every 10 s, and every 5 minutes).")
+    jwks_file: str = setting("HC_JWKS_FILE", "", _text, "jwt: a JWKS file instead of a URL (re-read likewise).")
+    jwt_algorithms: tuple[str, ...] = setting(
+        "HC_JWT_ALGORITHMS", JWT_ALGORITHMS, _algorithms,
+        "jwt: the signature algorithms accepted, comma-separated (RS256, ES256, EdDSA); never taken from a token.")
+    jwt_leeway_s: float = setting("HC_JWT_LEEWAY_S", 30.0, _non_negative_float,
+                                  "jwt: seconds of clock skew forgiven on a token's exp and nbf.")
     admin_token: str = setting("HC_ADMIN_TOKEN", "", _text, "Token for the admin dashboard (generated when empty).")
     public_urls: tuple[str, ...] = setting(
         "HC_PUBLIC_URL", (), parse_public_urls,
@@ -291,6 +321,9 @@ class Settings:
             object.__setattr__(self, "admin_token", secrets.token_urlsafe(18))
         if not self.cookie_secret:
             object.__setattr__(self, "cookie_secret", secrets.token_urlsafe(32))
+        if self.buyer_auth == "jwt" and not (self.jwt_issuer and (self.jwks_url or self.jwks_file)):
+            raise SettingsError("HC_BUYER_AUTH=jwt needs HC_JWT_ISSUER and the issuer's keys: HC_JWKS_URL or "
+                                "HC_JWKS_FILE")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -200,7 +200,7 @@ def test_a_database_of_the_schema_before_holds_upgrades_and_its_sales_go_on(empt
     """Issue 24: 0008 adds holds to a database of the schema before them (0007) with orders, Idempotency-Keys, a
     waiting room's line and an order bought with its pass: every row is kept, nothing is held, and the invariant
     stock + held + sold = initial holds for every product."""
-    every = load_migrations()
+    every = load_migrations()[:8]  # up to 0008, the one under test
     assert every[-1].file == "0008_checkouts.sql"
     migrate(empty_database, migrations=every[:-1])
     sql(empty_database, "UPDATE products SET stock = 9997 WHERE id = 1")
@@ -219,7 +219,7 @@ def test_a_database_of_the_schema_before_holds_upgrades_and_its_sales_go_on(empt
     before = {table: sql(empty_database, f"SELECT * FROM {table} ORDER BY 1") for table in tables}
     products = sql(empty_database, "SELECT id, stock, initial_stock FROM products ORDER BY id")
 
-    assert migrate(empty_database) == ["0008_checkouts.sql"]
+    assert migrate(empty_database, migrations=every) == ["0008_checkouts.sql"]
     for table, rows in before.items():
         assert sql(empty_database, f"SELECT * FROM {table} ORDER BY 1") == rows, table
     assert sql(empty_database, "SELECT id, stock, initial_stock FROM products ORDER BY id") == products

@@ -85,6 +85,24 @@ class JsonHandler(tornado.web.RequestHandler):
                 pass
         return peer
 
+    @property
+    def verified_buyers(self) -> bool:
+        """HC_BUYER_AUTH=jwt: the buyer is the one a bearer token names, never a number the body carries."""
+        return self.services.buyer_auth is not None
+
+    async def buyer(self, claimed: int | None = None) -> int | None:
+        """The verified buyer's number (HC_BUYER_AUTH=jwt), or ``claimed`` as the client wrote it (none). A
+        ``claimed`` number (not 0: absent) that is not the token's buyer is 403 ``buyer_mismatch``."""
+        auth = self.services.buyer_auth
+        if auth is None:
+            return claimed
+        from hypercheckout.buyers.auth import buyer_mismatch
+
+        number = await auth.buyer(self.request.headers.get("Authorization"))
+        if claimed and claimed != number:
+            raise buyer_mismatch()
+        return number
+
     def waited(self) -> float:
         """Seconds since the request arrived: at the proxy (its ``X-Request-Start: t=<epoch seconds>``, believed
         only from a trusted proxy) or, without one, at this replica."""

@@ -56,7 +56,7 @@ class CheckoutHandler(_CheckoutAction):
         await self._answer(self._show(checkout_id))
 
     async def _show(self, checkout_id: str) -> None:
-        self.write_json((await self.services.checkout.checkout(checkout_id)).as_json())
+        self.write_json((await self.services.checkout.checkout(checkout_id, buyer=await self.buyer())).as_json())
 
 
 class ConfirmHandler(_CheckoutAction):
@@ -68,7 +68,8 @@ class ConfirmHandler(_CheckoutAction):
 
     async def _confirm(self, checkout_id: str) -> None:
         services = self.services
-        order = await services.checkout.confirm(checkout_id, services.settings.replica_id)
+        order = await services.checkout.confirm(checkout_id, services.settings.replica_id,
+                                                buyer=await self.buyer())
         if order.replayed:
             self.set_header("Idempotent-Replayed", "true")
         self.write_json(order_body(order))
@@ -81,7 +82,7 @@ class ReleaseHandler(_CheckoutAction):
         await self._answer(self._release(checkout_id))
 
     async def _release(self, checkout_id: str) -> None:
-        self.write_json((await self.services.checkout.release(checkout_id)).as_json())
+        self.write_json((await self.services.checkout.release(checkout_id, buyer=await self.buyer())).as_json())
 
 
 class MalformedCheckoutHandler(_CheckoutAction):

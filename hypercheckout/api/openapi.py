@@ -16,6 +16,7 @@ ERROR_CODES = [
     "internal_error", "forbidden", "sale_not_started", "sale_ended", "has_orders", "unauthorized",
     "queue_pass_required", "queue_pass_invalid", "queue_pass_expired", "queue_pass_used", "no_waiting_room",
     "unknown_ticket", "units_held", "unknown_checkout", "hold_expired", "checkout_released", "checkout_confirmed",
+    "invalid_token", "buyer_mismatch",
 ]
 
 
@@ -71,7 +72,12 @@ def document(settings: Settings) -> dict[str, Any]:
                 "operationId": "purchase",
                 "summary": "Buy units of a product.",
                 "description": "The body is JSON whatever the Content-Type says (curl -d sends a form type). "
-                               "A retry with the same Idempotency-Key and body returns the first answer.",
+                               "A retry with the same Idempotency-Key and body returns the first answer. "
+                               "With HC_BUYER_AUTH=jwt every buyer request (this one, checkouts, joining a queue, "
+                               "a ticket's standing) needs Authorization: Bearer <token>: the buyer is the token's "
+                               "(issuer, subject), user_id may be left out and, if given, must be that buyer's "
+                               "(403 buyer_mismatch); a missing or bad token is 401 invalid_token "
+                               "(WWW-Authenticate: Bearer error=\"invalid_token\"), keys that cannot be had 503.",
                 "parameters": purchase_parameters,
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "$ref": "#/components/schemas/PurchaseRequest"}}}},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from hypercheckout.api.base import JsonHandler
@@ -45,8 +46,10 @@ class PurchaseHandler(JsonHandler):
         request = parse_purchase(
             self.request.body, max_quantity=settings.max_quantity, max_body_bytes=settings.max_body_bytes,
             idempotency_key=parse_key(self.request.headers.get("Idempotency-Key")),
-            queue_pass=self.request.headers.get("Queue-Pass"),
+            queue_pass=self.request.headers.get("Queue-Pass"), user_optional=self.verified_buyers,
         )
+        if self.verified_buyers:
+            request = replace(request, user_id=await self.buyer(request.user_id))
         turned_away = services.admission.enter(self.waited())
         if turned_away is not None:
             # A refusal known from memory (not started, ended, sold out, no pass, too many units) is the true

@@ -19,7 +19,10 @@ class JoinHandler(JsonHandler):
         if turned_away is not None:
             raise await admission.refuse(turned_away)
         try:
-            user_id = parse_join(self.request.body, max_body_bytes=services.settings.max_body_bytes)
+            user_id = parse_join(self.request.body, max_body_bytes=services.settings.max_body_bytes,
+                                 user_optional=self.verified_buyers)
+            if self.verified_buyers:
+                user_id = await self.buyer(user_id) or 0
             # Joining is limited as buying is: a bot cannot take a thousand places, nor a place a thousand times.
             if services.limiter.enabled:
                 decision = await services.limiter.check(user_id, self.client_ip)
@@ -38,7 +41,8 @@ class TicketHandler(JsonHandler):
         # Answered from this replica's memory (the ticket is signed, admission is arithmetic): a poll costs no
         # Redis or PostgreSQL call, so a queue of thousands polling every second stays cheap (a ticket the copy
         # cannot place yet is looked up: WaitingRooms.read).
-        self.write_json(await self.services.rooms.read(ticket))
+        buyer = await self.buyer()
+        self.write_json(await self.services.rooms.read(ticket, buyer=buyer))
 
 
 default_handlers = [

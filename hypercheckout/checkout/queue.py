@@ -181,17 +181,20 @@ class WaitingRooms:
         token = self._signer.sign(TICKET, product_id, room.generation, number, user_id)
         return {"ticket": token, "product_id": product_id, **self._standing(ticket, room)}
 
-    async def read(self, token: str) -> dict[str, Any]:
+    async def read(self, token: str, *, buyer: int | None = None) -> dict[str, Any]:
         """Where a ticket stands now: answered from memory, no Redis or PostgreSQL call — a ticket of a room this
         copy knows closed since the ticket's opening included (polled by every buyer who was in line) — unless
         this replica's copy cannot place the ticket (a product it does not know, or an opening newer than it has
         seen): then the room opened a moment ago and the copy has not seen it yet, or the product was deleted, and
         PostgreSQL's row says which (one primary-key read, for such tickets only). A buyer is never told its room
-        is gone because one replica has not caught up."""
+        is gone because one replica has not caught up. With ``buyer`` (a verified buyer's number), only that
+        buyer's ticket is read: another's is as unknown as a forged one."""
         fields = self._signer.fields(token, TICKET, 4)
         if fields is None:
             raise unknown_ticket()
         ticket = Ticket(*fields)
+        if buyer is not None and ticket.user_id != buyer:
+            raise unknown_ticket()
         room = self._schedule.room(ticket.product_id)
         if room is None and self._schedule.closed_since(ticket.product_id, ticket.generation):
             raise no_waiting_room(ticket.product_id)  # closed after its opening, and not reopened: no lookup

@@ -16,6 +16,7 @@ from hypercheckout.checkout.errors import (
     queue_pass_required,
     queue_pass_used,
     request_in_progress,
+    unknown_checkout,
 )
 from hypercheckout.checkout.models import Hold, Order, PurchaseRequest
 from hypercheckout.checkout.queue import WaitingRooms
@@ -227,10 +228,16 @@ class Checkout:
         self._pass_used(request)
         return hold
 
-    async def checkout(self, checkout_id: str) -> Hold:
-        return holds.as_hold(await holds.find(self._store, checkout_id))
+    async def checkout(self, checkout_id: str, *, buyer: int | None = None) -> Hold:
+        """The checkout; with ``buyer`` (a verified buyer), only that buyer's (another's is unknown to it)."""
+        found = await holds.find(self._store, checkout_id)
+        if buyer is not None and found.user_id != buyer:
+            raise unknown_checkout()
+        return holds.as_hold(found)
 
-    async def confirm(self, checkout_id: str, replica: str) -> Order:
+    async def confirm(self, checkout_id: str, replica: str, *, buyer: int | None = None) -> Order:
+        if buyer is not None:
+            await self.checkout(checkout_id, buyer=buyer)
         order = await holds.confirm(self._store, checkout_id, replica)
         if not order.replayed:
             self.holds_confirmed += 1
@@ -238,7 +245,9 @@ class Checkout:
                 self.sold_out.mark(order.product_id)
         return order
 
-    async def release(self, checkout_id: str) -> Hold:
+    async def release(self, checkout_id: str, *, buyer: int | None = None) -> Hold:
+        if buyer is not None:
+            await self.checkout(checkout_id, buyer=buyer)
         hold, moved = await holds.release(self._store, checkout_id)
         if moved:
             self.sold_out.clear(hold.product_id)  # units are back: this replica's next buyer gets them at once

@@ -67,8 +67,9 @@ def parse_json_body(body: bytes, max_body_bytes: int, *, empty: str = "body is e
         raise invalid_request(f"body is not valid JSON: {exc}") from None
 
 
-def parse_join(body: bytes, *, max_body_bytes: int) -> int:
-    """The buyer of a ``POST /products/{id}/queue`` body (``{"user_id": N}``), or a 400 saying what is wrong."""
+def parse_join(body: bytes, *, max_body_bytes: int, user_optional: bool = False) -> int:
+    """The buyer of a ``POST /products/{id}/queue`` body (``{"user_id": N}``), or a 400 saying what is wrong.
+    ``user_optional`` (the buyer is a verified token's): an empty object is the token's buyer (0 here)."""
     data = parse_json_body(body, max_body_bytes, empty="body is empty; expected a JSON object with user_id")
     if not isinstance(data, dict):
         raise invalid_request("body must be a JSON object")
@@ -76,6 +77,8 @@ def parse_join(body: bytes, *, max_body_bytes: int) -> int:
     if unknown:
         raise invalid_request(f"unknown field(s): {', '.join(unknown)}")
     if "user_id" not in data:
+        if user_optional:
+            return 0
         raise invalid_request("missing field(s): user_id")
     user_id = data["user_id"]
     if type(user_id) is not int:
@@ -87,8 +90,10 @@ def parse_join(body: bytes, *, max_body_bytes: int) -> int:
 
 
 def parse_purchase(body: bytes, *, max_quantity: int, max_body_bytes: int,
-                   idempotency_key: str | None = None, queue_pass: str | None = None) -> PurchaseRequest:
-    """Parse and validate a ``POST /purchase`` body or raise a 400 ``CheckoutError`` saying what is wrong."""
+                   idempotency_key: str | None = None, queue_pass: str | None = None,
+                   user_optional: bool = False) -> PurchaseRequest:
+    """Parse and validate a ``POST /purchase`` body or raise a 400 ``CheckoutError`` saying what is wrong.
+    ``user_optional`` (the buyer is a verified token's): a body without user_id gets 0, the token's buyer."""
     data = parse_json_body(body, max_body_bytes,
                            empty="body is empty; expected a JSON object with user_id, product_id and quantity")
     if not isinstance(data, dict):
@@ -96,6 +101,9 @@ def parse_purchase(body: bytes, *, max_quantity: int, max_body_bytes: int,
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise invalid_request(f"unknown field(s): {', '.join(unknown)}")
+    absent = user_optional and "user_id" not in data
+    if absent:
+        data = {**data, "user_id": 0}  # the token's buyer, set by the handler
     missing = [name for name in FIELDS if name not in data]
     if missing:
         raise invalid_request(f"missing field(s): {', '.join(missing)}")
@@ -106,7 +114,7 @@ def parse_purchase(body: bytes, *, max_quantity: int, max_body_bytes: int,
             kind = "null" if value is None else type(value).__name__
             raise invalid_request(f"{name} must be an integer, got {kind}")
     user_id, product_id, quantity = data["user_id"], data["product_id"], data["quantity"]
-    if not 1 <= user_id <= MAX_ID:
+    if not 1 <= user_id <= MAX_ID and not absent:
         raise invalid_request(f"user_id must be between 1 and {MAX_ID}")
     if not 1 <= product_id <= MAX_ID:
         raise invalid_request(f"product_id must be between 1 and {MAX_ID}")
