@@ -18,7 +18,7 @@ import tornado.web
 from hypercheckout.admin import routes as admin_routes
 from hypercheckout.admin.live import LiveHub
 from hypercheckout.admin.snapshot import Snapshotter
-from hypercheckout.api import checkouts, health, openapi, products, purchase, queue, shop
+from hypercheckout.api import checkouts, health, openapi, orders, products, purchase, queue, shop
 from hypercheckout.api.base import NotFoundHandler
 from hypercheckout.buyers.auth import BuyerAuth
 from hypercheckout.checkout.admission import Admission
@@ -232,8 +232,8 @@ class StaticHandler(tornado.web.StaticFileHandler):
 def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
     """Every route of the application, as (pattern, handler); static files come on top, under /static/."""
     return [*purchase.default_handlers, *checkouts.default_handlers, *products.default_handlers,
-            *queue.default_handlers, *health.default_handlers, *openapi.default_handlers, *shop.default_handlers,
-            *admin_routes.default_handlers]
+            *queue.default_handlers, *orders.default_handlers, *health.default_handlers,
+            *openapi.default_handlers, *shop.default_handlers, *admin_routes.default_handlers]
 
 
 def make_app(services: Services) -> tornado.web.Application:

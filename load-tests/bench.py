@@ -148,6 +148,9 @@ class Bench:
         if parts == "redis":
             self.redis_cluster_cost()
             return
+        if parts == "buyers":
+            self.verified_buyers()
+            return
         if parts == "holds":
             with self.cluster(HC_STRATEGY="batched") as url:
                 self.cli("reset", "--stock", str(PLENTY))
@@ -195,6 +198,7 @@ class Bench:
             assert limited.requests - limited.non_2xx <= self.seconds + 2, "the limiter let too much through"
         if parts == "all":
             self.redis_cluster_cost()
+            self.verified_buyers()
 
     def redis_cluster_cost(self) -> None:
         """The limiter's cost on a Redis Cluster against one Redis server, in the same run and the same settings.
@@ -324,6 +328,35 @@ class Bench:
         completed.note = f"{completed.note}; {note}" if completed.note else note
         print(f"  holds: {held.note}; {note}", flush=True)
 
+    def verified_buyers(self, buyers: int = 2_000) -> None:
+        """Purchases with HC_BUYER_AUTH=jwt against the same with none, on the same backends: each request carries
+        one of ``buyers`` tokens of a local issuer (so most are verified once and then remembered, as a buyer's
+        token is over a sale; the first use of each also makes its buyer's number)."""
+        from hypercheckout.buyers.issuer import LocalIssuer
+
+        with self.cluster(HC_STRATEGY="batched") as url:
+            self.cli("reset", "--stock", str(PLENTY))
+            plain = self.paired("purchases (batched, buyers none)", url)
+            self.check_invariant(plain)
+        issuer = LocalIssuer(self.backends.workdir / "issuer").ensure()
+        tokens = self.backends.workdir / "tokens.txt"
+        tokens.write_text("\n".join(issuer.mint(f"buyer-{n}", ttl=3600) for n in range(buyers)) + "\n")
+        with self.cluster(HC_STRATEGY="batched", **issuer.settings_env()) as url:
+            self.cli("reset", "--stock", str(PLENTY))
+            first = self.paired("purchases (batched, buyers jwt)", url, WRK_TOKENS=str(tokens))
+            self.check_invariant(first)
+            # The same tokens again, each replica having verified each once: a sale's buyers buy, hold, confirm
+            # and poll with one token.
+            self.cli("reset", "--stock", str(PLENTY))
+            again = self.paired("purchases (batched, buyers jwt, tokens seen)", url, WRK_TOKENS=str(tokens))
+            self.check_invariant(again)
+        for figure, what in ((first, "the first run: each token's first use on each replica among them"),
+                             (again, "every token verified before")):
+            ratio = (f"{figure.rate / plain.rate:.2f} of purchases with buyers none; {buyers:,} buyers' tokens, "
+                     f"{what}")
+            figure.note = f"{figure.note}; {ratio}" if figure.note else ratio
+            print(f"  verified buyers: {ratio}", flush=True)
+
     def check_units(self, figure: Figure, *, held: bool) -> None:
         """After a run of holds: available + held + sold = the stock set, and every 2xx was a hold (or a confirm)."""
         product = self.backends.status()["products"][0]
@@ -378,10 +411,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10, help="length of each wrk run (default 10)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
-    parser.add_argument("--only", choices=("all", "overload", "figures", "redis", "holds"), default="all",
+    parser.add_argument("--only", choices=("all", "overload", "figures", "redis", "holds", "buyers"), default="all",
                         help="overload: only the overload curve; figures: everything but it; redis: only the limiter "
                              "on one Redis against a Redis Cluster; holds: batched purchases, then holds and "
-                             "checkouts confirmed against them (default: everything)")
+                             "checkouts confirmed against them; buyers: purchases with verified buyers (jwt) "
+                             "against none (default: everything)")
     parser.add_argument("--steps", type=lambda text: tuple(int(n) for n in text.split(",")), default=OVERLOAD_STEPS,
                         help="connections of the overload curve, comma-separated (default 64,1000,4000,10000)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / datetime.now().strftime("%Y-%m-%d"),

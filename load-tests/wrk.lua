@@ -23,6 +23,13 @@ local healthz = mode == "healthz"
 -- id taken from a hold's answer (response() below) and confirmed by the thread's next request.
 local path = (mode == "hold" or mode == "checkout") and "/checkouts" or "/purchase"
 local to_confirm = {}
+-- WRK_TOKENS: a file of buyers' bearer tokens, one a line (HC_BUYER_AUTH=jwt): each request takes the next one and
+-- leaves user_id out of its body (the token names the buyer).
+local tokens = {}
+local tokens_file = os.getenv("WRK_TOKENS")
+if tokens_file then
+  for line in io.lines(tokens_file) do table.insert(tokens, line) end
+end
 
 function request()
   if healthz then
@@ -32,6 +39,11 @@ function request()
     return wrk.format("POST", "/checkouts/" .. table.remove(to_confirm) .. "/confirm")
   end
   counter = counter + 1
+  if #tokens > 0 then
+    local token = tokens[(thread_base / 10000000 * 7919 + counter) % #tokens + 1]
+    return wrk.format("POST", path, {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. token},
+                      '{"product_id": ' .. product .. ', "quantity": 1}')
+  end
   local user = fixed_user or tostring(thread_base + counter)
   local body = '{"user_id": ' .. user .. ', "product_id": ' .. product .. ', "quantity": 1}'
   return wrk.format("POST", path, {["Content-Type"] = "application/json"}, body)

@@ -158,3 +158,23 @@ def test_buyer_token_mints_with_the_local_issuer_of_a_data_dir(tmp_path: Path) -
     claims = jwt.decode(done.stdout.strip(), jwks["local-1"].key, algorithms=["EdDSA"], audience="hypercheckout",
                         issuer="hypercheckout-local-issuer")
     assert claims["sub"] == "42" and 0 < claims["exp"] - claims["iat"] <= 60
+
+
+@pytest.mark.gen_test
+async def test_a_buyer_lists_its_own_orders_only(http_client, base_url, database_url: str,
+                                                 issuer: LocalIssuer) -> None:
+    set_stock(database_url, 10)
+    mine = [await buy(http_client, base_url, bearer(issuer, "heidi"), quantity=q) for q in (1, 2)]
+    held = await post_raw(http_client, f"{base_url}/checkouts", json.dumps({"product_id": 1, "quantity": 3}),
+                          bearer(issuer, "heidi"))
+    confirmed = await post_raw(http_client, f"{base_url}/checkouts/{held.body['checkout_id']}/confirm", "",
+                               bearer(issuer, "heidi"))
+    await buy(http_client, base_url, bearer(issuer, "ivan"))
+    response = await http_client.fetch(f"{base_url}/orders", headers=bearer(issuer, "heidi"))
+    listed = json.loads(response.body)
+    assert listed["user_id"] == mine[0].body["user_id"]
+    assert [(o["order_id"], o["quantity"], o.get("checkout_id")) for o in listed["orders"]] == [
+        (confirmed.body["order_id"], 3, held.body["checkout_id"]), (mine[1].body["order_id"], 2, None),
+        (mine[0].body["order_id"], 1, None)]
+    anonymous = await get(http_client, f"{base_url}/orders")
+    assert anonymous.status == 401 and anonymous.body["error"]["code"] == "invalid_token"

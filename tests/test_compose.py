@@ -27,12 +27,14 @@ APP_ENV = SERVICES["app"]["environment"]
 # What an operator would export before `docker compose up` (compose refuses to start without them).
 SECRETS = {"HC_ADMIN_TOKEN": "t0ken", "HC_COOKIE_SECRET": "c00kie", "POSTGRES_PASSWORD": "pgpw",
            "REDIS_PASSWORD": "rdpw"}
+# Required, not secret: the buyers' token issuer and its keys.
+REQUIRED = {"HC_JWT_ISSUER": "https://login.example", "HC_JWKS_URL": "https://login.example/jwks.json"}
 
 
 def expand(value: str) -> str:
     """Compose's interpolation with only SECRETS set: ${VAR:-default} gives the default, ${VAR:?message} the
     secret."""
-    value = re.sub(r"\$\{([A-Z_]+):\?[^}]*\}", lambda m: SECRETS[m.group(1)], str(value))
+    value = re.sub(r"\$\{([A-Z_]+):\?[^}]*\}", lambda m: {**SECRETS, **REQUIRED}[m.group(1)], str(value))
     return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
 
 
@@ -51,6 +53,15 @@ def test_every_app_variable_is_a_setting_and_parses() -> None:
     assert SERVICES["migrate"]["environment"] == APP_ENV
     settings = Settings.from_env({k: expand(v) for k, v in APP_ENV.items()})
     assert settings.host == "0.0.0.0"
+
+
+def test_buyers_are_verified_by_default_and_the_issuer_must_be_named() -> None:
+    settings = Settings.from_env({k: expand(v) for k, v in APP_ENV.items()})
+    assert (settings.buyer_auth, settings.jwt_issuer, settings.jwks_url) == (
+        "jwt", REQUIRED["HC_JWT_ISSUER"], REQUIRED["HC_JWKS_URL"])
+    text = (ROOT / "docker-compose.yml").read_text()
+    for name in REQUIRED:
+        assert re.search(r"\$\{" + name + r":\?[^}]+\}", text), f"{name} is not required"
 
 
 def test_the_app_reaches_the_services_by_their_compose_names() -> None:

@@ -60,6 +60,14 @@ def test_every_variable_is_a_setting_and_the_configuration_parses() -> None:
     assert settings.host == "0.0.0.0" and settings.public_urls == ("https://shop.example",)
 
 
+def test_buyers_are_verified_and_the_issuers_keys_can_be_reached() -> None:
+    settings = Settings.from_env({**CONFIG, "HC_DATABASE_URL": "postgresql://h@db/h", "HC_REDIS_URL": "redis://c/0"})
+    assert settings.buyer_auth == "jwt" and settings.jwks_url.startswith("https://") and settings.jwt_issuer
+    policy = next(m for m in MANIFESTS.values() if m["kind"] == "NetworkPolicy")
+    ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
+    assert 443 in ports  # the JWKS is fetched over https
+
+
 def test_no_secret_value_is_committed() -> None:
     for key in ("HC_ADMIN_TOKEN", "HC_COOKIE_SECRET", "HC_DATABASE_URL", "HC_REDIS_URL"):
         assert key in SECRET_KEYS and key not in CONFIG

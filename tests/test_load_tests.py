@@ -96,10 +96,13 @@ def test_the_benchmark_runs_every_figure_and_checks_the_invariant(tmp_path: Path
         ("purchases (atomic)", 16), ("rate-limited rejections (429)", 16),
         ("purchases, limiter on (one Redis)", 16), ("rate-limited rejections (one Redis)", 16),
         ("purchases, limiter on (Redis Cluster)", 16), ("rate-limited rejections (Redis Cluster)", 16),
+        ("purchases (batched, buyers none)", 16), ("purchases (batched, buyers jwt)", 16),
+        ("purchases (batched, buyers jwt, tokens seen)", 16),
     ]
     assert all(f["requests"] > 0 and f["socket_errors"] == 0 and f["ceiling"] > 0 for f in figures)
     assert figures[0]["non_2xx"] == figures[0]["requests"]  # nothing sold while sold out
     assert figures[1]["non_2xx"] == figures[1]["requests"]  # nor before the start
     assert "vs ceiling" in (tmp_path / "bench.md").read_text()
-    assert "of one Redis's req/s" in figures[-1]["note"]  # the cluster's cost, as a ratio within the run
+    assert "of one Redis's req/s" in figures[-4]["note"]  # the cluster's cost, as a ratio within the run
+    assert "of purchases with buyers none" in figures[-1]["note"]  # verified buyers' cost, likewise
     assert "of purchases/s" in figures[3]["note"] and "checkouts completed/s" in figures[4]["note"]

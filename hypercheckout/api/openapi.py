@@ -164,6 +164,27 @@ def document(settings: Settings) -> dict[str, Any]:
                     "503": unavailable,
                 },
             }},
+            "/orders": {"get": {
+                "operationId": "listOwnOrders",
+                "summary": "The verified buyer's own orders, newest first (at most 100).",
+                "description": "With HC_BUYER_AUTH=jwt only (Authorization: Bearer); otherwise 404.",
+                "responses": {
+                    "200": {"description": "The orders.", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["user_id", "orders"],
+                        "properties": {"user_id": identifier, "orders": {"type": "array", "items": {
+                            "type": "object",
+                            "required": ["order_id", "product_id", "quantity", "created_at", "replica"],
+                            "properties": {"order_id": {"type": "integer", "minimum": 1},
+                                           "product_id": identifier,
+                                           "quantity": {"type": "integer", "minimum": 1},
+                                           "created_at": {"type": "string", "format": "date-time"},
+                                           "replica": {"type": "string"},
+                                           "checkout_id": {"type": "string"}}}}}}}}},
+                    "401": _error("invalid_token: no or a bad bearer token."),
+                    "404": _error("not_found: the service does not verify buyers (HC_BUYER_AUTH=none)."),
+                    "503": unavailable,
+                },
+            }},
             "/products": {"get": {
                 "operationId": "listProducts",
                 "summary": "Every product with its stock, sale window and status.",
