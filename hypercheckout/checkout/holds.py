@@ -136,13 +136,7 @@ async def confirm(store: Store, checkout_id: str, replica: str) -> Order:
         locked = await sql.lock_for_hold(cur, found.product_id)
         if locked is None:
             raise unknown_checkout()
-        placed = await sql.confirm_held(cur, checkout_id, replica)
-        if placed is not None:
-            order_id, created_at = placed
-            return Order(id=order_id, user_id=found.user_id, product_id=found.product_id, quantity=found.quantity,
-                         created_at=created_at, remaining=locked.stock, replica=replica,
-                         held=locked.held - found.quantity, checkout_id=checkout_id)
-        current = await sql.get_checkout(cur, checkout_id)
+        current = await sql.get_checkout(cur, checkout_id)  # under the row lock: as it is now
         if current is None:
             raise unknown_checkout()
         if current.status == "confirmed":  # confirmed by a concurrent request meanwhile

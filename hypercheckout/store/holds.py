@@ -83,26 +83,11 @@ CHECKOUT_BY_KEY = f"""
 SELECT {CHECKOUT_COLUMNS} FROM checkouts c LEFT JOIN orders o ON o.id = c.order_id
 WHERE c.idempotency_key = %(key)s
 """
-# A running hold becomes its order; its units leave held for sold (stock does not move). Nothing if the hold is no
-# longer running (it lapsed while this waited for the row lock: then it is given back and perhaps re-booked).
-CONFIRM_HELD = """
-WITH reserved AS (SELECT nextval('orders_id_seq') AS id), confirmed AS (
-    UPDATE checkouts SET status = 'confirmed', ended_at = clock_timestamp(), order_id = (SELECT id FROM reserved)
-    WHERE id = %(checkout_id)s AND status = 'held' AND expires_at > clock_timestamp()
-    RETURNING order_id, user_id, product_id, quantity, room_generation
-), placed AS (
-    INSERT INTO orders (id, user_id, product_id, quantity, replica, room_generation)
-    SELECT order_id, user_id, product_id, quantity, %(replica)s, room_generation FROM confirmed
-    RETURNING id, created_at
-), unheld AS (
-    UPDATE products p SET held = p.held - c.quantity FROM confirmed c WHERE p.id = c.product_id
-)
-SELECT placed.id, placed.created_at FROM placed
-"""
-# The common confirm in one statement, one round trip, in autocommit: the product's row locked first (the lock
-# order of every statement here), then the running hold turned into its order as CONFIRM_HELD does. The product's
-# lock is held for this statement and its commit only, not for a transaction's round trips. Nothing when the
-# checkout is unknown, not held, or ran out: the caller then takes the transaction (replay, re-book, refuse).
+# A running hold becomes its order, in one statement, one round trip, in autocommit: the product's row locked first
+# (the lock order of every statement here), then the checkout turned into its order, its units leaving held for
+# sold (stock does not move). The product's lock is held for this statement and its commit only, not for a
+# transaction's round trips. Nothing when the checkout is unknown, not held, or ran out: the caller then looks at
+# it (a replay, a refusal, or a re-booking of a hold that ran out).
 CONFIRM_NOW = """
 WITH locked AS (
     SELECT p.id, p.stock FROM products p
@@ -268,12 +253,6 @@ async def checkout_by_key(cur: aiopg.Cursor, key: str) -> StoredCheckout | None:
     await cur.execute(CHECKOUT_BY_KEY, {"key": key})
     row = await cur.fetchone()
     return None if row is None else StoredCheckout(*row)
-
-
-async def confirm_held(cur: aiopg.Cursor, checkout_id: str, replica: str) -> tuple[int, datetime] | None:
-    await cur.execute(CONFIRM_HELD, {"checkout_id": checkout_id, "replica": replica})
-    row = await cur.fetchone()
-    return None if row is None else (row[0], row[1])
 
 
 async def confirm_now(cur: aiopg.Cursor, checkout_id: str, replica: str) \
