@@ -352,17 +352,20 @@ class PrivateRedisCluster:
             if ports_file.exists() else []
         if len(pairs) != masters * 2:
             pairs = [(free_port(), free_port()) for _ in range(masters * 2)]
-        config = (f"masterauth {self.password}\ncluster-enabled yes\ncluster-config-file nodes.conf\n"
-                  f"cluster-node-timeout {CLUSTER_NODE_TIMEOUT_MS}\n"
-                  # Slots on healthy masters keep serving while one master's replica takes over.
-                  "cluster-require-full-coverage no\n"
-                  # A replica takes over however long it was cut off: limits are not worth an unavailable shard.
-                  "cluster-replica-validity-factor 0\n")
-        self.nodes = [PrivateRedis(self.data_dir / f"node-{port}", port, password=self.password,
-                                   config=f"{config}cluster-port {bus}\n")
-                      for port, bus in pairs]
+        self._config = (f"masterauth {self.password}\ncluster-enabled yes\ncluster-config-file nodes.conf\n"
+                        f"cluster-node-timeout {CLUSTER_NODE_TIMEOUT_MS}\n"
+                        # Slots on healthy masters keep serving while one master's replica takes over.
+                        "cluster-require-full-coverage no\n"
+                        # A replica takes over however long it was cut off: limits are not worth an unavailable
+                        # shard.
+                        "cluster-replica-validity-factor 0\n")
+        self.nodes = [self._node(port, bus) for port, bus in pairs]
         self._pairs = pairs
         self._ports_file = ports_file
+
+    def _node(self, port: int, bus: int) -> PrivateRedis:
+        return PrivateRedis(self.data_dir / f"node-{port}", port, password=self.password,
+                            config=f"{self._config}cluster-port {bus}\n")
 
     @property
     def url(self) -> str:
@@ -375,10 +378,10 @@ class PrivateRedisCluster:
     def start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         formed = self._ports_file.exists()
-        write_private(self._ports_file, " ".join(f"{port}:{bus}" for port, bus in self._pairs) + "\n")
         try:
-            for node in self.nodes:
-                node.start()
+            for index in range(len(self.nodes)):
+                self._start_node(index, fresh=not formed)
+            write_private(self._ports_file, " ".join(f"{port}:{bus}" for port, bus in self._pairs) + "\n")
             if not formed:
                 self._create()
             wait_until(self._healthy, timeout=30, what="the Redis Cluster to cover every slot")
@@ -386,6 +389,21 @@ class PrivateRedisCluster:
             self.stop()
             raise
         return self.url
+
+    def _start_node(self, index: int, *, fresh: bool, attempts: int = 5) -> None:
+        """Start a node. Its two ports were free when chosen, but any process may take one before the node binds
+        it (an outgoing connection gets its port from the same range): a node of a cluster not formed yet is
+        given two other ports and started again; one of a formed cluster keeps its ports (the others know them)."""
+        for attempt in range(attempts):
+            try:
+                self.nodes[index].start()
+                return
+            except ServiceError as exc:
+                if not fresh or "Address already in use" not in str(exc) or attempt == attempts - 1:
+                    raise
+            port, bus = free_port(), free_port()
+            self._pairs[index] = (port, bus)
+            self.nodes[index] = self._node(port, bus)
 
     def _cli(self, port: int, *args: str, check: bool = True) -> str:
         program = shutil.which("redis-cli")

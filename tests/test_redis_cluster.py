@@ -160,3 +160,22 @@ def test_a_master_killed_mid_load_fails_the_limiter_open_until_its_replica_takes
     nodes.wait_healthy()
     assert cluster.status()["bans"] is not None  # the CLI reads the bans from the changed cluster
     restock_is_seen_by_every_replica(cluster)  # pub/sub works again, whichever node the subscriptions were on
+
+
+def test_a_node_whose_port_was_taken_meanwhile_gets_other_ports(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Ports are free when chosen, but another process may take one before the node binds it (the full suite once
+    lost every Redis Cluster test to a bus port taken by an outgoing connection): the node starts elsewhere."""
+    import socket
+
+    nodes = PrivateRedisCluster(tmp_path / "cluster")
+    port, bus = nodes.nodes[0].port, int(nodes.nodes[0].config.rsplit("cluster-port ", 1)[1])
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", bus))
+        squatter.listen()
+        try:
+            nodes.start()
+            assert nodes.nodes[0].port != port
+            assert f"127.0.0.1:{nodes.nodes[0].port}" in nodes.url
+            assert str(nodes.nodes[0].port) in (tmp_path / "cluster" / "ports").read_text()
+        finally:
+            nodes.stop()
