@@ -252,3 +252,45 @@ async def test_the_public_api_shows_the_window_and_the_status(http_client, base_
     assert early.status == 409 and early.body["error"]["code"] == "sale_not_started"
     assert 299 <= int(early.headers["Retry-After"]) <= 300
     assert early.body["error"]["starts_at"] == statuses[scheduled]["starts_at"]
+
+
+@pytest.mark.gen_test
+@pytest.mark.settings(schedule_refresh_ms=3_600_000)  # no periodic read of its own during the test
+async def test_a_read_of_the_schedule_that_began_earlier_never_overwrites_a_later_one(  # type: ignore[no-untyped-def]
+        services) -> None:
+    """The periodic read, begun before a change and slow to come back on a busy machine, once overwrote the copy a
+    caller had read after the change (a waiting room's ticket read `admitted` past the sale's end)."""
+    import asyncio
+
+    schedule, store = services.schedule, services.store
+    real = store.sale_rules
+    stale = await real()
+    release = asyncio.Event()
+
+    async def slow_then_stale():  # type: ignore[no-untyped-def]
+        await release.wait()
+        return stale
+
+    store.sale_rules = slow_then_stale
+    try:
+        earlier = asyncio.ensure_future(schedule.load())  # begins first, returns the old rules last
+        await asyncio.sleep(0)
+    finally:
+        store.sale_rules = real
+    changed = {pid: rules for pid, rules in stale.items()}
+    assert 1 in changed
+    rules, room, opening = changed[1]
+    fresh = {**changed, 1: (type(rules)(rules.starts_at, datetime.now(UTC) - timedelta(seconds=1),
+                                        rules.max_per_order, rules.waiting_room), room, opening)}
+
+    async def fresh_rules():  # type: ignore[no-untyped-def]
+        return fresh
+
+    store.sale_rules = fresh_rules
+    try:
+        await schedule.load()  # begins later, applied first
+    finally:
+        store.sale_rules = real
+    release.set()
+    await earlier
+    assert schedule.rules(1).ends_at == fresh[1][0].ends_at  # the later read stands

@@ -100,6 +100,8 @@ class SaleSchedule:
         self._rereads: list[asyncio.Future[None]] = []  # callers of reread() waiting for the next read
         self._task: asyncio.Task[None] | None = None
         self.reads = 0  # completed reads from PostgreSQL, for tests and /metrics
+        self._loads_begun = 0  # reads begun, numbered in the order they began
+        self._applied = 0  # the number of the read the copy is from
 
     def check(self, request: PurchaseRequest) -> None:
         window = self._windows.get(request.product_id)
@@ -140,7 +142,14 @@ class SaleSchedule:
         await done
 
     async def load(self) -> None:
+        """Read every product's rules into the copy — unless a read that began after this one has been applied
+        meanwhile (the periodic read, slow on a busy machine, once overwrote a change a caller had just read)."""
+        self._loads_begun += 1
+        mine = self._loads_begun
         found = await self._store.sale_rules()
+        if mine < self._applied:
+            return
+        self._applied = mine
         self._windows = {product_id: _Window.of(rules) for product_id, (rules, _, _) in found.items()}
         self._rooms = {product_id: room for product_id, (_, room, _) in found.items() if room is not None}
         self._rules = {product_id: rules for product_id, (rules, _, _) in found.items()}
