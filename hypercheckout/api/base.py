@@ -11,7 +11,7 @@ from typing import Any
 
 import tornado.web
 
-from hypercheckout.checkout.errors import CheckoutError
+from hypercheckout.checkout.errors import CheckoutError, buyer_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,6 @@ class JsonHandler(tornado.web.RequestHandler):
         auth = self.services.buyer_auth
         if auth is None:
             return claimed
-        from hypercheckout.buyers.auth import buyer_mismatch
-
         number = await auth.buyer(self.request.headers.get("Authorization"))
         if claimed and claimed != number:
             raise buyer_mismatch()

@@ -6,24 +6,13 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from hypercheckout.buyers.tokens import Buyer, KeysUnavailable, TokenRefused, TokenVerifier, jwks_file, jwks_url
-from hypercheckout.checkout.errors import CheckoutError, unavailable
+from hypercheckout.checkout.errors import invalid_token, unavailable
 from hypercheckout.settings import Settings
 from hypercheckout.store import Store
 from hypercheckout.store.buyers import buyer_id
 
 NUMBERS_KEPT = 100_000  # (issuer, subject) -> number, remembered at most
 BEARER = "bearer "
-
-
-def invalid_token(why: str) -> CheckoutError:
-    """RFC 6750: a missing, malformed, expired or forged token. Nothing is said of which check failed beyond
-    ``why``; nothing was done."""
-    return CheckoutError(401, "invalid_token", f"a valid buyer token is required (Authorization: Bearer): {why}",
-                         headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-
-
-def buyer_mismatch() -> CheckoutError:
-    return CheckoutError(403, "buyer_mismatch", "the body's user_id is not the buyer the token names")
 
 
 class BuyerAuth:

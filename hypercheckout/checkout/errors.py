@@ -155,6 +155,17 @@ def has_orders(product_id: int, orders: int) -> CheckoutError:
                          extra={"orders": orders})
 
 
+def invalid_token(why: str) -> CheckoutError:
+    """RFC 6750: a missing, malformed, expired or forged token. Nothing is said of which check failed beyond
+    ``why``; nothing was done."""
+    return CheckoutError(401, "invalid_token", f"a valid buyer token is required (Authorization: Bearer): {why}",
+                         headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+def buyer_mismatch() -> CheckoutError:
+    return CheckoutError(403, "buyer_mismatch", "the body's user_id is not the buyer the token names")
+
+
 def unauthorized() -> CheckoutError:
     return CheckoutError(401, "unauthorized", "missing or wrong admin token (Authorization: Bearer <token>)",
                          headers={"WWW-Authenticate": 'Bearer realm="hypercheckout-admin"'})
