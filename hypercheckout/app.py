@@ -18,9 +18,10 @@ import tornado.web
 from hypercheckout.admin import routes as admin_routes
 from hypercheckout.admin.live import LiveHub
 from hypercheckout.admin.snapshot import Snapshotter
-from hypercheckout.api import checkouts, health, openapi, orders, products, purchase, queue, shop
+from hypercheckout.api import checkouts, health, openapi, orders, products, purchase, queue, shop, signin
 from hypercheckout.api.base import NotFoundHandler
 from hypercheckout.buyers.auth import BuyerAuth
+from hypercheckout.buyers.issuer import LocalIssuer
 from hypercheckout.checkout.admission import Admission
 from hypercheckout.checkout.holds import HoldSweeper
 from hypercheckout.checkout.idempotency import KeyJanitor
@@ -33,7 +34,7 @@ from hypercheckout.limiter import RateLimiter
 from hypercheckout.login_throttle import LoginThrottle
 from hypercheckout.metrics import Metrics
 from hypercheckout.redisclient import RedisClient, connect
-from hypercheckout.settings import Settings
+from hypercheckout.settings import Settings, SettingsError
 from hypercheckout.stats import HitCounter
 from hypercheckout.store import Store, ensure_database
 
@@ -80,6 +81,7 @@ class Services:
     rooms: WaitingRooms
     sweeper: HoldSweeper
     buyer_auth: BuyerAuth | None = None  # HC_BUYER_AUTH=jwt: buyers are who their bearer tokens say
+    demo_issuer: LocalIssuer | None = None  # HC_DEMO_SIGNIN: the buyer page's demo sign-in mints with it
     stopping: bool = False
     failed_logins: int = 0
     in_flight: int = 0
@@ -162,6 +164,10 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
     buyer_auth = BuyerAuth.from_settings(settings, store) if settings.buyer_auth == "jwt" else None
     if buyer_auth is not None:
         await buyer_auth.verifier.refresh()  # keys in hand before the first buyer (a failure: fetched on demand)
+    demo_issuer = LocalIssuer(Path(settings.demo_signin)) if settings.demo_signin else None
+    if demo_issuer is not None and not demo_issuer.private_path.is_file():
+        raise SettingsError(f"HC_DEMO_SIGNIN: no local issuer's key in {demo_issuer.directory} (made by `up "
+                            "--buyer-auth jwt`)")
     sold_out.start()
     schedule.start()
     hits.start()
@@ -171,6 +177,7 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
         settings=settings, store=store, redis=client, limiter=limiter, strategy=strategy, sold_out=sold_out,
         schedule=schedule, checkout=Checkout(strategy, sold_out, store, schedule, rooms), rooms=rooms,
         hits=hits, janitor=janitor, sweeper=sweeper, buyer_auth=buyer_auth,
+        demo_issuer=demo_issuer,
         metrics=Metrics(settings.replica_id), snapshots=snapshots, live=LiveHub(snapshots),
         login_throttle=login_throttle,
         admission=Admission(max_in_flight=settings.max_in_flight, target=settings.admission_target_ms / 1000,
@@ -233,7 +240,8 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
     """Every route of the application, as (pattern, handler); static files come on top, under /static/."""
     return [*purchase.default_handlers, *checkouts.default_handlers, *products.default_handlers,
             *queue.default_handlers, *orders.default_handlers, *health.default_handlers,
-            *openapi.default_handlers, *shop.default_handlers, *admin_routes.default_handlers]
+            *openapi.default_handlers, *shop.default_handlers, *signin.default_handlers,
+            *admin_routes.default_handlers]
 
 
 def make_app(services: Services) -> tornado.web.Application:

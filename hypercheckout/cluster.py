@@ -272,7 +272,8 @@ class Cluster:
             if self.buyer_auth == "jwt":
                 from hypercheckout.buyers.issuer import LocalIssuer
 
-                self.env.update(LocalIssuer(self.data_dir / "issuer").ensure().settings_env())
+                issuer = LocalIssuer(self.data_dir / "issuer").ensure()
+                self.env.update(issuer.settings_env(), HC_DEMO_SIGNIN=str(issuer.directory))
             self._migrate()
             ports = [free_port() for _ in range(self.replicas)]
             self.env["HC_REPLICA_PORTS"] = ",".join(str(p) for p in ports)

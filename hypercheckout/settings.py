@@ -24,6 +24,7 @@ STRATEGIES = ("pessimistic", "atomic", "batched")
 EVENT_LOOPS = ("uvloop", "asyncio")
 BUYER_AUTH = ("none", "jwt")
 JWT_ALGORITHMS = ("RS256", "ES256", "EdDSA")  # asymmetric only (hypercheckout/buyers/tokens.py)
+LOCAL_ISSUER = "hypercheckout-local-issuer"  # the iss of hypercheckout/buyers/issuer.py's tokens
 
 
 class SettingsError(ValueError):
@@ -294,6 +295,10 @@ class Settings:
         "jwt: the signature algorithms accepted, comma-separated (RS256, ES256, EdDSA); never taken from a token.")
     jwt_leeway_s: float = setting("HC_JWT_LEEWAY_S", 30.0, _non_negative_float,
                                   "jwt: seconds of clock skew forgiven on a token's exp and nbf.")
+    demo_signin: str = setting(
+        "HC_DEMO_SIGNIN", "", _text,
+        "jwt with the local issuer only: its directory (`up --buyer-auth jwt` sets DATA/issuer). The buyer page "
+        "then signs a buyer in by any name (POST /demo/sign-in) - a demo with no password, never for a real shop.")
     admin_token: str = setting("HC_ADMIN_TOKEN", "", _text, "Token for the admin dashboard (generated when empty).")
     public_urls: tuple[str, ...] = setting(
         "HC_PUBLIC_URL", (), parse_public_urls,
@@ -324,6 +329,9 @@ class Settings:
         if self.buyer_auth == "jwt" and not (self.jwt_issuer and (self.jwks_url or self.jwks_file)):
             raise SettingsError("HC_BUYER_AUTH=jwt needs HC_JWT_ISSUER and the issuer's keys: HC_JWKS_URL or "
                                 "HC_JWKS_FILE")
+        if self.demo_signin and not (self.buyer_auth == "jwt" and self.jwt_issuer == LOCAL_ISSUER):
+            # A sign-in that asks for no password is only ever the local issuer's: never one a real shop trusts.
+            raise SettingsError(f"HC_DEMO_SIGNIN needs HC_BUYER_AUTH=jwt with HC_JWT_ISSUER={LOCAL_ISSUER}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

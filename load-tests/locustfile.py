@@ -26,6 +26,10 @@ id of a 200 is kept: at the end they go to ``HC_LOAD_OUTCOMES`` (JSON) for the r
 Locust processes (``--processes``): one process with 10,000 users queues them for hundreds of milliseconds
 inside itself, which would be counted as the service's latency. Each worker then writes its own tally
 (``HC_LOAD_OUTCOMES.<pid>``) and tells the master, by message, when buyers are done or the sale is sold out.
+
+Verified buyers (``HC_LOAD_ISSUER``: the directory of the cluster's local issuer, as `hypercheckout up --buyer-auth
+jwt` makes it): each user mints its own token (subject ``load-<n>``) at start and sends it on every request, with no
+``user_id`` in any body; the service knows the buyer from the token alone.
 """
 
 from __future__ import annotations
@@ -36,15 +40,20 @@ import os
 import random
 import time
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Any
 
 import gevent
 from locust import FastHttpUser, between, constant, events, task
 from locust.runners import MasterRunner, WorkerRunner
 
+from hypercheckout.buyers.issuer import LocalIssuer
+
 PRODUCT = int(os.environ.get("HC_LOAD_PRODUCT", "1"))
 AFTER_SOLD_OUT = float(os.environ.get("HC_LOAD_AFTER_SOLD_OUT", "3"))
 EXPECTED = {200, 409, 429}  # and 503 with the code "overloaded"
+ISSUER = LocalIssuer(Path(os.environ["HC_LOAD_ISSUER"])) if os.environ.get("HC_LOAD_ISSUER") else None
+TOKEN_SECONDS = 6 * 3600  # longer than any scenario
 
 
 class Tally:
@@ -144,14 +153,24 @@ class Buyer(FastHttpUser):
     def on_start(self) -> None:
         index = getattr(self.environment.runner, "worker_index", 0)
         self.user_id = index * ids_per_worker + next(buyer_ids)
+        self.auth: dict[str, str] = {}
+        if ISSUER is not None:
+            self.auth = {"Authorization": f"Bearer {ISSUER.mint(f'load-{self.user_id}', ttl=TOKEN_SECONDS)}"}
+
+    def body(self, **fields: int) -> dict[str, int]:
+        """A request body: with verified buyers the token names the buyer, and the body carries no number."""
+        return fields if ISSUER is not None else {"user_id": self.user_id, **fields}
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        return {**self.auth, **extra}
 
     def buy(self, product: int = PRODUCT, *, headers: dict[str, str] | None = None,
             name: str = "POST /purchase") -> tuple[int, int | None]:
         """Buy; returns the status and, for a 409, the stock the answer says is left. An ``overloaded`` or
         ``sale_not_started`` answer makes this buyer wait its Retry-After, as a real client would."""
-        body = {"user_id": self.user_id, "product_id": product, "quantity": random.choice(self.quantities)}
+        body = self.body(product_id=product, quantity=random.choice(self.quantities))
         started = time.perf_counter()
-        with self.client.post("/purchase", json=body, name=name, headers=headers,
+        with self.client.post("/purchase", json=body, name=name, headers=self.headers(**(headers or {})),
                               catch_response=True) as response:
             ms = 1000 * (time.perf_counter() - started)
             status = response.status_code
@@ -322,7 +341,7 @@ class QueuedUser(Buyer):
             self.poll()
 
     def join(self) -> None:
-        with self.client.post(f"/products/{PRODUCT}/queue", json={"user_id": self.user_id},
+        with self.client.post(f"/products/{PRODUCT}/queue", json=self.body(), headers=self.headers(),
                               name="POST /products/{id}/queue", catch_response=True) as response:
             if response.status_code == 202:
                 response.success()
@@ -340,7 +359,8 @@ class QueuedUser(Buyer):
                 self.pause = 1.0
 
     def poll(self) -> None:
-        with self.client.get(f"/queue/{self.ticket}", name="GET /queue/{ticket}", catch_response=True) as response:
+        with self.client.get(f"/queue/{self.ticket}", name="GET /queue/{ticket}", headers=self.headers(),
+                             catch_response=True) as response:
             if response.status_code != 200:
                 response.failure(f"{response.status_code}: {(response.text or '')[:200]}")
                 self.pause = 1.0
@@ -405,9 +425,9 @@ class CheckoutUser(Buyer):
     def step(self) -> None:
         if self.done:
             return
-        body = {"user_id": self.user_id, "product_id": PRODUCT, "quantity": 1}
         started = time.perf_counter()
-        with self.client.post("/checkouts", json=body, name="POST /checkouts", catch_response=True) as response:
+        with self.client.post("/checkouts", json=self.body(product_id=PRODUCT, quantity=1), headers=self.headers(),
+                              name="POST /checkouts", catch_response=True) as response:
             code = self.answered(response, 1000 * (time.perf_counter() - started))
             status, retry_after = response.status_code, float(response.headers.get("Retry-After") or 1)
             checkout_id = response.json().get("checkout_id") if status == 201 else None
@@ -423,7 +443,8 @@ class CheckoutUser(Buyer):
         gevent.sleep(random.uniform(1, 8))
         path = f"/checkouts/{checkout_id}/{'confirm' if self.fate == 'confirm' else 'release'}"
         started = time.perf_counter()
-        with self.client.post(path, name=f"POST /checkouts/{{id}}/{self.fate}", catch_response=True) as response:
+        with self.client.post(path, name=f"POST /checkouts/{{id}}/{self.fate}", headers=self.headers(),
+                              catch_response=True) as response:
             ms = 1000 * (time.perf_counter() - started)
             order_id = response.json().get("order_id") if response.status_code == 200 else None
             code = self.answered(response, ms, order_id if self.fate == "confirm" else None)

@@ -37,6 +37,7 @@ sys.path.insert(0, str(HERE))
 
 from harness import Backends, percentile, private_backends  # noqa: E402
 
+from hypercheckout.buyers.issuer import ISSUER, LocalIssuer  # noqa: E402
 from hypercheckout.cluster import CLUSTER_ENV, raise_file_limit, read_env_file  # noqa: E402
 
 PLENTY = 10_000_000
@@ -223,13 +224,32 @@ def check_orders(database_url: str, order_ids: list[int]) -> list[str]:
     return problems
 
 
+def check_verified(database_url: str, order_ids: list[int]) -> list[str]:
+    """With verified buyers: every acknowledged order is kept under the number of the buyer its token named (a
+    Locust user's ``load-<n>``), never under a number a body carried."""
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*), count(DISTINCT b.id) FROM orders o JOIN buyers b ON b.id = o.user_id "
+                    "WHERE o.id = ANY(%s) AND b.issuer = %s AND b.subject LIKE 'load-%%'",
+                    (sorted(set(order_ids)), ISSUER))
+        verified, buyers = cur.fetchone()
+    conn.close()
+    print(f"  {verified:,} of {len(set(order_ids)):,} acknowledged orders are verified buyers' ({buyers:,} buyers)",
+          flush=True)
+    if verified != len(set(order_ids)):
+        return [f"{len(set(order_ids)) - verified} acknowledged orders are not under a verified buyer's number"]
+    return []
+
+
 def run_scenario(scenario: Scenario, target: Backends | ExternalCluster, out: Path,
-                 after_sold_out: float) -> Outcome:
+                 after_sold_out: float, issuer: LocalIssuer | None = None) -> Outcome:
+    """One scenario; with ``issuer`` the replicas verify buyers' tokens (HC_BUYER_AUTH=jwt) and Locust's users mint
+    theirs with it."""
     print(f"\n== {scenario.title}", flush=True)
     drop: list[dict[str, Any]] = []
-    with target.cluster(**scenario.settings) as url:
+    verified = issuer.settings_env() if issuer is not None else {}
+    with target.cluster(**scenario.settings, **verified) as url:
         target.cli("unban", "--all")
-        extra_env = {}
+        extra_env = {"HC_LOAD_ISSUER": str(issuer.directory)} if issuer is not None else {}
         if scenario.drop_stocks:
             starts_at = (datetime.now(UTC) + timedelta(seconds=scenario.lead)).isoformat()
             ids = [json.loads(target.cli("product", "create", "--name", f"Drop {i + 1}", "--stock", str(stock),
@@ -295,6 +315,8 @@ def run_scenario(scenario: Scenario, target: Backends | ExternalCluster, out: Pa
         if scenario.sells_out and product["stock"] != 0:
             problems.append(f"the sale ended with {product['stock']} units left")
     problems += check_orders(target.env["HC_DATABASE_URL"], tally["order_ids"])
+    if issuer is not None:
+        problems += check_verified(target.env["HC_DATABASE_URL"], tally["order_ids"])
 
     stats = next(r for r in read_rows(out / f"{scenario.name}_stats.csv") if r["Name"] == "Aggregated")
     history = [r for r in read_rows(out / f"{scenario.name}_stats_history.csv") if r["Name"] == "Aggregated"]
@@ -691,6 +713,9 @@ def main() -> int:
                                            "drop", "queued-drop", "checkout-drop"],
                         action="append",
                         help="run only this scenario (repeatable)")
+    parser.add_argument("--buyer-auth", choices=("none", "jwt"), default="none",
+                        help="jwt: buyers are verified (HC_BUYER_AUTH=jwt); every Locust user mints its own token "
+                             "with a local issuer and sends no user_id (default none, as the original)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / datetime.now().strftime("%Y-%m-%d"))
     args = parser.parse_args()
     if args.url and not args.data_dir:
@@ -701,9 +726,9 @@ def main() -> int:
     chosen = [s for s in scenarios(args) if not args.only or s.name in args.only]
     results = []
 
-    def run_all(target: Backends | ExternalCluster) -> None:
+    def run_all(target: Backends | ExternalCluster, issuer: LocalIssuer | None) -> None:
         for scenario in chosen:
-            results.append(run_scenario(scenario, target, args.out, args.after_sold_out))
+            results.append(run_scenario(scenario, target, args.out, args.after_sold_out, issuer))
             chart(results[-1], args.out / f"{scenario.name}.png")
             if results[-1].drop:
                 drop_chart(results[-1], args.out / "drop-products.png")
@@ -711,12 +736,21 @@ def main() -> int:
                 queued_chart(results[-1], args.out / "queued-fairness.png")
 
     if args.url:
-        run_all(ExternalCluster(args.url, args.data_dir))
+        external = ExternalCluster(args.url, args.data_dir)
+        issuer = None
+        if external.env.get("HC_BUYER_AUTH") == "jwt":  # it verifies buyers: only its local issuer's tokens do
+            if not external.env.get("HC_DEMO_SIGNIN"):
+                parser.error("the cluster verifies buyers with an issuer whose keys this run does not have")
+            issuer = LocalIssuer(Path(external.env["HC_DEMO_SIGNIN"]))
+        run_all(external, issuer)
         source = f"the running cluster at {args.url}"
     else:
         with private_backends() as backends:
-            run_all(backends)
+            issuer = LocalIssuer(backends.workdir / "issuer").ensure() if args.buyer_auth == "jwt" else None
+            run_all(backends, issuer)
         source = "a cluster started for each scenario (nginx + 3 replicas, batched strategy)"
+    if issuer is not None:
+        source += "; buyers verified (HC_BUYER_AUTH=jwt): each Locust user signs its requests with its own token"
     path = report(results, args.out, started, source)
     print()
     for name, goal, measured, met in goals(results):

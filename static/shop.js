@@ -2,6 +2,9 @@
 // (one small GET /queue/{ticket} a second), then a Buy button with the pass once admitted, and the outcome.
 // A product without a waiting room is bought directly. The ticket is kept for the tab (sessionStorage), so a
 // reload keeps the place. Every time shown is the server's (the offset from its Date header).
+// With verified buyers (data-auth="jwt") every buyer request carries the buyer's bearer token and no user_id: the
+// token comes from the demo sign-in of the local issuer (data-demo="1", clearly marked, off in a real shop) or from
+// the shop's own sign-in, which leaves it in sessionStorage under "hc-buyer-token".
 (() => {
   "use strict";
   const main = document.getElementById("shop");
@@ -9,6 +12,9 @@
   const $ = (id) => document.getElementById(id);
   const stored = `hc-ticket-${productId}`;
   const POLL_MS = 1000;
+  const verified = main.dataset.auth === "jwt";
+  const demo = main.dataset.demo === "1";
+  const TOKEN_KEY = "hc-buyer-token"; // {token, subject, expires_at}
 
   let product = null;
   let offset = 0; // server clock minus this browser's, ms
@@ -18,6 +24,7 @@
   let passExpires = null;
   let pollTimer = null;
   let purchaseKey = null; // one Idempotency-Key per purchase, kept for its retries
+  let signedIn = null; // verified buyers: {token, subject, expires_at}
 
   const now = () => Date.now() + offset;
 
@@ -40,6 +47,82 @@
     const el = $("outcome");
     el.textContent = text;
     el.className = `outcome ${ok === undefined ? "" : ok ? "ok" : "bad"}`;
+  }
+
+  function headers(extra) {
+    const all = { ...extra };
+    if (signedIn) all.Authorization = `Bearer ${signedIn.token}`;
+    return all;
+  }
+
+  function buyerBody(fields) {
+    return verified ? fields : { user_id: user, ...fields }; // a verified buyer is the token's, never a number
+  }
+
+  function keptToken() {
+    const kept = JSON.parse(sessionStorage.getItem(TOKEN_KEY) || "null");
+    return kept && kept.token && Date.parse(kept.expires_at) > now() + 60_000 ? kept : null;
+  }
+
+  function showSignIn() {
+    signedIn = keptToken();
+    $("signin").hidden = !!signedIn || !demo;
+    $("needs-signin").hidden = !!signedIn || demo;
+    $("signed-in").hidden = !signedIn;
+    $("who").hidden = !signedIn || ticket !== null;
+    if (signedIn) $("signed-in-as").textContent = `Signed in as ${signedIn.subject}${demo ? " (demo)" : ""}.`;
+  }
+
+  function signedOut(message) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    signedIn = null;
+    showSignIn();
+    if (message) outcome(message, false);
+  }
+
+  async function signIn(event) {
+    event.preventDefault();
+    $("sign-in").disabled = true;
+    try {
+      const response = await fetch("/demo/sign-in", {
+        method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ name: $("buyer-name").value.trim() }),
+      });
+      const body = await response.json();
+      if (!response.ok) {
+        outcome(body.error ? body.error.message : `error ${response.status}`, false);
+        return;
+      }
+      sessionStorage.setItem(TOKEN_KEY, JSON.stringify(body));
+      outcome("");
+      showSignIn();
+      showOrders();
+    } catch (err) {
+      outcome("The shop cannot be reached; try again.", false);
+    } finally {
+      $("sign-in").disabled = false;
+    }
+  }
+
+  // A refusal of the token itself (expired, keys rotated away): sign in again; nothing was done.
+  function refusedToken(response) {
+    if (!verified || response.status !== 401) return false;
+    signedOut("Your sign-in ran out: sign in again.");
+    return true;
+  }
+
+  async function showOrders() {
+    if (!verified || !signedIn) return;
+    const response = await fetch("/orders", { headers: headers(), cache: "no-store" });
+    if (!response.ok) return;
+    const body = await response.json();
+    const mine = body.orders.filter((order) => order.product_id === productId);
+    $("orders").hidden = mine.length === 0;
+    $("order-list").replaceChildren(...mine.map((order) => {
+      const item = document.createElement("li");
+      item.textContent = `Order #${order.order_id}: ${order.quantity} unit(s)`;
+      return item;
+    }));
   }
 
   async function loadProduct() {
@@ -103,7 +186,8 @@
   async function poll() {
     pollTimer = null;
     try {
-      const response = await fetch(`/queue/${encodeURIComponent(ticket)}`, { cache: "no-store" });
+      const response = await fetch(`/queue/${encodeURIComponent(ticket)}`, { headers: headers(), cache: "no-store" });
+      if (refusedToken(response)) return;
       const body = await response.json();
       if (!response.ok) {
         outcome(body.error ? body.error.message : `error ${response.status}`, false);
@@ -120,8 +204,8 @@
 
   async function join(event) {
     event.preventDefault();
-    user = Number($("user").value);
-    if (!Number.isInteger(user) || user < 1) {
+    user = verified ? null : Number($("user").value);
+    if (!verified && (!Number.isInteger(user) || user < 1)) {
       outcome("Type your buyer id (a whole number from 1).", false);
       return;
     }
@@ -133,10 +217,11 @@
     }
     $("join").disabled = true;
     const response = await fetch(`/products/${productId}/queue`, {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ user_id: user }),
+      method: "POST", headers: headers({ "Content-Type": "application/json" }), body: JSON.stringify(buyerBody({})),
     });
-    const body = await response.json();
     $("join").disabled = false;
+    if (refusedToken(response)) return;
+    const body = await response.json();
     if (response.status !== 202) {
       outcome(body.error ? body.error.message : `error ${response.status}`, false);
       return;
@@ -151,17 +236,21 @@
   async function buy() {
     $("buy").disabled = true;
     purchaseKey = purchaseKey || randomKey();
-    const headers = { "Content-Type": "application/json", "Idempotency-Key": purchaseKey };
-    if (pass) headers["Queue-Pass"] = pass;
+    const sent = headers({ "Content-Type": "application/json", "Idempotency-Key": purchaseKey });
+    if (pass) sent["Queue-Pass"] = pass;
     const quantity = Number($("quantity").value) || 1;
     let response;
     try {
       response = await fetch("/purchase", {
-        method: "POST", headers, body: JSON.stringify({ user_id: user, product_id: productId, quantity }),
+        method: "POST", headers: sent, body: JSON.stringify(buyerBody({ product_id: productId, quantity })),
       });
     } catch (err) {
       outcome("Connection lost: press Buy again (the same purchase, it cannot be made twice).", false);
       $("buy").disabled = false;
+      return;
+    }
+    if (refusedToken(response)) {
+      purchaseKey = null; // nothing was done under it
       return;
     }
     const body = await response.json();
@@ -171,6 +260,7 @@
       $("buy-box").hidden = true;
       $("queue-status").textContent = "Bought";
       loadProduct().catch(() => {}); // the stock left, as it is now
+      showOrders().catch(() => {});
       return;
     }
     const error = body.error || {};
@@ -184,18 +274,34 @@
   }
 
   $("who").addEventListener("submit", join);
+  $("signin").addEventListener("submit", signIn);
+  $("sign-out").addEventListener("click", () => {
+    sessionStorage.removeItem(stored); // the place in line was the signed-out buyer's
+    ticket = null;
+    pass = null;
+    $("queue").hidden = true;
+    $("buy-box").hidden = true;
+    $("orders").hidden = true;
+    signedOut("");
+  });
   $("buy").addEventListener("click", buy);
   setInterval(tick, 250);
 
+  $("user-field").hidden = verified;
+  $("user").required = !verified;
   loadProduct().then(() => {
     tick();
+    if (verified) showSignIn(); // before the kept place's first poll, which carries the token
     const kept = JSON.parse(sessionStorage.getItem(stored) || "null");
     if (kept && product && product.waiting_room) {
       user = kept.user;
       ticket = kept.ticket;
-      $("user").value = String(user);
+      if (!verified) $("user").value = String(user);
       $("who").hidden = true;
       poll();
+    }
+    if (verified) {
+      showOrders().catch(() => {});
     }
   }).catch(() => outcome("The shop cannot be reached; reload to try again.", false));
 })();

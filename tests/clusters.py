@@ -77,7 +77,7 @@ def cluster_workdir() -> Iterator[Path]:
 
 
 def start_cluster(data_dir: Path, replicas: int = 3, *, tls: bool = False, pg_standby: bool = False,
-                  redis_cluster: bool = False, **env: str) -> RunningCluster:
+                  redis_cluster: bool = False, buyer_auth: str = "none", **env: str) -> RunningCluster:
     """`hypercheckout up` with the limiter off unless ``env`` (extra HC_* variables) turns it on; admission control
     as users get it."""
     port = free_port()
@@ -87,7 +87,7 @@ def start_cluster(data_dir: Path, replicas: int = 3, *, tls: bool = False, pg_st
         process = subprocess.Popen(
             [sys.executable, "-m", "hypercheckout", "up", "--data-dir", str(data_dir), "--port", str(port),
              "--replicas", str(replicas), *(["--tls"] if tls else []), *(["--pg-standby"] if pg_standby else []),
-             *(["--redis-cluster"] if redis_cluster else [])],
+             *(["--redis-cluster"] if redis_cluster else []), "--buyer-auth", buyer_auth],
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )
     deadline = time.monotonic() + UP_TIMEOUT

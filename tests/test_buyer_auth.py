@@ -24,7 +24,9 @@ def issuer(tmp_path: Path) -> LocalIssuer:
 @pytest.fixture
 def settings(settings: Settings, issuer: LocalIssuer) -> Settings:
     env = issuer.settings_env()
-    return settings.replace(buyer_auth="jwt", jwt_issuer=env["HC_JWT_ISSUER"], jwks_file=env["HC_JWKS_FILE"])
+    # As `up --buyer-auth jwt` runs it: the local issuer's demo sign-in on.
+    return settings.replace(buyer_auth="jwt", jwt_issuer=env["HC_JWT_ISSUER"], jwks_file=env["HC_JWKS_FILE"],
+                            demo_signin=str(issuer.directory))
 
 
 def bearer(issuer: LocalIssuer, subject: str, **headers: str) -> dict[str, str]:
@@ -178,3 +180,19 @@ async def test_a_buyer_lists_its_own_orders_only(http_client, base_url, database
         (mine[0].body["order_id"], 1, None)]
     anonymous = await get(http_client, f"{base_url}/orders")
     assert anonymous.status == 401 and anonymous.body["error"]["code"] == "invalid_token"
+
+
+@pytest.mark.gen_test
+async def test_the_demo_sign_in_gives_a_token_of_the_local_issuer_for_a_name(http_client, base_url,
+                                                                             database_url: str) -> None:
+    set_stock(database_url, 10)
+    for body in ("", "[]", '{"name": ""}', '{"name": "a b"}', '{"name": 42}', '{"name": "' + "x" * 65 + '"}',
+                 '{"name": "alice", "admin": true}'):
+        refused = await post_raw(http_client, f"{base_url}/demo/sign-in", body)
+        assert refused.status == 400 and refused.body["error"]["code"] == "invalid_request", (body, refused.body)
+    signed = await post_raw(http_client, f"{base_url}/demo/sign-in", json.dumps({"name": "judy@example"}))
+    assert signed.status == 200 and signed.body["subject"] == "judy@example" and signed.body["demo"] is True
+    bought = await buy(http_client, base_url, {"Authorization": f"Bearer {signed.body['token']}"})
+    assert bought.status == 200, bought.body
+    assert sql(database_url, "SELECT issuer, subject FROM buyers") == [("hypercheckout-local-issuer", "judy@example")]
+    assert sql(database_url, "SELECT user_id FROM orders") == [(bought.body["user_id"],)]

@@ -15,6 +15,7 @@ import shutil
 import signal
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -370,6 +371,7 @@ def test_a_buyer_waits_in_line_on_the_shop_page_and_buys_when_admitted(  # type:
     page.set_viewport_size({"width": 720, "height": 480})
     page.goto(f"{cluster.url}/shop/{pid}")
     expect(page.locator("#name")).to_have_text("Queued sneaker")
+    expect(page.locator("#signin")).to_be_hidden()  # no demo sign-in unless the local issuer is in use
     countdown = page.locator("#countdown")
     expect(countdown).to_have_text(re.compile(r"^Sale starts in 00:0[1-5]$"))
     page.fill("#user", "888003")
@@ -433,3 +435,76 @@ def test_an_operator_sees_a_hold_run_down_and_releases_it_by_hand(  # type: igno
     expect(card.locator("[data-field=stock]")).to_have_text("5")
     expect(card.locator("[data-field=held]")).to_contain_text("nothing held")
     assert "available 5, held 0, sold 0" in cluster.cli("product", "list").stdout
+
+
+@pytest.fixture(scope="module")
+def verified_cluster() -> Iterator[RunningCluster]:
+    with cluster_workdir() as workdir:
+        running = start_cluster(workdir / "verified", replicas=2, buyer_auth="jwt")
+        try:
+            yield running
+        finally:
+            stop_cluster(running)
+
+
+def request(url: str, body: object | None = None, token: str | None = None) -> tuple[int, dict]:  # type: ignore[type-arg]
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=10) as answer:
+            return answer.status, json.load(answer)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_a_buyer_signs_in_on_the_shop_page_and_buys_as_that_buyer(  # type: ignore[no-untyped-def]
+        verified_cluster: RunningCluster, cluster: RunningCluster, page) -> None:
+    """`up --buyer-auth jwt`: the page signs a buyer in through the local issuer's demo sign-in (marked as such),
+    then joins, buys and lists the buyer's orders with the token; the order is that buyer's, as the issuer's own
+    token for the name (`buyer-token`) shows. Without the local issuer there is no demo sign-in at all."""
+    url = verified_cluster.url
+    made = json.loads(verified_cluster.cli("product", "create", "--name", "Signed-in drop", "--stock", "3",
+                                           "--waiting-room", "--admit-per-second", "5", "--pass-seconds", "60",
+                                           "--json").stdout)
+    pid = made["id"]
+    # No token, no purchase; a number in the body is nobody.
+    status, body = request(f"{url}/purchase", {"user_id": 7, "product_id": pid, "quantity": 1})
+    assert (status, body["error"]["code"]) == (401, "invalid_token"), body
+    page.set_viewport_size({"width": 720, "height": 560})
+    page.goto(f"{url}/shop/{pid}")
+    expect(page.locator("#name")).to_have_text("Signed-in drop")
+    expect(page.locator("#signin .demo")).to_contain_text("Demo sign-in")
+    expect(page.locator("#user")).to_be_hidden()
+    expect(page.locator("#join")).to_be_hidden()  # signed in first
+    page.fill("#buyer-name", "not a name!")
+    page.click("#sign-in")  # the browser's own check of the pattern keeps it from being sent
+    expect(page.locator("#signed-in")).to_be_hidden()
+    page.fill("#buyer-name", "alice")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "shop-demo-sign-in.png"), full_page=True)
+    page.click("#sign-in")
+    expect(page.locator("#signed-in-as")).to_have_text("Signed in as alice (demo).")
+    page.click("#join")
+    expect(page.locator("#queue-status")).to_have_text("It is your turn", timeout=15_000)
+    page.fill("#quantity", "2")
+    page.click("#buy")
+    expect(page.locator("#outcome")).to_have_text(re.compile(r"^Order #\d+ placed: 2 unit\(s\)\. Thank you!$"))
+    order = int(re.search(r"#(\d+)", page.locator("#outcome").inner_text()).group(1))  # type: ignore[union-attr]
+    expect(page.locator("#order-list li")).to_have_text([f"Order #{order}: 2 unit(s)"])
+    page.screenshot(path=str(ARTIFACTS / "shop-signed-in-bought.png"), full_page=True)
+    # The issuer's own token for alice sees the order; the page sent no number, the token named the buyer.
+    token = verified_cluster.cli("buyer-token", "--user", "alice").stdout.strip()
+    status, mine = request(f"{url}/orders", token=token)
+    assert status == 200 and [o["order_id"] for o in mine["orders"]] == [order], mine
+    # Another buyer signed in on the same page has no orders and no place: nothing of alice's carries over.
+    page.click("#sign-out")
+    expect(page.locator("#signin")).to_be_visible()
+    page.fill("#buyer-name", "bob")
+    page.click("#sign-in")
+    expect(page.locator("#signed-in-as")).to_have_text("Signed in as bob (demo).")
+    expect(page.locator("#orders")).to_be_hidden()
+    product = next(p for p in verified_cluster.status()["products"] if p["id"] == pid)
+    assert (product["stock"], product["sold"]) == (1, 2)
+    # The demo sign-in exists only where the local issuer is in use.
+    status, body = request(f"{cluster.url}/demo/sign-in", {"name": "alice"})
+    assert (status, body["error"]["code"]) == (404, "not_found"), body

@@ -60,3 +60,16 @@ def test_every_setting_is_documented() -> None:
     rows = documentation()
     assert all(env.startswith("HC_") and doc for env, _, doc in rows)
     assert len({env for env, _, _ in rows}) == len(rows)
+
+
+@pytest.mark.parametrize("env", [
+    {"HC_DEMO_SIGNIN": "/tmp/issuer"},  # buyers not verified at all
+    {"HC_DEMO_SIGNIN": "/tmp/issuer", "HC_BUYER_AUTH": "jwt", "HC_JWT_ISSUER": "https://id.shop.example",
+     "HC_JWKS_URL": "https://id.shop.example/jwks"},  # a real issuer: a passwordless sign-in must never mint for it
+])
+def test_the_demo_sign_in_is_only_ever_the_local_issuers(env: dict[str, str]) -> None:
+    with pytest.raises(SettingsError, match="HC_DEMO_SIGNIN"):
+        Settings.from_env(env)
+    local = {"HC_DEMO_SIGNIN": "/tmp/issuer", "HC_BUYER_AUTH": "jwt", "HC_JWT_ISSUER": "hypercheckout-local-issuer",
+             "HC_JWKS_FILE": "/tmp/issuer/jwks.json"}
+    assert Settings.from_env(local).demo_signin == "/tmp/issuer"

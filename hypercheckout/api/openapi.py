@@ -185,6 +185,24 @@ def document(settings: Settings) -> dict[str, Any]:
                     "503": unavailable,
                 },
             }},
+            "/demo/sign-in": {"post": {
+                "operationId": "demoSignIn",
+                "summary": "Demo only: a token of the local issuer for any name, no password asked.",
+                "description": "On only with HC_DEMO_SIGNIN (the local issuer of `up --buyer-auth jwt`), for the "
+                               "buyer page's demo; otherwise 404. It proves nothing about who the buyer is.",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["name"], "additionalProperties": False,
+                    "properties": {"name": {"type": "string", "pattern": "^[A-Za-z0-9._@-]{1,64}$"}}}}}},
+                "responses": {
+                    "200": {"description": "A bearer token for the name.", "content": {"application/json": {
+                        "schema": {"type": "object", "required": ["token", "subject", "demo", "expires_at"],
+                                   "properties": {"token": {"type": "string"}, "subject": {"type": "string"},
+                                                  "demo": {"const": True},
+                                                  "expires_at": {"type": "string", "format": "date-time"}}}}}},
+                    "400": _error("invalid_request: the name is not 1-64 letters, digits, '.', '_', '@', '-'."),
+                    "404": _error("not_found: the demo sign-in is off."),
+                },
+            }},
             "/products": {"get": {
                 "operationId": "listProducts",
                 "summary": "Every product with its stock, sale window and status.",

@@ -26,8 +26,10 @@ class ShopHandler(JsonHandler):
 
     def get(self, product_id: str) -> None:
         environment: jinja2.Environment = self.application.settings["jinja"]
-        self.finish(environment.get_template("shop.html").render(product_id=int(product_id),
-                                                                 static_url=self.static_url))
+        # What the page shows besides the product is the deployment's, never the buyer's: the page stays cacheable.
+        self.finish(environment.get_template("shop.html").render(
+            product_id=int(product_id), static_url=self.static_url,
+            buyer_auth=self.services.settings.buyer_auth, demo_signin=self.services.demo_issuer is not None))
 
 
 default_handlers = [(rf"/shop/{PRODUCT_ID}", ShopHandler)]

@@ -8,13 +8,15 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-ISSUER = "hypercheckout-local-issuer"
+from hypercheckout.settings import LOCAL_ISSUER as ISSUER
+
 AUDIENCE = "hypercheckout"
 KEY_ID = "local-1"
 
@@ -47,12 +49,17 @@ class LocalIssuer:
         self.jwks_path.write_text(json.dumps(document, indent=2) + "\n")
         return self
 
-    def mint(self, subject: str, *, ttl: float = 3600.0) -> str:
-        """A token for ``subject``, valid ``ttl`` seconds from now."""
+    @cached_property
+    def _key(self) -> ed25519.Ed25519PrivateKey:
         key = serialization.load_pem_private_key(self.private_path.read_bytes(), password=None)
-        now = int(time.time())
+        assert isinstance(key, ed25519.Ed25519PrivateKey)
+        return key
+
+    def mint(self, subject: str, *, ttl: float = 3600.0, now: int | None = None) -> str:
+        """A token for ``subject``, valid ``ttl`` seconds from ``now`` (default: this instant, whole seconds)."""
+        now = int(time.time()) if now is None else now
         claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": subject, "iat": now, "nbf": now, "exp": now + int(ttl)}
-        return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": KEY_ID})  # type: ignore[arg-type]
+        return jwt.encode(claims, self._key, algorithm="EdDSA", headers={"kid": KEY_ID})
 
     def settings_env(self) -> dict[str, str]:
         """What the replicas need to trust this issuer."""

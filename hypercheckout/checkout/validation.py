@@ -89,6 +89,23 @@ def parse_join(body: bytes, *, max_body_bytes: int, user_optional: bool = False)
     return int(user_id)
 
 
+DEMO_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+
+
+def parse_demo_sign_in(body: bytes, *, max_body_bytes: int) -> str:
+    """The name of a ``POST /demo/sign-in`` body (``{"name": "alice"}``): 1-64 letters, digits, ``. _ @ -``."""
+    data = parse_json_body(body, max_body_bytes, empty="body is empty; expected a JSON object with name")
+    if not isinstance(data, dict):
+        raise invalid_request("body must be a JSON object")
+    unknown = sorted(set(data) - {"name"})
+    if unknown:
+        raise invalid_request(f"unknown field(s): {', '.join(unknown)}")
+    name = data.get("name")
+    if not isinstance(name, str) or not DEMO_NAME.fullmatch(name):
+        raise invalid_request("name must be 1 to 64 letters, digits, '.', '_', '@' or '-'")
+    return name
+
+
 def parse_purchase(body: bytes, *, max_quantity: int, max_body_bytes: int,
                    idempotency_key: str | None = None, queue_pass: str | None = None,
                    user_optional: bool = False) -> PurchaseRequest:
