@@ -24,8 +24,11 @@ _RELATIVE = re.compile(r"\+([0-9]{1,9})(\.[0-9]{1,6})?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 TIME_FIELDS = ("starts_at", "ends_at")
 CLEARABLE = ("per_user_limit", "max_per_order", "starts_at", "ends_at")
-NUMBERS = ("stock", "per_user_limit", "max_per_order", "admit_per_second", "pass_seconds", "hold_seconds")
+NUMBERS = ("stock", "per_user_limit", "max_per_order", "admit_per_second", "pass_seconds", "hold_seconds",
+           "price")
 MAX_ADMIT_PER_SECOND = 1_000_000  # the columns' bounds (0003_waiting_room.sql)
+MAX_PRICE = 99_999_999  # Stripe's largest amount (eight digits of minor units)
+_CURRENCY = re.compile(r"[A-Za-z]{3}")
 _YES, _NO = ("yes", "true", "on", "1"), ("no", "false", "off", "0", "")
 
 
@@ -103,6 +106,13 @@ def changes_from_json(data: Any, *, creating: bool, max_quantity: int, now: date
         values["pass_seconds"] = _number(data["pass_seconds"], "pass_seconds", 1, MAX_PASS_SECONDS, clearable=False)
     if "hold_seconds" in data:
         values["hold_seconds"] = _number(data["hold_seconds"], "hold_seconds", 1, MAX_HOLD_SECONDS, clearable=False)
+    if "price" in data:
+        values["price"] = _number(data["price"], "price", 0, MAX_PRICE, clearable=False)
+    if "currency" in data:
+        currency = data["currency"]
+        if not isinstance(currency, str) or not _CURRENCY.fullmatch(currency):
+            raise invalid_request("currency must be an ISO 4217 code of three letters, e.g. usd or eur")
+        values["currency"] = currency.lower()
     for name in TIME_FIELDS:
         if name in data:
             raw = data[name]

@@ -131,7 +131,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
 
 PRODUCT_OPTIONS = ("name", "stock", "starts_at", "ends_at", "per_user_limit", "max_per_order", "waiting_room",
-                   "admit_per_second", "pass_seconds", "hold_seconds")
+                   "admit_per_second", "pass_seconds", "hold_seconds", "price", "currency")
 
 
 def _product_line(product: dict[str, Any]) -> str:
@@ -143,7 +143,8 @@ def _product_line(product: dict[str, Any]) -> str:
             if product.get("waiting_room") else "")
     return (f"product {product['id']} {product['name']!r}: {product['status']}, available {product['available']}, "
             f"held {product['held']}, sold {product['sold']} / initial {product['initial_stock']}, {window}, "
-            f"per buyer {limit}, per order {product['max_per_order']}, holds {product['hold_seconds']} s{room}")
+            f"per buyer {limit}, per order {product['max_per_order']}, holds {product['hold_seconds']} s, "
+            f"price {product['price']} {product['currency'].upper()}{room}")
 
 
 def _print_product(product: dict[str, Any], as_json: bool) -> None:
@@ -380,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"waiting room: seconds an admitted buyer's pass is valid (default {DEFAULT_PASS_SECONDS})")
         a.add_argument("--hold-seconds", metavar="N",
                        help=f"seconds a checkout holds its units before they go back (default {DEFAULT_HOLD_SECONDS})")
+        a.add_argument("--price", metavar="MINOR_UNITS",
+                       help="a unit's price in the currency's minor units, e.g. 1999 for 19.99 USD (default 0: free)")
+        a.add_argument("--currency", metavar="ISO4217", help="the price's currency, e.g. usd, eur (default usd)")
         a.add_argument("--json", action="store_true")
     a = actions.add_parser("list", help="every product with its status, sold units and orders")
     a.add_argument("--json", action="store_true")

@@ -140,6 +140,8 @@
       edit("admit_per_second", "Admit / s", { inputmode: "numeric", placeholder: "100" }),
       edit("pass_seconds", "Pass valid (s)", { inputmode: "numeric", placeholder: "120" }),
       edit("hold_seconds", "Holds (s)", { inputmode: "numeric", placeholder: "600" }),
+      edit("price", "Price (minor units)", { inputmode: "numeric", placeholder: "0" }),
+      edit("currency", "Currency", { maxlength: "3", placeholder: "usd" }),
       el("div", { class: "reset" }, el("button", { type: "submit", id: "save-" + p.id }, "Save"),
          el("button", { type: "button", class: "danger", id: "delete-" + p.id }, "Delete")));
     const card = el("div", { class: "card", id: "product-" + p.id },
@@ -172,7 +174,7 @@
       : `nothing held · holds of ${fmt(p.hold_seconds)} s`);
     setText(field("summary"), `available · ${fmt(p.sold)} sold of ${fmt(p.initial_stock)} (${pct}%) · ` +
       `${fmt(p.orders)} orders` + (p.per_user_limit ? ` · at most ${fmt(p.per_user_limit)} per buyer` : "") +
-      ` · ${fmt(p.max_per_order)} per order`);
+      ` · ${fmt(p.max_per_order)} per order · ${p.price ? `${fmt(p.price)} ${p.currency.toUpperCase()} (minor units) each` : "free"}`);
     setText(field("window"), [p.starts_at ? "from " + when(p.starts_at) : "on sale now",
                               p.ends_at ? "until " + when(p.ends_at) : "no end"].join(" · "));
     const q = p.queue;
@@ -194,6 +196,8 @@
     follow(form.elements.admit_per_second, p.waiting_room ? String(p.admit_per_second) : "");
     follow(form.elements.pass_seconds, p.waiting_room ? String(p.pass_seconds) : "");
     follow(form.elements.hold_seconds, String(p.hold_seconds));
+    follow(form.elements.price, String(p.price));
+    follow(form.elements.currency, p.currency);
     tick(card);
   }
 

@@ -43,7 +43,8 @@ async def test_a_product_goes_through_its_whole_life(http_client, base_url, sett
     pid = created.body["id"]
     assert created.headers["Location"] == f"/admin/api/products/{pid}"
     assert created.body == {"id": pid, "name": "Sneaker drop", "stock": 50, "available": 50, "held": 0, "sold": 0,
-                            "initial_stock": 50, "hold_seconds": 600, "per_user_limit": 2, "max_per_order": 2,
+                            "initial_stock": 50, "hold_seconds": 600, "price": 0, "currency": "usd",
+                            "per_user_limit": 2, "max_per_order": 2,
                             "starts_at": "2030-01-01T09:00:00+00:00", "ends_at": "2030-01-01T12:00:00+00:00",
                             "status": "scheduled", "waiting_room": False}
     public = json.loads((await http_client.fetch(f"{base_url}/products/{pid}")).body)
@@ -64,6 +65,14 @@ async def test_a_product_goes_through_its_whole_life(http_client, base_url, sett
     assert (restocked.body["stock"], restocked.body["initial_stock"], restocked.body["per_user_limit"]) == (
         100, 102, None)
     assert_invariant(settings.database_url, 102, product=pid)
+    # A price in minor units and its currency (ISO 4217, kept in lower case as Stripe writes it).
+    priced = await call(http_client, base_url, "PATCH", f"/admin/api/products/{pid}", {"price": 1999, "currency": "EUR"})
+    assert (priced.body["price"], priced.body["currency"]) == (1999, "eur"), priced.body
+    for bad in ({"price": -1}, {"price": 1.5}, {"price": 100_000_000}, {"currency": "euro"}, {"currency": " eu"},
+                {"currency": 978}, {"price": None}):
+        refused_price = await call(http_client, base_url, "PATCH", f"/admin/api/products/{pid}", bad)
+        assert refused_price.status == 400, (bad, refused_price.body)
+    assert sql(settings.database_url, "SELECT price, currency FROM products WHERE id = %s", (pid,)) == [(1999, "eur")]
     listed = await call(http_client, base_url, "GET", "/admin/api/products")
     assert [p["id"] for p in listed.body["products"]] == [1, pid]
 

@@ -121,9 +121,13 @@ def test_products_are_created_listed_updated_and_deleted_from_the_cli(settings: 
                       env=env)
     assert updated.returncode == 0, updated.stderr
     assert (json.loads(updated.stdout)["status"], json.loads(updated.stdout)["per_user_limit"]) == ("live", None)
+    priced = run_cli("product", "update", str(pid), "--price", "2500", "--currency", "JPY", "--json", env=env)
+    assert priced.returncode == 0, priced.stderr
+    assert (json.loads(priced.stdout)["price"], json.loads(priced.stdout)["currency"]) == (2500, "jpy")
     listed = run_cli("product", "list", env=env)
     assert f"product {pid} 'Hoodie drop': live, available 40, held 0, sold 0 / initial 40" in listed.stdout, \
         listed.stdout
+    assert "price 2500 JPY" in listed.stdout
     as_json = json.loads(run_cli("product", "list", "--json", env=env).stdout)
     assert [p["id"] for p in as_json["products"]] == [1, pid]
 

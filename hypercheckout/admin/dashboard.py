@@ -55,9 +55,10 @@ class ResetHandler(ActionHandler):
 
 
 PRODUCT_FORM_FIELDS = ("name", "stock", "starts_at", "ends_at", "per_user_limit", "max_per_order", "waiting_room",
-                       "admit_per_second", "pass_seconds", "hold_seconds")
-# Empty: as they are (a product without a room shows no room numbers; the hold time cannot be cleared).
-ROOM_NUMBERS = ("admit_per_second", "pass_seconds", "hold_seconds")
+                       "admit_per_second", "pass_seconds", "hold_seconds", "price", "currency")
+# Empty: as they are (a product without a room shows no room numbers; the hold time and the price cannot be
+# cleared).
+ROOM_NUMBERS = ("admit_per_second", "pass_seconds", "hold_seconds", "price", "currency")
 
 
 class ProductFormHandler(ActionHandler):

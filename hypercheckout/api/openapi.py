@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from hypercheckout.api.base import JsonHandler
-from hypercheckout.catalog import MAX_ADMIT_PER_SECOND, MAX_HOLD_SECONDS, MAX_NAME, MAX_PASS_SECONDS
+from hypercheckout.catalog import MAX_ADMIT_PER_SECOND, MAX_HOLD_SECONDS, MAX_NAME, MAX_PASS_SECONDS, MAX_PRICE
 from hypercheckout.checkout.validation import MAX_ID, MAX_UNITS
 from hypercheckout.settings import Settings
 
@@ -426,6 +426,9 @@ def _product(settings: Settings) -> dict[str, Any]:
         "initial_stock": {"type": "integer", "minimum": 0},
         "hold_seconds": {"type": "integer", "minimum": 1, "maximum": MAX_HOLD_SECONDS,
                          "description": "How long a checkout holds its units."},
+        "price": {"type": "integer", "minimum": 0, "maximum": MAX_PRICE,
+                  "description": "A unit's price in the currency's minor units (cents for usd); 0: free."},
+        "currency": {"type": "string", "pattern": "^[a-z]{3}$", "description": "ISO 4217, lower case."},
         "per_user_limit": {"type": ["integer", "null"], "minimum": 1},
         "max_per_order": {"type": "integer", "minimum": 1, "maximum": settings.max_quantity,
                           "description": "The most units one order may ask for (the product's own, at most the "
@@ -476,6 +479,8 @@ def _product_input(settings: Settings) -> dict[str, Any]:
                              "description": "Changed during a sale, admission counts on from the admissions so far."},
         "pass_seconds": {"type": "integer", "minimum": 1, "maximum": MAX_PASS_SECONDS},
         "hold_seconds": {"type": "integer", "minimum": 1, "maximum": MAX_HOLD_SECONDS},
+        "price": {"type": "integer", "minimum": 0, "maximum": MAX_PRICE},
+        "currency": {"type": "string", "pattern": "^[A-Za-z]{3}$", "description": "ISO 4217 (e.g. usd, EUR)."},
     }
 
 

@@ -429,7 +429,7 @@ class Store:
         async with self.cursor() as cur:
             await cur.execute(STATUS, {"product_id": product_id})
             return [
-                ProductStatus(product=Product(*row[:18]), sold=row[18], orders=row[19], passes_used=row[20])
+                ProductStatus(product=Product(*row[:20]), sold=row[20], orders=row[21], passes_used=row[22])
                 for row in await cur.fetchall()
             ]
 

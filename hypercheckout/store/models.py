@@ -17,7 +17,7 @@ MAX_HOLD_SECONDS = 86_400
 # origin and the start).
 PRODUCT_COLUMNS = ("id, name, stock, initial_stock, per_user_limit, starts_at, ends_at, max_per_order, waiting_room, "
                    "admit_per_second, pass_seconds, GREATEST(admission_origin, starts_at), admitted_before, "
-                   "room_generation, admission_history, held, hold_seconds, lapsed_units(id)")
+                   "room_generation, admission_history, held, hold_seconds, lapsed_units(id), price, currency")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +64,8 @@ class Product:
     held: int = 0  # units of checkouts still recorded as held, lapsed ones included
     hold_seconds: int = DEFAULT_HOLD_SECONDS
     lapsed: int = 0  # of ``held``, the units whose hold has expired, not yet given back: available
+    price: int = 0  # a unit's, in the currency's minor units (0: free)
+    currency: str = "usd"  # ISO 4217, lower case (as Stripe writes it)
 
     @property
     def available(self) -> int:
@@ -114,6 +116,8 @@ class Product:
             "sold": self.sold,
             "initial_stock": self.initial_stock,
             "hold_seconds": self.hold_seconds,
+            "price": self.price,
+            "currency": self.currency,
             "per_user_limit": self.per_user_limit,
             "max_per_order": min(self.max_per_order or max_quantity, max_quantity),
             "starts_at": None if self.starts_at is None else self.starts_at.isoformat(),
@@ -170,6 +174,8 @@ class ProductChanges:
     admit_per_second: Any = None
     pass_seconds: Any = None
     hold_seconds: Any = None
+    price: Any = None
+    currency: Any = None
     given: frozenset[str] = frozenset()  # which of the fields above were given
 
     def params(self) -> dict[str, Any]:
@@ -178,7 +184,7 @@ class ProductChanges:
 
 
 UPDATABLE = ("name", "stock", "per_user_limit", "max_per_order", "starts_at", "ends_at", "waiting_room",
-             "admit_per_second", "pass_seconds", "hold_seconds")
+             "admit_per_second", "pass_seconds", "hold_seconds", "price", "currency")
 
 
 @dataclass(frozen=True, slots=True)

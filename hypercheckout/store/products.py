@@ -34,6 +34,7 @@ STATUS = """
 SELECT p.id, p.name, p.stock, p.initial_stock, p.per_user_limit, p.starts_at, p.ends_at, p.max_per_order,
        p.waiting_room, p.admit_per_second, p.pass_seconds, GREATEST(p.admission_origin, p.starts_at),
        p.admitted_before, p.room_generation, p.admission_history, p.held, p.hold_seconds, lapsed_units(p.id),
+       p.price, p.currency,
        COALESCE(sum(o.quantity), 0)::bigint AS sold,
        count(o.id) AS orders,
        count(o.id) FILTER (WHERE o.room_generation = p.room_generation) AS passes_used
@@ -61,11 +62,12 @@ DELETE FROM orders WHERE product_id = %(product_id)s
 CREATE_PRODUCT = f"""
 INSERT INTO products (name, stock, initial_stock, per_user_limit, max_per_order, starts_at, ends_at,
                       waiting_room, admit_per_second, pass_seconds, admission_origin, room_generation,
-                      hold_seconds)
+                      hold_seconds, price, currency)
 VALUES (%(name)s, %(stock)s, %(stock)s, %(per_user_limit)s, %(max_per_order)s, %(starts_at)s, %(ends_at)s,
         COALESCE(%(waiting_room)s, false), COALESCE(%(admit_per_second)s, {DEFAULT_ADMIT_PER_SECOND}),
         COALESCE(%(pass_seconds)s, {DEFAULT_PASS_SECONDS}), CASE WHEN %(waiting_room)s THEN now() END,
-        CASE WHEN %(waiting_room)s THEN 1 ELSE 0 END, COALESCE(%(hold_seconds)s, {DEFAULT_HOLD_SECONDS}))
+        CASE WHEN %(waiting_room)s THEN 1 ELSE 0 END, COALESCE(%(hold_seconds)s, {DEFAULT_HOLD_SECONDS}),
+        COALESCE(%(price)s, 0), COALESCE(%(currency)s, 'usd'))
 RETURNING {PRODUCT_COLUMNS}
 """
 # Every purchase holds this lock while it inserts an order: taken first, it makes the order count and the sums
@@ -92,6 +94,8 @@ UPDATE products SET
                             ELSE admit_per_second END,
     pass_seconds   = CASE WHEN %(set_pass_seconds)s THEN %(pass_seconds)s::integer ELSE pass_seconds END,
     hold_seconds   = CASE WHEN %(set_hold_seconds)s THEN %(hold_seconds)s::integer ELSE hold_seconds END,
+    price          = CASE WHEN %(set_price)s THEN %(price)s::bigint ELSE price END,
+    currency       = CASE WHEN %(set_currency)s THEN %(currency)s::text ELSE currency END,
     -- (SET sees the row as it was.) A room that opens starts a new line (a generation) counting from now. A room
     -- that stays open and gets another rate or start moves on from where its line stands now (admitted_before
     -- becomes the count so far, the origin now), so no place is admitted twice nor skipped; the segment it leaves,
