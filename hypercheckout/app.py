@@ -18,7 +18,7 @@ import tornado.web
 from hypercheckout.admin import routes as admin_routes
 from hypercheckout.admin.live import LiveHub
 from hypercheckout.admin.snapshot import Snapshotter
-from hypercheckout.api import checkouts, health, openapi, orders, products, purchase, queue, shop, signin
+from hypercheckout.api import checkouts, health, openapi, orders, products, purchase, queue, shop, signin, webhooks
 from hypercheckout.api.base import NotFoundHandler
 from hypercheckout.buyers.auth import BuyerAuth
 from hypercheckout.buyers.issuer import LocalIssuer
@@ -33,8 +33,10 @@ from hypercheckout.checkout.strategy import Strategy, make_strategy
 from hypercheckout.limiter import RateLimiter
 from hypercheckout.login_throttle import LoginThrottle
 from hypercheckout.metrics import Metrics
+from hypercheckout.payments.provider import PaymentProvider
+from hypercheckout.payments.settle import Payments, Reconciler
 from hypercheckout.redisclient import RedisClient, connect
-from hypercheckout.settings import Settings, SettingsError
+from hypercheckout.settings import STRIPE_API, Settings, SettingsError
 from hypercheckout.stats import HitCounter
 from hypercheckout.store import Store, ensure_database
 
@@ -82,6 +84,8 @@ class Services:
     sweeper: HoldSweeper
     buyer_auth: BuyerAuth | None = None  # HC_BUYER_AUTH=jwt: buyers are who their bearer tokens say
     demo_issuer: LocalIssuer | None = None  # HC_DEMO_SIGNIN: the buyer page's demo sign-in mints with it
+    payments: Payments | None = None  # HC_PAYMENTS on: checkouts of priced products are paid
+    reconciler: Reconciler | None = None
     stopping: bool = False
     failed_logins: int = 0
     in_flight: int = 0
@@ -168,6 +172,8 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
     if demo_issuer is not None and not demo_issuer.private_path.is_file():
         raise SettingsError(f"HC_DEMO_SIGNIN: no local issuer's key in {demo_issuer.directory} (made by `up "
                             "--buyer-auth jwt`)")
+    checkout = Checkout(strategy, sold_out, store, schedule, rooms)
+    payments, reconciler = make_payments(settings, store, checkout)
     sold_out.start()
     schedule.start()
     hits.start()
@@ -175,7 +181,7 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
     sweeper.start()
     services = Services(
         settings=settings, store=store, redis=client, limiter=limiter, strategy=strategy, sold_out=sold_out,
-        schedule=schedule, checkout=Checkout(strategy, sold_out, store, schedule, rooms), rooms=rooms,
+        schedule=schedule, checkout=checkout, rooms=rooms, payments=payments, reconciler=reconciler,
         hits=hits, janitor=janitor, sweeper=sweeper, buyer_auth=buyer_auth,
         demo_issuer=demo_issuer,
         metrics=Metrics(settings.replica_id), snapshots=snapshots, live=LiveHub(snapshots),
@@ -187,7 +193,28 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
                                  interval=settings.admission_interval_ms / 1000),
     )
     services.metrics.watch(services)
+    if reconciler is not None:
+        reconciler.start()
     return services
+
+
+def payment_provider(settings: Settings) -> PaymentProvider:
+    base = settings.stripe_api_base or STRIPE_API
+    page = (settings.payment_page_url or base) if settings.payments == "simulator" else None
+    return PaymentProvider(settings.stripe_api_key, api_base=base, webhook_secret=settings.stripe_webhook_secret,
+                           timeout=settings.payment_timeout_s, page_url=page)
+
+
+def make_payments(settings: Settings, store: Store, checkout: Checkout) -> tuple[Payments | None, Reconciler | None]:
+    """With HC_PAYMENTS on: the replica's payments, wired to its checkout service (a payment confirms through it, so
+    that its sold-out flags and counts follow), and its reconciler (not started)."""
+    if settings.payments == "off":
+        return None, None
+    replica = settings.replica_id
+    payments = Payments(payment_provider(settings), store, replica=replica, grace=settings.payment_grace_s,
+                        confirm=lambda checkout_id: checkout.confirm(checkout_id, replica, by_payment=True))
+    checkout.payments = payments
+    return payments, Reconciler(payments, interval=settings.payment_reconcile_s)
 
 
 STOP_STEP_TIMEOUT = 10.0  # seconds one shutdown step may take before the replica gives up on it and says so
@@ -212,6 +239,10 @@ async def stop_services(services: Services) -> None:
     await _bounded("the last hit counts", services.hits.close())
     await _bounded("the key janitor", services.janitor.close())
     await _bounded("the hold sweeper", services.sweeper.close())
+    if services.reconciler is not None:
+        await _bounded("the payment reconciler", services.reconciler.close())
+    if services.payments is not None:
+        await _bounded("the payment provider's connections", services.payments.provider.close())
     await _bounded("Redis", services.redis.aclose())
     await _bounded("PostgreSQL connections in use", services.store.close())
 
@@ -241,6 +272,7 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
     return [*purchase.default_handlers, *checkouts.default_handlers, *products.default_handlers,
             *queue.default_handlers, *orders.default_handlers, *health.default_handlers,
             *openapi.default_handlers, *shop.default_handlers, *signin.default_handlers,
+            *webhooks.default_handlers,
             *admin_routes.default_handlers]
 
 

@@ -23,6 +23,12 @@ from hypercheckout.limiter import REDIS_ERRORS, RateLimiter
 from hypercheckout.login_throttle import LoginThrottle
 from hypercheckout.migrations.runner import MigrationError
 from hypercheckout.operations import reset_product, status_report
+from hypercheckout.payments.commands import (
+    add_payments_arguments,
+    add_simulator_arguments,
+    cmd_payments,
+    cmd_payments_simulator,
+)
 from hypercheckout.settings import Settings, SettingsError, documentation
 from hypercheckout.store import (
     DEFAULT_ADMIT_PER_SECOND,
@@ -271,7 +277,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     load_settings(argparse.Namespace())  # a bad HC_* value stops here, before anything starts
     cluster = Cluster(data_dir=Path(args.data_dir or ".hypercheckout"), port=args.port, replicas=args.replicas,
                       stock=args.stock, tls=args.tls, pg_standby=args.pg_standby,
-                      redis_cluster=args.redis_cluster, buyer_auth=args.buyer_auth)
+                      redis_cluster=args.redis_cluster, buyer_auth=args.buyer_auth, payments=args.payments)
     return cluster.run()
 
 
@@ -430,6 +436,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--buyer-auth", choices=("none", "jwt"), default="none",
                    help="jwt: buyers sign in with tokens of a local issuer made in DATA/issuer (mint one with "
                         "`hypercheckout buyer-token --user N`); none: the user_id the body carries")
+    p.add_argument("--payments", choices=("simulator", "off"), default="simulator",
+                   help="simulator (default): products with a price are paid through a local payment simulator "
+                        "(test payments only); off: every checkout is confirmed by its buyer")
+    p = command("payments-simulator", cmd_payments_simulator,
+                "a local stand-in for Stripe's PaymentIntents API, its webhooks and its faults (test payments only)")
+    add_simulator_arguments(p)
+    p = command("payments", lambda args: cmd_payments(args, load_settings(args)),
+                "settle the payments in doubt now, or show money and units per product")
+    add_payments_arguments(p)
     p = command("buyer-token", cmd_buyer_token, "mint a buyer's token with the local issuer of `up --buyer-auth jwt`")
     p.add_argument("--user", required=True, help="the buyer (the token's subject)")
     p.add_argument("--ttl", type=float, default=3600, help="seconds the token is valid (default 3600)")

@@ -218,6 +218,7 @@ class Cluster:
     pg_standby: bool = False  # a second PostgreSQL as a synchronous streaming-replication standby
     redis_cluster: bool = False  # a Redis Cluster (three masters, three replicas) instead of one Redis server
     buyer_auth: str = "none"  # jwt: buyers sign in with tokens of a local issuer (DATA/issuer)
+    payments: str = "simulator"  # off, or the payment simulator (priced products are paid through it)
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     out: IO[str] = field(default_factory=lambda: sys.stdout)
 
@@ -227,6 +228,7 @@ class Cluster:
     redis_nodes: PrivateRedisCluster | None = field(default=None, init=False)
     apps: list[HTTPExecutor] = field(default_factory=list, init=False)
     nginx: HTTPExecutor | TCPExecutor | None = field(default=None, init=False)
+    simulator: HTTPExecutor | None = field(default=None, init=False)
     env: dict[str, str] = field(default_factory=dict, init=False)
     files: int = field(default=WANTED_FILES, init=False)  # the open-file limit `up` got for itself and nginx
     _logs: list[IO[bytes]] = field(default_factory=list, init=False)
@@ -274,6 +276,8 @@ class Cluster:
 
                 issuer = LocalIssuer(self.data_dir / "issuer").ensure()
                 self.env.update(issuer.settings_env(), HC_DEMO_SIGNIN=str(issuer.directory))
+            if self.payments == "simulator" and not self.environ.get("HC_PAYMENTS"):
+                self._start_simulator(previous)
             self._migrate()
             ports = [free_port() for _ in range(self.replicas)]
             self.env["HC_REPLICA_PORTS"] = ",".join(str(p) for p in ports)
@@ -367,6 +371,21 @@ class Cluster:
 
         asyncio.run(run())
 
+    def _start_simulator(self, previous: Mapping[str, str]) -> None:
+        """The payment simulator, delivering its webhooks through nginx as Stripe would to the shop's URL."""
+        port = free_port()
+        secret = previous.get("HC_STRIPE_WEBHOOK_SECRET") or "whsec_" + secrets.token_hex(16)
+        key = previous.get("HC_STRIPE_API_KEY") or "sk_test_" + secrets.token_hex(16)
+        self.simulator = HTTPExecutor(
+            [sys.executable, "-m", "hypercheckout", "payments-simulator", "--port", str(port),
+             "--api-key", key, "--webhook-secret", secret, "--webhook-url", f"{self.url}/webhooks/payments"],
+            url=f"http://127.0.0.1:{port}/_simulator/faults", method="GET", timeout=30,
+            stdout=self._log_file("payments-simulator"), stderr=subprocess.STDOUT)
+        self._start("the payment simulator", self.simulator, self.log_dir / "payments-simulator.log")
+        base = f"http://127.0.0.1:{port}"
+        self.env.update(HC_PAYMENTS="simulator", HC_STRIPE_API_KEY=key, HC_STRIPE_WEBHOOK_SECRET=secret,
+                        HC_STRIPE_API_BASE=base, HC_PAYMENT_PAGE_URL=base)
+
     def _start_replica(self, index: int, port: int) -> None:
         name = f"app-{index}"
         env = {**self.environ, **self.env, "HC_PORT": str(port), "HC_REPLICA_ID": name, "HC_HOST": "127.0.0.1"}
@@ -446,6 +465,9 @@ class Cluster:
         if self.nginx is not None:
             self._stop(self.nginx)
             self.nginx = None
+        if self.simulator is not None:
+            self._stop(self.simulator)
+            self.simulator = None
         if self.redis is not None:
             self._stop(self.redis)
             self.redis = None
@@ -477,6 +499,8 @@ class Cluster:
             f"  API        {self.url}/purchase   (try: curl -X POST {self.url}/purchase "
             "-d '{\"user_id\": 1, \"product_id\": 1, \"quantity\": 1}')\n"
             f"  Dashboard  {self.url}/admin\n"
+            + (f"  Payments   a local simulator at {self.env['HC_STRIPE_API_BASE']} (test payments only; products "
+               "with a price are paid through it)\n" if self.simulator is not None else "") +
             f"  Admin token  {self.env['HC_ADMIN_TOKEN']}\n"
             + (f"  TLS        self-signed certificate {self.data_dir}/tls/cert.pem (curl --cacert it)\n"
                if self.tls else "")

@@ -23,6 +23,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 STRATEGIES = ("pessimistic", "atomic", "batched")
 EVENT_LOOPS = ("uvloop", "asyncio")
 BUYER_AUTH = ("none", "jwt")
+PAYMENTS = ("off", "simulator", "stripe")
+STRIPE_API = "https://api.stripe.com"
 JWT_ALGORITHMS = ("RS256", "ES256", "EdDSA")  # asymmetric only (hypercheckout/buyers/tokens.py)
 LOCAL_ISSUER = "hypercheckout-local-issuer"  # the iss of hypercheckout/buyers/issuer.py's tokens
 
@@ -99,6 +101,12 @@ def _strategy(text: str) -> str:
 def _event_loop(text: str) -> str:
     if text not in EVENT_LOOPS:
         raise ValueError(f"must be one of {', '.join(EVENT_LOOPS)}")
+    return text
+
+
+def _payments(text: str) -> str:
+    if text not in PAYMENTS:
+        raise ValueError(f"must be one of {', '.join(PAYMENTS)}")
     return text
 
 
@@ -295,6 +303,28 @@ class Settings:
         "jwt: the signature algorithms accepted, comma-separated (RS256, ES256, EdDSA); never taken from a token.")
     jwt_leeway_s: float = setting("HC_JWT_LEEWAY_S", 30.0, _non_negative_float,
                                   "jwt: seconds of clock skew forgiven on a token's exp and nbf.")
+    payments: str = setting(
+        "HC_PAYMENTS", "off", _payments,
+        "off: a checkout is confirmed by its buyer. simulator or stripe: a checkout of a priced product is paid "
+        "through a PaymentIntent (manual capture, the official stripe library), and its payment confirms it.")
+    stripe_api_key: str = setting("HC_STRIPE_API_KEY", "", _text, "payments: the provider's secret API key.")
+    stripe_webhook_secret: str = setting(
+        "HC_STRIPE_WEBHOOK_SECRET", "", _text, "payments: the secret webhooks are signed with (whsec_...).")
+    stripe_api_base: str = setting(
+        "HC_STRIPE_API_BASE", "", _text,
+        f"payments: the provider's API (default {STRIPE_API}; the simulator's URL with simulator).")
+    payment_page_url: str = setting(
+        "HC_PAYMENT_PAGE_URL", "", _text,
+        "simulator: where buyers reach its hosted payment page (default: HC_STRIPE_API_BASE).")
+    payment_timeout_s: float = setting(
+        "HC_PAYMENT_TIMEOUT_S", 10.0, _positive_float, "payments: seconds a call to the provider may take.")
+    payment_reconcile_s: float = setting(
+        "HC_PAYMENT_RECONCILE_S", 5.0, _positive_float,
+        "payments: how often one replica settles the payments in doubt (a lost webhook, a crash before a capture).")
+    payment_grace_s: float = setting(
+        "HC_PAYMENT_GRACE_S", 30.0, _non_negative_float,
+        "payments: seconds after a hold ends before its unpaid payment is cancelled (a late authorization within "
+        "them is still honoured, re-booked if units are available).")
     demo_signin: str = setting(
         "HC_DEMO_SIGNIN", "", _text,
         "jwt with the local issuer only: its directory (`up --buyer-auth jwt` sets DATA/issuer). The buyer page "
@@ -329,6 +359,10 @@ class Settings:
         if self.buyer_auth == "jwt" and not (self.jwt_issuer and (self.jwks_url or self.jwks_file)):
             raise SettingsError("HC_BUYER_AUTH=jwt needs HC_JWT_ISSUER and the issuer's keys: HC_JWKS_URL or "
                                 "HC_JWKS_FILE")
+        if self.payments != "off" and not (self.stripe_api_key and self.stripe_webhook_secret):
+            raise SettingsError("HC_PAYMENTS needs HC_STRIPE_API_KEY and HC_STRIPE_WEBHOOK_SECRET")
+        if self.payments == "simulator" and not self.stripe_api_base:
+            raise SettingsError("HC_PAYMENTS=simulator needs HC_STRIPE_API_BASE, the simulator's URL")
         if self.demo_signin and not (self.buyer_auth == "jwt" and self.jwt_issuer == LOCAL_ISSUER):
             # A sign-in that asks for no password is only ever the local issuer's: never one a real shop trusts.
             raise SettingsError(f"HC_DEMO_SIGNIN needs HC_BUYER_AUTH=jwt with HC_JWT_ISSUER={LOCAL_ISSUER}")

@@ -66,7 +66,8 @@ async def test_a_product_goes_through_its_whole_life(http_client, base_url, sett
         100, 102, None)
     assert_invariant(settings.database_url, 102, product=pid)
     # A price in minor units and its currency (ISO 4217, kept in lower case as Stripe writes it).
-    priced = await call(http_client, base_url, "PATCH", f"/admin/api/products/{pid}", {"price": 1999, "currency": "EUR"})
+    priced = await call(http_client, base_url, "PATCH", f"/admin/api/products/{pid}",
+                        {"price": 1999, "currency": "EUR"})
     assert (priced.body["price"], priced.body["currency"]) == (1999, "eur"), priced.body
     for bad in ({"price": -1}, {"price": 1.5}, {"price": 100_000_000}, {"currency": "euro"}, {"currency": " eu"},
                 {"currency": 978}, {"price": None}):

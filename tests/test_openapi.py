@@ -15,7 +15,7 @@ from tests.replicas import running_replicas
 
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,"
           "response_schema_conformance,negative_data_rejection")
-OPERATIONS = 22  # 14 public, 8 of the admin API
+OPERATIONS = 23  # 15 public, 8 of the admin API
 EXAMPLES = 250  # per operation and phase: well over 2,000 cases in all
 
 

@@ -9,9 +9,19 @@ from typing import Any
 from hypercheckout.api.base import JsonHandler
 from hypercheckout.api.purchase import PurchaseHandler, order_body
 from hypercheckout.checkout.errors import CheckoutError, unknown_checkout
-from hypercheckout.checkout.models import PurchaseRequest
+from hypercheckout.checkout.models import Hold, PurchaseRequest
 
 CHECKOUT_ID = r"([A-Za-z0-9_-]{1,64})"
+
+
+def checkout_body(services: Any, hold: Hold) -> dict[str, Any]:
+    """The checkout as its buyer sees it; a payment to make says where (the simulator's page) when it can."""
+    body = hold.as_json()
+    payment = body.get("payment")
+    if payment is not None and services.payments is not None:
+        payment["pay_url"] = (services.payments.provider.pay_url(hold.payment_intent, hold.payment_secret)
+                              if hold.payment_status == "pending" and hold.status == "held" else None)
+    return body
 
 
 class CheckoutsHandler(PurchaseHandler):
@@ -29,7 +39,7 @@ class CheckoutsHandler(PurchaseHandler):
         if hold.replayed:
             self.set_header("Idempotent-Replayed", "true")
         self.set_header("Location", f"/checkouts/{hold.id}")
-        self.write_json(hold.as_json(), status=200 if hold.replayed else 201)
+        self.write_json(checkout_body(services, hold), status=200 if hold.replayed else 201)
 
 
 class _CheckoutAction(JsonHandler):
@@ -56,7 +66,8 @@ class CheckoutHandler(_CheckoutAction):
         await self._answer(self._show(checkout_id))
 
     async def _show(self, checkout_id: str) -> None:
-        self.write_json((await self.services.checkout.checkout(checkout_id, buyer=await self.buyer())).as_json())
+        hold = await self.services.checkout.checkout(checkout_id, buyer=await self.buyer())
+        self.write_json(checkout_body(self.services, hold))
 
 
 class ConfirmHandler(_CheckoutAction):
@@ -82,7 +93,8 @@ class ReleaseHandler(_CheckoutAction):
         await self._answer(self._release(checkout_id))
 
     async def _release(self, checkout_id: str) -> None:
-        self.write_json((await self.services.checkout.release(checkout_id, buyer=await self.buyer())).as_json())
+        hold = await self.services.checkout.release(checkout_id, buyer=await self.buyer())
+        self.write_json(checkout_body(self.services, hold))
 
 
 class MalformedCheckoutHandler(_CheckoutAction):

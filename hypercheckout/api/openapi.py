@@ -128,7 +128,7 @@ def document(settings: Settings) -> dict[str, Any]:
                                   "request_in_progress, sale_not_started, sale_ended.", retry_after=True),
                     "422": _error("idempotency_key_reused: the key was used with another body."),
                     "429": _error("rate_limited or banned.", retry_after=True),
-                    "503": purchase_unavailable,
+                    "503": purchase_unavailable,  # and payments_unavailable: nothing held, the key may be reused
                 },
             }},
             "/checkouts/{checkout_id}": {"get": {
@@ -149,7 +149,8 @@ def document(settings: Settings) -> dict[str, Any]:
                                           "before)."),
                     "404": _error("unknown_checkout."),
                     "409": _error("hold_expired (its units went to other buyers), checkout_released, "
-                                  "sale_ended or limit_reached (a re-booking is a new sale); nothing sold."),
+                                  "sale_ended or limit_reached (a re-booking is a new sale), or payment_required "
+                                  "(a paid checkout not paid yet: its payment confirms it); nothing sold."),
                     "503": unavailable,
                 },
             }},
@@ -183,6 +184,22 @@ def document(settings: Settings) -> dict[str, Any]:
                     "401": _error("invalid_token: no or a bad bearer token."),
                     "404": _error("not_found: the service does not verify buyers (HC_BUYER_AUTH=none)."),
                     "503": unavailable,
+                },
+            }},
+            "/webhooks/payments": {"post": {
+                "operationId": "paymentWebhook",
+                "summary": "The payment provider's events (Stripe's webhook, signature verified).",
+                "description": "Stripe-Signature is verified with the official stripe library (300 s tolerance); "
+                               "the payment is then settled from what the provider says of it now. 404 with "
+                               "HC_PAYMENTS=off.",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {
+                    "200": {"description": "Settled and recorded.", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["received", "duplicate"],
+                        "properties": {"received": {"type": "string"}, "duplicate": {"type": "boolean"}}}}}},
+                    "400": _error("invalid_signature: not the provider's, or too old; nothing changed."),
+                    "404": _error("not_found: payments are off."),
+                    "503": _error("The provider or PostgreSQL unreachable: nothing settled; delivered again later."),
                 },
             }},
             "/demo/sign-in": {"post": {
@@ -316,6 +333,23 @@ def document(settings: Settings) -> dict[str, Any]:
                     "order_id": {"type": "integer", "minimum": 1},
                     "rebooked": {"type": "boolean", "description": "Confirmed after its hold ran out."},
                     "replica": {"type": "string"},
+                    "payment": {
+                        "type": "object", "additionalProperties": False,
+                        "required": ["status", "amount", "currency", "intent_id", "client_secret"],
+                        "description": "HC_PAYMENTS on, a priced product: the payment that confirms the checkout.",
+                        "properties": {
+                            "status": {"enum": ["pending", "capturing", "captured", "cancelled"],
+                                       "description": "cancelled: no money moved (not paid in time, released, "
+                                                      "or paid after its units were sold)."},
+                            "amount": {"type": "integer", "minimum": 0, "description": "Minor units."},
+                            "currency": {"type": "string"},
+                            "intent_id": {"type": ["string", "null"], "description": "The PaymentIntent."},
+                            "client_secret": {"type": ["string", "null"],
+                                              "description": "For the provider's payment form (Stripe.js)."},
+                            "pay_url": {"type": ["string", "null"],
+                                        "description": "The simulator's payment page, while it can be paid."},
+                        },
+                    },
                 },
             },
             "CheckoutList": {

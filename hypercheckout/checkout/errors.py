@@ -73,6 +73,17 @@ def short_of_stock(product_id: int, stock: int, quantity: int, held: int, next_e
     return out_of_stock(product_id, stock, quantity)
 
 
+def payment_required(checkout_id: str) -> CheckoutError:
+    return CheckoutError(409, "payment_required", f"checkout {checkout_id} is confirmed by its payment, not by a "
+                                                  "confirm: pay it (its payment's pay_url or client_secret)")
+
+
+def payments_unavailable(what: str = "the payment provider") -> CheckoutError:
+    """The provider cannot be reached: nothing is held or sold, and the request may be retried."""
+    return CheckoutError(503, "payments_unavailable", f"{what} cannot be reached; nothing was held or charged, "
+                                                      "retry shortly", headers={"Retry-After": "2"})
+
+
 def unknown_checkout() -> CheckoutError:
     return CheckoutError(404, "unknown_checkout", "no such checkout (its product may have been deleted or reset)")
 

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
 
 from hypercheckout.checkout.batch import decide
 from hypercheckout.checkout.errors import (
@@ -22,6 +21,7 @@ from hypercheckout.checkout.errors import (
     checkout_released,
     hold_expired,
     limit_reached,
+    payment_required,
     unknown_checkout,
     unknown_product,
 )
@@ -44,7 +44,9 @@ def as_hold(stored: sql.StoredCheckout, *, replayed: bool = False) -> Hold:
     return Hold(id=stored.id, user_id=stored.user_id, product_id=stored.product_id, quantity=stored.quantity,
                 status=stored.status, created_at=stored.created_at, expires_at=stored.expires_at,
                 replica=stored.replica, order_id=stored.order_id, ordered_at=stored.ordered_at,
-                rebooked=stored.rebooked, ended_at=stored.ended_at, replayed=replayed)
+                rebooked=stored.rebooked, ended_at=stored.ended_at, replayed=replayed, amount=stored.amount,
+                currency=stored.currency, payment_status=stored.payment_status,
+                payment_intent=stored.payment_intent, payment_secret=stored.payment_secret)
 
 
 async def hold_in_transaction(store: Store, product_id: int, requests: Sequence[PurchaseRequest],
@@ -64,7 +66,7 @@ async def hold_in_transaction(store: Store, product_id: int, requests: Sequence[
         decision = await decide(cur, product_id, requests, locked, skip=taken, holds=True)
         granted = decision.granted
         ids = {i: new_checkout_id() for i in granted}
-        placed: dict[str, tuple[datetime, datetime]] = {}
+        placed: dict[str, sql.Placed] = {}
         stock_after, held_after = decision.allocation.stock_after, decision.held
         if granted:
             room = locked.rules.waiting_room
@@ -74,17 +76,18 @@ async def hold_in_transaction(store: Store, product_id: int, requests: Sequence[
                 keys=[requests[i].idempotency_key for i in granted],
                 fingerprints=[requests[i].fingerprint if requests[i].idempotency_key else None for i in granted],
                 hold_seconds=locked.hold_seconds, replica=replica,
-                room_generation=locked.room_generation if room else None,
+                room_generation=locked.room_generation if room else None, pays=[requests[i].pays for i in granted],
             )
     outcomes: dict[int, Outcome] = {i: DuplicateKey(requests[i].idempotency_key or "") for i in taken}
     outcomes.update(decision.refusals)
     for i in granted:
         request = requests[i]
         if ids[i] in placed:
-            expires_at, created_at = placed[ids[i]]
+            row = placed[ids[i]]
             outcomes[i] = Hold(id=ids[i], user_id=request.user_id, product_id=product_id, quantity=request.quantity,
-                               status="held", created_at=created_at, expires_at=expires_at, replica=replica,
-                               remaining=stock_after, held=held_after)
+                               status="held", created_at=row.created_at, expires_at=row.expires_at, replica=replica,
+                               remaining=stock_after, held=held_after, amount=row.amount, currency=row.currency,
+                               payment_status=row.payment_status)
         else:  # its key was committed by a first try for another product while this one waited: replay it
             outcomes[i] = DuplicateKey(request.idempotency_key or "")
     return [outcomes[i] for i in range(len(requests))]
@@ -110,28 +113,31 @@ async def by_key(store: Store, key: str) -> sql.StoredCheckout | None:
         return await sql.checkout_by_key(cur, key)
 
 
-def _order_of(stored: sql.StoredCheckout, *, replayed: bool, remaining: int | None = None, held: int = 0) -> Order:
+def order_of(stored: sql.StoredCheckout, *, replayed: bool, remaining: int | None = None, held: int = 0) -> Order:
     assert stored.order_id is not None and stored.ordered_at is not None
     return Order(id=stored.order_id, user_id=stored.user_id, product_id=stored.product_id, quantity=stored.quantity,
                  created_at=stored.ordered_at, remaining=remaining, replica=stored.replica, replayed=replayed,
                  held=held, checkout_id=stored.id)
 
 
-async def confirm(store: Store, checkout_id: str, replica: str) -> Order:
+async def confirm(store: Store, checkout_id: str, replica: str, *, by_payment: bool = False) -> Order:
     """Turn the hold into its order; a confirmed checkout answers with its order again. A hold that ran out is
     re-booked if its units can still be had from what is available (and the sale's rules allow it now), else
-    409 ``hold_expired`` with nothing sold; a released one, 409 ``checkout_released``."""
+    409 ``hold_expired`` with nothing sold; a released one, 409 ``checkout_released``. A checkout waiting for its
+    payment is confirmed only ``by_payment`` (its authorized payment); its buyer gets 409 ``payment_required``."""
     async with store.cursor() as cur:  # the common case, a running hold: one statement
-        done = await sql.confirm_now(cur, checkout_id, replica)
+        done = await sql.confirm_now(cur, checkout_id, replica, by_payment=by_payment)
     if done is not None:
         order_id, created_at, user_id, product_id, quantity, stock, held = done
         return Order(id=order_id, user_id=user_id, product_id=product_id, quantity=quantity, created_at=created_at,
                      remaining=stock, replica=replica, held=held, checkout_id=checkout_id)
     found = await find(store, checkout_id)
     if found.status == "confirmed":
-        return _order_of(found, replayed=True)
+        return order_of(found, replayed=True)
     if found.status == "released":
         raise checkout_released(checkout_id)
+    if found.payment_status is not None and not by_payment:
+        raise payment_required(checkout_id)
     async with store.transaction() as cur:
         locked = await sql.lock_for_hold(cur, found.product_id)
         if locked is None:
@@ -140,7 +146,7 @@ async def confirm(store: Store, checkout_id: str, replica: str) -> Order:
         if current is None:
             raise unknown_checkout()
         if current.status == "confirmed":  # confirmed by a concurrent request meanwhile
-            return _order_of(current, replayed=True)
+            return order_of(current, replayed=True)
         if current.status == "released":
             raise checkout_released(checkout_id)
         # Expired: given back now if it was only lapsed, then booked again from what is available.
@@ -153,13 +159,13 @@ async def confirm(store: Store, checkout_id: str, replica: str) -> Order:
                 raise limit_reached(found.product_id, locked.per_user_limit, owned, found.quantity)
         if stock < found.quantity:
             raise hold_expired(checkout_id, stock, found.quantity)
-        rebooked = await sql.rebook(cur, checkout_id, replica)
+        rebooked = await sql.rebook(cur, checkout_id, replica, by_payment=by_payment)
         if rebooked is None:
             raise hold_expired(checkout_id, stock, found.quantity)
         order_id, created_at, left = rebooked
         return Order(id=order_id, user_id=found.user_id, product_id=found.product_id, quantity=found.quantity,
                      created_at=created_at, remaining=left, replica=replica, held=back.held,
-                     checkout_id=checkout_id)
+                     checkout_id=checkout_id, rebooked=True)
 
 
 async def release(store: Store, checkout_id: str) -> tuple[Hold, bool]:

@@ -18,6 +18,7 @@ class PurchaseRequest:
     # given in. With the buyer and the product it names the pass, which buys once.
     pass_generation: int | None = None
     pass_expires: int = 0  # the pass's expiry (epoch seconds), checked again in the transaction
+    pays: bool = False  # a hold (payments on) that its payment, not its buyer, confirms if its product has a price
 
     @property
     def admitted(self) -> bool:
@@ -43,6 +44,7 @@ class Order:
     replayed: bool = False  # the stored answer to an earlier request with the same Idempotency-Key
     held: int = 0  # units held by checkouts right after it (with none left and none held: sold out for good)
     checkout_id: str | None = None  # the checkout it confirmed
+    rebooked: bool = False  # that checkout's hold had run out: its units were taken again from what was available
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,11 @@ class Hold:
     replayed: bool = False
     remaining: int | None = None  # stock right after it was taken, as its transaction saw it
     held: int = 0  # units held right after it was taken
+    amount: int = 0  # what it owes (minor units of currency)
+    currency: str = "usd"
+    payment_status: str | None = None  # None: no payment (free, or payments off); else 0012_payments.sql's
+    payment_intent: str | None = None
+    payment_secret: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The checkout as GET /checkouts/{id} shows it."""
@@ -83,4 +90,7 @@ class Hold:
         if self.order_id is not None:
             body["order_id"] = self.order_id
             body["rebooked"] = self.rebooked
+        if self.payment_status is not None:
+            body["payment"] = {"status": self.payment_status, "amount": self.amount, "currency": self.currency,
+                               "intent_id": self.payment_intent, "client_secret": self.payment_secret}
         return body

@@ -3,9 +3,10 @@ configured strategy."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from hypercheckout.checkout import holds
 from hypercheckout.checkout.errors import (
@@ -13,6 +14,7 @@ from hypercheckout.checkout.errors import (
     DuplicateKey,
     idempotency_key_reused,
     out_of_stock,
+    payments_unavailable,
     queue_pass_required,
     queue_pass_used,
     request_in_progress,
@@ -23,7 +25,11 @@ from hypercheckout.checkout.queue import WaitingRooms
 from hypercheckout.checkout.schedule import SaleSchedule
 from hypercheckout.checkout.soldout import SoldOutFlags
 from hypercheckout.checkout.strategy import Strategy
+from hypercheckout.payments.provider import ProviderUnavailable
 from hypercheckout.store import Store, StoredOrder
+
+if TYPE_CHECKING:
+    from hypercheckout.payments.settle import Payments
 
 T = TypeVar("T")
 USED_PASSES_KEPT = 65_536  # about 10 MB at most
@@ -47,6 +53,8 @@ class Checkout:
         self.holds_placed = 0
         self.holds_confirmed = 0
         self.holds_released = 0
+        # HC_PAYMENTS on: a checkout of a priced product is paid, and its payment confirms it (set by app.py).
+        self.payments: Payments | None = None
 
     async def purchase(self, request: PurchaseRequest) -> Order:
         """Sell or raise ``CheckoutError``. What this replica can refuse from memory is refused before any
@@ -186,7 +194,12 @@ class Checkout:
 
     async def hold(self, request: PurchaseRequest) -> Hold:
         """Hold units for the buyer: the same refusals as a purchase (from memory first, then under the row lock),
-        the same Idempotency-Key rules (a retry gets the same checkout; another body with the key, 422)."""
+        the same Idempotency-Key rules (a retry gets the same checkout; another body with the key, 422). With
+        payments on, its payment is made (once, a replay included) before it is answered."""
+        hold = await self._hold(request if self.payments is None else dataclasses.replace(request, pays=True))
+        return hold if self.payments is None else await self.payments.start(hold)
+
+    async def _hold(self, request: PurchaseRequest) -> Hold:
         try:
             if request.idempotency_key is None:
                 request = self.refuse_from_memory(request)
@@ -208,7 +221,7 @@ class Checkout:
         stored = await self._replay_hold(request)
         if stored is None:
             raise refusal
-        return stored
+        return stored if self.payments is None else await self.payments.start(stored)
 
     async def _replay_hold(self, request: PurchaseRequest) -> Hold | None:
         stored = await holds.by_key(self._store, request.idempotency_key or "")
@@ -235,15 +248,35 @@ class Checkout:
             raise unknown_checkout()
         return holds.as_hold(found)
 
-    async def confirm(self, checkout_id: str, replica: str, *, buyer: int | None = None) -> Order:
+    async def confirm(self, checkout_id: str, replica: str, *, buyer: int | None = None,
+                      by_payment: bool = False) -> Order:
+        """A buyer's confirm, or (``by_payment``) its authorized payment's. A buyer's confirm of a checkout that
+        waits for its payment asks the provider how it stands: paid, the payment confirms it (as its webhook would);
+        not, 409 ``payment_required``."""
         if buyer is not None:
             await self.checkout(checkout_id, buyer=buyer)
-        order = await holds.confirm(self._store, checkout_id, replica)
+        try:
+            order = await holds.confirm(self._store, checkout_id, replica, by_payment=by_payment)
+        except CheckoutError as refusal:
+            if refusal.code != "payment_required" or self.payments is None:
+                raise
+            return await self._confirmed_by_payment(checkout_id, refusal)
         if not order.replayed:
             self.holds_confirmed += 1
             if order.remaining == 0 and order.held == 0:
                 self.sold_out.mark(order.product_id)
         return order
+
+    async def _confirmed_by_payment(self, checkout_id: str, refusal: CheckoutError) -> Order:
+        assert self.payments is not None
+        try:
+            await self.payments.settle(checkout_id)
+        except ProviderUnavailable:
+            raise payments_unavailable() from None
+        found = await holds.find(self._store, checkout_id)
+        if found.status != "confirmed":
+            raise refusal
+        return holds.order_of(found, replayed=False)
 
     async def release(self, checkout_id: str, *, buyer: int | None = None) -> Hold:
         if buyer is not None:
@@ -253,4 +286,7 @@ class Checkout:
             self.sold_out.clear(hold.product_id)  # units are back: this replica's next buyer gets them at once
             if hold.status == "released":
                 self.holds_released += 1
+        if self.payments is not None and hold.payment_status == "pending":
+            await self.payments.released(hold)
+            hold = holds.as_hold(await holds.find(self._store, checkout_id))
         return hold

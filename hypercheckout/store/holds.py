@@ -51,30 +51,36 @@ SELECT COALESCE((SELECT holds FROM back), 0), COALESCE((SELECT units FROM back),
 """
 # The granted holds of a batch, each with its own id, and their units moved from stock to held. A key another
 # transaction committed meanwhile (a first try for another product) is skipped and missing from what this returns.
-# Every hold of the batch runs for hold_seconds from one reading of PostgreSQL's clock.
+# Every hold of the batch runs for hold_seconds from one reading of PostgreSQL's clock. With payments on (paid), a
+# hold of a priced product owes price x quantity at the price of now, and waits for its payment ('pending').
 INSERT_HOLDS = """
-WITH placed AS (
+WITH priced AS (SELECT price, currency FROM products WHERE id = %(product_id)s), placed AS (
     INSERT INTO checkouts (id, product_id, user_id, quantity, expires_at, replica, room_generation,
-                           idempotency_key, fingerprint)
+                           idempotency_key, fingerprint, amount, currency, payment_status)
     SELECT h.id, %(product_id)s, h.user_id, h.quantity,
            (SELECT clock_timestamp()) + make_interval(secs => %(hold_seconds)s), %(replica)s, %(room_generation)s,
-           h.key, h.fingerprint
+           h.key, h.fingerprint, h.quantity * priced.price, priced.currency,
+           CASE WHEN h.pays AND priced.price > 0 THEN 'pending' END
     FROM unnest(%(ids)s::text[], %(user_ids)s::bigint[], %(quantities)s::integer[], %(keys)s::text[],
-                %(fingerprints)s::text[]) AS h (id, user_id, quantity, key, fingerprint)
+                %(fingerprints)s::text[], %(pays)s::boolean[]) AS h (id, user_id, quantity, key, fingerprint, pays),
+         priced
     ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING id, expires_at, created_at, quantity
+    RETURNING id, expires_at, created_at, quantity, amount, currency, payment_status
 ), taken AS (
     UPDATE products p SET stock = p.stock - t.units, held = p.held + t.units
     FROM (SELECT COALESCE(sum(quantity), 0)::integer AS units FROM placed) AS t
     WHERE p.id = %(product_id)s
     RETURNING p.stock, p.held
 )
-SELECT placed.id, placed.expires_at, placed.created_at, taken.stock, taken.held FROM placed, taken
+SELECT placed.id, placed.expires_at, placed.created_at, taken.stock, taken.held, placed.amount, placed.currency,
+       placed.payment_status
+FROM placed, taken
 """
 CHECKOUT_COLUMNS = """c.id, c.product_id, c.user_id, c.quantity,
        CASE WHEN c.status = 'held' AND c.expires_at <= clock_timestamp() THEN 'expired' ELSE c.status END,
        c.created_at, c.expires_at, c.ended_at, c.order_id, o.created_at, c.rebooked, c.replica, c.room_generation,
-       c.fingerprint, c.status = 'held' AND c.expires_at <= clock_timestamp()"""
+       c.fingerprint, c.status = 'held' AND c.expires_at <= clock_timestamp(), c.amount, c.currency,
+       c.payment_status, c.payment_intent, c.payment_secret"""
 # A checkout as its buyer sees it: a hold past its expiry reads 'expired' whether or not it was given back yet.
 GET_CHECKOUT = f"""
 SELECT {CHECKOUT_COLUMNS} FROM checkouts c LEFT JOIN orders o ON o.id = c.order_id WHERE c.id = %(checkout_id)s
@@ -86,17 +92,19 @@ WHERE c.idempotency_key = %(key)s
 # A running hold becomes its order, in one statement, one round trip, in autocommit: the product's row locked first
 # (the lock order of every statement here), then the checkout turned into its order, its units leaving held for
 # sold (stock does not move). The product's lock is held for this statement and its commit only, not for a
-# transaction's round trips. Nothing when the checkout is unknown, not held, or ran out: the caller then looks at
-# it (a replay, a refusal, or a re-booking of a hold that ran out).
+# transaction's round trips. Nothing when the checkout is unknown, not held, or ran out, or waits for a payment and
+# this is not the payment confirming it: the caller then looks at it (a replay, a refusal, or a re-booking of a hold
+# that ran out). A paid checkout's order and its payment's 'capturing' are committed together.
 CONFIRM_NOW = """
 WITH locked AS (
     SELECT p.id, p.stock FROM products p
     WHERE p.id = (SELECT product_id FROM checkouts WHERE id = %(checkout_id)s) FOR UPDATE
 ), reserved AS (SELECT nextval('orders_id_seq') AS id), confirmed AS (
-    UPDATE checkouts c SET status = 'confirmed', ended_at = clock_timestamp(), order_id = (SELECT id FROM reserved)
+    UPDATE checkouts c SET status = 'confirmed', ended_at = clock_timestamp(), order_id = (SELECT id FROM reserved),
+                           payment_status = CASE WHEN c.payment_status IS NOT NULL THEN 'capturing' END
     FROM locked
     WHERE c.id = %(checkout_id)s AND c.product_id = locked.id AND c.status = 'held'
-      AND c.expires_at > clock_timestamp()
+      AND c.expires_at > clock_timestamp() AND (c.payment_status IS NULL OR %(by_payment)s)
     RETURNING c.order_id, c.user_id, c.product_id, c.quantity, c.room_generation
 ), placed AS (
     INSERT INTO orders (id, user_id, product_id, quantity, replica, room_generation)
@@ -114,8 +122,9 @@ FROM placed, confirmed, unheld
 REBOOK = """
 WITH reserved AS (SELECT nextval('orders_id_seq') AS id), confirmed AS (
     UPDATE checkouts SET status = 'confirmed', rebooked = true, ended_at = clock_timestamp(),
-                         order_id = (SELECT id FROM reserved)
-    WHERE id = %(checkout_id)s AND status = 'expired'
+                         order_id = (SELECT id FROM reserved),
+                         payment_status = CASE WHEN payment_status IS NOT NULL THEN 'capturing' END
+    WHERE id = %(checkout_id)s AND status = 'expired' AND (payment_status IS NULL OR %(by_payment)s)
     RETURNING order_id, user_id, product_id, quantity, room_generation
 ), placed AS (
     INSERT INTO orders (id, user_id, product_id, quantity, replica, room_generation)
@@ -174,6 +183,17 @@ class HoldLock:
 
 
 @dataclass(frozen=True, slots=True)
+class Placed:
+    """A hold as its insert wrote it."""
+
+    expires_at: datetime
+    created_at: datetime
+    amount: int
+    currency: str
+    payment_status: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Reclaimed:
     holds: int  # lapsed holds given back by this call
     units: int  # their units, available again
@@ -198,6 +218,11 @@ class StoredCheckout:
     room_generation: int | None
     fingerprint: str | None
     lapsed: bool  # still recorded as held, but expired: its units are available, waiting to be given back
+    amount: int = 0  # what it owes, in the currency's minor units (price x quantity when it was taken)
+    currency: str = "usd"
+    payment_status: str | None = None  # None: no payment; pending, capturing, captured, cancelled (0012)
+    payment_intent: str | None = None
+    payment_secret: str | None = None
 
 
 async def lock_for_hold(cur: aiopg.Cursor, product_id: int) -> HoldLock | None:
@@ -229,18 +254,18 @@ async def reclaim(cur: aiopg.Cursor, product_id: int) -> Reclaimed:
 
 async def insert_holds(cur: aiopg.Cursor, product_id: int, *, ids: Sequence[str], user_ids: Sequence[int],
                        quantities: Sequence[int], keys: Sequence[str | None], fingerprints: Sequence[str | None],
-                       hold_seconds: int, replica: str, room_generation: int | None,
-                       ) -> tuple[dict[str, tuple[datetime, datetime]], int, int]:
-    """The holds written (id -> (expires_at, created_at)), and the product's stock and held after them."""
+                       hold_seconds: int, replica: str, room_generation: int | None, pays: Sequence[bool],
+                       ) -> tuple[dict[str, Placed], int, int]:
+    """The holds written (by id), and the product's stock and held after them."""
     await cur.execute(INSERT_HOLDS, {
         "product_id": product_id, "ids": list(ids), "user_ids": list(user_ids), "quantities": list(quantities),
         "keys": list(keys), "fingerprints": list(fingerprints), "hold_seconds": hold_seconds, "replica": replica,
-        "room_generation": room_generation,
+        "room_generation": room_generation, "pays": list(pays),
     })
     rows = await cur.fetchall()
     if not rows:
         return {}, -1, -1
-    return {r[0]: (r[1], r[2]) for r in rows}, rows[0][3], rows[0][4]
+    return {r[0]: Placed(r[1], r[2], r[5], r[6], r[7]) for r in rows}, rows[0][3], rows[0][4]
 
 
 async def get_checkout(cur: aiopg.Cursor, checkout_id: str) -> StoredCheckout | None:
@@ -255,17 +280,18 @@ async def checkout_by_key(cur: aiopg.Cursor, key: str) -> StoredCheckout | None:
     return None if row is None else StoredCheckout(*row)
 
 
-async def confirm_now(cur: aiopg.Cursor, checkout_id: str, replica: str) \
+async def confirm_now(cur: aiopg.Cursor, checkout_id: str, replica: str, *, by_payment: bool = False) \
         -> tuple[int, datetime, int, int, int, int, int] | None:
     """(order id, created_at, buyer, product, quantity, stock, held) if the running hold was confirmed, else None.
-    ``cur`` in autocommit: the statement is its own transaction."""
-    await Store.commit(cur, CONFIRM_NOW, {"checkout_id": checkout_id, "replica": replica})
+    ``cur`` in autocommit: the statement is its own transaction. ``by_payment``: its payment confirms it."""
+    await Store.commit(cur, CONFIRM_NOW, {"checkout_id": checkout_id, "replica": replica, "by_payment": by_payment})
     row = await cur.fetchone()
     return None if row is None else tuple(row)  # type: ignore[return-value]
 
 
-async def rebook(cur: aiopg.Cursor, checkout_id: str, replica: str) -> tuple[int, datetime, int] | None:
-    await cur.execute(REBOOK, {"checkout_id": checkout_id, "replica": replica})
+async def rebook(cur: aiopg.Cursor, checkout_id: str, replica: str, *, by_payment: bool = False) \
+        -> tuple[int, datetime, int] | None:
+    await cur.execute(REBOOK, {"checkout_id": checkout_id, "replica": replica, "by_payment": by_payment})
     row = await cur.fetchone()
     return None if row is None else (row[0], row[1], row[2])
 
