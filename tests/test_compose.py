@@ -26,7 +26,7 @@ APP_ENV = SERVICES["app"]["environment"]
 
 # What an operator would export before `docker compose up` (compose refuses to start without them).
 SECRETS = {"HC_ADMIN_TOKEN": "t0ken", "HC_COOKIE_SECRET": "c00kie", "POSTGRES_PASSWORD": "pgpw",
-           "REDIS_PASSWORD": "rdpw"}
+           "REDIS_PASSWORD": "rdpw", "HC_STRIPE_API_KEY": "sk_test_x", "HC_STRIPE_WEBHOOK_SECRET": "whsec_x"}
 # Required, not secret: the buyers' token issuer and its keys.
 REQUIRED = {"HC_JWT_ISSUER": "https://login.example", "HC_JWKS_URL": "https://login.example/jwks.json"}
 
@@ -62,6 +62,13 @@ def test_buyers_are_verified_by_default_and_the_issuer_must_be_named() -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     for name in REQUIRED:
         assert re.search(r"\$\{" + name + r":\?[^}]+\}", text), f"{name} is not required"
+
+
+def test_priced_products_are_paid_through_stripe_with_keys_from_the_operator() -> None:
+    settings = Settings.from_env({k: expand(v) for k, v in APP_ENV.items()})
+    assert (settings.payments, settings.stripe_api_key, settings.stripe_webhook_secret) == (
+        "stripe", SECRETS["HC_STRIPE_API_KEY"], SECRETS["HC_STRIPE_WEBHOOK_SECRET"])
+    assert settings.stripe_api_base == ""  # Stripe's own API, not a simulator
 
 
 def test_the_app_reaches_the_services_by_their_compose_names() -> None:

@@ -61,7 +61,8 @@ def test_every_variable_is_a_setting_and_the_configuration_parses() -> None:
 
 
 def test_buyers_are_verified_and_the_issuers_keys_can_be_reached() -> None:
-    settings = Settings.from_env({**CONFIG, "HC_DATABASE_URL": "postgresql://h@db/h", "HC_REDIS_URL": "redis://c/0"})
+    settings = Settings.from_env({**CONFIG, "HC_DATABASE_URL": "postgresql://h@db/h", "HC_REDIS_URL": "redis://c/0",
+                                  "HC_STRIPE_API_KEY": "x", "HC_STRIPE_WEBHOOK_SECRET": "x"})
     assert settings.buyer_auth == "jwt" and settings.jwks_url.startswith("https://") and settings.jwt_issuer
     policy = next(m for m in MANIFESTS.values() if m["kind"] == "NetworkPolicy")
     ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
@@ -69,7 +70,8 @@ def test_buyers_are_verified_and_the_issuers_keys_can_be_reached() -> None:
 
 
 def test_no_secret_value_is_committed() -> None:
-    for key in ("HC_ADMIN_TOKEN", "HC_COOKIE_SECRET", "HC_DATABASE_URL", "HC_REDIS_URL"):
+    for key in ("HC_ADMIN_TOKEN", "HC_COOKIE_SECRET", "HC_DATABASE_URL", "HC_REDIS_URL", "HC_STRIPE_API_KEY",
+                "HC_STRIPE_WEBHOOK_SECRET"):
         assert key in SECRET_KEYS and key not in CONFIG
     assert not [m for m in MANIFESTS.values() if m["kind"] == "Secret"]
     example = (FOLDER / "secrets.env.example").read_text()
@@ -132,3 +134,10 @@ def test_the_ingress_routes_every_public_route_of_the_application() -> None:
     public = [url for url in samples if url != "/metrics"] + ["/static/dashboard.js"]
     assert [url for url in public if not routed(url)] == []
     assert not routed("/metrics")
+
+
+def test_priced_products_are_paid_through_stripe_with_keys_in_the_secret() -> None:
+    assert CONFIG["HC_PAYMENTS"] == "stripe" and "HC_STRIPE_API_BASE" not in CONFIG  # Stripe itself
+    assert {"HC_STRIPE_API_KEY", "HC_STRIPE_WEBHOOK_SECRET"} <= set(SECRET_KEYS)
+    policy = next(m for m in MANIFESTS.values() if m["kind"] == "NetworkPolicy")
+    assert 443 in {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}  # api.stripe.com
