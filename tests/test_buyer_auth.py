@@ -3,6 +3,7 @@ protection is keyed by that buyer, and a request without a good token is refused
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -196,3 +197,45 @@ async def test_the_demo_sign_in_gives_a_token_of_the_local_issuer_for_a_name(htt
     assert bought.status == 200, bought.body
     assert sql(database_url, "SELECT issuer, subject FROM buyers") == [("hypercheckout-local-issuer", "judy@example")]
     assert sql(database_url, "SELECT user_id FROM orders") == [(bought.body["user_id"],)]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_buyers_first_seen_together_get_one_number_each_in_one_statement_per_replica(
+    services: Any, database_url: str,
+) -> None:
+    """A drop's thousands of new buyers: two replicas (BuyerAuth each) see the same 300 buyers at the same moment.
+    Each buyer gets one number, the same on both, and each replica asks PostgreSQL once per batch, not once per
+    buyer (the connection pool would run dry)."""
+    from hypercheckout.buyers.auth import BuyerAuth
+    from hypercheckout.buyers.tokens import Buyer
+    from hypercheckout.store import buyers as store_buyers
+
+    assert services.buyer_auth is not None
+    replicas = [services.buyer_auth, BuyerAuth(services.buyer_auth.verifier, services.store)]
+    statements = 0
+    look_up = store_buyers.buyer_ids
+
+    async def counted(cur: Any, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        nonlocal statements
+        statements += 1
+        return await look_up(cur, pairs)
+
+    import hypercheckout.buyers.auth as auth_module
+
+    auth_module.buyer_ids = counted  # type: ignore[assignment]
+    try:
+        subjects = [f"drop-buyer-{i}" for i in range(300)]
+        asked = [(replica, subject) for subject in subjects for replica in replicas]
+        numbers = await asyncio.gather(*(replica.number(Buyer("hypercheckout-local-issuer", subject, 0.0))
+                                         for replica, subject in asked))
+    finally:
+        auth_module.buyer_ids = look_up  # type: ignore[assignment]
+    by_subject: dict[str, set[int]] = {}
+    for (_, subject), number in zip(asked, numbers, strict=True):
+        by_subject.setdefault(subject, set()).add(number)
+    assert all(len(seen) == 1 for seen in by_subject.values()), by_subject
+    assert len({n for seen in by_subject.values() for n in seen}) == 300
+    assert sql(database_url, "SELECT count(*) FROM buyers") == [(300,)]
+    assert 1 <= statements <= 2 * 2  # a batch per replica (and at most one more, for a buyer the other was making)
+    again = await replicas[1].number(Buyer("hypercheckout-local-issuer", "drop-buyer-7", 0.0))
+    assert again in by_subject["drop-buyer-7"]

@@ -4,31 +4,35 @@ from __future__ import annotations
 
 import aiopg
 
-# The buyer's number, made on its first request. Two first requests at once: the second's insert finds the
-# first's row (ON CONFLICT) and returns nothing; it is asked again and finds it.
+# Buyers' numbers, made on their first request.
 # Made without waiting for its WAL to reach the disk (synchronous_commit off, for this statement only): a new buyer
 # costs no fsync of its own, in a sale where nearly every buyer is new. What a PostgreSQL crash can lose is rows of
 # the last few hundred milliseconds — and only rows nothing durable refers to yet: an order, a hold or a place of
 # the buyer committed after it flushes the WAL up to itself, this row included. A buyer whose row was lost is given
 # a new number, under which it owns nothing, as it did not.
-BUYER_ID = """
-WITH found AS (
-    SELECT id FROM buyers WHERE issuer = %(issuer)s AND subject = %(subject)s
+#
+# The numbers of many buyers at once (those first seen in the same moment): one statement, one connection, however
+# many arrive together. A pair another transaction is inserting meanwhile is in neither half (not yet visible, and
+# its insert skipped): it is missing from the answer, and asked again.
+BUYER_IDS = """
+WITH wanted AS (
+    SELECT DISTINCT issuer, subject FROM unnest(%(issuers)s::text[], %(subjects)s::text[]) AS w (issuer, subject)
+), found AS (
+    SELECT b.id, b.issuer, b.subject FROM buyers b JOIN wanted w ON (b.issuer, b.subject) = (w.issuer, w.subject)
 ), made AS (
     INSERT INTO buyers (issuer, subject)
-    SELECT %(issuer)s, %(subject)s FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
-    WHERE NOT EXISTS (SELECT 1 FROM found)
+    SELECT w.issuer, w.subject FROM wanted w, (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
+    WHERE NOT EXISTS (SELECT 1 FROM found f WHERE (f.issuer, f.subject) = (w.issuer, w.subject))
     ON CONFLICT (issuer, subject) DO NOTHING
-    RETURNING id
+    RETURNING id, issuer, subject
 )
-SELECT id FROM found UNION ALL SELECT id FROM made
+SELECT id, issuer, subject FROM found UNION ALL SELECT id, issuer, subject FROM made
 """
 
 
-async def buyer_id(cur: aiopg.Cursor, issuer: str, subject: str) -> int | None:
-    await cur.execute(BUYER_ID, {"issuer": issuer, "subject": subject})
-    row = await cur.fetchone()
-    return None if row is None else int(row[0])
+async def buyer_ids(cur: aiopg.Cursor, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    await cur.execute(BUYER_IDS, {"issuers": [p[0] for p in pairs], "subjects": [p[1] for p in pairs]})
+    return {(row[1], row[2]): int(row[0]) for row in await cur.fetchall()}
 
 
 # A buyer's newest orders, with the checkout each confirmed (if any): one index range (orders_by_buyer).
