@@ -5,6 +5,9 @@
 // With verified buyers (data-auth="jwt") every buyer request carries the buyer's bearer token and no user_id: the
 // token comes from the demo sign-in of the local issuer (data-demo="1", clearly marked, off in a real shop) or from
 // the shop's own sign-in, which leaves it in sessionStorage under "hc-buyer-token".
+// A priced product with payments on (data-payments="simulator") is held (POST /checkouts) and paid on the payment
+// page; back from it, the page asks the service (POST …/confirm), which asks the provider: paid, declined (try
+// another card), still processing, or ended without an order. The checkout is kept for the tab meanwhile.
 (() => {
   "use strict";
   const main = document.getElementById("shop");
@@ -15,6 +18,8 @@
   const verified = main.dataset.auth === "jwt";
   const demo = main.dataset.demo === "1";
   const TOKEN_KEY = "hc-buyer-token"; // {token, subject, expires_at}
+  const payments = main.dataset.payments || "off";
+  const CHECKOUT_KEY = `hc-checkout-${productId}`; // {id, paying}
 
   let product = null;
   let offset = 0; // server clock minus this browser's, ms
@@ -25,6 +30,8 @@
   let pollTimer = null;
   let purchaseKey = null; // one Idempotency-Key per purchase, kept for its retries
   let signedIn = null; // verified buyers: {token, subject, expires_at}
+  let holdExpires = null; // a paid checkout's hold, while it runs
+  let checkout = null; // the paid checkout being paid: its JSON
 
   const now = () => Date.now() + offset;
 
@@ -47,6 +54,19 @@
     const el = $("outcome");
     el.textContent = text;
     el.className = `outcome ${ok === undefined ? "" : ok ? "ok" : "bad"}`;
+  }
+
+  const paid = () => !!product && product.price > 0 && payments !== "off";
+
+  function money(amount, currency) {
+    const code = currency.toUpperCase();
+    try {
+      const format = new Intl.NumberFormat("en", { style: "currency", currency: code });
+      const digits = format.resolvedOptions().maximumFractionDigits;
+      return format.format(amount / 10 ** digits);
+    } catch (err) {
+      return `${amount} ${code} (minor units)`;
+    }
   }
 
   function headers(extra) {
@@ -137,9 +157,11 @@
     product = await response.json();
     $("name").textContent = product.name;
     const room = product.waiting_room ? " · sold through a waiting room" : "";
-    $("facts").textContent = `${product.stock} of ${product.initial_stock} left${room}`;
+    const price = product.price > 0 ? `${money(product.price, product.currency)} · ` : "";
+    $("facts").textContent = `${price}${product.stock} of ${product.initial_stock} left${room}`;
     $("join").textContent = product.waiting_room ? "Join the queue" : "Continue";
     $("quantity").max = String(product.max_per_order);
+    $("buy").textContent = paid() ? "Hold and pay" : "Buy now";
   }
 
   function tick() {
@@ -151,6 +173,10 @@
     if (starts !== null && t < starts) text = `Sale starts in ${clock(starts - t)}`;
     else if (ends !== null && t >= ends) text = "The sale has ended";
     $("countdown").textContent = text;
+    if (holdExpires !== null) {
+      const left = holdExpires - t;
+      $("hold-left").textContent = left > 0 ? `held for you for ${clock(left)} while you pay` : "Your hold ran out";
+    }
     if (pass && passExpires !== null) {
       const left = passExpires - t;
       $("pass-left").textContent = left > 0 ? `Your turn: your pass is valid for ${clock(left)}` : "Your pass expired";
@@ -172,7 +198,9 @@
     $("position").textContent = standing.status === "waiting" && standing.position !== null ? `#${standing.position}` : "";
     $("wait").textContent = standing.status === "waiting" && standing.estimated_wait_s !== null
       ? `about ${clock(standing.estimated_wait_s * 1000)} to wait` : "";
-    if (standing.status === "admitted") {
+    if (standing.status === "admitted" && sessionStorage.getItem(CHECKOUT_KEY)) {
+      $("buy-box").hidden = true; // its pass took the checkout being paid
+    } else if (standing.status === "admitted") {
       pass = standing.pass;
       passExpires = Date.parse(standing.pass_expires_at);
       $("buy-box").hidden = false;
@@ -233,6 +261,92 @@
     if (pollTimer === null && body.status !== "admitted") pollTimer = setTimeout(poll, POLL_MS);
   }
 
+  function showCheckout(body) {
+    checkout = body;
+    const kept = JSON.parse(sessionStorage.getItem(CHECKOUT_KEY) || "null");
+    sessionStorage.setItem(CHECKOUT_KEY, JSON.stringify({ id: body.checkout_id, paying: !!(kept && kept.paying) }));
+    $("buy-box").hidden = true;
+    $("who").hidden = true;
+    const payment = body.payment || {};
+    if (body.status === "confirmed") {
+      endCheckout(`Paid. Order #${body.order_id}: ${body.quantity} unit(s). Thank you!`, true);
+      return;
+    }
+    if (body.status !== "held" || payment.status === "cancelled") {
+      endCheckout(body.status === "released" ? "You let the units go; nothing was charged."
+        : "Your hold ran out before the payment arrived and its units went to others: nothing was charged.", false);
+      return;
+    }
+    $("pay-box").hidden = false;
+    $("held-for-you").textContent = `${body.quantity} unit(s) held for you · ${money(payment.amount, payment.currency)}`;
+    holdExpires = Date.parse(body.expires_at);
+    $("pay").disabled = !payment.pay_url;
+    if (!payment.pay_url) outcome("Paying needs the shop's payment form (Stripe.js with the client secret).", false);
+    tick();
+  }
+
+  function endCheckout(text, ok) {
+    sessionStorage.removeItem(CHECKOUT_KEY);
+    checkout = null;
+    holdExpires = null;
+    $("pay-box").hidden = true;
+    outcome(text, ok);
+    if (ok) {
+      $("queue-status").textContent = "Bought";
+      loadProduct().catch(() => {});
+      showOrders().catch(() => {});
+    }
+  }
+
+  function pay() {
+    const payment = checkout && checkout.payment;
+    if (!payment || !payment.pay_url) return;
+    sessionStorage.setItem(CHECKOUT_KEY, JSON.stringify({ id: checkout.checkout_id, paying: true }));
+    const back = location.href.split("#")[0];
+    location.assign(`${payment.pay_url}&return_url=${encodeURIComponent(back)}`);
+  }
+
+  // Back from the payment page (or reloaded): where the checkout stands, and, if the buyer went to pay, the
+  // service's word on the payment (it asks the provider: no waiting for a webhook).
+  async function resumeCheckout(kept) {
+    const response = await fetch(`/checkouts/${encodeURIComponent(kept.id)}`, { headers: headers(), cache: "no-store" });
+    if (refusedToken(response)) return;
+    if (!response.ok) {
+      sessionStorage.removeItem(CHECKOUT_KEY);
+      return;
+    }
+    showCheckout(await response.json());
+    if (checkout && kept.paying) await askConfirm();
+  }
+
+  async function askConfirm() {
+    const id = checkout.checkout_id;
+    const response = await fetch(`/checkouts/${encodeURIComponent(id)}/confirm`, {
+      method: "POST", headers: headers(),
+    });
+    if (refusedToken(response)) return;
+    const body = await response.json();
+    if (response.ok) {
+      endCheckout(`Paid. Order #${body.order_id}: ${body.quantity} unit(s). Thank you!`, true);
+      return;
+    }
+    const error = body.error || {};
+    const payment = error.payment || {};
+    if (error.code === "payment_required" && payment.declined) {
+      outcome("Your card was declined: nothing was charged. Try another card.", false);
+    } else if (error.code === "payment_required" && payment.provider_status === "processing") {
+      outcome("Your payment is being processed…");
+      setTimeout(() => askConfirm().catch(() => {}), POLL_MS);
+    } else if (error.code === "payment_required") {
+      outcome("Not paid yet: the units stay held for you until the time runs out.");
+    } else if (response.status === 503) {
+      outcome("The payment provider cannot be reached; still trying…", false);
+      setTimeout(() => askConfirm().catch(() => {}), 2 * POLL_MS);
+    } else {
+      endCheckout(error.message || `error ${response.status}`, false);
+    }
+  }
+
   async function buy() {
     $("buy").disabled = true;
     purchaseKey = purchaseKey || randomKey();
@@ -241,7 +355,7 @@
     const quantity = Number($("quantity").value) || 1;
     let response;
     try {
-      response = await fetch("/purchase", {
+      response = await fetch(paid() ? "/checkouts" : "/purchase", {
         method: "POST", headers: sent, body: JSON.stringify(buyerBody({ product_id: productId, quantity })),
       });
     } catch (err) {
@@ -254,6 +368,12 @@
       return;
     }
     const body = await response.json();
+    if (response.ok && paid()) {
+      purchaseKey = null;
+      outcome("");
+      showCheckout(body);
+      return;
+    }
     if (response.ok) {
       purchaseKey = null;
       outcome(`Order #${body.order_id} placed: ${body.quantity} unit(s). Thank you!`, true);
@@ -285,6 +405,7 @@
     signedOut("");
   });
   $("buy").addEventListener("click", buy);
+  $("pay").addEventListener("click", pay);
   setInterval(tick, 250);
 
   $("user-field").hidden = verified;
@@ -303,5 +424,7 @@
     if (verified) {
       showOrders().catch(() => {});
     }
+    const keptCheckout = JSON.parse(sessionStorage.getItem(CHECKOUT_KEY) || "null");
+    if (keptCheckout && (!verified || signedIn)) resumeCheckout(keptCheckout).catch(() => {});
   }).catch(() => outcome("The shop cannot be reached; reload to try again.", false));
 })();

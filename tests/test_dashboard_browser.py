@@ -508,3 +508,43 @@ def test_a_buyer_signs_in_on_the_shop_page_and_buys_as_that_buyer(  # type: igno
     # The demo sign-in exists only where the local issuer is in use.
     status, body = request(f"{cluster.url}/demo/sign-in", {"name": "alice"})
     assert (status, body["error"]["code"]) == (404, "not_found"), body
+
+
+def test_a_buyer_holds_pays_on_the_simulator_and_sees_the_order(  # type: ignore[no-untyped-def]
+        cluster: RunningCluster, page) -> None:
+    """A priced product through `up`'s payment simulator: held with a countdown, paid on the simulator's page with a
+    declined test card (nothing charged, try another), then an accepted one, and the order shown; the money taken
+    is the price of the units sold."""
+    made = json.loads(cluster.cli("product", "create", "--name", "Paid sneaker", "--stock", "3", "--price", "2500",
+                                  "--currency", "eur", "--json").stdout)
+    pid = made["id"]
+    page.set_viewport_size({"width": 720, "height": 560})
+    page.goto(f"{cluster.url}/shop/{pid}")
+    expect(page.locator("#facts")).to_have_text("€25.00 · 3 of 3 left")
+    page.fill("#user", "777001")
+    page.click("#join")
+    expect(page.locator("#buy")).to_have_text("Hold and pay")
+    page.click("#buy")
+    expect(page.locator("#held-for-you")).to_have_text("1 unit(s) held for you · €25.00")
+    expect(page.locator("#hold-left")).to_have_text(re.compile(r"^held for you for (10:00|0\d:\d\d) while you pay$"))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "shop-held.png"), full_page=True)
+    page.click("#pay")
+    expect(page.locator("#amount")).to_have_text("2500 EUR (minor units)")  # the simulator's page
+    assert "card number" not in page.content().lower()
+    page.screenshot(path=str(ARTIFACTS / "pay-simulator.png"), full_page=True)
+    page.click("#pm_card_chargeDeclined")
+    expect(page.locator("#outcome")).to_have_text("Your card was declined: nothing was charged. Try another card.")
+    expect(page.locator("#held-for-you")).to_have_text("1 unit(s) held for you · €25.00")
+    page.screenshot(path=str(ARTIFACTS / "shop-declined.png"), full_page=True)
+    page.click("#pay")
+    page.click("#pm_card_visa")
+    expect(page.locator("#outcome")).to_have_text(re.compile(r"^Paid\. Order #\d+: 1 unit\(s\)\. Thank you!$"))
+    expect(page.locator("#pay-box")).to_be_hidden()
+    expect(page.locator("#facts")).to_have_text("€25.00 · 2 of 3 left")
+    page.screenshot(path=str(ARTIFACTS / "shop-paid.png"), full_page=True)
+    product = next(p for p in cluster.status()["products"] if p["id"] == pid)
+    assert (product["stock"], product["sold"]) == (2, 1)
+    money = json.loads(cluster.cli("payments", "status", "--json").stdout)["payments"]
+    assert [(m["payment_status"], m["amount"], m["units"]) for m in money if m["product_id"] == pid] == [
+        ("captured", 2500, 1)]

@@ -159,6 +159,10 @@ async def test_a_declined_card_leaves_the_hold_for_another_card(http_client, bas
     still = await get(http_client, f"{base_url}/checkouts/{held.body['checkout_id']}")
     assert (still.body["status"], still.body["payment"]["status"]) == ("held", "pending")
     assert still.body["payment"]["pay_url"]  # the buyer may pay again
+    # Back from the payment page, the buyer's confirm says what happened: declined, try another card.
+    asked = await post_raw(http_client, f"{base_url}/checkouts/{held.body['checkout_id']}/confirm", "")
+    assert (asked.status, asked.body["error"]["code"]) == (409, "payment_required"), asked.body
+    assert asked.body["error"]["payment"] == {"provider_status": "requires_payment_method", "declined": True}
     sim.confirm(intent.id, "pm_card_visa")
     done = await settled(http_client, base_url, held.body["checkout_id"], "captured")
     assert done["status"] == "confirmed"
@@ -194,6 +198,8 @@ async def test_a_payment_after_its_units_were_sold_is_cancelled_never_captured(
     sim.confirm(intent.id, "pm_card_visa")
     done = await settled(http_client, base_url, held.body["checkout_id"], "cancelled")
     assert done["status"] == "expired" and "order_id" not in done
+    told = await post_raw(http_client, f"{base_url}/checkouts/{held.body['checkout_id']}/confirm", "")
+    assert (told.status, told.body["error"]["code"]) == (409, "checkout_cancelled"), told.body
     assert (intent.status, intent.captures, intent.amount_received) == ("canceled", 0, 0)
     assert assert_invariant(database_url, 1) == 0
 

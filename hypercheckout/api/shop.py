@@ -29,7 +29,8 @@ class ShopHandler(JsonHandler):
         # What the page shows besides the product is the deployment's, never the buyer's: the page stays cacheable.
         self.finish(environment.get_template("shop.html").render(
             product_id=int(product_id), static_url=self.static_url,
-            buyer_auth=self.services.settings.buyer_auth, demo_signin=self.services.demo_issuer is not None))
+            buyer_auth=self.services.settings.buyer_auth, demo_signin=self.services.demo_issuer is not None,
+            payments=self.services.settings.payments))
 
 
 default_handlers = [(rf"/shop/{PRODUCT_ID}", ShopHandler)]

@@ -78,6 +78,14 @@ def payment_required(checkout_id: str) -> CheckoutError:
                                                   "confirm: pay it (its payment's pay_url or client_secret)")
 
 
+def checkout_cancelled(checkout_id: str, status: str) -> CheckoutError:
+    """A paid checkout that ended without its order: its payment was cancelled, nothing charged."""
+    why = "its hold ran out and its units were sold" if status == "expired" else "it was released"
+    return CheckoutError(409, "checkout_cancelled", f"checkout {checkout_id} ended without an order ({why}); its "
+                                                    "payment was cancelled and nothing was charged",
+                         extra=dict(NOTHING_SOLD))
+
+
 def payments_unavailable(what: str = "the payment provider") -> CheckoutError:
     """The provider cannot be reached: nothing is held or sold, and the request may be retried."""
     return CheckoutError(503, "payments_unavailable", f"{what} cannot be reached; nothing was held or charged, "

@@ -12,6 +12,7 @@ from hypercheckout.checkout import holds
 from hypercheckout.checkout.errors import (
     CheckoutError,
     DuplicateKey,
+    checkout_cancelled,
     idempotency_key_reused,
     out_of_stock,
     payments_unavailable,
@@ -274,9 +275,17 @@ class Checkout:
         except ProviderUnavailable:
             raise payments_unavailable() from None
         found = await holds.find(self._store, checkout_id)
-        if found.status != "confirmed":
-            raise refusal
-        return holds.order_of(found, replayed=False)
+        if found.status == "confirmed":
+            return holds.order_of(found, replayed=False)
+        if found.payment_status == "pending" and found.payment_intent is not None:
+            try:  # what the buyer's page says next: pay, try another card, or wait
+                payment = await self.payments.provider.retrieve(found.payment_intent)
+            except ProviderUnavailable:
+                raise refusal from None
+            refusal.extra["payment"] = {"provider_status": payment.status, "declined": payment.declined}
+        elif found.payment_status == "cancelled":
+            refusal = checkout_cancelled(checkout_id, found.status)
+        raise refusal
 
     async def release(self, checkout_id: str, *, buyer: int | None = None) -> Hold:
         if buyer is not None:

@@ -37,6 +37,7 @@ class Payment:
     client_secret: str | None
     amount_received: int
     checkout_id: str | None  # from its metadata
+    declined: bool = False  # its last attempt failed (a declined card): the buyer may try another
 
     @classmethod
     def of(cls, resource: Any) -> Payment:
@@ -45,7 +46,7 @@ class Payment:
         return cls(id=intent["id"], status=intent["status"], amount=int(intent["amount"]),
                    currency=intent["currency"], client_secret=intent.get("client_secret"),
                    amount_received=int(intent.get("amount_received") or 0),
-                   checkout_id=metadata.get("checkout_id"))
+                   checkout_id=metadata.get("checkout_id"), declined=bool(intent.get("last_payment_error")))
 
 
 @dataclass(frozen=True, slots=True)
