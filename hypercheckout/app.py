@@ -212,7 +212,8 @@ def make_payments(settings: Settings, store: Store, checkout: Checkout) -> tuple
         return None, None
     replica = settings.replica_id
     payments = Payments(payment_provider(settings), store, replica=replica, grace=settings.payment_grace_s,
-                        confirm=lambda checkout_id: checkout.confirm(checkout_id, replica, by_payment=True))
+                        confirm=lambda checkout_id: checkout.confirm(checkout_id, replica, by_payment=True),
+                        crash_before_capture=settings.failpoint_crash_before_capture)
     checkout.payments = payments
     return payments, Reconciler(payments, interval=settings.payment_reconcile_s)
 

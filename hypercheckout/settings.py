@@ -104,6 +104,13 @@ def _event_loop(text: str) -> str:
     return text
 
 
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be a probability from 0 to 1")
+    return value
+
+
 def _payments(text: str) -> str:
     if text not in PAYMENTS:
         raise ValueError(f"must be one of {', '.join(PAYMENTS)}")
@@ -325,6 +332,10 @@ class Settings:
         "HC_PAYMENT_GRACE_S", 30.0, _non_negative_float,
         "payments: seconds after a hold ends before its unpaid payment is cancelled (a late authorization within "
         "them is still honoured, re-booked if units are available).")
+    failpoint_crash_before_capture: float = setting(
+        "HC_FAILPOINT_CRASH_BEFORE_CAPTURE", 0.0, _probability,
+        "Fault campaigns only: the probability that a replica kills itself right after committing a paid order and "
+        "before capturing its payment (the reconciler must capture it). 0 in production.")
     demo_signin: str = setting(
         "HC_DEMO_SIGNIN", "", _text,
         "jwt with the local issuer only: its directory (`up --buyer-auth jwt` sets DATA/issuer). The buyer page "

@@ -36,6 +36,7 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -45,6 +46,7 @@ import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 
@@ -68,9 +70,20 @@ from campaign.holds import (  # noqa: E402
     resolve_holds,
 )
 from campaign.nemesis import Nemesis  # noqa: E402
+from campaign.payments import (  # noqa: E402
+    PAY_HOLD_SECONDS,
+    PayFlow,
+    check_payments,
+    pay_figures,
+    pay_workload,
+    read_money,
+    settled,
+    simulator_call,
+)
 from campaign.plan import (  # noqa: E402
     FAILOVER,
     FAULTS,
+    PAYMENT_FAULTS,
     REDIS_MASTER,
     ROOM_FAULTS,
     ROOM_PASS_SECONDS,
@@ -102,6 +115,7 @@ class RunResult:
     keyless: dict[str, int] = field(default_factory=dict)  # purchases sent without a key: sent, sold, unknown
     queue_calls: dict[str, int] = field(default_factory=dict)  # joins and polls by answer
     holds: dict[str, int] = field(default_factory=dict)  # checkouts: held, confirmed, answers by kind
+    payments: dict[str, int] = field(default_factory=dict)  # paid checkouts: payment outcomes, paid units, crashes
 
 
 def room_figures(history: History) -> dict[str, int]:
@@ -180,9 +194,31 @@ def streaming(primary_url: str) -> bool:
         conn.close()
 
 
+SETTLE_ATTEMPTS = 60
+
+
+def settle_payments(cluster: Cluster, database_url: str, product: int) -> None:
+    """After the run, healed: every hold has run out and the replicas' reconcilers (every second, a grace of one)
+    settle what is in doubt; `payments reconcile` is asked too, as an operator would, until nothing is."""
+    time.sleep(PAY_HOLD_SECONDS + 1)
+    for _ in range(SETTLE_ATTEMPTS):
+        done = subprocess.run([sys.executable, "-m", "hypercheckout", "payments", "reconcile", "--data-dir",
+                               str(cluster.data_dir)], capture_output=True, text=True)
+        if done.returncode == 0 and settled(database_url, product):
+            return
+        time.sleep(1)
+
+
+def crashes_before_capture(cluster: Cluster) -> int:
+    """Replicas the failpoint killed between an order's commit and its capture (their logs say so)."""
+    return sum(log.read_text(errors="replace").count("failpoint: crashing between the order")
+               for log in cluster.log_dir.glob("app-*.log"))
+
+
 def one_run(cluster: Cluster, nemesis: Nemesis, index: int, plan: Plan, duration: float, out: Path) -> RunResult:
     started = time.monotonic()
     database_url = cluster.env["HC_DATABASE_URL"]
+    crashed_before = crashes_before_capture(cluster)
     room = {"waiting_room": True, "admit_per_second": ROOM_RATE, "pass_seconds": ROOM_PASS_SECONDS}
     after_order = last_order_id(database_url)
     product_ids = [admin(cluster, "POST", "/admin/api/products",
@@ -194,25 +230,34 @@ def one_run(cluster: Cluster, nemesis: Nemesis, index: int, plan: Plan, duration
     held_product = admin(cluster, "POST", "/admin/api/products",
                          {"name": f"chaos {plan.seed} held", "stock": plan.holds_stock,
                           "hold_seconds": HOLD_SECONDS})["id"] if plan.holders else None
+    paid_product = admin(cluster, "POST", "/admin/api/products",
+                         {"name": f"chaos {plan.seed} paid", "stock": plan.pay_stock, "price": plan.pay_price,
+                          "currency": "eur", "hold_seconds": PAY_HOLD_SECONDS})["id"] if plan.payers else None
     nemesis.reset(rooms[0] if rooms else None)
     stop = threading.Event()
     runner = threading.Thread(target=nemesis.run, args=(plan.faults, time.monotonic(), stop), name="nemesis")
     runner.start()
     watcher = Watcher(database_url, held_product, plan.holds_stock) if held_product else None
+    pay_watcher = Watcher(database_url, paid_product, plan.pay_stock) if paid_product else None
 
-    async def buyers() -> tuple[History, list[HoldFlow]]:
-        flows: list[HoldFlow] = []
-        if held_product is None:
-            return await workload(cluster.url, plan, product_ids, duration), flows
-        history, flows = await asyncio.gather(
+    async def buyers() -> tuple[History, list[HoldFlow], list[PayFlow]]:
+        async def nothing() -> list[Any]:
+            return []
+
+        simulator = cluster.env.get("HC_STRIPE_API_BASE", "")
+        history, flows, paying = await asyncio.gather(
             workload(cluster.url, plan, product_ids, duration),
-            hold_workload(cluster.url, plan.seed, held_product, plan.holders, plan.users, duration))
-        return history, flows
+            hold_workload(cluster.url, plan.seed, held_product, plan.holders, plan.users, duration)
+            if held_product is not None else nothing(),
+            pay_workload(cluster.url, simulator, plan.seed, paid_product, plan.payers, plan.users, duration)
+            if paid_product is not None else nothing())
+        return history, flows, paying
 
     try:
-        if watcher is not None:
-            watcher.start()
-        history, flows = asyncio.run(buyers())
+        for each in (watcher, pay_watcher):
+            if each is not None:
+                each.start()
+        history, flows, paying = asyncio.run(buyers())
     finally:
         stop.set()
         runner.join()
@@ -223,8 +268,9 @@ def one_run(cluster: Cluster, nemesis: Nemesis, index: int, plan: Plan, duration
     if flows:
         asyncio.run(resolve_holds(cluster.url, flows))
     wait_quiet(cluster, database_url)
-    if watcher is not None:
-        watcher.stop()
+    for each in (watcher, pay_watcher):
+        if each is not None:
+            each.stop()
     by_database = [op for op in unknown if op.keyed and op.resolved is None and refused_for_itself(op)]
     settle_from_database(database_url, by_database)
     products, orders = read_database(database_url, product_ids, after_order=after_order,
@@ -236,6 +282,16 @@ def one_run(cluster: Cluster, nemesis: Nemesis, index: int, plan: Plan, duration
         time.sleep(HOLD_SECONDS + 2)  # every hold has run out and been swept by now
         violations += watcher.problems if watcher is not None else []
         violations += check_holds(flows, plan.holds_stock, *read_holds(database_url, held_product))
+    pay_figures_: dict[str, int] = {}
+    if paid_product is not None:
+        orders = [order for order in orders if order.product != paid_product]
+        settle_payments(cluster, database_url, paid_product)
+        snapshot, paid_checkouts, paid_orders, price = read_money(database_url, paid_product)
+        intents = simulator_call(cluster.env["HC_STRIPE_API_BASE"], "GET", "/_simulator/intents")["intents"]
+        violations += pay_watcher.problems if pay_watcher is not None else []
+        violations += check_payments(paying, plan.pay_stock, snapshot, paid_checkouts, paid_orders, price, intents)
+        pay_figures_ = {**pay_figures(paying, paid_checkouts), "crashes before capture": crashes_before_capture(
+            cluster) - crashed_before, **({"watched": pay_watcher.readings} if pay_watcher is not None else {})}
     violations += check(history, expected, products, orders, nemesis.closed)
     ops = history.operations
     result = RunResult(
@@ -248,7 +304,8 @@ def one_run(cluster: Cluster, nemesis: Nemesis, index: int, plan: Plan, duration
         planned=len(plan.faults), skipped=dict(nemesis.skipped),
         settled_by_database=len(by_database), keyless=keyless_figures(history),
         queue_calls=dict(Counter(f"{call.kind} {call.status}" for call in history.calls)),
-        holds={**hold_figures(flows), **({"watched": watcher.readings} if watcher is not None else {})})
+        holds={**hold_figures(flows), **({"watched": watcher.readings} if watcher is not None else {})},
+        payments=pay_figures_)
     if violations:
         keep = out / f"run-{index}"
         keep.mkdir(parents=True, exist_ok=True)
@@ -258,6 +315,9 @@ def one_run(cluster: Cluster, nemesis: Nemesis, index: int, plan: Plan, duration
         with (keep / "holds.jsonl").open("w") as handle:
             for flow in flows:
                 handle.write(json.dumps(asdict(flow)) + "\n")
+        with (keep / "payments.jsonl").open("w") as handle:
+            for pay_flow in paying:
+                handle.write(json.dumps(asdict(pay_flow)) + "\n")
         with (keep / "queue-calls.jsonl").open("w") as handle:
             for call in history.calls:
                 handle.write(json.dumps(asdict(call)) + "\n")
@@ -285,6 +345,11 @@ def main() -> int:
                         help=f"a product of its own that buyers hold (holds of {HOLD_SECONDS} s), then confirm, "
                              "release or abandon, beside the purchases; a watcher checks its units add up during the "
                              "run")
+    parser.add_argument("--payments", action="store_true",
+                        help="a priced product of its own, held and paid on the payment simulator (cards accepted, "
+                             "declined, slow, never paid; some paid after the hold ran out), the simulator's faults "
+                             f"({', '.join(PAYMENT_FAULTS)}) and replicas dying between an order's commit and its "
+                             "capture; the checker's money rules")
     parser.add_argument("--redis-cluster", action="store_true",
                         help="a Redis Cluster (`up --redis-cluster`) with the limiter on; a master is killed instead "
                              "of Redis restarted")
@@ -306,8 +371,14 @@ def main() -> int:
         # limiter was judged).
         env.update({"HC_RATE_LIMIT": "10/s", "HC_RATE_BURST": "10", "HC_BAN_SECONDS": "5",
                     "HC_IP_RATE_LIMIT": "100000/s", "HC_IP_RATE_BURST": "100000"})
+    if args.payments:
+        # Payments in doubt are settled within seconds (the run is short), and a replica dies now and then right
+        # after committing a paid order, before capturing its payment.
+        env.update({"HC_PAYMENT_GRACE_S": "1", "HC_PAYMENT_RECONCILE_S": "1",
+                    "HC_FAILPOINT_CRASH_BEFORE_CAPTURE": os.environ.get("HC_FAILPOINT_CRASH_BEFORE_CAPTURE", "0.05")})
     cluster = Cluster(data_dir=data_dir, port=port, replicas=3, environ=env, out=sys.stderr,
-                      pg_standby=args.pg_standby, redis_cluster=args.redis_cluster)
+                      pg_standby=args.pg_standby, redis_cluster=args.redis_cluster,
+                      payments="simulator" if args.payments else "off")
     fault_kinds = (*FAULTS, FAILOVER) if args.pg_standby else FAULTS
     if args.redis_cluster:
         fault_kinds = tuple(REDIS_MASTER if kind == "redis-restart" else kind for kind in fault_kinds)
@@ -320,7 +391,7 @@ def main() -> int:
         for index in range(1, args.runs + 1):
             plan = make_plan(f"{args.seed}-{index}", duration=args.duration, buyers=args.buyers,
                              faults_per_second=args.faults_per_second, replicas=cluster.replicas, kinds=fault_kinds,
-                             waiting_room=args.waiting_room, holds=args.holds)
+                             waiting_room=args.waiting_room, holds=args.holds, payments=args.payments)
             result = one_run(cluster, nemesis, index, plan, args.duration, args.out)
             results.append(result)
             kinds = result.kinds
@@ -330,7 +401,8 @@ def main() -> int:
                   f"{result.keyless}; faults planned {result.planned}, applied {sum(result.faults.values())} "
                   f"{dict(sorted(result.faults.items()))}, skipped {sum(result.skipped.values())}; violations "
                   f"{len(result.violations)}" + (f"; waiting room {result.room}" if result.room else "")
-                  + (f"; holds {dict(sorted(result.holds.items()))}" if result.holds else ""), flush=True)
+                  + (f"; holds {dict(sorted(result.holds.items()))}" if result.holds else "")
+                  + (f"; payments {dict(sorted(result.payments.items()))}" if result.payments else ""), flush=True)
             for problem in result.violations[:10]:
                 print(f"    VIOLATION: {problem}", flush=True)
     finally:
@@ -360,8 +432,10 @@ def summarise(results: list[RunResult]) -> str:
     keyless: Counter[str] = Counter()
     calls: Counter[str] = Counter()
     held: Counter[str] = Counter()
+    paid: Counter[str] = Counter()
     for r in results:
         held.update(r.holds)
+        paid.update(r.payments)
         kinds.update(r.kinds)
         faults.update(r.faults)
         skipped.update(r.skipped)
@@ -374,7 +448,7 @@ def summarise(results: list[RunResult]) -> str:
              f"{room['burst_rate_edits']:,}; {room['joins']:,} joins, "
              f"{room['joined']:,} answered 202; joins and polls by answer: "
              + ", ".join(f"{name} {n:,}" for name, n in calls.most_common())) if room else ""
-    kinds_order = (*FAULTS, FAILOVER, REDIS_MASTER, *ROOM_FAULTS)
+    kinds_order = (*FAULTS, FAILOVER, REDIS_MASTER, *ROOM_FAULTS, *PAYMENT_FAULTS)
     return (f"total: {len(results)} runs, {sum(r.operations for r in results):,} operations (ok {kinds['ok']:,}, "
             f"fail {kinds['fail']:,}, info {kinds['info']:,} → sold {sum(r.info_sold for r in results):,}, not sold "
             f"{sum(r.info_not_sold for r in results):,}; settled by the key's row "
@@ -387,7 +461,8 @@ def summarise(results: list[RunResult]) -> str:
                                              if skipped else "")
             + f"\nviolations {sum(len(r.violations) for r in results)}\nfirst answers: "
             + ", ".join(f"{name} {n:,}" for name, n in answers.most_common()) + rooms
-            + (("\ncheckouts: " + ", ".join(f"{name} {n:,}" for name, n in held.most_common())) if held else ""))
+            + (("\ncheckouts: " + ", ".join(f"{name} {n:,}" for name, n in held.most_common())) if held else "")
+            + (("\npayments: " + ", ".join(f"{name} {n:,}" for name, n in paid.most_common())) if paid else ""))
 
 
 if __name__ == "__main__":

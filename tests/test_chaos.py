@@ -325,7 +325,8 @@ def test_a_waiting_room_closed_sells_without_a_pass_but_a_pass_buys_once() -> No
 def test_a_short_campaign_injects_faults_and_finds_no_violation(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(LOAD_TESTS / "chaos.py"), "--runs", "2", "--duration", "8", "--seed", "ci",
-         "--buyers", "12", "--faults-per-second", "1", "--waiting-room", "--holds", "--out", str(tmp_path)],
+         "--buyers", "12", "--faults-per-second", "1", "--waiting-room", "--holds", "--payments", "--out",
+         str(tmp_path)],
         capture_output=True, text=True, timeout=400, env={**os.environ, "HC_LOG_LEVEL": "WARNING"})
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -345,6 +346,12 @@ def test_a_short_campaign_injects_faults_and_finds_no_violation(tmp_path: Path) 
     # Checkouts under the same faults (--holds): held, confirmed, and a watcher reading their units meanwhile.
     assert all(r["holds"]["held"] > 0 and r["holds"]["confirmed"] > 0 and r["holds"]["watched"] > 10
                for r in runs), runs
+    # Paid checkouts under the simulator's faults (--payments): units paid for, the money rules checked, and the
+    # simulator's own faults among those that took effect.
+    assert sum(r["payments"].get("paid units", 0) for r in runs) > 0, runs
+    assert all(r["payments"]["watched"] > 10 for r in runs), runs
+    assert kinds & {"payments-outage", "webhooks-delayed", "webhooks-duplicated", "webhooks-lost",
+                    "webhooks-reordered"}, runs
 
 
 def test_a_short_campaign_on_a_redis_cluster_kills_masters_and_finds_no_violation(tmp_path: Path) -> None:

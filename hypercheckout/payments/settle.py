@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -35,6 +37,7 @@ from hypercheckout.store import payments as sql
 log = logging.getLogger(__name__)
 
 UNPAID = ("requires_payment_method", "requires_confirmation", "processing")
+FAILPOINT_EXIT = 86
 CAPTURE_AFTER_S = 5.0  # an order whose capture was not seen this long after its commit is in doubt
 
 
@@ -53,12 +56,13 @@ class PaymentsCounts:
 class Payments:
     def __init__(self, provider: PaymentProvider, store: Store, *, replica: str, grace: float,
                  confirm: Callable[[str], Awaitable[Order]] | None = None,
-                 capture_after: float = CAPTURE_AFTER_S) -> None:
+                 capture_after: float = CAPTURE_AFTER_S, crash_before_capture: float = 0.0) -> None:
         self.provider = provider
         self._store = store
         self._replica = replica
         self.grace = grace  # seconds after a hold ends before its unpaid payment is cancelled
         self.capture_after = capture_after  # seconds after an order's commit before its capture is in doubt
+        self._crash_before_capture = crash_before_capture  # a fault campaign's failpoint (0 in production)
         self._confirm = confirm or (lambda checkout_id: holds.confirm(store, checkout_id, replica, by_payment=True))
         self.counts = PaymentsCounts()
 
@@ -130,6 +134,9 @@ class Payments:
 
     async def _capture(self, checkout_id: str, payment: Payment) -> str:
         if payment.status == "requires_capture":
+            if self._crash_before_capture and random.random() < self._crash_before_capture:
+                log.warning("failpoint: crashing between the order of %s and its capture", checkout_id)
+                os._exit(FAILPOINT_EXIT)  # as a kill -9 would: no cleanup, the order committed, nothing captured
             payment = await self.provider.capture(payment.id)
         if payment.status != "succeeded":
             # An order whose authorization is gone (cancelled or expired at the provider): money and units

@@ -5,12 +5,14 @@ fails the run, and the faults after it are still injected."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from typing import Any
 
@@ -20,6 +22,7 @@ from campaign.adminapi import admin
 from campaign.plan import (
     FAILOVER,
     FAULTS,
+    PAYMENT_FAULTS,
     REDIS_MASTER,
     ROOM_FAULTS,
     ROOM_RATE,
@@ -75,6 +78,8 @@ class Nemesis:
         """Inject one fault: None when it took effect, else why it could not (raises if the injection failed)."""
         if fault.kind in ROOM_FAULTS:
             why = self.change_room(fault)
+        elif fault.kind in PAYMENT_FAULTS:
+            why = self._simulator(fault, on=True)
         else:
             with self.lock:
                 why = self._inject_process_fault(fault)
@@ -138,6 +143,20 @@ class Nemesis:
             raise ValueError(f"no such fault: {fault.kind}")
         return None
 
+    def _simulator(self, fault: Fault, *, on: bool) -> str | None:
+        """A fault of the payment simulator, made (on) or undone."""
+        base = self.cluster.env.get("HC_STRIPE_API_BASE")
+        if self.cluster.simulator is None or not base:
+            return "no payment simulator"
+        change = {"payments-outage": {"outage": on}, "webhooks-delayed": {"webhook_delay_ms": 2500 if on else 0},
+                  "webhooks-duplicated": {"duplicate": 1.0 if on else 0.0},
+                  "webhooks-lost": {"lose": 0.8 if on else 0.0},
+                  "webhooks-reordered": {"reorder_ms": 2000 if on else 0}}[fault.kind]
+        request = urllib.request.Request(f"{base}/_simulator/faults", method="POST", data=json.dumps(change).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10):
+            return None
+
     def change_room(self, fault: Fault) -> str | None:
         """An operator's change to the room, through the admin API, asked again for a few seconds while it is a 503
         (PostgreSQL may be down: then the change is not made, and not counted). Not under the lock: it touches no
@@ -196,6 +215,12 @@ class Nemesis:
         if fault is not None and fault.kind in ROOM_FAULTS:
             self._reopen(fault, attempts=6)
             return
+        if fault is not None and fault.kind in PAYMENT_FAULTS:
+            self._simulator(fault, on=False)
+            return
+        if fault is None and self.cluster.simulator is not None:
+            for kind in PAYMENT_FAULTS:
+                self._simulator(Fault(0.0, kind, 0, 0.0), on=False)
         self._heal_processes(fault)
         if fault is None:
             self._reopen(None, attempts=20)

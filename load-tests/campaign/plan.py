@@ -17,6 +17,10 @@ ROOM_RATE_EDIT, ROOM_REOPEN = "room-rate-edit", "room-close-reopen"
 # the 32 segments the line once kept: a pass admitted before them must still buy).
 ROOM_RATE_BURST, ROOM_BURST_EDITS = "room-rate-burst", 40
 ROOM_FAULTS = (ROOM_RATE_EDIT, ROOM_REOPEN, ROOM_RATE_BURST)
+# With --payments, the payment simulator's faults (POST /_simulator/faults, undone when healed): the provider down,
+# and its webhooks late, twice, lost (then retried), out of order.
+PAYMENT_FAULTS = ("payments-outage", "webhooks-delayed", "webhooks-duplicated", "webhooks-lost",
+                  "webhooks-reordered")
 
 
 @dataclass
@@ -47,10 +51,14 @@ class Plan:
     users: int
     holds_stock: int = 0  # with --holds: the stock of a product of its own that buyers hold, confirm and release
     holders: int = 0  # concurrent buyers holding it
+    pay_stock: int = 0  # with --payments: a priced product of its own, held and paid on the simulator
+    pay_price: int = 0
+    payers: int = 0
 
 
 def make_plan(seed: str, *, duration: float, buyers: int, faults_per_second: float, replicas: int,
-              kinds: tuple[str, ...] = FAULTS, waiting_room: bool = False, holds: bool = False) -> Plan:
+              kinds: tuple[str, ...] = FAULTS, waiting_room: bool = False, holds: bool = False,
+              payments: bool = False) -> Plan:
     rng = random.Random(seed)
     products = [
         ProductPlan("limited", rng.randint(5_000, 20_000), rng.randint(2, 5), 0.3),
@@ -77,5 +85,11 @@ def make_plan(seed: str, *, duration: float, buyers: int, faults_per_second: flo
     if holds:  # drawn apart too
         held = random.Random(f"{seed}/holds")
         plan.holds_stock, plan.holders = held.randint(8, 25), max(4, buyers // 2)
+    if payments:  # drawn apart too: its product, and the simulator's faults on top of the others
+        paid = random.Random(f"{seed}/payments")
+        plan.pay_stock, plan.pay_price, plan.payers = paid.randint(8, 25), paid.randint(100, 9_999), max(4, buyers // 2)
+        plan.faults = sorted(plan.faults + [
+            Fault(at=paid.uniform(0.5, duration * 0.85), kind=paid.choice(PAYMENT_FAULTS), target=0,
+                  hold=paid.uniform(0.5, 3.0)) for _ in range(max(3, round(duration * 0.4)))], key=lambda f: f.at)
     return plan
 
