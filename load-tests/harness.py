@@ -36,6 +36,7 @@ class Backends:
         self.env = env  # HC_DATABASE_URL, HC_REDIS_URL
         self.workdir = workdir
         self.redis_cluster: PrivateRedisCluster | None = None
+        self.current: Cluster | None = None  # the cluster of the scenario running
 
     def redis_cluster_url(self) -> str:
         """A Redis Cluster (three masters, three replicas) for the clusters that ask for one; started once, on
@@ -46,8 +47,9 @@ class Backends:
         return self.redis_cluster.url
 
     def cli(self, *args: str) -> str:
+        # The current cluster's settings too (its payment simulator, for `payments reconcile`).
         done = subprocess.run([sys.executable, "-m", "hypercheckout", *args], capture_output=True, text=True,
-                              env={**os.environ, **self.env})
+                              env={**os.environ, **self.env, **(self.current.env if self.current else {})})
         if done.returncode != 0:
             raise RuntimeError(f"hypercheckout {' '.join(args)} failed: {done.stderr.strip()}")
         return done.stdout
@@ -68,10 +70,17 @@ class Backends:
                    "HC_IP_RATE_LIMIT": "off", **settings}
         cluster = Cluster(data_dir=self.workdir / "cluster", port=free_port(), environ=environ, out=io.StringIO())
         cluster.start()
+        self.current = cluster
         try:
             yield cluster.url
         finally:
             cluster.stop()
+            self.current = None
+
+    def payments_url(self) -> str:
+        """The current cluster's payment simulator (`up` starts one)."""
+        assert self.current is not None
+        return self.current.env["HC_STRIPE_API_BASE"]
 
 
 @contextmanager

@@ -14,6 +14,8 @@ after another).
   a few seconds ahead. Each arrives early, is told ``sale_not_started``, waits the ``Retry-After`` it was given and
   fires at the start; then like the herd, until it has bought or its product is sold out.
 * ``CheckoutUser`` — the checkout drop: buyers hold a unit, then confirm it, release it or walk away.
+* ``PaidUser`` — the paid drop: buyers hold a priced unit and pay on the payment simulator (``HC_LOAD_SIMULATOR``):
+  most pay, some with a declined card (they walk away), some never pay; what is not paid for is sold again.
 * ``QueuedUser`` — the queued drop: buyers of a product with a waiting room join its queue before the start, poll
   their ticket (every 0.5 to 10 s, sooner the closer their turn), and buy one unit with their pass once admitted.
 
@@ -383,22 +385,21 @@ class QueuedUser(Buyer):
             self.finish()  # bought, sold out, or refused (a failure Buyer.buy has counted)
 
 
-class CheckoutUser(Buyer):
-    """Scenario 7, the checkout drop: a buyer of product HC_LOAD_PRODUCT that holds one unit (POST /checkouts),
-    then — its fate drawn at the start — walks away (30 %: the hold runs out), releases it (10 %) or confirms it
-    (60 %), 1 to 8 s after the hold. Told ``units_held`` (none available, some held), it waits the Retry-After
-    (until the next hold runs out) and holds again; a confirm refused ``hold_expired`` holds again too. Done when
-    it confirmed, released, walked away, or the product is sold out for good. Arrivals spread as the herd's."""
+class HoldingUser(Buyer):
+    """What the checkout and paid drops' buyers share: arrivals spread as the herd's, a pause of their choosing,
+    done once finished, every answer counted (expected refusals as successes). No task of its own."""
 
+    abstract = True
     done = False
     pause = 0.0
+    fates: tuple[tuple[str, ...], tuple[float, ...]] = (("confirm",), (1.0,))
 
     def wait_time(self) -> float:
         return 3600.0 if self.done else self.pause
 
     def on_start(self) -> None:
         super().on_start()
-        self.fate = random.choices(("abandon", "release", "confirm"), (0.3, 0.1, 0.6))[0]
+        self.fate = random.choices(*self.fates)[0]
         arrival = herd_started["at"] + HERD_SPAWN_SECONDS + random.uniform(0, HERD_ARRIVAL_SECONDS)
         gevent.sleep(max(0.0, arrival - time.time()))
 
@@ -420,6 +421,16 @@ class CheckoutUser(Buyer):
             response.failure(f"{status}: {(response.text or '')[:200]}")
         tally.add(outcome, response.headers.get("X-Replica") if response.headers else None, order_id, ms)
         return code
+
+
+class CheckoutUser(HoldingUser):
+    """Scenario 7, the checkout drop: a buyer of product HC_LOAD_PRODUCT that holds one unit (POST /checkouts),
+    then — its fate drawn at the start — walks away (30 %: the hold runs out), releases it (10 %) or confirms it
+    (60 %), 1 to 8 s after the hold. Told ``units_held`` (none available, some held), it waits the Retry-After
+    (until the next hold runs out) and holds again; a confirm refused ``hold_expired`` holds again too. Done when
+    it confirmed, released, walked away, or the product is sold out for good. Arrivals spread as the herd's."""
+
+    fates = (("abandon", "release", "confirm"), (0.3, 0.1, 0.6))
 
     @task
     def step(self) -> None:
@@ -452,3 +463,67 @@ class CheckoutUser(Buyer):
             self.pause = 0.0  # its units went to someone else: hold again
         else:
             self.finish()
+
+
+SIMULATOR = os.environ.get("HC_LOAD_SIMULATOR", "")
+
+
+class PaidUser(HoldingUser):
+    """Scenario 8, the paid drop: a buyer of product HC_LOAD_PRODUCT (priced, payments on) holds one unit, then —
+    its fate drawn at the start — pays on the simulator with a test card that is accepted (70 %) and asks the
+    service (POST …/confirm, as the buyer page does back from paying), pays with one that is declined and walks
+    away (10 %), or never pays (20 %), 1 to 5 s after the hold. Its hold refused ``units_held``, or its payment
+    come too late (409 ``hold_expired`` or ``checkout_cancelled``), it holds again. Done when it has its order,
+    walked away, or the product is sold out for good."""
+
+    fates = (("pay", "declined", "abandon"), (0.7, 0.1, 0.2))
+
+    @task
+    def step(self) -> None:
+        if self.done:
+            return
+        started = time.perf_counter()
+        with self.client.post("/checkouts", json=self.body(product_id=PRODUCT, quantity=1), headers=self.headers(),
+                              name="POST /checkouts", catch_response=True) as response:
+            code = self.answered(response, 1000 * (time.perf_counter() - started))
+            status, retry_after = response.status_code, float(response.headers.get("Retry-After") or 1)
+            held = response.json() if status == 201 else {}
+        if not held:
+            if status == 409 and code == "out_of_stock":
+                self.finish()
+            else:
+                self.pause = retry_after if status in (409, 429, 503) else 1.0
+            return
+        if self.fate == "abandon":
+            self.finish()  # never pays: the hold runs out, its payment is cancelled, the unit sold again
+            return
+        gevent.sleep(random.uniform(1, 5))
+        card = "pm_card_visa" if self.fate == "pay" else "pm_card_chargeDeclined"
+        with self.client.post(f"{SIMULATOR}/_simulator/intents/{held['payment']['intent_id']}/pay",
+                              json={"payment_method": card}, name="pay (simulator)", catch_response=True) as paid:
+            too_late = paid.status_code == 400 and "payment_intent_unexpected_state" in (paid.text or "")
+            if paid.status_code == 200 or too_late:
+                paid.success()  # too late: the hold ran out and its payment was cancelled; the buyer holds again
+            else:
+                paid.failure(f"{paid.status_code}: {(paid.text or '')[:200]}")
+        if too_late:
+            self.pause = 0.0
+            return
+        if self.fate == "declined":
+            self.finish()
+            return
+        for _ in range(5):  # back from paying: the service asks the provider
+            started = time.perf_counter()
+            with self.client.post(f"/checkouts/{held['checkout_id']}/confirm", headers=self.headers(),
+                                  name="POST /checkouts/{id}/confirm (paid)", catch_response=True) as response:
+                ms = 1000 * (time.perf_counter() - started)
+                order_id = response.json().get("order_id") if response.status_code == 200 else None
+                code = self.answered(response, ms, order_id)
+            if response.status_code == 200:
+                self.finish()
+                return
+            if code in ("hold_expired", "checkout_cancelled"):
+                self.pause = 0.0  # paid too late: its units went to someone else, and nothing was charged
+                return
+            gevent.sleep(1.0)
+        self.finish()

@@ -23,6 +23,8 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -64,6 +66,7 @@ class Scenario:
     lead: float = 0.0  # the drop: seconds from creating its products to their start
     queue_rate: int = 0  # the queued drop: its product's admit_per_second (0: no waiting room)
     hold_seconds: int = 0  # the checkout drop: its product's hold_seconds (0: no holds)
+    price: int = 0  # the paid drop: its product's price (paid through the cluster's payment simulator)
 
 
 @dataclass
@@ -144,6 +147,14 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
                  "CheckoutUser", users=args.checkout_users, spawn_rate=args.checkout_users / 3,
                  stock=args.checkout_stock, seconds=args.checkout_hold * 12 + args.drain_timeout, sells_out=True,
                  processes=args.herd_processes, hold_seconds=args.checkout_hold),
+        # The same, paid: a hold is confirmed by its payment on the simulator; declined and abandoned payments let
+        # their units go at the hold's end. Payments in doubt are settled within seconds (grace 2 s).
+        Scenario("paid-drop", f"Paid drop: {args.paid_users:,} buyers hold one of {args.paid_stock:,} units at "
+                 f"{PAID_PRICE / 100:.2f} USD for {args.paid_hold} s and pay on the payment simulator; 10% declined "
+                 "cards, 20% never pay", "PaidUser", users=args.paid_users, spawn_rate=args.paid_users / 3,
+                 stock=args.paid_stock, seconds=args.paid_hold * 12 + args.drain_timeout, sells_out=True,
+                 processes=args.herd_processes, hold_seconds=args.paid_hold, price=PAID_PRICE,
+                 settings={"HC_PAYMENT_GRACE_S": "2", "HC_PAYMENT_RECONCILE_S": "1"}),
     ]
 
 
@@ -154,6 +165,10 @@ class ExternalCluster:
         self.url = url
         self.data_dir = data_dir
         self.env = read_env_file(data_dir / CLUSTER_ENV)
+
+    def payments_url(self) -> str:
+        """The cluster's payment simulator (`up` starts one)."""
+        return self.env["HC_STRIPE_API_BASE"]
 
     def cli(self, *args: str) -> str:
         done = subprocess.run([sys.executable, "-m", "hypercheckout", *args, "--data-dir", str(self.data_dir)],
@@ -264,10 +279,13 @@ def run_scenario(scenario: Scenario, target: Backends | ExternalCluster, out: Pa
                 "--json"))["id"]
             extra_env["HC_LOAD_PRODUCT"] = str(queued_id)
         elif scenario.hold_seconds:
+            priced = ["--price", str(scenario.price), "--currency", "usd"] if scenario.price else []
             held_id = json.loads(target.cli(
-                "product", "create", "--name", "Checkout drop", "--stock", str(scenario.stock), "--hold-seconds",
-                str(scenario.hold_seconds), "--json"))["id"]
+                "product", "create", "--name", "Paid drop" if scenario.price else "Checkout drop", "--stock",
+                str(scenario.stock), "--hold-seconds", str(scenario.hold_seconds), *priced, "--json"))["id"]
             extra_env["HC_LOAD_PRODUCT"] = str(held_id)
+            if scenario.price:
+                extra_env["HC_LOAD_SIMULATOR"] = target.payments_url()
         else:
             target.cli("reset", "--stock", str(scenario.stock))
         access_log = getattr(target, "access_log", None)  # nginx's, when the cluster is ours
@@ -275,6 +293,9 @@ def run_scenario(scenario: Scenario, target: Backends | ExternalCluster, out: Pa
         started = time.monotonic()
         tally = run_locust(scenario, url, out, after_sold_out, extra_env)
         seconds = time.monotonic() - started
+        money: dict[str, Any] = {}
+        if scenario.price:
+            money = settle_and_count_money(target, held_id, scenario.price)
         status = json.loads(target.cli("status", "--json"))
     # nginx's own view of the purchases (request_time, from its JSON access log), once it has flushed it.
     purchases = [e for e in read_log(access_log, log_from) if e.get("uri") == "/purchase"]
@@ -288,6 +309,9 @@ def run_scenario(scenario: Scenario, target: Backends | ExternalCluster, out: Pa
     checkouts: dict[str, Any] = {}
     if scenario.hold_seconds:
         checkouts = checkout_results(target.env["HC_DATABASE_URL"], held_id)
+        if money:
+            checkouts["money"] = money
+            problems += money["problems"]
         product = {"stock": checkouts["stock"], "sold": checkouts["sold"], "initial_stock": checkouts["initial"]}
         problems += sale_problems(checkouts)
         if checkouts["held"]:
@@ -360,7 +384,7 @@ def run_scenario(scenario: Scenario, target: Backends | ExternalCluster, out: Pa
         checkouts["hold_p50"] = float(hold_row.get("50%", 0))
         checkouts["hold_p99"] = float(hold_row.get("99%", 0))
         checkouts["hold_requests"] = int(hold_row.get("Request Count", 0))
-        confirm_row = rows.get("POST /checkouts/{id}/confirm", {})
+        confirm_row = rows.get("POST /checkouts/{id}/confirm", rows.get("POST /checkouts/{id}/confirm (paid)", {}))
         checkouts["confirm_p50"] = float(confirm_row.get("50%", 0))
         checkouts["confirm_p99"] = float(confirm_row.get("99%", 0))
         print(f"  checkout drop: {checkouts['by_status']}; {checkouts['rebooked']} re-booked; holds p50 "
@@ -424,6 +448,51 @@ def read_log(path: Path | None, offset: int | None) -> list[dict[str, Any]]:
     with path.open("rb") as log:
         log.seek(offset)
         return [json.loads(line) for line in log.read().splitlines() if line.strip().startswith(b"{")]
+
+
+PAID_PRICE = 1999  # the paid drop's price, in cents
+SETTLE_ATTEMPTS = 60
+
+
+def settle_and_count_money(target: Backends | ExternalCluster, product_id: int, price: int) -> dict[str, Any]:
+    """After the paid drop: once every payment is settled (`payments reconcile`, as often as needed), the money as
+    the simulator has it against the units PostgreSQL has sold: captured = price x units sold, every authorization
+    captured or cancelled, none captured twice."""
+    database_url = target.env["HC_DATABASE_URL"]
+    for _ in range(SETTLE_ATTEMPTS):
+        target.cli("payments", "reconcile")
+        with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM checkouts WHERE product_id = %s AND (payment_status IN "
+                        "('capturing', 'cancelling') OR "
+                        "(payment_status = 'pending' AND (status <> 'held' OR expires_at < now())))", (product_id,))
+            open_payments = cur.fetchone()[0]
+        conn.close()
+        if open_payments == 0:
+            break
+        time.sleep(1)
+    with urllib.request.urlopen(f"{target.payments_url()}/_simulator/intents", timeout=10) as answer:
+        intents = json.load(answer)["intents"]
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id FROM checkouts WHERE product_id = %s", (product_id,))
+        mine = {row[0] for row in cur.fetchall()}
+        cur.execute("SELECT COALESCE(sum(quantity), 0) FROM orders WHERE product_id = %s", (product_id,))
+        sold = int(cur.fetchone()[0])
+    conn.close()
+    intents = [i for i in intents if (i.get("metadata") or {}).get("checkout_id") in mine]
+    captured = sum(int(i["amount_received"]) for i in intents)
+    statuses = Counter(i["status"] for i in intents)
+    problems = []
+    if captured != price * sold:
+        problems.append(f"money: {captured} captured, {sold} units sold at {price}: {price * sold}")
+    if statuses["requires_capture"]:
+        problems.append(f"money: {statuses['requires_capture']} authorizations neither captured nor cancelled")
+    twice = sum(1 for i in intents if i["captures"] > 1)
+    if twice:
+        problems.append(f"money: {twice} payments captured more than once")
+    print(f"  paid drop: {captured / 100:,.2f} USD captured for {sold:,} units sold at {price / 100:.2f}; payments "
+          f"{dict(statuses)}", flush=True)
+    return {"captured": captured, "expected": price * sold, "sold": sold, "intents": dict(statuses),
+            "problems": problems}
 
 
 def checkout_results(database_url: str, product_id: int) -> dict[str, Any]:
@@ -650,10 +719,10 @@ def report(results: list[Outcome], out: Path, started: str, source: str) -> Path
                   "the buyers' polling (every 0.5 to 10 s), so \"out-of-order pairs\" is the share of pairs of "
                   "buyers served in the opposite order of their tickets.", "",
                   "![queued drop: tickets in the order served](queued-fairness.png)", ""]
-    held = next((r for r in results if r.checkouts), None)
-    if held is not None:
+    for held in (r for r in results if r.checkouts):
         c = held.checkouts
-        lines += ["## The checkout drop", "",
+        money = c.get("money")
+        lines += ["## The paid drop" if money else "## The checkout drop", "",
                   f"{held.users:,} buyers arrived within 10 s for {c['initial']:,} units held "
                   f"{held.scenario.hold_seconds} s each; a buyer told `units_held` waited its Retry-After (until "
                   "the next hold runs out) and held again. Resale: for each hold given back (released, or run "
@@ -669,6 +738,14 @@ def report(results: list[Outcome], out: Path, started: str, source: str) -> Path
                   f"{c['confirm_p50']:.0f} / {c['confirm_p99']:.0f} ms | {c['returned']:,} | "
                   f"{c['resale_p50_ms'] / 1000:.1f} / {c['resale_p99_ms'] / 1000:.1f} s | "
                   f"{'holds' if held.ok else 'broken'} |", ""]
+        if money:
+            lines += [f"Money, once every payment was settled (the simulator's intents against PostgreSQL's "
+                      f"orders): {money['captured'] / 100:,.2f} USD captured for {money['sold']:,} units sold at "
+                      f"{held.scenario.price / 100:.2f} (price x units: {money['expected'] / 100:,.2f}): "
+                      f"{'exact' if money['captured'] == money['expected'] else '**not exact**'}. Payments by how "
+                      "they ended: " + ", ".join(f"{k} {v:,}" for k, v in sorted(money["intents"].items()))
+                      + ". Confirms (paid) above are the buyers' own, back from paying; the webhooks settle the "
+                      "others.", ""]
     for r in results:
         shares = ", ".join(f"{name} {100 * n / max(1, sum(r.replicas.values())):.0f}%"
                            for name, n in sorted(r.replicas.items()))
@@ -709,8 +786,11 @@ def main() -> int:
     parser.add_argument("--checkout-stock", type=int, default=1000, help="units of the checkout drop (default 1,000)")
     parser.add_argument("--checkout-hold", type=int, default=20,
                         help="the checkout drop's hold_seconds (default 20)")
+    parser.add_argument("--paid-users", type=int, default=2000, help="buyers of the paid drop (default 2,000)")
+    parser.add_argument("--paid-stock", type=int, default=500, help="units of the paid drop (default 500)")
+    parser.add_argument("--paid-hold", type=int, default=20, help="the paid drop's hold_seconds (default 20)")
     parser.add_argument("--only", choices=["original", "write-limit", "rate-limit-shield", "flash-sale-drain", "herd",
-                                           "drop", "queued-drop", "checkout-drop"],
+                                           "drop", "queued-drop", "checkout-drop", "paid-drop"],
                         action="append",
                         help="run only this scenario (repeatable)")
     parser.add_argument("--buyer-auth", choices=("none", "jwt"), default="none",

@@ -292,3 +292,52 @@ async def test_the_provider_down_holds_nothing_and_the_same_key_works_after(http
     replay = await checkout(http_client, base_url, headers=key)
     assert replay.status == 200 and replay.body["payment"]["intent_id"] == held.body["payment"]["intent_id"]
     assert len(sim.intents) == 1 and assert_invariant(database_url, 10) == 9
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_cancel_decided_on_a_stale_read_never_cancels_a_payment_whose_order_is_committed(
+    http_client, base_url, database_url: str, sim: Simulator, services: Services,
+) -> None:
+    """Two replicas at once: one read the payment of a lapsed hold as unpaid and goes to cancel it; the other,
+    told it was authorized meanwhile, has committed its order. The cancel must not happen: the order's money would
+    be gone. (Run against the code before 0013, this cancelled the authorization and left an order unpaid.)"""
+    payments = services.payments
+    assert payments is not None
+    sim.webhook_urls = []
+    held = await checkout(http_client, base_url)
+    checkout_id = held.body["checkout_id"]
+    stale = await payments.provider.retrieve(held.body["payment"]["intent_id"])  # unpaid, as the first replica saw
+    lapse(database_url)
+    sim.confirm(stale.id, "pm_card_visa")
+    capture = payments.provider.capture
+
+    async def down(intent_id: str) -> Any:
+        raise ProviderUnavailable("the second replica stops right after its order's commit")
+
+    payments.provider.capture = down  # type: ignore[method-assign]
+    with pytest.raises(ProviderUnavailable):
+        await payments.settle(checkout_id)
+    payments.provider.capture = capture  # type: ignore[method-assign]
+    assert sql(database_url, "SELECT status, payment_status FROM checkouts") == [("confirmed", "capturing")]
+    # The first replica goes on with what it read: it may not cancel; it settles the payment as it now is.
+    assert await payments._cancel(checkout_id, stale) == "captured"
+    assert (sim.intents[stale.id].status, sim.intents[stale.id].captures) == ("succeeded", 1)
+    assert_money_agrees(database_url, sim)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_cancel_that_did_not_finish_is_finished_by_reconciliation(
+    http_client, base_url, database_url: str, sim: Simulator, services: Services,
+) -> None:
+    payments = services.payments
+    assert payments is not None
+    sim.webhook_urls = []
+    held = await checkout(http_client, base_url)
+    lapse(database_url)
+    sql(database_url, "UPDATE checkouts SET payment_status = 'cancelling'")  # claimed, then the replica died
+    payments.capture_after = 0.0
+    assert await payments.reconcile() == {"cancelled": 1}
+    assert sim.intents[held.body["payment"]["intent_id"]].status == "canceled"
+    # A payment made after its claim can commit no order: the confirm statements want 'pending'.
+    assert sql(database_url, "SELECT count(*) FROM orders") == [(0,)]
+    assert_money_agrees(database_url, sim)

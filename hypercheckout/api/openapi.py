@@ -338,7 +338,7 @@ def document(settings: Settings) -> dict[str, Any]:
                         "required": ["status", "amount", "currency", "intent_id", "client_secret"],
                         "description": "HC_PAYMENTS on, a priced product: the payment that confirms the checkout.",
                         "properties": {
-                            "status": {"enum": ["pending", "capturing", "captured", "cancelled"],
+                            "status": {"enum": ["pending", "capturing", "captured", "cancelling", "cancelled"],
                                        "description": "cancelled: no money moved (not paid in time, released, "
                                                       "or paid after its units were sold)."},
                             "amount": {"type": "integer", "minimum": 0, "description": "Minor units."},

@@ -109,6 +109,8 @@ class Payments:
         payment = await self.provider.retrieve(intent)
         if found.payment_status == "capturing":
             return await self._capture(checkout_id, payment)
+        if found.payment_status == "cancelling":  # claimed by a cancel that did not finish (a crash, an outage)
+            return await self._cancel(checkout_id, payment)
         if payment.status == "requires_capture":
             if found.status == "released":
                 return await self._cancel(checkout_id, payment)
@@ -121,7 +123,7 @@ class Payments:
                 self.counts.rebooked += 1
             return await self._capture(checkout_id, payment)
         if payment.status == "canceled":
-            await self._move(checkout_id, "cancelled", ("pending",))
+            await self._move(checkout_id, "cancelled", ("pending", "cancelling"))
             return "cancelled"
         if payment.status == "succeeded":  # money taken with no order: only someone else can have done this
             log.error("payment %s of checkout %s was captured without an order", payment.id, checkout_id)
@@ -148,13 +150,17 @@ class Payments:
         return "captured"
 
     async def _cancel(self, checkout_id: str, payment: Payment) -> str:
+        # Claimed first: no order can be committed for the payment from here on (the confirm statements want
+        # 'pending'); if one was committed meanwhile, the claim fails and the payment is settled as it now is.
+        if not await self._move(checkout_id, "cancelling", ("pending", "cancelling")):
+            return await self.settle(checkout_id)
         if payment.status in (*UNPAID, "requires_capture"):
             payment = await self.provider.cancel(payment.id)
-        if payment.status == "requires_capture":  # authorized while we cancelled: settle it as authorized
-            return await self.settle(checkout_id)
-        if payment.status != "canceled":
-            return await self.settle(checkout_id)
-        if await self._move(checkout_id, "cancelled", ("pending",)):
+        if payment.status != "canceled":  # captured by someone else: money with no order, said loudly
+            log.error("payment %s of checkout %s could not be cancelled: %s", payment.id, checkout_id,
+                      payment.status)
+            return "cancelling"
+        if await self._move(checkout_id, "cancelled", ("cancelling",)):
             self.counts.cancelled += 1
         return "cancelled"
 

@@ -104,7 +104,8 @@ WITH locked AS (
                            payment_status = CASE WHEN c.payment_status IS NOT NULL THEN 'capturing' END
     FROM locked
     WHERE c.id = %(checkout_id)s AND c.product_id = locked.id AND c.status = 'held'
-      AND c.expires_at > clock_timestamp() AND (c.payment_status IS NULL OR %(by_payment)s)
+      AND c.expires_at > clock_timestamp()
+      AND (c.payment_status IS NULL OR (%(by_payment)s AND c.payment_status = 'pending'))
     RETURNING c.order_id, c.user_id, c.product_id, c.quantity, c.room_generation
 ), placed AS (
     INSERT INTO orders (id, user_id, product_id, quantity, replica, room_generation)
@@ -124,7 +125,8 @@ WITH reserved AS (SELECT nextval('orders_id_seq') AS id), confirmed AS (
     UPDATE checkouts SET status = 'confirmed', rebooked = true, ended_at = clock_timestamp(),
                          order_id = (SELECT id FROM reserved),
                          payment_status = CASE WHEN payment_status IS NOT NULL THEN 'capturing' END
-    WHERE id = %(checkout_id)s AND status = 'expired' AND (payment_status IS NULL OR %(by_payment)s)
+    WHERE id = %(checkout_id)s AND status = 'expired'
+      AND (payment_status IS NULL OR (%(by_payment)s AND payment_status = 'pending'))
     RETURNING order_id, user_id, product_id, quantity, room_generation
 ), placed AS (
     INSERT INTO orders (id, user_id, product_id, quantity, replica, room_generation)

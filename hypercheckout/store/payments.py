@@ -16,7 +16,8 @@ WHERE id = %(checkout_id)s AND payment_status IS NOT NULL AND (payment_intent IS
 RETURNING id
 """
 # Where the money stands, moved only forward: pending -> capturing (by the confirm statements) -> captured, or
-# pending -> cancelled. A move from a state it is no longer in changes nothing.
+# pending -> cancelling (claimed before the provider is asked to cancel) -> cancelled. A move from a state it is no
+# longer in changes nothing.
 MOVE = """
 UPDATE checkouts SET payment_status = %(to)s, payment_checked_at = now()
 WHERE id = %(checkout_id)s AND payment_status = ANY(%(from)s::text[])
@@ -48,8 +49,9 @@ CHECKOUT_OF_INTENT = "SELECT id FROM checkouts WHERE payment_intent = %(intent)s
 # lost, or the buyer gone: a late authorization is settled, an unpaid intent cancelled). Oldest first.
 IN_DOUBT = """
 SELECT id FROM checkouts
-WHERE payment_status IN ('pending', 'capturing')
-  AND (CASE WHEN payment_status = 'capturing' THEN ended_at + make_interval(secs => %(capture_after)s)
+WHERE payment_status IN ('pending', 'capturing', 'cancelling')
+  AND (CASE WHEN payment_status IN ('capturing', 'cancelling')
+            THEN COALESCE(ended_at, expires_at) + make_interval(secs => %(capture_after)s)
             ELSE LEAST(expires_at, COALESCE(ended_at, expires_at)) + make_interval(secs => %(grace)s) END) <= now()
   -- Asked about since the hold ended, and recently: not again yet (a provider that keeps saying "unpaid, and not
   -- cancellable" is asked every recheck seconds, not every pass).

@@ -113,7 +113,8 @@ def settled(database_url: str, product: int) -> bool:
     conn = psycopg2.connect(database_url)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM checkouts WHERE product_id = %s AND (payment_status = 'capturing' "
+            cur.execute("SELECT count(*) FROM checkouts WHERE product_id = %s AND (payment_status IN "
+                        "('capturing', 'cancelling') "
                         "OR (payment_status = 'pending' AND (status <> 'held' OR expires_at < now())))", (product,))
             return cur.fetchone()[0] == 0
     finally:
@@ -192,6 +193,10 @@ def check_payments(flows: list[PayFlow], expected: int, snapshot: tuple[Any, ...
                                 f"{checkout.payment_status}")
         elif checkout.payment_status in ("capturing", "captured"):
             problems.append(f"money: checkout {checkout.id} is {checkout.payment_status} without an order")
+        if checkout.payment_status in ("capturing", "cancelling") or (
+                checkout.payment_status == "pending" and checkout.status != "held"):
+            problems.append(f"money: checkout {checkout.id}'s payment is still {checkout.payment_status} after "
+                            "reconciliation")
     if len({c.order_id for c in checkouts.values() if c.order_id}) != len(orders):
         problems.append(f"payments: {len(orders)} orders, not one per paid checkout")
     by_key = {c.key: c for c in checkouts.values() if c.key}
