@@ -51,7 +51,7 @@ class SteadyLoad(threading.Thread):
         super().__init__(name="steady-load", daemon=True)
         self.url = url
         self.buyers = buyers
-        self.answers: list[tuple[int, int | None]] = []  # (status, order id)
+        self.answers: list[tuple[int, int | None, str | None]] = []  # (status, order id, error code)
         self._stop_requested = threading.Event()
 
     def run(self) -> None:
@@ -65,7 +65,8 @@ class SteadyLoad(threading.Thread):
             while not self._stop_requested.is_set():
                 n += 1
                 answer = await buy(client, self.url, user=index * 1_000_000 + n)
-                self.answers.append((answer.status, answer.body.get("order_id")))
+                self.answers.append((answer.status, answer.body.get("order_id"),
+                                     (answer.body.get("error") or {}).get("code")))
                 await asyncio.sleep(0.005)  # a steady stream the page can be watched under, not a flood
 
         try:
@@ -73,11 +74,14 @@ class SteadyLoad(threading.Thread):
         finally:
             client.close()
 
-    def finish(self) -> Counter[int]:
+    def finish(self) -> Counter[int | str]:
+        """Answers by status; a 503 ``overloaded`` (admission control shedding load on a machine that is busy with
+        more than this test: nothing sold, Retry-After set) is counted apart from any other 503."""
         self._stop_requested.set()
         self.join(30)
         assert not self.is_alive(), "the load did not stop"
-        return Counter(status for status, _ in self.answers)
+        return Counter("overloaded" if (status, code) == (503, "overloaded") else status
+                       for status, _, code in self.answers)
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +181,7 @@ def test_a_reset_sends_the_value_typed_however_many_pushes_arrive_before_the_cli
             re.compile(r"^Product 1 reset to 321 units; [\d,]+ orders deleted\.$"))
     finally:
         statuses = load.finish()
-    assert set(statuses) == {200}, statuses
+    assert set(statuses) <= {200, "overloaded"} and statuses[200] > 0, statuses
     assert "to 321 units?" in dialogs[0], dialogs
     status = cluster.status()["products"][0]
     # The load kept buying after the reset: what it bought since comes out of the 321 units.
@@ -219,13 +223,13 @@ def test_an_operator_watches_a_sale_resets_it_and_unbans_a_spammer(cluster: Runn
     finally:
         statuses = load.finish()
 
-    assert set(statuses) == {200}, statuses
+    assert set(statuses) <= {200, "overloaded"} and statuses[200] > 0, statuses
     sold = statuses[200]
     status = cluster.status()["products"][0]
     assert (status["stock"], status["sold"]) == (5000 - sold, sold)
     # Once the load stops, the page settles on exactly what PostgreSQL says.
     expect(stock).to_have_text(f"{5000 - sold:,}")
-    order_ids = {order_id for _, order_id in load.answers}
+    order_ids = {order_id for status, order_id, _ in load.answers if status == 200}
     recent = [int(cell) for cell in page.locator("#orders tr td:first-child").all_inner_texts()]
     assert len(recent) == 20 and set(recent) <= order_ids
 

@@ -22,14 +22,15 @@ def run(script: str, *args: str, timeout: float = 240,
 
 
 SCENARIOS = ["original", "write-limit", "rate-limit-shield", "flash-sale-drain", "herd", "drop", "queued-drop",
-             "checkout-drop"]
+             "checkout-drop", "paid-drop"]
 
 
 def test_the_scenarios_run_check_the_invariant_and_write_a_report(tmp_path: Path) -> None:
     done = run("run.py", "--duration", "3", "--drain-users", "200", "--drain-stock", "400", "--after-sold-out", "1",
                "--herd-users", "300", "--drop-users", "300", "--drop-lead", "6", "--queue-users", "300",
                "--queue-stock", "60", "--queue-rate", "50", "--queue-lead", "6", "--checkout-users", "150",
-               "--checkout-stock", "30", "--checkout-hold", "2", "--out", str(tmp_path), timeout=420,
+               "--checkout-stock", "30", "--checkout-hold", "2", "--paid-users", "100", "--paid-stock", "20",
+               "--paid-hold", "2", "--out", str(tmp_path), timeout=540,
                env={"HC_LOAD_HERD_SPAWN_S": "1", "HC_LOAD_HERD_ARRIVAL_S": "2"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
@@ -42,18 +43,18 @@ def test_the_scenarios_run_check_the_invariant_and_write_a_report(tmp_path: Path
     assert original[-4] == "0", rows[0]  # failures: a 503 would be one
     assert ("| original | 0 failures (success: 200 and 409), the invariant holds | 0 failures, invariant: holds "
             "| met |") in report
-    for row in rows[3:8]:  # the drain, the herd, both drops and the checkout drop sell out exactly
+    for row in rows[3:9]:  # the drain, the herd, both drops, the checkout and the paid drop sell out exactly
         cells = row.split(" | ")
         assert cells[-3:] in (["0", "400", "holds |"], ["0", "300", "holds |"], ["0", "150", "holds |"],
-                              ["0", "60", "holds |"], ["0", "30", "holds |"]), row
+                              ["0", "60", "holds |"], ["0", "30", "holds |"], ["0", "20", "holds |"]), row
         assert cells[-4] == "0"  # failures
     shield = rows[2].split(" | ")
     assert int(shield[6].replace(",", "")) > 0  # the limiter answered 429s
     for name in SCENARIOS:
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
-    assert done.stdout.count("found in PostgreSQL; invariant holds") == 8
+    assert done.stdout.count("found in PostgreSQL; invariant holds") == 9
     # Every scenario's goal of no failure is met (its latency goals are printed, not asserted: speed is measured).
-    assert sum(line.startswith("goal met: ") and ": 0 failures (" in line for line in done.stdout.splitlines()) == 8
+    assert sum(line.startswith("goal met: ") and ": 0 failures (" in line for line in done.stdout.splitlines()) == 9
     assert "Herd goal, p99 of 200s at nginx" in report
     # The drop: five products, each sold out exactly, none of it before the common start.
     drop_rows = [line for line in report.split("## The drop, per product")[1].split("\n## ")[0].splitlines()
@@ -75,6 +76,12 @@ def test_the_scenarios_run_check_the_invariant_and_write_a_report(tmp_path: Path
     row = next(line for line in held.splitlines() if line.startswith("| 30 |"))
     cells = row.split(" | ")
     assert cells[1:3] == ["30", "0"] and "confirmed" in cells[3] and row.endswith("| holds |"), row
+
+    # The paid drop: every unit sold and paid, the money exact against the simulator.
+    paid = report.split("## The paid drop")[1].split("\n## ")[0]
+    row = next(line for line in paid.splitlines() if line.startswith("| 20 |"))
+    assert row.split(" | ")[1:3] == ["20", "0"] and row.endswith("| holds |"), row
+    assert "399.80 USD captured for 20 units sold at 19.99 (price x units: 399.80): exact" in paid, paid
 
 def test_the_scenarios_run_with_verified_buyers_minting_their_own_tokens(tmp_path: Path) -> None:
     """--buyer-auth jwt: replicas verify every buyer's token; Locust's users sign theirs with a local issuer and send

@@ -129,7 +129,8 @@ async def test_products_are_listed_and_read_one_by_one(http_client, base_url) ->
     listed = await get(http_client, f"{base_url}/products")
     assert listed.body == {"products": [
         {"id": 1, "name": "Flash-sale product", "stock": 10000, "available": 10000, "held": 0, "sold": 0,
-         "initial_stock": 10000, "hold_seconds": 600, "per_user_limit": None, "max_per_order": 10,
+         "initial_stock": 10000, "hold_seconds": 600, "price": 0, "currency": "usd", "per_user_limit": None,
+         "max_per_order": 10,
          "starts_at": None, "ends_at": None, "status": "live",
          "waiting_room": False},
     ]}

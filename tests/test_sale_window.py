@@ -121,35 +121,46 @@ def test_every_strategy_refuses_outside_the_window_with_a_fresh_or_a_stale_copy(
     assert_invariant(url, 10, product=small)
 
 
+def race(urls: list[str], pid: int, starts_at: datetime,
+         answers: list[tuple[float, int, dict[str, object], str | None]]) -> None:
+    """60 buyers on two replicas, from now until 2 s past the start, each answer kept with the instant it came."""
+    async def herd() -> None:
+        client = SimpleAsyncHTTPClient(force_instance=True, max_clients=60)
+        stop_at = starts_at.timestamp() + 2.0
+
+        async def buyer(n: int) -> None:
+            attempt = 0
+            while time.time() < stop_at:
+                attempt += 1
+                answer = await buy(client, urls[n % 2], user=n * 1000 + attempt, product=pid)
+                answers.append((time.time(), answer.status, answer.body, answer.headers.get("Retry-After")))
+                await asyncio.sleep(0.02)
+
+        try:
+            await asyncio.gather(*(buyer(n) for n in range(1, 61)))
+        finally:
+            client.close()
+
+    asyncio.run(herd())
+
+
 @pytest.mark.parametrize("strategy", ["atomic", "batched"])
 def test_buyers_racing_the_start_on_two_replicas_get_nothing_before_it(settings: Settings, strategy: str) -> None:
     """The replicas never re-read the schedule here (an hour's period): the start instant is a time they compare
     with their clock, so the first purchases succeed at once — and none of them before the start."""
     url = settings.database_url
-    starts_at = datetime.now(UTC) + timedelta(seconds=2.5)
-    pid = product(url, 150, starts_at=starts_at)
-    with running_replicas(settings, count=2, HC_STRATEGY=strategy, HC_SCHEDULE_REFRESH_MS="3600000") as urls:
-        answers: list[tuple[float, int, dict[str, object], str | None]] = []
-
-        async def herd() -> None:
-            client = SimpleAsyncHTTPClient(force_instance=True, max_clients=60)
-            stop_at = starts_at.timestamp() + 2.0
-
-            async def buyer(n: int) -> None:
-                attempt = 0
-                while time.time() < stop_at:
-                    attempt += 1
-                    answer = await buy(client, urls[n % 2], user=n * 1000 + attempt, product=pid)
-                    answers.append((time.time(), answer.status, answer.body, answer.headers.get("Retry-After")))
-                    await asyncio.sleep(0.02)
-
-            try:
-                await asyncio.gather(*(buyer(n) for n in range(1, 61)))
-            finally:
-                client.close()
-
-        asyncio.run(herd())
+    answers: list[tuple[float, int, dict[str, object], str | None]] = []
+    # The start is set before the replicas start (they read it once); a machine so busy that they come up after it
+    # would leave no race to see: then again, with a longer lead, until the buyers are there before the start.
+    for lead in (2.5, 6.0, 15.0, 40.0):
+        starts_at = datetime.now(UTC) + timedelta(seconds=lead)
+        pid = product(url, 150, starts_at=starts_at)
+        with running_replicas(settings, count=2, HC_STRATEGY=strategy, HC_SCHEDULE_REFRESH_MS="3600000") as urls:
+            if time.time() < starts_at.timestamp() - 1.0:
+                race(urls, pid, starts_at, answers)
+                break
     start = starts_at.timestamp()
+
     early = [a for a in answers if a[0] < start - 0.05]
     assert early and all(a[1] == 409 and a[2]["error"]["code"] == "sale_not_started" for a in early)  # type: ignore[index]
     assert all(int(a[3] or 0) >= 1 for a in answers if a[1] == 409 and a[2]["error"]["code"] == "sale_not_started")  # type: ignore[index]
