@@ -261,8 +261,14 @@ def one_run(cluster: Cluster, nemesis: Nemesis, index: int, plan: Plan, duration
     finally:
         stop.set()
         runner.join()
-    heal_fully(nemesis)
-    wait_ready(cluster)
+    for attempt in range(3):  # a replica may die again as it settles (--payments' failpoint): healed again
+        heal_fully(nemesis)
+        try:
+            wait_ready(cluster)
+            break
+        except RuntimeError:
+            if attempt == 2:
+                raise
     unknown = [op for op in history.operations if op.kind == "info"]
     asyncio.run(resolve(cluster.url, unknown))
     if flows:

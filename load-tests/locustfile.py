@@ -422,6 +422,15 @@ class HoldingUser(Buyer):
         tally.add(outcome, response.headers.get("X-Replica") if response.headers else None, order_id, ms)
         return code
 
+    def take_hold(self) -> tuple[int, str | None, float, dict[str, Any]]:
+        """POST /checkouts for one unit: (status, error code, Retry-After, the checkout if it was taken)."""
+        started = time.perf_counter()
+        with self.client.post("/checkouts", json=self.body(product_id=PRODUCT, quantity=1), headers=self.headers(),
+                              name="POST /checkouts", catch_response=True) as response:
+            code = self.answered(response, 1000 * (time.perf_counter() - started))
+            status, retry_after = response.status_code, float(response.headers.get("Retry-After") or 1)
+            return status, code, retry_after, response.json() if status == 201 else {}
+
 
 class CheckoutUser(HoldingUser):
     """Scenario 7, the checkout drop: a buyer of product HC_LOAD_PRODUCT that holds one unit (POST /checkouts),
@@ -436,12 +445,8 @@ class CheckoutUser(HoldingUser):
     def step(self) -> None:
         if self.done:
             return
-        started = time.perf_counter()
-        with self.client.post("/checkouts", json=self.body(product_id=PRODUCT, quantity=1), headers=self.headers(),
-                              name="POST /checkouts", catch_response=True) as response:
-            code = self.answered(response, 1000 * (time.perf_counter() - started))
-            status, retry_after = response.status_code, float(response.headers.get("Retry-After") or 1)
-            checkout_id = response.json().get("checkout_id") if status == 201 else None
+        status, code, retry_after, held = self.take_hold()
+        checkout_id = held.get("checkout_id")
         if checkout_id is None:
             if status == 409 and code == "out_of_stock":
                 self.finish()  # sold out for good: nothing held that could come back
@@ -482,12 +487,7 @@ class PaidUser(HoldingUser):
     def step(self) -> None:
         if self.done:
             return
-        started = time.perf_counter()
-        with self.client.post("/checkouts", json=self.body(product_id=PRODUCT, quantity=1), headers=self.headers(),
-                              name="POST /checkouts", catch_response=True) as response:
-            code = self.answered(response, 1000 * (time.perf_counter() - started))
-            status, retry_after = response.status_code, float(response.headers.get("Retry-After") or 1)
-            held = response.json() if status == 201 else {}
+        status, code, retry_after, held = self.take_hold()
         if not held:
             if status == 409 and code == "out_of_stock":
                 self.finish()

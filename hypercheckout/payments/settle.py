@@ -121,6 +121,9 @@ class Payments:
                 return await self._cancel(checkout_id, payment)
             if order.rebooked and not order.replayed:
                 self.counts.rebooked += 1
+            if not order.replayed and self._crash_before_capture and random.random() < self._crash_before_capture:
+                log.warning("failpoint: crashing between the order of %s and its capture", checkout_id)
+                os._exit(FAILPOINT_EXIT)  # as a kill -9 would: no cleanup, the order committed, nothing captured
             return await self._capture(checkout_id, payment)
         if payment.status == "canceled":
             await self._move(checkout_id, "cancelled", ("pending", "cancelling"))
@@ -136,9 +139,6 @@ class Payments:
 
     async def _capture(self, checkout_id: str, payment: Payment) -> str:
         if payment.status == "requires_capture":
-            if self._crash_before_capture and random.random() < self._crash_before_capture:
-                log.warning("failpoint: crashing between the order of %s and its capture", checkout_id)
-                os._exit(FAILPOINT_EXIT)  # as a kill -9 would: no cleanup, the order committed, nothing captured
             payment = await self.provider.capture(payment.id)
         if payment.status != "succeeded":
             # An order whose authorization is gone (cancelled or expired at the provider): money and units

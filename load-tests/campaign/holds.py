@@ -216,23 +216,35 @@ class Checkout:
     key: str | None
 
 
-def read_holds(database_url: str, product: int) \
-        -> tuple[tuple[Any, ...], dict[str, Checkout], dict[int, tuple[int, int]]]:
-    """The product's snapshot, its checkouts and its orders (id -> (buyer, quantity)), in one snapshot."""
+def read_product(database_url: str, product: int, columns: str, extra: str | None = None) \
+        -> tuple[tuple[Any, ...], list[tuple[Any, ...]], dict[int, tuple[int, int]], Any]:
+    """In one snapshot: the product's units, its checkouts' ``columns``, its orders (id -> (buyer, quantity)), and
+    the first value of ``extra`` (a statement about the product), if any."""
     conn = psycopg2.connect(database_url)
     try:
         conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
         with conn, conn.cursor() as cur:
             cur.execute(SNAPSHOT, (product,))
             snapshot = cur.fetchone()
-            cur.execute("SELECT id, user_id, quantity, status, order_id, idempotency_key FROM checkouts "
-                        "WHERE product_id = %s", (product,))
-            checkouts = {row[0]: Checkout(*row) for row in cur.fetchall()}
+            cur.execute(f"SELECT {columns} FROM checkouts WHERE product_id = %s", (product,))
+            checkouts = cur.fetchall()
             cur.execute("SELECT id, user_id, quantity FROM orders WHERE product_id = %s", (product,))
             orders = {row[0]: (row[1], row[2]) for row in cur.fetchall()}
+            value = None
+            if extra is not None:
+                cur.execute(extra, (product,))
+                value = cur.fetchone()[0]
     finally:
         conn.close()
-    return snapshot, checkouts, orders
+    return snapshot, checkouts, orders, value
+
+
+def read_holds(database_url: str, product: int) \
+        -> tuple[tuple[Any, ...], dict[str, Checkout], dict[int, tuple[int, int]]]:
+    """The product's snapshot, its checkouts and its orders (id -> (buyer, quantity)), in one snapshot."""
+    snapshot, rows, orders, _ = read_product(database_url, product,
+                                             "id, user_id, quantity, status, order_id, idempotency_key")
+    return snapshot, {row[0]: Checkout(*row) for row in rows}, orders
 
 
 def check_holds(flows: list[HoldFlow], expected: int, snapshot: tuple[Any, ...], checkouts: dict[str, Checkout],

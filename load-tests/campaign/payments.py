@@ -27,7 +27,7 @@ from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from campaign.client import call
 from campaign.history import Answer, code_of
-from campaign.holds import SNAPSHOT, units_problems
+from campaign.holds import read_product, units_problems
 
 PAY_HOLD_SECONDS = 3
 # What a payer does once it holds: cards by the simulator's test payment methods; "never" walks away unpaid.
@@ -136,22 +136,10 @@ class PaidCheckout:
 
 def read_money(database_url: str, product: int) -> tuple[tuple[Any, ...], dict[str, PaidCheckout],
                                                          dict[int, tuple[int, int]], int]:
-    conn = psycopg2.connect(database_url)
-    try:
-        conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
-        with conn, conn.cursor() as cur:
-            cur.execute(SNAPSHOT, (product,))
-            snapshot = cur.fetchone()
-            cur.execute("SELECT id, user_id, quantity, status, order_id, amount, payment_status, payment_intent, "
-                        "idempotency_key FROM checkouts WHERE product_id = %s", (product,))
-            checkouts = {row[0]: PaidCheckout(*row) for row in cur.fetchall()}
-            cur.execute("SELECT id, user_id, quantity FROM orders WHERE product_id = %s", (product,))
-            orders = {row[0]: (row[1], row[2]) for row in cur.fetchall()}
-            cur.execute("SELECT price FROM products WHERE id = %s", (product,))
-            price = cur.fetchone()[0]
-    finally:
-        conn.close()
-    return snapshot, checkouts, orders, price
+    snapshot, rows, orders, price = read_product(
+        database_url, product, "id, user_id, quantity, status, order_id, amount, payment_status, payment_intent, "
+                               "idempotency_key", "SELECT price FROM products WHERE id = %s")
+    return snapshot, {row[0]: PaidCheckout(*row) for row in rows}, orders, price
 
 
 def check_payments(flows: list[PayFlow], expected: int, snapshot: tuple[Any, ...],
