@@ -141,7 +141,12 @@ def test_a_master_killed_mid_load_fails_the_limiter_open_until_its_replica_takes
     wait_until(lambda: nodes.master_of_slot(slot) not in (None, master), timeout=30,
                what="the killed master's replica to take over")
     took_over = time.monotonic()
+    # Hammered until limited again: each replica's client finds the new master in its own time (seconds on a busy
+    # machine), so what is asserted is that the limit comes back, not within which second.
+    deadline = time.monotonic() + 60
     hammer(3.0)
+    while time.monotonic() < deadline and not all(s == 429 for _, s, _ in timeline[-25:]):
+        hammer(0.5)
     load.wait_for(len(load.attempts) + 200)
     attempts = load.stop()
 
@@ -152,8 +157,9 @@ def test_a_master_killed_mid_load_fails_the_limiter_open_until_its_replica_takes
     assert let_through, after_kill  # failed open: the buyer's limit was out of reach
     assert fail_opens(cluster) > before
     assert all(s in (200, 429) for _, s, _ in timeline), timeline
-    # Limited again once the replica took over: the last second of hammering was refused throughout.
-    assert {s for t, s, _ in after_kill if t > timeline[-1][0] - 1.0} == {429}, after_kill[-20:]
+    # Limited again once the replica took over: the last 25 purchases of the hammering were refused, one after
+    # another.
+    assert {s for _, s, _ in timeline[-25:]} == {429}, after_kill[-30:]
     print(f"\nmaster killed: its replica took over after {took_over - killed:.2f} s; the hammered buyer was let "
           f"through {len(let_through)} time(s), the last {let_through[-1] - killed:.2f} s after the kill; "
           f"load answers {seen}")
