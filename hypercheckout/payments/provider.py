@@ -7,11 +7,10 @@ crash or a duplicated webhook can never make a second intent, a second capture o
 
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import dataclass
 from typing import Any
-
-import stripe
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +59,9 @@ class WebhookEvent:
 class PaymentProvider:
     def __init__(self, api_key: str, *, api_base: str, webhook_secret: str, timeout: float,
                  page_url: str | None = None) -> None:
+        # Imported here, not with the module: the library takes 0.4 s to import, and every replica and CLI call
+        # would pay it with payments off.
+        stripe = self._stripe = importlib.import_module("stripe")
         self._http = stripe.HTTPXClient(timeout=timeout)
         self._client = stripe.StripeClient(api_key, base_addresses={"api": api_base}, max_network_retries=0,
                                            http_client=self._http)
@@ -67,11 +69,15 @@ class PaymentProvider:
         self._page_url = page_url  # the simulator's hosted page; with Stripe the buyer page uses the client secret
 
     async def create(self, checkout_id: str, amount: int, currency: str) -> Payment:
-        """The checkout's PaymentIntent (manual capture): the same one however many times this is called."""
-        return await self._call(self._client.v1.payment_intents.create_async(
-            {"amount": amount, "currency": currency, "capture_method": "manual",
-             "metadata": {"checkout_id": checkout_id}, "description": f"HyperCheckout {checkout_id}"},
-            {"idempotency_key": f"hc-intent-{checkout_id}"}))
+        """The checkout's PaymentIntent (manual capture): the same one however many times this is called. Any
+        failure, a refusal included, is ProviderUnavailable: no payment could be started."""
+        try:
+            return await self._call(self._client.v1.payment_intents.create_async(
+                {"amount": amount, "currency": currency, "capture_method": "manual",
+                 "metadata": {"checkout_id": checkout_id}, "description": f"HyperCheckout {checkout_id}"},
+                {"idempotency_key": f"hc-intent-{checkout_id}"}))
+        except self._stripe.StripeError as exc:
+            raise ProviderUnavailable(str(exc)) from None
 
     async def retrieve(self, intent_id: str) -> Payment:
         return await self._call(self._client.v1.payment_intents.retrieve_async(intent_id))
@@ -95,9 +101,9 @@ class PaymentProvider:
     def event(self, payload: bytes, signature: str | None) -> WebhookEvent:
         """The verified event of a webhook, or WebhookRefused."""
         try:
-            event = stripe.Webhook.construct_event(payload, signature or "", self._webhook_secret,
+            event = self._stripe.Webhook.construct_event(payload, signature or "", self._webhook_secret,
                                                    tolerance=WEBHOOK_TOLERANCE_S)
-        except stripe.SignatureVerificationError as exc:
+        except self._stripe.SignatureVerificationError as exc:
             raise WebhookRefused(f"signature: {exc.user_message or exc}") from None
         except ValueError as exc:
             raise WebhookRefused(f"not an event: {exc}") from None
@@ -115,9 +121,9 @@ class PaymentProvider:
     async def _call(self, request: Any) -> Payment:
         try:
             return Payment.of(await request)
-        except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
+        except (self._stripe.APIConnectionError, self._stripe.RateLimitError) as exc:
             raise ProviderUnavailable(str(exc)) from None
-        except stripe.StripeError as exc:
+        except self._stripe.StripeError as exc:
             if exc.http_status is None or exc.http_status >= 500:
                 raise ProviderUnavailable(str(exc)) from None
             raise
@@ -125,7 +131,7 @@ class PaymentProvider:
     async def _settle(self, request: Any, intent_id: str) -> Payment:
         try:
             return await self._call(request)
-        except stripe.InvalidRequestError as exc:
+        except self._stripe.InvalidRequestError as exc:
             if exc.code != "payment_intent_unexpected_state":
                 raise
             return await self.retrieve(intent_id)  # captured or cancelled already (or not capturable): as it is

@@ -25,8 +25,6 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import stripe
-
 from hypercheckout.checkout import holds
 from hypercheckout.checkout.errors import CheckoutError, payments_unavailable
 from hypercheckout.checkout.models import Hold, Order
@@ -75,7 +73,7 @@ class Payments:
             return hold
         try:
             payment = await self.provider.create(hold.id, hold.amount, hold.currency)
-        except (ProviderUnavailable, stripe.StripeError) as exc:
+        except ProviderUnavailable as exc:
             log.warning("payment of %s not created: %s", hold.id, exc)
             async with self._store.transaction() as cur:
                 abandoned = await sql.abandon(cur, hold.id)
