@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install install-load test up system-deps browser-deps load-deps lint bench scenarios chaos
+.PHONY: install install-load test up system-deps browser-deps load-deps lint bench scenarios chaos dist
 
 # The venv is rebuilt when the package's dependencies change.
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -51,6 +51,13 @@ browser-deps:
 
 test: install system-deps browser-deps load-deps
 	$(BIN)/pytest
+
+# The sdist and the wheel in dist/, each checked as PyPI would (twine check). The wheel is what the Dockerfile
+# installs and what `pipx install dist/hypercheckout-*.whl` takes; the suite installs one into a fresh venv.
+dist: install
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
 
 lint: install
 	$(BIN)/ruff check hypercheckout tests load-tests

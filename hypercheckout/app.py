@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
 from collections.abc import Awaitable
@@ -30,22 +31,19 @@ from hypercheckout.checkout.schedule import SaleSchedule
 from hypercheckout.checkout.service import Checkout
 from hypercheckout.checkout.soldout import SoldOutFlags, announce_product_changed
 from hypercheckout.checkout.strategy import Strategy, make_strategy
+from hypercheckout.failures import PortInUse
 from hypercheckout.limiter import RateLimiter
 from hypercheckout.login_throttle import LoginThrottle
 from hypercheckout.metrics import Metrics
 from hypercheckout.payments.provider import PaymentProvider
 from hypercheckout.payments.settle import Payments, Reconciler
 from hypercheckout.redisclient import RedisClient, connect
+from hypercheckout.resources import resource_dir
 from hypercheckout.settings import STRIPE_API, Settings, SettingsError
 from hypercheckout.stats import HitCounter
 from hypercheckout.store import Store, ensure_database
 
 log = logging.getLogger(__name__)
-
-# templates/ and static/ live beside the package, at the top of the checkout (and of the Docker image).
-ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES = ROOT / "templates"
-STATIC = ROOT / "static"
 
 # Tornado's own cap, a safety net far above HC_MAX_BODY_BYTES: bodies between the two get a JSON 400 from the
 # handler; above this Tornado drops the connection before buffering the body.
@@ -287,9 +285,9 @@ def make_app(services: Services) -> tornado.web.Application:
         xsrf_cookies=True,  # every admin form and POST; the cookie-less JSON API opts out in JsonHandler
         **xsrf_cookie_settings(services.settings),
         login_url="/admin/login",
-        static_path=str(STATIC),
+        static_path=str(resource_dir("static")),
         static_handler_class=StaticHandler,
-        jinja=jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True),
+        jinja=jinja2.Environment(loader=jinja2.FileSystemLoader(resource_dir("templates")), autoescape=True),
         compress_response=False,
         # Dashboards' sockets: a peer that answers no ping within 10 s is closed (Tornado's own ping/pong).
         websocket_ping_interval=10,
@@ -337,7 +335,13 @@ async def serve(settings: Settings) -> None:
         app, xheaders=False, max_body_size=SERVER_MAX_BODY, max_header_size=SERVER_MAX_HEADERS,
         idle_connection_timeout=75,
     )
-    server.listen(settings.port, address=settings.host, backlog=LISTEN_BACKLOG)
+    try:
+        server.listen(settings.port, address=settings.host, backlog=LISTEN_BACKLOG)
+    except OSError as exc:
+        await stop_services(services)
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(settings.host, settings.port) from exc
+        raise
     log.info(
         "replica %s serving on http://%s:%d (strategy %s, rate limit %s)", settings.replica_id, settings.host,
         settings.port, settings.strategy, f"{settings.rate_limit}/s" if settings.rate_limit else "off",

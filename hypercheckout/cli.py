@@ -13,15 +13,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hypercheckout import catalog
+from hypercheckout import __version__, catalog
 from hypercheckout.app import redis_client, serve
 from hypercheckout.checkout import holds
 from hypercheckout.checkout.errors import CheckoutError
 from hypercheckout.checkout.validation import MAX_ID, parse_address, parse_whole_number
 from hypercheckout.cluster import read_env_file
-from hypercheckout.limiter import REDIS_ERRORS, RateLimiter
+from hypercheckout.failures import explain
+from hypercheckout.limiter import RateLimiter
 from hypercheckout.login_throttle import LoginThrottle
-from hypercheckout.migrations.runner import MigrationError
 from hypercheckout.operations import reset_product, status_report
 from hypercheckout.payments.commands import (
     add_payments_arguments,
@@ -337,6 +337,7 @@ def _address(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hypercheckout", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
@@ -467,17 +468,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except SettingsError as exc:
-        print(f"hypercheckout: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except CheckoutError as exc:
-        print(f"hypercheckout: {exc.code}: {exc.message}", file=sys.stderr)
-        return 1
-    except REDIS_ERRORS as exc:
-        print(f"hypercheckout: Redis unreachable: {exc}", file=sys.stderr)
-        return 1
-    except MigrationError as exc:
-        print(f"hypercheckout: {exc}".splitlines()[0], file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        failure = explain(exc)
+        if failure is None:
+            raise
+        print(f"hypercheckout: {failure.message}", file=sys.stderr)
+        return failure.exit_code

@@ -42,6 +42,7 @@ from hypercheckout.localservices import (
     write_private,
 )
 from hypercheckout.operations import reset_product
+from hypercheckout.resources import resource_file
 from hypercheckout.settings import Settings
 from hypercheckout.store import Store, ensure_database
 
@@ -51,7 +52,6 @@ CLUSTER_ENV = "cluster.env"
 # Which of the two PostgreSQL data dirs is the primary (`failover` swaps them): {"primary": …, "standby": …}.
 POSTGRES_ROLES = "postgres-roles.json"
 DEFAULT_ROLES = {"primary": "postgres", "standby": "postgres-standby"}
-NGINX_TEMPLATE = Path(__file__).resolve().parent.parent / "nginx" / "nginx.conf.template"
 NGINX_HINT = "Debian/Ubuntu: sudo apt-get install nginx; macOS: brew install nginx"
 
 
@@ -96,7 +96,7 @@ def render_nginx_config(*, listen: str, upstreams: list[str], runtime_dir: str, 
                         purchase_concurrency: int, join_concurrency: int, overload_answers: int,
                         user: str | None = None,
                         tls: TlsFiles | None = None, files: int = WANTED_FILES,
-                        template: Path = NGINX_TEMPLATE) -> str:
+                        template: Path | None = None) -> str:
     """The nginx.conf for these replicas, from the one template that docker-compose uses too.
 
     ``user`` is the account nginx's workers run as when it is started by root (None: nginx's default); ``tls``
@@ -119,6 +119,7 @@ def render_nginx_config(*, listen: str, upstreams: list[str], runtime_dir: str, 
               "WORKER_RLIMIT_NOFILE": str(files), "WORKER_CONNECTIONS": str(worker_connections_for(files)),
               "PURCHASE_CONCURRENCY": str(purchase_concurrency), "JOIN_CONCURRENCY": str(join_concurrency),
               "OVERLOAD_ANSWERS": str(overload_answers)}
+    template = template or resource_file("nginx", "nginx.conf.template")
     text = template.read_text()
     for name, value in values.items():
         text = text.replace("{{" + name + "}}", value)

@@ -24,11 +24,11 @@ import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 
 import redis.exceptions
 
 from hypercheckout.redisclient import CLIENT_FAULTS, RedisClient, is_cluster
+from hypercheckout.resources import resource_text
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class LocalDenials:
 
 
 def load_script(name: str) -> str:
-    return resources.files("hypercheckout").joinpath("lua", name).read_text(encoding="utf-8")
+    return resource_text("lua", name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,19 +76,24 @@ def cluster_workdir() -> Iterator[Path]:
         yield Path(tmp)
 
 
+# The checkout's own package; tests/test_package.py runs an installed wheel's `hypercheckout` instead.
+THIS_CHECKOUT = (sys.executable, "-m", "hypercheckout")
+
+
 def start_cluster(data_dir: Path, replicas: int = 3, *, tls: bool = False, pg_standby: bool = False,
-                  redis_cluster: bool = False, buyer_auth: str = "none", **env: str) -> RunningCluster:
+                  redis_cluster: bool = False, buyer_auth: str = "none", command: Sequence[str] = THIS_CHECKOUT,
+                  cwd: Path | None = None, **env: str) -> RunningCluster:
     """`hypercheckout up` with the limiter off unless ``env`` (extra HC_* variables) turns it on; admission control
-    as users get it."""
+    as users get it. ``command`` is the `hypercheckout` to run, from ``cwd``."""
     port = free_port()
     output = data_dir.parent / f"up-{port}.out"
     env = {**os.environ, "HC_RATE_LIMIT": "off", "HC_IP_RATE_LIMIT": "off", "HC_LOG_LEVEL": "WARNING", **env}
     with output.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "hypercheckout", "up", "--data-dir", str(data_dir), "--port", str(port),
+            [*command, "up", "--data-dir", str(data_dir), "--port", str(port),
              "--replicas", str(replicas), *(["--tls"] if tls else []), *(["--pg-standby"] if pg_standby else []),
              *(["--redis-cluster"] if redis_cluster else []), "--buyer-auth", buyer_auth],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
         )
     deadline = time.monotonic() + UP_TIMEOUT
     while b"HyperCheckout is up" not in output.read_bytes():

@@ -96,10 +96,17 @@ def test_no_secret_has_a_default_value() -> None:
         assert value.startswith("${") and ":?" in value
 
 
-def test_the_image_holds_everything_the_app_reads_at_run_time() -> None:
-    dockerfile = (ROOT / "Dockerfile").read_text()
+def test_the_image_installs_the_wheel_built_from_the_whole_source() -> None:
+    """The wheel carries what the app reads at run time (tests/test_package.py installs one and runs `up` from it);
+    the image must be built from it, not from a source tree that happens to have the folders beside the package."""
+    build, final = re.split(r"^FROM ", (ROOT / "Dockerfile").read_text(), flags=re.M)[1:]
     for directory in ("hypercheckout", "nginx", "templates", "static"):
-        assert re.search(rf"^COPY {directory} \./{directory}$", dockerfile, re.M), f"{directory}/ is not copied"
+        assert re.search(rf"^COPY {directory} \./{directory}$", build, re.M), f"{directory}/ is not in the build"
+    assert re.search(r"^ && python -m build --wheel", build, re.M)
+    assert re.search(r"^COPY --from=wheel ", final, re.M)
+    assert re.search(r"pip install --no-cache-dir /tmp/dist/hypercheckout-\*\.whl", final)
+    copied = re.findall(r"^COPY (?!--from)", final, re.M)
+    assert not copied and " -e " not in final, "the image's final stage must hold the installed wheel only"
 
 
 def test_prometheus_scrapes_every_replica_directly() -> None:

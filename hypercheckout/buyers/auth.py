@@ -45,7 +45,8 @@ class BuyerAuth:
         except TokenRefused as exc:
             raise invalid_token(str(exc)) from None
         except KeysUnavailable:
-            raise unavailable("the issuer's keys") from None
+            raise unavailable("the issuer's keys", dependency="the issuer's keys (HC_JWKS_URL or HC_JWKS_FILE)") \
+                from None
         return await self.number(verified)
 
     async def number(self, buyer: Buyer) -> int:

@@ -190,9 +190,19 @@ def unauthorized() -> CheckoutError:
                          headers={"WWW-Authenticate": 'Bearer realm="hypercheckout-admin"'})
 
 
-def unavailable(what: str = "the database") -> CheckoutError:
-    return CheckoutError(503, "unavailable", f"{what} is unreachable; nothing was sold, please retry",
+class Unreachable(CheckoutError):
+    """A dependency that did not answer. A buyer gets 503 ``unavailable``; ``dependency`` names it for an operator,
+    so that the CLI's one-line error says which service was down (with the exception's cause)."""
+
+    def __init__(self, what: str, dependency: str, address: str = "") -> None:
+        super().__init__(503, "unavailable", f"{what} is unreachable; nothing was sold, please retry",
                          extra=dict(NOTHING_SOLD))
+        self.dependency = dependency
+        self.address = address  # host:port/database, never credentials: it goes to an operator's terminal
+
+
+def unavailable(what: str = "the database", *, dependency: str = "PostgreSQL", address: str = "") -> Unreachable:
+    return Unreachable(what, dependency, address)
 
 
 def queue_unavailable(retry_after: int = 1) -> CheckoutError:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psycopg2
+
+from hypercheckout.resources import resource_dir
 
 if TYPE_CHECKING:
     import aiopg
@@ -93,7 +94,7 @@ class Migration:
 
 def load_migrations(directory: Path | None = None) -> list[Migration]:
     """The numbered SQL files of ``directory`` (default: this package), by version."""
-    folder = directory or Path(str(resources.files("hypercheckout").joinpath("migrations")))
+    folder = directory or resource_dir("migrations")
     found = []
     for path in folder.iterdir():
         match = MIGRATION_FILE.fullmatch(path.name)

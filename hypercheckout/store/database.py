@@ -36,6 +36,7 @@ from hypercheckout.store.pool import (
     _answer_for,
     _create_pool,
     _raise_if_cancelled_by_server,
+    server_address,
     split_hosts,
 )
 from hypercheckout.store.products import (
@@ -107,7 +108,7 @@ class Store:
                 failure: BaseException = exc
                 continue
             return cls(pool, urls=urls, url=candidate, size=size, timeout=timeout)
-        raise unavailable() from failure
+        raise unavailable(address=server_address(url)) from failure
 
     async def close(self) -> None:
         if self._following is not None:

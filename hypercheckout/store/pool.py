@@ -34,6 +34,12 @@ def split_hosts(url: str) -> list[str]:
     return [urlunsplit(parts._replace(netloc=f"{credentials}{at}{host}")) for host in hosts.split(",")]
 
 
+def server_address(url: str) -> str:
+    """``postgresql://u:p@h1:1,h2:2/db?q`` → ``h1:1,h2:2/db``: where, without the credentials."""
+    parts = urlsplit(url)
+    return f"{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
 async def _create_pool(url: str, size: int, timeout: float) -> aiopg.Pool:
     """A pool with its ``size`` connections already open: a replica's first burst must not wait for PostgreSQL to
     start a backend per connection (one fork each, milliseconds apiece on a busy machine), so every connection is
@@ -76,6 +82,7 @@ async def ensure_database(url: str, *, timeout: float = 5.0) -> bool:
     With several hosts, each is asked in turn (see ``Store``: aiopg cannot move past a host that is down).
     """
     missing = None
+    failure: BaseException | None = None
     for candidate in split_hosts(url):
         try:
             conn = await aiopg.connect(candidate, timeout=timeout)
@@ -83,13 +90,15 @@ async def ensure_database(url: str, *, timeout: float = 5.0) -> bool:
             if "does not exist" in str(exc):
                 missing = candidate
                 break
-            continue  # down, or a standby refused by target_session_attrs
-        except CONNECTION_ERRORS:
+            failure = exc  # down, or a standby refused by target_session_attrs
+            continue
+        except CONNECTION_ERRORS as exc:
+            failure = exc
             continue
         await conn.close()
         return False
     if missing is None:
-        raise unavailable()
+        raise unavailable(address=server_address(url)) from failure
     parts = urlsplit(missing)
     name = parts.path.lstrip("/")
     if not name.replace("_", "").replace("-", "").isalnum():
@@ -104,6 +113,6 @@ async def ensure_database(url: str, *, timeout: float = 5.0) -> bool:
         # duplicate row of pg_database's name index when both checks passed at once.
         return False
     except CONNECTION_ERRORS as exc:
-        raise unavailable() from exc
+        raise unavailable(address=server_address(admin_url)) from exc
     log.info("created database %s", name)
     return True
