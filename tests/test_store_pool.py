@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
 
+import aiopg
 import psycopg2
 import pytest
+import uvloop
 
 from hypercheckout.checkout.errors import CheckoutError
 from hypercheckout.localservices import free_port, wait_until
@@ -82,3 +87,41 @@ def test_a_pool_left_for_another_host_closes_its_connections(database_url: str) 
         asyncio.run(follow())
     finally:
         gc.enable()
+
+
+def refused_connect_then_reused_descriptor() -> Callable[[], Coroutine[Any, Any, str]]:
+    """A connection attempt PostgreSQL refuses (a restart), then a socket given the descriptor number libpq had:
+    can the loop watch it? What a replica does with the next buyer's connection, or the pool with a new one."""
+
+    async def scenario() -> str:
+        loop = asyncio.get_running_loop()
+        with socket.socket() as probe:
+            libpqs = probe.fileno()  # the number the next socket of this thread gets: libpq's
+        closed_port = free_port()
+        with pytest.raises(psycopg2.OperationalError):
+            await aiopg.connect(f"host=127.0.0.1 port={closed_port} user=x dbname=x sslmode=disable "
+                                "gssencmode=disable", timeout=10)
+        opened = [socket.socket() for _ in range(2)]
+        try:
+            [reused] = [s for s in opened if s.fileno() == libpqs]
+            try:
+                loop.add_reader(reused.fileno(), lambda: None)
+            except (RuntimeError, OSError) as exc:
+                return f"refused: {exc}"
+            loop.remove_reader(reused.fileno())
+            return "watched"
+        finally:
+            for s in opened:
+                s.close()
+
+    return scenario
+
+
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_a_refused_connection_leaves_its_descriptor_number_usable(event_loop: str) -> None:
+    """aiopg 1.4 forgets a writer on a descriptor libpq closed; uvloop then keeps a closed poll for that number and
+    refuses every later socket given it ("the handler is closed"): after a PostgreSQL restart, a replica dropped
+    buyers' connections. hypercheckout/store/aiopg_fix.py removes the writer; without it the uvloop case fails."""
+    run = uvloop.run if event_loop == "uvloop" else asyncio.run
+    for _ in range(3):
+        assert run(refused_connect_then_reused_descriptor()()) == "watched"

@@ -12,6 +12,9 @@ import psycopg2
 import psycopg2.errors
 
 from hypercheckout.checkout.errors import CheckoutError, statement_cancelled, unavailable
+from hypercheckout.store import aiopg_fix
+
+aiopg_fix.apply()  # before any connection exists: see the module
 
 log = logging.getLogger(__name__)
 
