@@ -1,15 +1,19 @@
-"""Rate limits and bans in Redis: one Lua script, one round trip per purchase attempt.
+"""Rate limits and bans in Redis: one Lua script, one round trip per tick of the event loop.
 
 Keyed by buyer (``user_id``) and by client address, each with its own rate. If Redis is unreachable the limiter
 fails open — PostgreSQL still guarantees nothing is oversold — and, to keep a dead Redis from adding its timeout
 to every purchase, skips Redis entirely for a second after a failure. Such events are counted and logged once per
 interval, not per request.
 
+Every attempt that reaches ``check`` in one tick of the loop goes to Redis in one script call, which decides them
+in their order as one call each would (chunks of ATTEMPTS_PER_CALL, one after another): in a drop, hundreds of
+attempts arrive per tick, and one round trip for all of them saves each its own write, read and reply parsing.
+
 Keys are spread over ``SHARDS`` hash tags by identity: an identity's ban, bucket and strike keys and its shard's
 two dashboard indexes share one tag, hence one Redis Cluster slot. On one Redis server both identities of an
-attempt go in one script call. On a Redis Cluster they usually live in different slots (a script may not touch
-two), so the limiter makes one call per identity, concurrently — one round trip of time, as before — and
-combines the answers in the script's own order of precedence; an identity whose call took room from its bucket
+attempt go in the tick's one call. On a Redis Cluster a call may touch one slot only, so there is one call per
+shard per tick, concurrently; an attempt whose two identities live in two slots is a part in each, and the limiter
+combines the answers in the script's own order of precedence; an identity whose part took room from its bucket
 while the other refused gets the room back (ratelimit_refund.lua). The decision to allow or refuse is the same
 as in one call. One difference remains, when both identities are refused at once: each gets its strike (one
 call stops at the first refusal).
@@ -41,6 +45,9 @@ LOG_INTERVAL = 10.0  # seconds between two fail-open log lines
 LOCAL_DENY_ENTRIES = 50_000  # identities remembered at most; expired ones are dropped first
 
 ALLOWED, LIMITED, BANNED = 0, 1, 2
+# At most this many attempts in one script call: Redis runs nothing else while a script runs, so a herd's tick is
+# cut into calls of about a millisecond each.
+ATTEMPTS_PER_CALL = 200
 SHARDS = 64  # hash tags the limiter's keys are spread over: at most this many cluster masters share its load
 
 
@@ -157,10 +164,34 @@ class _Limit:
 
 @dataclass(frozen=True, slots=True)
 class _Answer:
-    """One identity's part of a decision, as a script call gave it."""
+    """One attempt's part of a decision, as a script call gave it."""
     verdict: int
     retry_ms: int
     strikes: int
+    which: int = 0  # the refused identity's position in its part (1, 2)
+
+
+def _answer(result: Sequence[int], position: int) -> _Answer:
+    verdict, retry_ms, which, strikes = result[position * 4:position * 4 + 4]
+    return _Answer(int(verdict), int(retry_ms), int(strikes), int(which))
+
+
+@dataclass(slots=True)
+class _Attempt:
+    members: dict[str, str]  # "user"/"ip" -> "user:7"/"ip:10.0.0.1"
+    extra: dict[str, int]  # refusals answered locally since, per identity, to count as strikes
+    answers: asyncio.Future[dict[str, _Answer]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """An attempt's identities that go in one script call (both, unless two slots of a cluster hold them)."""
+    attempt: _Attempt
+    identities: list[tuple[str, str]]
+
+
+def _chunks(calls: list[_Call], size: int) -> list[list[_Call]]:
+    return [calls[i:i + size] for i in range(0, len(calls), size)]
 
 
 class RateLimiter:
@@ -198,6 +229,10 @@ class RateLimiter:
         # tag on a cluster (the other masters keep limiting while one fails over).
         self._skip_until: dict[int, float] = {}
         self._last_log = 0.0
+        # The attempts of the current tick of the loop, sent together when it ends (one round trip per tick).
+        self._pending: list[_Attempt] = []
+        self._flush_scheduled = False
+        self._flushing: set[asyncio.Task[None]] = set()  # kept referenced until done
 
     def _key(self, kind: str, member: str) -> str:
         return limit_key(self._prefix, kind, member)
@@ -220,11 +255,13 @@ class RateLimiter:
         if any(now < self._skip_until.get(slot, 0.0) for slot in backoff):
             return self._fail_open(None)
         extra = {kind: self._denials.take_pending(member) for kind, member in members.items()}
+        attempt = _Attempt(members, extra, asyncio.get_running_loop().create_future())
+        self._pending.append(attempt)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_flush)
         try:
-            if self._cluster and shard_of(members["user"]) != shard_of(members["ip"]):
-                answers = await self._decide_apart(members, extra)
-            else:
-                answers = await self._decide_together(members, extra)
+            answers = await attempt.answers
         except CALL_FAILED as exc:
             failed_at = time.monotonic() + FAILURE_BACKOFF
             for slot in backoff:
@@ -247,57 +284,129 @@ class RateLimiter:
         self.decisions["banned" if answer.verdict == BANNED else "limited", "redis"] += 1
         return decisions[kind]
 
-    def _call_args(self, members: Sequence[tuple[str, str]], extra: dict[str, int]) -> tuple[list[str], list[object]]:
+    # --- one round trip per tick -------------------------------------------------------------------------------
+
+    def _start_flush(self) -> None:
+        """Every attempt that reached ``check`` in this tick of the loop goes to Redis together."""
+        self._flush_scheduled = False
+        attempts, self._pending = self._pending, []
+        task = asyncio.create_task(self._flush(attempts), name="rate-limit-calls")
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    def _calls_of(self, attempts: list[_Attempt]) -> dict[int, list[_Call]]:
+        """The script calls' parts by shard (0 on one server): an attempt whose two identities live in two slots of a
+        cluster is two parts, one in each."""
+        by_shard: dict[int, list[_Call]] = {}
+        for attempt in attempts:
+            shards = {kind: shard_of(member) for kind, member in attempt.members.items()}
+            if not self._cluster:
+                groups = {0: list(attempt.members.items())}
+            elif len(set(shards.values())) == 1:
+                groups = {shards["user"]: list(attempt.members.items())}
+            else:
+                groups = {shard: [(kind, attempt.members[kind])] for kind, shard in shards.items()}
+            for shard, identities in groups.items():
+                by_shard.setdefault(shard, []).append(_Call(attempt, identities))
+        return by_shard
+
+    async def _flush(self, attempts: list[_Attempt]) -> None:
+        try:
+            outcomes = await self._decide(attempts)
+        except BaseException as exc:
+            for attempt in attempts:  # a bug here, or the loop shutting down: no check() may wait for good
+                if attempt.answers.done():
+                    continue
+                if isinstance(exc, Exception):
+                    attempt.answers.set_exception(exc)
+                else:
+                    attempt.answers.cancel()
+            raise
+        for attempt, outcome in zip(attempts, outcomes, strict=True):
+            if attempt.answers.done():
+                continue  # its request went away
+            if isinstance(outcome, BaseException):
+                attempt.answers.set_exception(outcome)  # check() fails open on Redis trouble, raises a bug
+            else:
+                attempt.answers.set_result(outcome)
+
+    async def _decide(self, attempts: list[_Attempt]) -> list[dict[str, _Answer] | BaseException]:
+        by_shard = await asyncio.gather(*(self._call_shard(calls) for calls in self._calls_of(attempts).values()))
+        parts: dict[int, list[tuple[_Call, _Answer | BaseException]]] = {}
+        for outcomes in by_shard:
+            for call, outcome in outcomes:
+                parts.setdefault(id(call.attempt), []).append((call, outcome))
+        outcomes: list[dict[str, _Answer] | BaseException] = []
+        refunds: list[str] = []
+        for attempt in attempts:
+            try:
+                answers, give_back = self._combine(parts[id(attempt)])
+            except Exception as exc:
+                outcomes.append(exc)
+                continue
+            outcomes.append(answers)
+            refunds += [attempt.members[kind] for kind in give_back]
+        # Given back before anybody is answered, so that the next attempt finds the room one call would have left.
+        await asyncio.gather(*(self._give_back(member) for member in refunds))
+        return outcomes
+
+    async def _give_back(self, member: str) -> None:
+        try:
+            await self._refund(keys=[self._key("tat", member)], args=[self._limits[member.partition(":")[0]].interval])
+        except CALL_FAILED:
+            pass  # the bucket refills by itself within one interval
+
+    async def _call_shard(self, calls: list[_Call]) -> list[tuple[_Call, _Answer | BaseException]]:
+        """A shard's calls, in chunks one after another: two calls at once could run in either order, and the
+        decisions must be those of the attempts' own order."""
+        outcomes: list[tuple[_Call, _Answer | BaseException]] = []
+        failure: Exception | None = None
+        for chunk in _chunks(calls, ATTEMPTS_PER_CALL):
+            if failure is None:  # after a failure the shard's other chunks wait for no timeout of their own
+                try:
+                    result = await self._call(chunk)
+                except Exception as exc:
+                    failure = exc
+                else:
+                    outcomes += [(call, _answer(result, position)) for position, call in enumerate(chunk)]
+                    continue
+            outcomes += [(call, failure) for call in chunk]
+        return outcomes
+
+    async def _call(self, chunk: list[_Call]) -> list[int]:
         keys: list[str] = []
         args: list[object] = list(self._common)
-        for kind, member in members:
-            limit = self._limits[kind]
-            keys += [self._key("ban", member), self._key("tat", member), self._key("strikes", member),
-                     *index_keys(self._prefix, shard_of(member))]
-            args += [limit.interval, limit.burst, member, extra[kind]]
-        return keys, args
+        for call in chunk:
+            args.append(len(call.identities))
+            for kind, member in call.identities:
+                limit = self._limits[kind]
+                keys += [self._key("ban", member), self._key("tat", member), self._key("strikes", member),
+                         *index_keys(self._prefix, shard_of(member))]
+                args += [limit.interval, limit.burst, member, call.attempt.extra[kind]]
+        return await self._script(keys=keys, args=args)
 
-    async def _decide_together(self, members: dict[str, str], extra: dict[str, int]) -> dict[str, _Answer]:
-        """One script call for both identities (one server, or a cluster when both hash to one shard)."""
-        order = list(members.items())
-        keys, args = self._call_args(order, extra)
-        verdict, retry_ms, which, strikes = await self._script(keys=keys, args=args)
-        if verdict == ALLOWED:
-            return {kind: _Answer(ALLOWED, 0, 0) for kind in members}
-        return {order[int(which) - 1][0]: _Answer(int(verdict), int(retry_ms), int(strikes))}
-
-    async def _decide_apart(self, members: dict[str, str], extra: dict[str, int]) -> dict[str, _Answer]:
-        """One script call per identity, in parallel, each within its own slot; room taken by an identity whose
-        attempt the other refused is given back. A refusal stands even if the other call failed (that shard's
-        master may be failing over); with no refusal, a failed call fails the attempt open."""
-        kinds = list(members)
-        results = await asyncio.gather(
-            *(self._script(keys=keys, args=args)
-              for keys, args in (self._call_args([(kind, members[kind])], extra) for kind in kinds)),
-            return_exceptions=True,
-        )
+    def _combine(self, parts: list[tuple[_Call, _Answer | BaseException]]) -> tuple[dict[str, _Answer], list[str]]:
+        """One attempt's answers per identity from its one or two parts, and the identities whose room is to be
+        given back. Two parts (two slots of a cluster): a refusal stands even if the other part failed (that
+        shard's master may be failing over); with no refusal, a failed part fails the attempt open; room taken by
+        an identity whose attempt the other refused is given back, as one call would never have taken it."""
         answers: dict[str, _Answer] = {}
         failure: BaseException | None = None
-        for kind, result in zip(kinds, results, strict=True):
-            if isinstance(result, BaseException):
-                if not isinstance(result, CALL_FAILED):
-                    raise result
-                failure = result
+        for call, outcome in parts:
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, CALL_FAILED):
+                    raise outcome
+                failure = outcome
+            elif outcome.verdict == ALLOWED:
+                answers.update({kind: outcome for kind, _ in call.identities})
             else:
-                verdict, retry_ms, _, strikes = result
-                answers[kind] = _Answer(int(verdict), int(retry_ms), int(strikes))
+                answers[call.identities[outcome.which - 1][0]] = outcome
         refused = any(a.verdict != ALLOWED for a in answers.values())
         if failure is not None and not refused:
             raise failure
-        if refused:
-            for kind, answer in answers.items():
-                if answer.verdict == ALLOWED and self._limits[kind].interval:
-                    try:
-                        await self._refund(keys=[self._key("tat", members[kind])],
-                                           args=[self._limits[kind].interval])
-                    except CALL_FAILED:
-                        pass  # the bucket refills by itself within one interval
-        return answers
+        if not refused or len(parts) == 1:
+            return answers, []
+        return answers, [kind for kind, a in answers.items() if a.verdict == ALLOWED and self._limits[kind].interval]
 
     def _fail_open(self, exc: BaseException | None) -> Decision:
         self.fail_open_events += 1

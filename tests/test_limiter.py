@@ -11,7 +11,15 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from hypercheckout.app import Services, redis_client
-from hypercheckout.limiter import FAILURE_BACKOFF, Decision, RateLimiter, index_keys, limit_key, shard_of
+from hypercheckout.limiter import (
+    ATTEMPTS_PER_CALL,
+    FAILURE_BACKOFF,
+    Decision,
+    RateLimiter,
+    index_keys,
+    limit_key,
+    shard_of,
+)
 from hypercheckout.localservices import PrivateRedis, free_port
 from hypercheckout.redisclient import RedisClient, is_cluster
 from hypercheckout.settings import Settings
@@ -325,3 +333,67 @@ async def test_a_banned_buyers_retry_of_a_placed_order_replays_it(http_client, b
     other = await buy(http_client, base_url, user=12, qty=2, headers={"Idempotency-Key": "placed-then-banned"})
     assert (other.status, other.body["error"]["code"]) == (422, "idempotency_key_reused")
     assert len(orders_of(settings.database_url)) == 1
+
+
+class CountingScript:
+    """The limiter's script, counting the calls that reach Redis and the attempts each carried."""
+
+    def __init__(self, script: object) -> None:
+        self.script = script
+        self.attempts_per_call: list[int] = []
+
+    async def __call__(self, *, keys: list[str], args: list[object]) -> object:
+        attempts, position = 0, 3  # ARGV: three common arguments, then per attempt its count n and 4 n more
+        while position < len(args):
+            attempts += 1
+            position += 1 + 4 * int(args[position])  # type: ignore[call-overload]
+        self.attempts_per_call.append(attempts)
+        return await self.script(keys=keys, args=args)  # type: ignore[operator]
+
+
+# A stream of attempts with bursts, refusals by buyer and by address, and bans: (buyer, address).
+STREAM = [(user, f"10.2.0.{address}") for user, address in
+          [(1, 1), (1, 1), (1, 2), (2, 1), (1, 3), (3, 3), (1, 4), (1, 4), (4, 5), (4, 5), (4, 5), (5, 1), (2, 6),
+           (1, 7), (6, 8), (6, 8), (6, 8), (6, 8), (7, 9), (2, 9)]]
+
+
+@ON_BOTH_REDIS
+def test_attempts_of_one_tick_go_to_redis_together_with_the_decisions_of_one_call_each(
+        redis_url: str, redis_prefix: str) -> None:
+    """One round trip per tick of the loop, not one per attempt (one call per shard on a cluster); and the same
+    decisions as the same attempts made one after another, each in its own call."""
+    options = {"user_rate": 0.01, "user_burst": 2, "ip_rate": 0.01, "ip_burst": 3, "ban_after": 2,
+               "local_deny_seconds": 0}  # every decision is Redis's
+
+    async def scenario() -> None:
+        client, alone = limiter_for(redis_url, f"{redis_prefix}alone:", **options)
+        one_by_one = [await alone.check(user, address) for user, address in STREAM]
+        _, together = limiter_for(redis_url, f"{redis_prefix}together:", **options)
+        counting = together._script = CountingScript(together._script)
+        at_once = await asyncio.gather(*(together.check(user, address) for user, address in STREAM))
+        assert [(d.allowed, d.identity, d.banned) for d in at_once] == \
+               [(d.allowed, d.identity, d.banned) for d in one_by_one]
+        assert sum(not d.allowed for d in at_once) >= 8 and any(d.banned for d in at_once)
+        assert not any(d.failed_open for d in at_once)
+        if is_cluster(client):
+            # A part per shard an attempt's identities live in: one call per shard, whatever the attempts' number.
+            shards = {shard_of(member) for user, address in STREAM for member in (f"user:{user}", f"ip:{address}")}
+            assert len(counting.attempts_per_call) == len(shards)
+        else:
+            assert counting.attempts_per_call == [len(STREAM)]
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_herd_in_one_tick_is_cut_into_calls_of_a_bounded_size(redis_url: str, redis_prefix: str) -> None:
+    async def scenario() -> None:
+        client, limiter = limiter_for(redis_url, redis_prefix, user_rate=0.01, user_burst=1, ip_rate=None)
+        counting = limiter._script = CountingScript(limiter._script)
+        herd = [(user % 300, "10.3.0.1") for user in range(450)]  # 300 buyers, the first 150 twice
+        decisions = await asyncio.gather(*(limiter.check(user, address) for user, address in herd))
+        assert [d.allowed for d in decisions] == [True] * 300 + [False] * 150, decisions[:2]
+        assert counting.attempts_per_call == [ATTEMPTS_PER_CALL, ATTEMPTS_PER_CALL, 50]
+        await client.aclose()
+
+    asyncio.run(scenario())
