@@ -86,9 +86,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(args, port=args.port, replica_id=args.replica_id, host=args.host,
                              strategy=args.strategy)
     if settings.event_loop == "uvloop":
-        # Not the default: an earlier session saw uvloop keep poll handles of aiopg's dead connections after a
-        # PostgreSQL restart and drop client connections that reused those descriptors; this session could not
-        # reproduce that mechanism on demand; the fault test still failed twice in 59 runs (load-tests/README.md).
+        # Safe since store/aiopg_fix.py: aiopg left a writer on descriptors libpq closed, and uvloop then refused
+        # every later socket given such a number (load-tests/README.md, "uvloop").
         import uvloop
 
         uvloop.run(serve(settings))
