@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install install-load test up system-deps browser-deps load-deps lint bench scenarios chaos dist
+.PHONY: install install-load test up system-deps browser-deps load-deps lint bench scenarios chaos dist profile
 
 # The venv is rebuilt when the package's dependencies change.
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -75,6 +75,11 @@ load-deps:
 
 bench: install-load system-deps load-deps
 	$(BIN)/python load-tests/bench.py $(ARGS)
+
+# A flame graph of one replica per path (purchase, sold-out, not started, rate-limited, joining a queue, the no-op),
+# with each path's CPU per request: load-tests/results/<date>-profiles/. ARGS="--only purchase,sold-out".
+profile: install-load system-deps load-deps
+	$(BIN)/python load-tests/flamegraphs.py $(ARGS)
 
 scenarios: install-load system-deps
 	$(BIN)/python load-tests/run.py $(ARGS)

@@ -1,14 +1,17 @@
-"""What bench.py and run.py share: private PostgreSQL and Redis for a whole run, clusters of nginx and three
-replicas started on them with given settings, and the operator's CLI pointed at them."""
+"""What bench.py, run.py and the profilers share: private PostgreSQL and Redis for a whole run, clusters of nginx
+and three replicas started on them with given settings, the operator's CLI pointed at them, and the CPU time of
+the processes that serve a purchase."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +22,43 @@ sys.path.insert(0, str(ROOT))
 
 from hypercheckout.cluster import Cluster  # noqa: E402
 from hypercheckout.localservices import PrivatePostgres, PrivateRedis, PrivateRedisCluster, free_port  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+# py-spy: installed with the load extras into the same venv as this interpreter, which need not be on PATH.
+PY_SPY = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+def processes() -> dict[int, str]:
+    """pid → kind, for the processes that serve a purchase."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            comm = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if "hypercheckout serve" in cmdline or "hypercheckout.cli serve" in cmdline:
+            found[int(entry.name)] = "replicas"
+        elif comm == "nginx":
+            found[int(entry.name)] = "nginx"
+        elif comm in ("postgres", "postmaster"):
+            found[int(entry.name)] = "postgres"
+        elif comm == "redis-server":
+            found[int(entry.name)] = "redis"
+    return found
+
+
+def cpu_seconds(pids: dict[int, str]) -> Counter[str]:
+    total: Counter[str] = Counter()
+    for pid, kind in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total[kind] += (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+    return total
 
 
 def percentile(values: list[float], share: float) -> float:

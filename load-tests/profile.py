@@ -11,8 +11,6 @@ load-tests/README.md removed.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,43 +22,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench import wrk  # noqa: E402
-
-TICKS = os.sysconf("SC_CLK_TCK")
-# Installed with the load extras into the same venv as this interpreter, which need not be on PATH.
-PY_SPY = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-
-
-def processes() -> dict[int, str]:
-    """pid → kind, for the processes that serve a purchase."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            comm = (entry / "comm").read_text().strip()
-        except OSError:
-            continue
-        if "hypercheckout serve" in cmdline or "hypercheckout.cli serve" in cmdline:
-            found[int(entry.name)] = "replicas"
-        elif comm == "nginx":
-            found[int(entry.name)] = "nginx"
-        elif comm in ("postgres", "postmaster"):
-            found[int(entry.name)] = "postgres"
-        elif comm == "redis-server":
-            found[int(entry.name)] = "redis"
-    return found
-
-
-def cpu_seconds(pids: dict[int, str]) -> Counter[str]:
-    total: Counter[str] = Counter()
-    for pid, kind in pids.items():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total[kind] += (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
-    return total
+from harness import PY_SPY, cpu_seconds, processes  # noqa: E402
 
 
 def redis_calls(url: str | None) -> dict[str, int]:

@@ -1,4 +1,4 @@
--- wrk script for bench.py. WRK_MODE=healthz: GET /healthz (the no-op ceiling); hold or checkout: see below. Otherwise POST /purchase, one
+-- wrk script for bench.py. WRK_MODE=healthz: GET /healthz (the no-op ceiling); hold, checkout or join: see below. Otherwise POST /purchase, one
 -- unit, a different buyer on every request (so the per-buyer limit never applies) unless WRK_USER fixes one buyer
 -- (the rate-limited benchmark). Each wrk thread takes its own range of user ids. done() prints one JSON line.
 local counter = 0
@@ -22,6 +22,8 @@ local healthz = mode == "healthz"
 -- WRK_MODE=hold: POST /checkouts instead of /purchase. WRK_MODE=checkout: a hold, then its confirm, each checkout
 -- id taken from a hold's answer (response() below) and confirmed by the thread's next request.
 local path = (mode == "hold" or mode == "checkout") and "/checkouts" or "/purchase"
+-- WRK_MODE=join: POST /products/{WRK_PRODUCT}/queue, a new buyer joining the product's waiting room each time.
+if mode == "join" then path = "/products/" .. product .. "/queue" end
 local to_confirm = {}
 -- WRK_TOKENS: a file of buyers' bearer tokens, one a line (HC_BUYER_AUTH=jwt): each request takes the next one and
 -- leaves user_id out of its body (the token names the buyer).
@@ -45,6 +47,9 @@ function request()
                       '{"product_id": ' .. product .. ', "quantity": 1}')
   end
   local user = fixed_user or tostring(thread_base + counter)
+  if mode == "join" then
+    return wrk.format("POST", path, {["Content-Type"] = "application/json"}, '{"user_id": ' .. user .. '}')
+  end
   local body = '{"user_id": ' .. user .. ', "product_id": ' .. product .. ', "quantity": 1}'
   return wrk.format("POST", path, {["Content-Type"] = "application/json"}, body)
 end

@@ -126,3 +126,19 @@ def test_the_benchmark_runs_every_figure_and_checks_the_invariant(tmp_path: Path
     assert "of one Redis's req/s" in figures[-4]["note"]  # the cluster's cost, as a ratio within the run
     assert "of purchases with buyers none" in figures[-1]["note"]  # verified buyers' cost, likewise
     assert "of purchases/s" in figures[3]["note"] and "checkouts completed/s" in figures[4]["note"]
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (make load-deps)")
+def test_the_flame_graphs_are_written_with_the_command_that_made_them(tmp_path: Path) -> None:
+    """`make profile`, two of its paths, short: a flame graph of a replica each, and the table beside them."""
+    done = run("flamegraphs.py", "--only", "healthz,join", "--seconds", "3", "--connections", "8", "--out",
+               str(tmp_path), timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for path in ("healthz", "join"):
+        svg = (tmp_path / f"{path}.svg").read_text()
+        assert svg.lstrip().startswith("<?xml") and "<svg" in svg and "hypercheckout" in svg
+    table = (tmp_path / "profile.md").read_text()
+    assert "python load-tests/flamegraphs.py --only healthz,join --seconds 3 --connections 8" in table
+    rows = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ") and ".svg" in line}
+    assert set(rows) == {"healthz", "join"}
+    assert rows["join"].split(" | ")[1] != "0"  # joins were answered
