@@ -305,3 +305,22 @@ async def test_a_read_of_the_schedule_that_began_earlier_never_overwrites_a_late
     release.set()
     await earlier
     assert schedule.rules(1).ends_at == fresh[1][0].ends_at  # the later read stands
+
+
+def test_the_schedule_stops_when_a_change_is_announced_as_it_is_closed(settings: Settings) -> None:
+    """Stopping a replica closes the sold-out listener, which announces a change to the schedule, then closes the
+    schedule. Python 3.11's ``wait_for`` lost a cancellation that came with its awaited event: the copy then read
+    again and waited out its refresh (an hour here), and the replica's stop hung until its step's time limit."""
+
+    async def scenario() -> None:
+        store = await Store.connect(settings.database_url, size=2, timeout=5)
+        schedule = SaleSchedule(store, refresh_seconds=3600)
+        try:
+            schedule.start()
+            await asyncio.sleep(0.05)  # waiting for a change
+            schedule.changed()
+            await asyncio.wait_for(schedule.close(), 30)  # the same tick: the change and the cancellation together
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())

@@ -172,7 +172,10 @@ class SaleSchedule:
     async def _run(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._changed.wait(), self._refresh)
+                # Not wait_for: in Python 3.11 it loses a cancellation that arrives with the event (close() right
+                # after the sold-out listener announced a change), and a stopping replica then hung here.
+                async with asyncio.timeout(self._refresh):
+                    await self._changed.wait()
             except TimeoutError:
                 pass
             self._changed.clear()  # before the read: a change announced during it makes another
