@@ -11,13 +11,13 @@ If Redis is down the counts stay in memory and go out with the next successful f
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable
 
 from hypercheckout.limiter import CALL_FAILED
+from hypercheckout.periodic import Every
 from hypercheckout.redisclient import RedisClient
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,10 @@ class HitCounter:
         self._redis = client
         self._prefix = prefix
         self._replica = replica
-        self._interval = flush_seconds
         self._clock = clock
         self._pending: Counter[tuple[int, str]] = Counter()  # (epoch second, outcome) -> count
         self._pending_total = 0  # purchases answered since the last successful flush (the per-replica share)
-        self._task: asyncio.Task[None] | None = None
+        self._every = Every("hit counts' flush", flush_seconds, self.flush)
         self.flush_failures = 0
 
     def record(self, status: int, code: str | None = None) -> None:
@@ -57,19 +56,11 @@ class HitCounter:
         return len(self._pending)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="hits-flush")
+        self._every.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._every.close()
         await self.flush()
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await self.flush()
 
     async def flush(self) -> bool:
         """Send the counts so far, and a heartbeat even when idle (the dashboard lists live replicas)."""

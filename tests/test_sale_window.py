@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
@@ -322,5 +323,37 @@ def test_the_schedule_stops_when_a_change_is_announced_as_it_is_closed(settings:
             await asyncio.wait_for(schedule.close(), 30)  # the same tick: the change and the cancellation together
         finally:
             await store.close()
+
+    asyncio.run(scenario())
+
+
+class ReadThatIgnoresACancel:
+    """A store whose read completes although its task was cancelled during it: what Python 3.11's ``wait_for``
+    does inside aiopg's query when the cancellation arrives together with the answer."""
+
+    def __init__(self) -> None:
+        self.reading = asyncio.Event()
+
+    async def sale_rules(self) -> dict[int, Any]:
+        self.reading.set()
+        try:
+            await asyncio.sleep(0.2)
+        except asyncio.CancelledError:
+            pass  # swallowed, as wait_for does
+        return {}
+
+    async def read_clock(self, local: Any) -> tuple[float, float, float]:
+        now = local()
+        return now, now, 0.0
+
+
+def test_the_schedule_stops_even_when_its_read_swallows_the_cancellation() -> None:
+    async def scenario() -> None:
+        store = ReadThatIgnoresACancel()
+        schedule = SaleSchedule(store, refresh_seconds=3600)  # type: ignore[arg-type]
+        schedule.start()
+        schedule.changed()
+        await store.reading.wait()  # the read is under way
+        await asyncio.wait_for(schedule.close(), 30)  # not an hour's refresh
 
     asyncio.run(scenario())

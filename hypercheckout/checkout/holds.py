@@ -8,7 +8,6 @@ A hold past its expiry counts as available the moment it expires: whoever needs 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,6 +26,7 @@ from hypercheckout.checkout.errors import (
 )
 from hypercheckout.checkout.models import Hold, Order, PurchaseRequest
 from hypercheckout.checkout.schedule import check_sale
+from hypercheckout.periodic import Every
 from hypercheckout.store import Store
 from hypercheckout.store import holds as sql
 
@@ -225,18 +225,15 @@ class HoldSweeper:
     def __init__(self, store: Store, *, interval: float,
                  on_returned: Callable[[int, int], Awaitable[None]] | None = None) -> None:
         self._store = store
-        self._interval = interval
         self._on_returned = on_returned
-        self._task: asyncio.Task[None] | None = None
+        self._every = Every("hold sweep", interval, self._sweep)
         self.expired = 0  # holds this replica gave back for running out
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="hold-sweeper")
+        self._every.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._every.close()
 
     async def run_once(self) -> dict[int, int]:
         swept = await sweep(self._store)
@@ -246,12 +243,8 @@ class HoldSweeper:
                 await self._on_returned(product_id, holds)
         return swept
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.run_once()
-            except CheckoutError as exc:  # PostgreSQL unavailable: the holds wait, counted as available meanwhile
-                log.debug("hold sweep skipped: %s", exc.message)
-            except Exception:
-                log.exception("hold sweep failed")
+    async def _sweep(self) -> None:
+        try:
+            await self.run_once()
+        except CheckoutError as exc:  # PostgreSQL unavailable: the holds wait, counted as available meanwhile
+            log.debug("hold sweep skipped: %s", exc.message)

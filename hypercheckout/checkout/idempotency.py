@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 
 from hypercheckout.checkout.errors import CheckoutError, invalid_request
+from hypercheckout.periodic import Every
 from hypercheckout.store import Store
 
 log = logging.getLogger(__name__)
@@ -30,30 +30,24 @@ class KeyJanitor:
     def __init__(self, store: Store, *, ttl: float, interval: float) -> None:
         self._store = store
         self._ttl = ttl
-        self._interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._every = Every("idempotency-key janitor", interval, self._chore)
         self.expired = 0
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="idempotency-janitor")
+        self._every.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._every.close()
 
     async def sweep(self) -> int:
         removed = await self._store.expire_keys(self._ttl)
         self.expired += removed
         return removed
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                removed = await self.sweep()
-            except CheckoutError:
-                continue  # PostgreSQL is down; next time
-            if removed:
-                log.info("forgot %d idempotency key(s) older than %.0f h", removed, self._ttl / 3600)
+    async def _chore(self) -> None:
+        try:
+            removed = await self.sweep()
+        except CheckoutError:
+            return  # PostgreSQL is down; next time
+        if removed:
+            log.info("forgot %d idempotency key(s) older than %.0f h", removed, self._ttl / 3600)

@@ -99,6 +99,7 @@ class SaleSchedule:
         self._changed = asyncio.Event()
         self._rereads: list[asyncio.Future[None]] = []  # callers of reread() waiting for the next read
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.reads = 0  # completed reads from PostgreSQL, for tests and /metrics
         self._loads_begun = 0  # reads begun, numbered in the order they began
         self._applied = 0  # the number of the read the copy is from
@@ -161,19 +162,23 @@ class SaleSchedule:
             pass  # PostgreSQL went away meanwhile: the rules just read stand; the clock keeps its last offset
 
     def start(self) -> None:
+        self._closing = False
         self._task = asyncio.create_task(self._run(), name="sale-schedule")
 
     async def close(self) -> None:
+        """Stop reading. Cancelling alone is not enough on Python 3.11: its ``wait_for`` (in aiopg's query, and here
+        until it was replaced) returns the result instead of raising when a cancellation arrives with it, and the
+        read loop went on to wait out its refresh while the replica's stop hung. ``_closing`` ends the loop there."""
         if self._task is not None:
+            self._closing = True
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             try:
-                # Not wait_for: in Python 3.11 it loses a cancellation that arrives with the event (close() right
-                # after the sold-out listener announced a change), and a stopping replica then hung here.
+                # Not wait_for, which loses a cancellation that comes with the event (see close).
                 async with asyncio.timeout(self._refresh):
                     await self._changed.wait()
             except TimeoutError:

@@ -17,7 +17,6 @@ may come in any order, any number of times, or not at all, and the outcome is th
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import os
@@ -29,6 +28,7 @@ from hypercheckout.checkout import holds
 from hypercheckout.checkout.errors import CheckoutError, payments_unavailable
 from hypercheckout.checkout.models import Hold, Order
 from hypercheckout.payments.provider import Payment, PaymentProvider, ProviderUnavailable, WebhookEvent
+from hypercheckout.periodic import Every
 from hypercheckout.store import Store
 from hypercheckout.store import payments as sql
 
@@ -226,25 +226,19 @@ class Reconciler:
 
     def __init__(self, payments: Payments, *, interval: float) -> None:
         self._payments = payments
-        self._interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._every = Every("payment reconciliation", interval, self._reconcile)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="payment-reconciler")
+        self._every.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._every.close()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                outcomes = await self._payments.reconcile()
-                if outcomes:
-                    log.info("payments reconciled: %s", outcomes)
-            except CheckoutError as exc:  # PostgreSQL unavailable: the next pass
-                log.debug("payment reconciliation skipped: %s", exc.message)
-            except Exception:
-                log.exception("payment reconciliation failed")
+    async def _reconcile(self) -> None:
+        try:
+            outcomes = await self._payments.reconcile()
+        except CheckoutError as exc:  # PostgreSQL unavailable: the next pass
+            log.debug("payment reconciliation skipped: %s", exc.message)
+            return
+        if outcomes:
+            log.info("payments reconciled: %s", outcomes)
