@@ -1,13 +1,15 @@
 """GET /metrics in Prometheus' text format, from a registry of this process (no global registry).
 
 Two kinds of figures: counted as requests finish (requests by route and status, purchase latency) and read from
-the services when scraped (rate-limit decisions, Redis fail-opens, batch sizes, database pool, stock per product).
+the services when scraped (rate-limit decisions, Redis fail-opens, batch sizes, database pool, stock per product,
+payments).
 The second kind costs the purchase path nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import asdict
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -120,6 +122,14 @@ class ServiceCollector(Collector):
         yield admitted
         yield GaugeMetricFamily("hypercheckout_sold_out_flags", "Products this replica answers 409 for without "
                                 "asking PostgreSQL.", value=len(services.sold_out.flagged))
+        if services.payments is not None:
+            payments = CounterMetricFamily(
+                "hypercheckout_payments", "What this replica did with payments: intents created, captured, "
+                "cancelled, late payments re-booked, webhooks received and the duplicates among them.",
+                labels=["event"])
+            for event, count in asdict(services.payments.counts).items():
+                payments.add_metric([event], count)
+            yield payments
 
 
 def _histogram(name: str, documentation: str, counts: dict[int, int], buckets: tuple[int, ...]) -> Any:

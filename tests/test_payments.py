@@ -182,6 +182,10 @@ async def test_a_payment_after_its_hold_ran_out_is_rebooked_from_units_still_ava
     assert assert_invariant(database_url, 10) == 7
     assert services.payments is not None and services.payments.counts.rebooked == 1
     assert_money_agrees(database_url, sim)
+    # The operator sees the same in /metrics.
+    scraped = (await http_client.fetch(f"{base_url}/metrics")).body.decode()
+    for event, count in (("created", 1), ("captured", 1), ("rebooked", 1), ("cancelled", 0)):
+        assert f'hypercheckout_payments_total{{event="{event}"}} {count}.0' in scraped, event
 
 
 @pytest.mark.gen_test(timeout=30)
