@@ -14,19 +14,26 @@ log = logging.getLogger(__name__)
 
 
 class Every:
-    """Calls ``chore`` every ``interval`` seconds (the first time one interval after ``start``) until ``close``.
+    """Calls ``chore`` every ``interval`` seconds (the first time one interval after ``start``) until ``close``;
+    with ``wake``, also as soon as that event is set (the chore clears it).
 
     A chore handles the failures it expects (PostgreSQL or Redis down: next time) itself; anything else it raises is
     logged with its traceback and the chore runs again at the next interval, so one bug does not silently end a
     replica's sweeping for good.
     """
 
-    def __init__(self, name: str, interval: float, chore: Callable[[], Awaitable[object]]) -> None:
+    def __init__(self, name: str, interval: float, chore: Callable[[], Awaitable[object]], *,
+                 wake: asyncio.Event | None = None) -> None:
         self.name = name
         self.interval = interval
         self._chore = chore
+        self._wake = wake
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
 
     def start(self) -> None:
         self._closing = False
@@ -46,10 +53,21 @@ class Every:
 
     async def _run(self) -> None:
         while not self._closing:
-            await asyncio.sleep(self.interval)
+            await self._wait()
             if self._closing:
                 return
             try:
                 await self._chore()
             except Exception:
                 log.exception("%s failed; again in %.0f s", self.name, self.interval)
+
+    async def _wait(self) -> None:
+        if self._wake is None:
+            await asyncio.sleep(self.interval)
+            return
+        try:
+            # Not wait_for, which on Python 3.11 loses a cancellation that comes with the event.
+            async with asyncio.timeout(self.interval):
+                await self._wake.wait()
+        except TimeoutError:
+            pass

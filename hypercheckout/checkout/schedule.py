@@ -32,6 +32,7 @@ from hypercheckout.checkout.errors import (
     too_many_for_one_order,
 )
 from hypercheckout.checkout.models import PurchaseRequest
+from hypercheckout.periodic import Every
 from hypercheckout.store import SaleRules, Store, WaitingRoom
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,6 @@ class SaleSchedule:
 
     def __init__(self, store: Store, *, refresh_seconds: float, local_clock: Callable[[], float] = time.time) -> None:
         self._store = store
-        self._refresh = refresh_seconds
         self.clock = DatabaseClock(local_clock)  # every in-memory decision about PostgreSQL's instants uses it
         self._rules: dict[int, SaleRules] = {}
         self._windows: dict[int, _Window] = {}
@@ -98,8 +98,7 @@ class SaleSchedule:
         self._openings: dict[int, int] = {}  # every known product's latest room opening, open or closed since
         self._changed = asyncio.Event()
         self._rereads: list[asyncio.Future[None]] = []  # callers of reread() waiting for the next read
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
+        self._every = Every("sale schedule read", refresh_seconds, self._read, wake=self._changed)
         self.reads = 0  # completed reads from PostgreSQL, for tests and /metrics
         self._loads_begun = 0  # reads begun, numbered in the order they began
         self._applied = 0  # the number of the read the copy is from
@@ -134,7 +133,7 @@ class SaleSchedule:
         """Return once a read that began after this call has ended: a change this replica just committed (an
         operator's) is in its copy before the operator is answered, so the next request here sees it. A read that
         fails leaves the copy as it was (the periodic re-read catches up)."""
-        if self._task is None or self._task.done():  # not started (tests), or stopped: read here
+        if not self._every.running:  # not started (tests), or stopped: read here
             await self.load()
             return
         done = asyncio.get_running_loop().create_future()
@@ -162,34 +161,20 @@ class SaleSchedule:
             pass  # PostgreSQL went away meanwhile: the rules just read stand; the clock keeps its last offset
 
     def start(self) -> None:
-        self._closing = False
-        self._task = asyncio.create_task(self._run(), name="sale-schedule")
+        self._every.start()
 
     async def close(self) -> None:
-        """Stop reading. Cancelling alone is not enough on Python 3.11: its ``wait_for`` (in aiopg's query, and here
-        until it was replaced) returns the result instead of raising when a cancellation arrives with it, and the
-        read loop went on to wait out its refresh while the replica's stop hung. ``_closing`` ends the loop there."""
-        if self._task is not None:
-            self._closing = True
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._every.close()
 
-    async def _run(self) -> None:
-        while not self._closing:
-            try:
-                # Not wait_for, which loses a cancellation that comes with the event (see close).
-                async with asyncio.timeout(self._refresh):
-                    await self._changed.wait()
-            except TimeoutError:
-                pass
-            self._changed.clear()  # before the read: a change announced during it makes another
-            waiting, self._rereads = self._rereads, []
-            try:
-                await self.load()
-            except CheckoutError:
-                pass  # PostgreSQL is down: purchases answer 503 anyway, and the transaction checks the window
-            finally:
-                for done in waiting:
-                    if not done.done():
-                        done.set_result(None)
+    async def _read(self) -> None:
+        """One read, on a change announced or every refresh: one task does every read, in order."""
+        self._changed.clear()  # before the read: a change announced during it makes another
+        waiting, self._rereads = self._rereads, []
+        try:
+            await self.load()
+        except CheckoutError:
+            pass  # PostgreSQL is down: purchases answer 503 anyway, and the transaction checks the window
+        finally:
+            for done in waiting:
+                if not done.done():
+                    done.set_result(None)
