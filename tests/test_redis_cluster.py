@@ -156,7 +156,11 @@ def test_a_master_killed_mid_load_fails_the_limiter_open_until_its_replica_takes
     let_through = [t for t, s, _ in after_kill if s == 200]
     assert let_through, after_kill  # failed open: the buyer's limit was out of reach
     assert fail_opens(cluster) > before
-    assert all(s in (200, 429) for _, s, _ in timeline), timeline
+    # Besides 200 and 429, only admission control's honest refusal (503 overloaded: nothing sold, Retry-After), which
+    # the load beside it takes and retries too: on a busy machine, purchases waiting out the dead master's timeouts
+    # can make a replica's queue stand. Anything else (a 500, a 502) fails here, and is listed.
+    odd = [entry for entry in timeline if entry[1] not in (200, 429) and entry[1:] != (503, "overloaded")]
+    assert not odd, odd
     # Limited again once the replica took over: the last 25 purchases of the hammering were refused, one after
     # another.
     assert {s for _, s, _ in timeline[-25:]} == {429}, after_kill[-30:]
