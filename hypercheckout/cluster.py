@@ -32,6 +32,7 @@ from mirakuru import HTTPExecutor, TCPExecutor
 from mirakuru.exceptions import ExecutorError
 
 from hypercheckout.localservices import (
+    PortPicker,
     PrivatePostgres,
     PrivateRedis,
     PrivateRedisCluster,
@@ -222,6 +223,7 @@ class Cluster:
     payments: str = "simulator"  # off, or the payment simulator (priced products are paid through it)
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     out: IO[str] = field(default_factory=lambda: sys.stdout)
+    draw_port: Callable[[], int] = free_port  # where the servers' ports come from (a test scripts collisions)
 
     postgres: PrivatePostgres | None = field(default=None, init=False)
     standby: PrivatePostgres | None = field(default=None, init=False)
@@ -233,6 +235,11 @@ class Cluster:
     env: dict[str, str] = field(default_factory=dict, init=False)
     files: int = field(default=WANTED_FILES, init=False)  # the open-file limit `up` got for itself and nginx
     _logs: list[IO[bytes]] = field(default_factory=list, init=False)
+    _ports: PortPicker = field(init=False)
+
+    def __post_init__(self) -> None:
+        # nginx binds its port last: until then no other server of this cluster may be given it.
+        self._ports = PortPicker(reserved={self.port}, draw=self.draw_port)
 
     @property
     def url(self) -> str:
@@ -280,7 +287,7 @@ class Cluster:
             if self.payments == "simulator" and not self.environ.get("HC_PAYMENTS"):
                 self._start_simulator(previous)
             self._migrate()
-            ports = [free_port() for _ in range(self.replicas)]
+            ports = [self._ports.pick() for _ in range(self.replicas)]
             self.env["HC_REPLICA_PORTS"] = ",".join(str(p) for p in ports)
             write_env_file(self.data_dir / CLUSTER_ENV, self.env)
             for index, port in enumerate(ports, start=1):
@@ -304,7 +311,8 @@ class Cluster:
         # With a standby, every commit waits until the standby has it on disk too: an acknowledged order survives
         # losing the primary. Given at start only, so the promoted standby does not wait for a standby of its own.
         sync = ["synchronous_standby_names='*'", "synchronous_commit=on"] if self.pg_standby else []
-        self.postgres = PrivatePostgres(self.data_dir / roles["primary"], max_connections=self.replicas * pool + 30,
+        self.postgres = PrivatePostgres(self.data_dir / roles["primary"], self._ports.pick(),
+                                        max_connections=self.replicas * pool + 30,
                                         options=sync)
         if self.postgres.user:
             # As root, PostgreSQL runs as an unprivileged user who must be able to reach its directory.
@@ -318,7 +326,8 @@ class Cluster:
             url = self.postgres.start()
             if not self.pg_standby:
                 return url.rsplit("/", 1)[0] + "/hypercheckout"
-            self.standby = PrivatePostgres(self.data_dir / roles["standby"], max_connections=self.replicas * pool + 30)
+            self.standby = PrivatePostgres(self.data_dir / roles["standby"], self._ports.pick(),
+                                           max_connections=self.replicas * pool + 30)
             if not self.standby.is_standby:
                 # None yet, or the old primary of a failover: its data ends where the new primary took over (and
                 # may hold commits no client was told of). A fresh copy of the primary replaces it.
@@ -339,12 +348,12 @@ class Cluster:
         if self.environ.get("HC_REDIS_URL"):
             return self.environ["HC_REDIS_URL"]
         if self.redis_cluster:
-            self.redis_nodes = PrivateRedisCluster(self.data_dir / "redis-cluster")
+            self.redis_nodes = PrivateRedisCluster(self.data_dir / "redis-cluster", ports=self._ports)
             try:
                 return self.redis_nodes.start()
             except ServiceError as exc:
                 raise ClusterError(str(exc)) from None
-        server = PrivateRedis(self.data_dir / "redis")
+        server = PrivateRedis(self.data_dir / "redis", self._ports.pick())
         server.data_dir.mkdir(parents=True, exist_ok=True)
         self.redis = TCPExecutor(server.command(), host="127.0.0.1", port=server.port, timeout=30,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -374,7 +383,7 @@ class Cluster:
 
     def _start_simulator(self, previous: Mapping[str, str]) -> None:
         """The payment simulator, delivering its webhooks through nginx as Stripe would to the shop's URL."""
-        port = free_port()
+        port = self._ports.pick()
         secret = previous.get("HC_STRIPE_WEBHOOK_SECRET") or "whsec_" + secrets.token_hex(16)
         key = previous.get("HC_STRIPE_API_KEY") or "sk_test_" + secrets.token_hex(16)
         self.simulator = HTTPExecutor(

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 INSTALL_HINT = (
@@ -33,6 +33,27 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class PortPicker:
+    """Free loopback ports for servers started together, never one number twice.
+
+    `free_port` only knows what is bound now: a port it gave out is free again until its server binds it, and the
+    kernel may give it out again meanwhile. A cluster that draws its replicas' ports before nginx binds its own
+    then, once in a few thousand starts, gives a replica nginx's port (the clean-clone suite met it: "nginx did
+    not start (AlreadyRunning)", the replica answering nginx's readiness check)."""
+
+    def __init__(self, reserved: Iterable[int] = (), draw: Callable[[], int] = free_port) -> None:
+        self._taken = set(reserved)
+        self._draw = draw
+
+    def pick(self) -> int:
+        for _ in range(100):
+            port = self._draw()
+            if port not in self._taken:
+                self._taken.add(port)
+                return port
+        raise ServiceError(f"no free loopback port outside the {len(self._taken)} already given out")
 
 
 def wait_until(condition: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.05) -> None:
@@ -342,8 +363,9 @@ class PrivateRedisCluster:
     ``redis-cli --cluster create``. Nothing is kept on disk but each node's cluster config (nodes.conf), so a
     node killed and started again rejoins the cluster (as a replica of whoever took over its slots)."""
 
-    def __init__(self, data_dir: Path, *, masters: int = 3) -> None:
+    def __init__(self, data_dir: Path, *, masters: int = 3, ports: PortPicker | None = None) -> None:
         self.data_dir = Path(data_dir).absolute()
+        self._pick_port = (ports or PortPicker()).pick
         password_file = secret_beside(self.data_dir)
         self.password = read_secret(password_file) or new_secret(password_file)
         ports_file = self.data_dir / "ports"
@@ -351,7 +373,7 @@ class PrivateRedisCluster:
         pairs = [tuple(int(p) for p in pair.split(":")) for pair in ports_file.read_text().split()] \
             if ports_file.exists() else []
         if len(pairs) != masters * 2:
-            pairs = [(free_port(), free_port()) for _ in range(masters * 2)]
+            pairs = [(self._pick_port(), self._pick_port()) for _ in range(masters * 2)]
         self._config = (f"masterauth {self.password}\ncluster-enabled yes\ncluster-config-file nodes.conf\n"
                         f"cluster-node-timeout {CLUSTER_NODE_TIMEOUT_MS}\n"
                         # Slots on healthy masters keep serving while one master's replica takes over.
@@ -401,7 +423,7 @@ class PrivateRedisCluster:
             except ServiceError as exc:
                 if not fresh or "Address already in use" not in str(exc) or attempt == attempts - 1:
                     raise
-            port, bus = free_port(), free_port()
+            port, bus = self._pick_port(), self._pick_port()
             self._pairs[index] = (port, bus)
             self.nodes[index] = self._node(port, bus)
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hypercheckout.localservices import free_port, port_open, tail, wait_until
+from hypercheckout.localservices import PortPicker, port_open, tail, wait_until
 from hypercheckout.settings import Settings
 from tests.helpers import settings_env
 
@@ -29,9 +29,10 @@ def running_replicas(settings: Settings, count: int = 2, **env: str) -> Iterator
     """
     logs = Path(tempfile.mkdtemp(prefix="hc-replicas-"))
     processes: list[tuple[subprocess.Popen[bytes], int, Path]] = []
+    ports = PortPicker()  # none is bound before all are started: free_port alone may give one port twice
     try:
         for i in range(count):
-            port = free_port()
+            port = ports.pick()
             log_path = logs / f"replica-{i + 1}.log"
             variables = {**os.environ, **settings_env(settings), "HC_PORT": str(port),
                          "HC_REPLICA_ID": f"replica-{i + 1}", "HC_RATE_LIMIT": "off", "HC_IP_RATE_LIMIT": "off",

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import io
 import json
+import os
 import signal
 import ssl
 from collections import Counter
@@ -16,7 +18,8 @@ from urllib.parse import urlencode
 import psutil
 import pytest
 
-from hypercheckout.localservices import tail
+from hypercheckout.cluster import Cluster
+from hypercheckout.localservices import PortPicker, free_port, tail
 from tests.clusters import RunningCluster, cluster_workdir, purchase, start_cluster, stop_cluster
 from tests.helpers import fire_retrying, simultaneous
 
@@ -106,6 +109,46 @@ def test_a_killed_replica_is_routed_around_and_the_cluster_stops_and_restarts_cl
         assert status == 200 and body["order_id"] not in {b["order_id"] for _, b in answers}
     finally:
         stop_cluster(again)
+
+
+def test_a_port_picker_never_gives_out_a_reserved_port_or_one_port_twice() -> None:
+    draws = iter([5, 6, 5, 6, 7, 6, 8])
+    picker = PortPicker(reserved={5}, draw=lambda: next(draws))
+    assert [picker.pick(), picker.pick(), picker.pick()] == [6, 7, 8]
+
+
+def test_a_cluster_whose_ports_come_back_from_the_kernel_twice_still_gives_each_server_its_own(
+        workdir: Path) -> None:
+    """The kernel may hand out a released port again before its server binds it. Here every other draw is nginx's
+    port (not bound until the end) and each port drawn comes back once more: the cluster must still give each of
+    PostgreSQL, Redis, the replicas and nginx a port of its own (before, a replica given nginx's port answered
+    nginx's readiness check, and the start failed with "nginx did not start (AlreadyRunning)")."""
+    nginx_port = free_port()
+    drawn: list[int] = []
+
+    def draw() -> int:
+        if len(drawn) % 3 == 0:
+            drawn.append(nginx_port)
+        elif len(drawn) % 3 == 2:
+            drawn.append(drawn[-1])
+        else:
+            drawn.append(free_port())
+        return drawn[-1]
+
+    environ = {**os.environ, "HC_RATE_LIMIT": "off", "HC_IP_RATE_LIMIT": "off", "HC_LOG_LEVEL": "WARNING"}
+    cluster = Cluster(data_dir=workdir / "ports", port=nginx_port, replicas=2, stock=10, payments="off",
+                      environ=environ, out=io.StringIO(), draw_port=draw)
+    try:
+        cluster.start()
+        replica_ports = [int(p) for p in cluster.env["HC_REPLICA_PORTS"].split(",")]
+        assert cluster.postgres is not None and cluster.redis is not None
+        servers = [cluster.postgres.port, cluster.redis.port, *replica_ports, nginx_port]
+        assert len(set(servers)) == len(servers), servers
+        assert nginx_port in drawn and len(drawn) > len(servers)  # the collisions happened and were stepped over
+        answers = [purchase(cluster.url, user) for user in (1, 2)]
+        assert {status for status, _ in answers} == {200}
+    finally:
+        cluster.stop()
 
 
 def cookies_set(response: http.client.HTTPResponse) -> dict[str, str]:
