@@ -17,6 +17,7 @@ import psycopg2
 import pytest
 
 from hypercheckout.app import Services, make_app, start_services, stop_services
+from hypercheckout.app import http_server as replica_server
 from hypercheckout.localservices import PrivatePostgres, PrivateRedis, PrivateRedisCluster
 from hypercheckout.settings import Settings
 from hypercheckout.store import Store
@@ -164,3 +165,13 @@ def services(io_loop, settings: Settings) -> Iterator[Services]:  # type: ignore
 @pytest.fixture
 def app(services: Services):  # type: ignore[no-untyped-def]
     return make_app(services)
+
+
+@pytest.fixture
+def http_server(request, io_loop, _unused_port, app):  # type: ignore[no-untyped-def]
+    """pytest-tornado's server, built as a replica builds its own: the tests meet its limits and its read size."""
+    server = replica_server(app)
+    server.add_socket(_unused_port[0])
+    yield server
+    server.stop()
+    io_loop.run_sync(server.close_all_connections, timeout=request.config.option.async_test_timeout)

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 
-from hypercheckout.app import Services
+from hypercheckout.app import READ_CHUNK_BYTES, Services
 from hypercheckout.localservices import free_port
 from tests.helpers import buy, get, orders_of, post_raw, set_stock, sql, stock_of
 from tests.test_validation import BAD_BODIES
@@ -49,6 +49,20 @@ async def test_a_body_above_the_limit_is_refused_with_json(http_client, base_url
     assert answer.status == 400
     assert "larger than" in answer.body["error"]["message"]
     assert orders_of(database_url) == {}
+
+
+@pytest.mark.gen_test
+@pytest.mark.settings(max_body_bytes=4 * READ_CHUNK_BYTES)
+async def test_a_request_longer_than_one_read_is_read_whole(http_server, http_client, base_url,
+                                                            database_url) -> None:
+    """A replica reads its sockets READ_CHUNK_BYTES at a time (the tests are served as a replica serves): a body and
+    a header block each spanning several reads are put together before the purchase is parsed."""
+    assert http_server.read_chunk_size == READ_CHUNK_BYTES
+    body = json.dumps({"user_id": 7, "product_id": 1, "quantity": 2}) + " " * (3 * READ_CHUNK_BYTES)
+    answer = await post_raw(http_client, f"{base_url}/purchase", body,
+                            headers={"X-Padding": "p" * (2 * READ_CHUNK_BYTES)})
+    assert answer.status == 200, answer.body
+    assert orders_of(database_url) == {answer.body["order_id"]: (7, 2)}
 
 
 @pytest.mark.gen_test
