@@ -23,7 +23,7 @@ from hypercheckout.limiter import (
 from hypercheckout.localservices import PrivateRedis, free_port
 from hypercheckout.redisclient import RedisClient, is_cluster
 from hypercheckout.settings import Settings
-from tests.helpers import ON_BOTH_REDIS, buy, limiter_for, orders_of, run_cli, settings_env
+from tests.helpers import ON_BOTH_REDIS, buy, limiter_for, orders_of, run_cli, set_stock, settings_env
 
 
 async def every_key(client: RedisClient, pattern: str) -> list[bytes]:
@@ -293,6 +293,21 @@ async def test_a_banned_buyer_gets_429_banned_until_unbanned_from_the_cli(
             break
         await asyncio.sleep(0.02)
     assert answer.status == 200, answer.body
+
+
+@pytest.mark.gen_test
+@pytest.mark.settings(rate_limit=1.0, rate_burst=1, ban_after=2, ban_seconds=30)
+async def test_a_buyer_hammering_a_sold_out_product_is_limited_and_banned_all_the_same(
+    http_client, base_url, database_url: str,
+) -> None:
+    """The limiter decides before a refusal known from memory, cheaper though the refusal is: a bot hammering a
+    sold-out product, or one whose sale has not started, is banned by the time units are on sale (again). Only
+    without a limiter is the memory's refusal given first (api/purchase.py)."""
+    set_stock(database_url, 1)
+    assert (await buy(http_client, base_url, user=1)).status == 200  # the last unit: this replica knows it
+    answers = [await buy(http_client, base_url, user=11) for _ in range(4)]
+    assert [(a.status, a.body["error"]["code"]) for a in answers] == [
+        (409, "out_of_stock"), (429, "rate_limited"), (429, "banned"), (429, "banned")]
 
 
 @ON_BOTH_REDIS
