@@ -240,17 +240,28 @@ class RateLimiter:
     def _backoff_slot(self, member: str) -> int:
         return shard_of(member) if self._cluster else 0
 
+    def refused_locally(self, user_id: int | str, client_ip: str) -> Decision | None:
+        """The refusal of a buyer or an address that Redis decided a moment ago and this replica remembers (no round
+        trip), if there is one; ``check`` gives it too. Never the refusal that would ban: Redis decides that one."""
+        if not self.enabled:
+            return None
+        now = time.monotonic()
+        refusal = (self._denials.refuse(f"user:{user_id}", "user", now)
+                   or self._denials.refuse(f"ip:{client_ip}", "ip", now))
+        if refusal is not None:
+            self.decisions["banned" if refusal.banned else "limited", "local"] += 1
+        return refusal
+
     async def check(self, user_id: int | str, client_ip: str) -> Decision:
         """Decide one attempt of a buyer (or another identity, e.g. an admin login) from an address.
         Never raises: Redis trouble is a fail-open decision."""
         if not self.enabled:
             return ALLOW
+        refusal = self.refused_locally(user_id, client_ip)
+        if refusal is not None:
+            return refusal
         now = time.monotonic()
         members = {"user": f"user:{user_id}", "ip": f"ip:{client_ip}"}
-        refusal = self._denials.refuse(members["user"], "user", now) or self._denials.refuse(members["ip"], "ip", now)
-        if refusal is not None:
-            self.decisions["banned" if refusal.banned else "limited", "local"] += 1
-            return refusal
         backoff = {self._backoff_slot(m) for m in members.values()}
         if any(now < self._skip_until.get(slot, 0.0) for slot in backoff):
             return self._fail_open(None)

@@ -310,6 +310,28 @@ async def test_a_buyer_hammering_a_sold_out_product_is_limited_and_banned_all_th
         (409, "out_of_stock"), (429, "rate_limited"), (429, "banned"), (429, "banned")]
 
 
+@pytest.mark.gen_test
+@pytest.mark.settings(rate_limit=1.0, rate_burst=1, ban_after=2, ban_seconds=30)
+async def test_a_refusal_the_limiter_remembers_is_given_even_when_admission_control_has_no_place(
+    http_client, base_url, services: Services,
+) -> None:
+    """A buyer Redis banned a moment ago is told so from this replica's memory before admission control is asked:
+    the true answer, with its Retry-After, not a 503 overloaded that invites a retry in a second."""
+    answers = [await buy(http_client, base_url, user=11) for _ in range(3)]
+    assert [(a.status, a.body.get("error", {}).get("code")) for a in answers] == [
+        (200, None), (429, "rate_limited"), (429, "banned")]
+    remembered = services.limiter.decisions["banned", "local"]
+    services.admission.in_flight = services.admission.max_in_flight  # every place for a purchase taken
+    try:
+        banned = await buy(http_client, base_url, user=11)
+        other = await buy(http_client, base_url, user=12)
+    finally:
+        services.admission.in_flight = 0
+    assert (banned.status, banned.body["error"]["code"]) == (429, "banned") and int(banned.headers["Retry-After"]) > 20
+    assert services.limiter.decisions["banned", "local"] == remembered + 1
+    assert (other.status, other.body["error"]["code"]) == (503, "overloaded")  # a buyer it knows nothing of
+
+
 @ON_BOTH_REDIS
 @pytest.mark.gen_test
 @pytest.mark.settings(ip_rate_limit=1.0, ip_rate_burst=1)

@@ -64,11 +64,20 @@ class PurchaseHandler(JsonHandler):
         )
 
     def _refused_first(self, request: PurchaseRequest) -> PurchaseRequest:
-        """Raise the refusal known from memory (sold out, not started, no pass) when it is the answer whatever comes
-        after it: with no limiter to decide first (its 429s, counted, are what bans a bot hammering before a drop)
-        and no Idempotency-Key (whose first try may have placed an order). Admission control would only have
-        refused it later with this same refusal, or passed it on to it."""
-        if self.services.limiter.enabled or request.idempotency_key is not None:
+        """Raise the refusal this replica knows from memory alone when it is the answer whatever would come after
+        it; never for a request with an Idempotency-Key, whose first try may have placed an order (a lookup). With
+        the limiter on, that is a refusal it remembers Redis deciding for this buyer or address a moment ago: the
+        limiter decides before anything else, and a refusal from memory is not counted, so sold out or not started
+        must wait for it (its counted 429s are what bans a bot hammering before a drop). With the limiter off, it is
+        sold out, not started, no pass or too many units. Admission control would only have refused either later,
+        or, past its bounds, with a 503 that is less true."""
+        if request.idempotency_key is not None:
+            return request
+        limiter = self.services.limiter
+        if limiter.enabled:
+            decision = limiter.refused_locally(request.user_id, self.client_ip)
+            if decision is not None:
+                raise rate_limited(decision.retry_after, decision.banned)
             return request
         return self.services.checkout.refuse_from_memory(request)
 
