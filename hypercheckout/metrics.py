@@ -35,12 +35,23 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=self.registry)
         self.products: list[Product] = []  # refreshed from PostgreSQL before each scrape
         self.queues: dict[int, dict[str, int]] = {}  # per waiting room: length and admitted, read likewise
+        self._requests: dict[tuple[str, str, int], Any] = {}  # (route, method, status) → its series
+        self._purchase_seconds: dict[int, Any] = {}  # status → its series
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         # Every label from a closed set: any client can send any method, and each new value would be a new series.
-        self.requests.labels(route, method if method in METHODS else "other", str(status)).inc()
+        key = (route, method if method in METHODS else "other", status)
+        requests = self._requests.get(key)
+        if requests is None:
+            # prometheus_client's labels() checks its values and takes a lock on every call, about half of what
+            # observing a request cost: the series it returns are kept (as many as it keeps itself).
+            requests = self._requests[key] = self.requests.labels(key[0], key[1], str(status))
+        requests.inc()
         if route == "/purchase":
-            self.purchase_seconds.labels(str(status)).observe(seconds)
+            latency = self._purchase_seconds.get(status)
+            if latency is None:
+                latency = self._purchase_seconds[status] = self.purchase_seconds.labels(str(status))
+            latency.observe(seconds)
 
     def watch(self, services: Any) -> None:
         """Read the services' own counters at scrape time."""
