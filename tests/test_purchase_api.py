@@ -6,6 +6,7 @@ import json
 from datetime import datetime
 
 import pytest
+from tornado.httputil import HTTPHeaders
 
 from hypercheckout.app import READ_CHUNK_BYTES, Services
 from hypercheckout.localservices import free_port
@@ -63,6 +64,23 @@ async def test_a_request_longer_than_one_read_is_read_whole(http_server, http_cl
                             headers={"X-Padding": "p" * (2 * READ_CHUNK_BYTES)})
     assert answer.status == 200, answer.body
     assert orders_of(database_url) == {answer.body["order_id"]: (7, 2)}
+
+
+@pytest.mark.gen_test
+async def test_a_header_sent_twice_counts_as_its_values_joined(http_client, base_url, database_url) -> None:
+    """Idempotency-Key twice is the key "first,second", as Tornado joins repeated headers: a retry sending that one
+    value gets the same order back."""
+    twice = HTTPHeaders({"Content-Type": "application/json"})
+    twice.add("Idempotency-Key", "first")
+    twice.add("Idempotency-Key", "second")
+    body = json.dumps({"user_id": 5, "product_id": 1, "quantity": 1})
+    response = await http_client.fetch(f"{base_url}/purchase", method="POST", body=body, headers=twice,
+                                       raise_error=False)
+    assert response.code == 200, response.body
+    first = json.loads(response.body)
+    retry = await post_raw(http_client, f"{base_url}/purchase", body, headers={"Idempotency-Key": "first,second"})
+    assert retry.status == 200 and retry.headers.get("Idempotent-Replayed") == "true"
+    assert retry.body["order_id"] == first["order_id"] and len(orders_of(database_url)) == 1
 
 
 @pytest.mark.gen_test

@@ -65,6 +65,13 @@ class JsonHandler(tornado.web.RequestHandler):
         self.set_status(status)
         self.finish(json.dumps(body, separators=(",", ":"), default=str))
 
+    def header(self, name: str) -> str | None:
+        """A request header (repeated ones joined by commas, as Tornado's ``headers.get`` gives them), or None. Most
+        requests lack most optional headers, and ``headers.get`` learns that by raising and catching a KeyError,
+        which costs six times what finding one does."""
+        values = self.request.headers.get_list(name)
+        return ",".join(values) if values else None
+
     @property
     def from_trusted_proxy(self) -> bool:
         """The peer is a proxy whose headers name the client and the request's start (HC_TRUSTED_PROXIES)."""
@@ -77,7 +84,7 @@ class JsonHandler(tornado.web.RequestHandler):
         A client's own X-Real-IP/X-Forwarded-For sent straight to a replica changes nothing: it is not a proxy.
         """
         peer = self.request.remote_ip or ""
-        forwarded = self.request.headers.get("X-Real-IP")
+        forwarded = self.header("X-Real-IP")
         if forwarded and self.from_trusted_proxy:
             try:
                 return str(ipaddress.ip_address(forwarded.strip()))
@@ -96,7 +103,7 @@ class JsonHandler(tornado.web.RequestHandler):
         auth = self.services.buyer_auth
         if auth is None:
             return claimed
-        number = await auth.buyer(self.request.headers.get("Authorization"))
+        number = await auth.buyer(self.header("Authorization"))
         if claimed and claimed != number:
             raise buyer_mismatch()
         return number
@@ -105,7 +112,7 @@ class JsonHandler(tornado.web.RequestHandler):
         """Seconds since the request arrived: at the proxy (its ``X-Request-Start: t=<epoch seconds>``, believed
         only from a trusted proxy) or, without one, at this replica."""
         started = self.request._start_time
-        header = self.request.headers.get("X-Request-Start")
+        header = self.header("X-Request-Start")
         if header and self.from_trusted_proxy:
             try:
                 started = min(started, float(header.removeprefix("t=")))

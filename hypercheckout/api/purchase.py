@@ -59,8 +59,8 @@ class PurchaseHandler(JsonHandler):
         settings = self.services.settings
         return parse_purchase(
             self.request.body, max_quantity=settings.max_quantity, max_body_bytes=settings.max_body_bytes,
-            idempotency_key=parse_key(self.request.headers.get("Idempotency-Key")),
-            queue_pass=self.request.headers.get("Queue-Pass"), user_optional=self.verified_buyers,
+            idempotency_key=parse_key(self.header("Idempotency-Key")), queue_pass=self.header("Queue-Pass"),
+            user_optional=self.verified_buyers,
         )
 
     def _refused_first(self, request: PurchaseRequest) -> PurchaseRequest:
