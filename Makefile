@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install install-load test up system-deps browser-deps load-deps lint bench scenarios chaos dist profile
+.PHONY: install install-load test up system-deps browser-deps load-deps lint bench scenarios chaos dist profile \
+        instructions
 
 # The venv is rebuilt when the package's dependencies change.
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -80,6 +81,16 @@ bench: install-load system-deps load-deps
 # with each path's CPU per request: load-tests/results/<date>-profiles/. ARGS="--only purchase,sold-out".
 profile: install-load system-deps load-deps
 	$(BIN)/python load-tests/flamegraphs.py $(ARGS)
+
+# Instructions per request of one replica, by path, counted by valgrind's callgrind: they do not move with the
+# machine's load as req/s do, so one run shows a change's cost (load-tests/instructions.py). ARGS="--out DIR".
+instructions: install-load system-deps
+	@command -v valgrind >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing: valgrind"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends valgrind >/dev/null; \
+	  else echo "missing: valgrind (Debian/Ubuntu: sudo apt-get install valgrind)"; exit 1; fi; }
+	$(BIN)/python load-tests/instructions.py $(ARGS)
 
 scenarios: install-load system-deps
 	$(BIN)/python load-tests/run.py $(ARGS)
