@@ -56,6 +56,18 @@ class PortPicker:
         raise ServiceError(f"no free loopback port outside the {len(self._taken)} already given out")
 
 
+def stop_process(process: subprocess.Popen[bytes], *, grace: float) -> None:
+    """SIGTERM, and SIGKILL if it has not exited ``grace`` seconds later."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def wait_until(condition: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.05) -> None:
     """Return once ``condition()`` is true; raise ``ServiceError`` naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -337,13 +349,8 @@ class PrivateRedis:
         return self.url
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process:
+            stop_process(self.process, grace=10)
         self.process = None
 
     def kill(self) -> None:

@@ -35,23 +35,15 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=self.registry)
         self.products: list[Product] = []  # refreshed from PostgreSQL before each scrape
         self.queues: dict[int, dict[str, int]] = {}  # per waiting room: length and admitted, read likewise
-        self._requests: dict[tuple[str, str, int], Any] = {}  # (route, method, status) → its series
-        self._purchase_seconds: dict[int, Any] = {}  # status → its series
+        self._request_series: dict[tuple[Any, ...], Any] = {}  # (route, method, status) → its series
+        self._latency_series: dict[tuple[Any, ...], Any] = {}  # (status,) → its series
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         # Every label from a closed set: any client can send any method, and each new value would be a new series.
-        key = (route, method if method in METHODS else "other", status)
-        requests = self._requests.get(key)
-        if requests is None:
-            # prometheus_client's labels() checks its values and takes a lock on every call, about half of what
-            # observing a request cost: the series it returns are kept (as many as it keeps itself).
-            requests = self._requests[key] = self.requests.labels(key[0], key[1], str(status))
-        requests.inc()
+        method = method if method in METHODS else "other"
+        _kept(self._request_series, self.requests, (route, method, status)).inc()
         if route == "/purchase":
-            latency = self._purchase_seconds.get(status)
-            if latency is None:
-                latency = self._purchase_seconds[status] = self.purchase_seconds.labels(str(status))
-            latency.observe(seconds)
+            _kept(self._latency_series, self.purchase_seconds, (status,)).observe(seconds)
 
     def watch(self, services: Any) -> None:
         """Read the services' own counters at scrape time."""
@@ -59,6 +51,16 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _kept(kept: dict[tuple[Any, ...], Any], metric: Any, labels: tuple[Any, ...]) -> Any:
+    """The metric's series for these labels, asked of prometheus_client once and kept: its labels() checks the
+    values and takes a lock on every call, about half of what observing a request cost. As many are kept as it keeps
+    itself."""
+    series = kept.get(labels)
+    if series is None:
+        series = kept[labels] = metric.labels(*(str(label) for label in labels))
+    return series
 
 
 class ServiceCollector(Collector):

@@ -46,7 +46,7 @@ sys.path.insert(0, str(HERE))
 
 from harness import Backends, private_backends  # noqa: E402
 
-from hypercheckout.localservices import PortPicker, tail  # noqa: E402
+from hypercheckout.localservices import PortPicker, stop_process, tail  # noqa: E402
 
 PLENTY = 100_000_000
 IDLE_SECONDS = 5.0
@@ -124,13 +124,7 @@ class Replica:
         raise RuntimeError(f"no totals in {new}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(120)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, grace=120)  # a replica under callgrind drains fifty times slower
 
 
 def send(port: int, path: Case, requests: int, connections: int, first: int) -> Counter[str]:
