@@ -53,6 +53,9 @@ from hypercheckout.buyers.issuer import LocalIssuer
 
 PRODUCT = int(os.environ.get("HC_LOAD_PRODUCT", "1"))
 AFTER_SOLD_OUT = float(os.environ.get("HC_LOAD_AFTER_SOLD_OUT", "3"))
+# How long a holding buyer thinks between its hold and its confirm, release or payment: "LO,HI" seconds, drawn
+# uniformly (each holding user class has its own default).
+THINK_SECONDS = os.environ.get("HC_LOAD_THINK_S", "")
 EXPECTED = {200, 409, 429}  # and 503 with the code "overloaded"
 ISSUER = LocalIssuer(Path(os.environ["HC_LOAD_ISSUER"])) if os.environ.get("HC_LOAD_ISSUER") else None
 TOKEN_SECONDS = 6 * 3600  # longer than any scenario
@@ -393,6 +396,7 @@ class HoldingUser(Buyer):
     done = False
     pause = 0.0
     fates: tuple[tuple[str, ...], tuple[float, ...]] = (("confirm",), (1.0,))
+    think_seconds: tuple[float, float] = (1.0, 8.0)  # unless HC_LOAD_THINK_S says otherwise
 
     def wait_time(self) -> float:
         return 3600.0 if self.done else self.pause
@@ -402,6 +406,11 @@ class HoldingUser(Buyer):
         self.fate = random.choices(*self.fates)[0]
         arrival = herd_started["at"] + HERD_SPAWN_SECONDS + random.uniform(0, HERD_ARRIVAL_SECONDS)
         gevent.sleep(max(0.0, arrival - time.time()))
+
+    def think(self) -> None:
+        """Between the hold and what the buyer then does with it."""
+        low, high = (float(s) for s in THINK_SECONDS.split(",")) if THINK_SECONDS else self.think_seconds
+        gevent.sleep(random.uniform(low, high))
 
     def finish(self) -> None:
         self.done = True
@@ -435,11 +444,13 @@ class HoldingUser(Buyer):
 class CheckoutUser(HoldingUser):
     """Scenario 7, the checkout drop: a buyer of product HC_LOAD_PRODUCT that holds one unit (POST /checkouts),
     then — its fate drawn at the start — walks away (30 %: the hold runs out), releases it (10 %) or confirms it
-    (60 %), 1 to 8 s after the hold. Told ``units_held`` (none available, some held), it waits the Retry-After
-    (until the next hold runs out) and holds again; a confirm refused ``hold_expired`` holds again too. Done when
-    it confirmed, released, walked away, or the product is sold out for good. Arrivals spread as the herd's."""
+    (60 %), 1 to 8 s after the hold (HC_LOAD_THINK_S). Told ``units_held`` (none available, some held), it waits
+    the Retry-After (until the next hold runs out) and holds again; a confirm refused ``hold_expired`` holds again
+    too. Done when it confirmed, released, walked away, or the product is sold out for good. Arrivals spread as the
+    herd's."""
 
     fates = (("abandon", "release", "confirm"), (0.3, 0.1, 0.6))
+    think_seconds = (1.0, 8.0)
 
     @task
     def step(self) -> None:
@@ -456,7 +467,7 @@ class CheckoutUser(HoldingUser):
         if self.fate == "abandon":
             self.finish()  # the hold runs out by itself
             return
-        gevent.sleep(random.uniform(1, 8))
+        self.think()
         path = f"/checkouts/{checkout_id}/{'confirm' if self.fate == 'confirm' else 'release'}"
         started = time.perf_counter()
         with self.client.post(path, name=f"POST /checkouts/{{id}}/{self.fate}", headers=self.headers(),
@@ -477,11 +488,12 @@ class PaidUser(HoldingUser):
     """Scenario 8, the paid drop: a buyer of product HC_LOAD_PRODUCT (priced, payments on) holds one unit, then —
     its fate drawn at the start — pays on the simulator with a test card that is accepted (70 %) and asks the
     service (POST …/confirm, as the buyer page does back from paying), pays with one that is declined and walks
-    away (10 %), or never pays (20 %), 1 to 5 s after the hold. Its hold refused ``units_held``, or its payment
-    come too late (409 ``hold_expired`` or ``checkout_cancelled``), it holds again. Done when it has its order,
-    walked away, or the product is sold out for good."""
+    away (10 %), or never pays (20 %), 1 to 5 s after the hold (HC_LOAD_THINK_S). Its hold refused
+    ``units_held``, or its payment come too late (409 ``hold_expired`` or ``checkout_cancelled``), it holds
+    again. Done when it has its order, walked away, or the product is sold out for good."""
 
     fates = (("pay", "declined", "abandon"), (0.7, 0.1, 0.2))
+    think_seconds = (1.0, 5.0)
 
     @task
     def step(self) -> None:
@@ -497,7 +509,7 @@ class PaidUser(HoldingUser):
         if self.fate == "abandon":
             self.finish()  # never pays: the hold runs out, its payment is cancelled, the unit sold again
             return
-        gevent.sleep(random.uniform(1, 5))
+        self.think()
         card = "pm_card_visa" if self.fate == "pay" else "pm_card_chargeDeclined"
         with self.client.post(f"{SIMULATOR}/_simulator/intents/{held['payment']['intent_id']}/pay",
                               json={"payment_method": card}, name="pay (simulator)", catch_response=True) as paid:

@@ -67,6 +67,7 @@ class Scenario:
     queue_rate: int = 0  # the queued drop: its product's admit_per_second (0: no waiting room)
     hold_seconds: int = 0  # the checkout drop: its product's hold_seconds (0: no holds)
     price: int = 0  # the paid drop: its product's price (paid through the cluster's payment simulator)
+    think: tuple[float, float] | None = None  # holding buyers: seconds from the hold to its confirm or payment
 
 
 @dataclass
@@ -143,17 +144,19 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
         # Buyers hold a unit, then confirm it, release it or walk away; what is given back is sold again. The
         # walked-away units come back a hold later, 30% of them walked away from again: the tail lasts several holds.
         Scenario("checkout-drop", f"Checkout drop: {args.checkout_users:,} buyers hold one of {args.checkout_stock:,} "
-                 f"units for {args.checkout_hold} s; 30% walk away, 10% release, 60% confirm after 1-8 s",
+                 f"units for {args.checkout_hold} s; 30% walk away, 10% release, 60% confirm after "
+                 f"{args.checkout_think[0]:g}-{args.checkout_think[1]:g} s",
                  "CheckoutUser", users=args.checkout_users, spawn_rate=args.checkout_users / 3,
                  stock=args.checkout_stock, seconds=args.checkout_hold * 12 + args.drain_timeout, sells_out=True,
-                 processes=args.herd_processes, hold_seconds=args.checkout_hold),
+                 processes=args.herd_processes, hold_seconds=args.checkout_hold, think=args.checkout_think),
         # The same, paid: a hold is confirmed by its payment on the simulator; declined and abandoned payments let
         # their units go at the hold's end. Payments in doubt are settled within seconds (grace 2 s).
         Scenario("paid-drop", f"Paid drop: {args.paid_users:,} buyers hold one of {args.paid_stock:,} units at "
                  f"{PAID_PRICE / 100:.2f} USD for {args.paid_hold} s and pay on the payment simulator; 10% declined "
-                 "cards, 20% never pay", "PaidUser", users=args.paid_users, spawn_rate=args.paid_users / 3,
+                 f"cards, 20% never pay, {args.paid_think[0]:g}-{args.paid_think[1]:g} s after the hold", "PaidUser",
+                 users=args.paid_users, spawn_rate=args.paid_users / 3,
                  stock=args.paid_stock, seconds=args.paid_hold * 12 + args.drain_timeout, sells_out=True,
-                 processes=args.herd_processes, hold_seconds=args.paid_hold, price=PAID_PRICE,
+                 processes=args.herd_processes, hold_seconds=args.paid_hold, price=PAID_PRICE, think=args.paid_think,
                  settings={"HC_PAYMENT_GRACE_S": "2", "HC_PAYMENT_RECONCILE_S": "1"}),
     ]
 
@@ -284,6 +287,8 @@ def run_scenario(scenario: Scenario, target: Backends | ExternalCluster, out: Pa
                 "product", "create", "--name", "Paid drop" if scenario.price else "Checkout drop", "--stock",
                 str(scenario.stock), "--hold-seconds", str(scenario.hold_seconds), *priced, "--json"))["id"]
             extra_env["HC_LOAD_PRODUCT"] = str(held_id)
+            if scenario.think is not None:
+                extra_env["HC_LOAD_THINK_S"] = ",".join(f"{s:g}" for s in scenario.think)
             if scenario.price:
                 extra_env["HC_LOAD_SIMULATOR"] = target.payments_url()
         else:
@@ -757,6 +762,17 @@ def report(results: list[Outcome], out: Path, started: str, source: str) -> Path
     return path
 
 
+def seconds_range(text: str) -> tuple[float, float]:
+    """"LO-HI" seconds, as --checkout-think and --paid-think take them."""
+    try:
+        low, high = (float(part) for part in text.split("-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LO-HI seconds, e.g. 1-8") from None
+    if not 0 <= low <= high:
+        raise argparse.ArgumentTypeError(f"{text!r}: want 0 <= LO <= HI")
+    return low, high
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="use this running cluster (needs --data-dir) instead of starting one")
@@ -786,9 +802,14 @@ def main() -> int:
     parser.add_argument("--checkout-stock", type=int, default=1000, help="units of the checkout drop (default 1,000)")
     parser.add_argument("--checkout-hold", type=int, default=20,
                         help="the checkout drop's hold_seconds (default 20)")
+    parser.add_argument("--checkout-think", type=seconds_range, default=(1.0, 8.0), metavar="LO-HI",
+                        help="seconds the checkout drop's buyers take from their hold to confirming or releasing "
+                             "it, drawn uniformly (default 1-8)")
     parser.add_argument("--paid-users", type=int, default=2000, help="buyers of the paid drop (default 2,000)")
     parser.add_argument("--paid-stock", type=int, default=500, help="units of the paid drop (default 500)")
     parser.add_argument("--paid-hold", type=int, default=20, help="the paid drop's hold_seconds (default 20)")
+    parser.add_argument("--paid-think", type=seconds_range, default=(1.0, 5.0), metavar="LO-HI",
+                        help="seconds the paid drop's buyers take from their hold to paying (default 1-5)")
     parser.add_argument("--only", choices=["original", "write-limit", "rate-limit-shield", "flash-sale-drain", "herd",
                                            "drop", "queued-drop", "checkout-drop", "paid-drop"],
                         action="append",
