@@ -9,6 +9,7 @@ import io
 import json
 import os
 import signal
+import socket
 import ssl
 from collections import Counter
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from urllib.parse import urlencode
 import psutil
 import pytest
 
-from hypercheckout.cluster import Cluster
+from hypercheckout.cluster import Cluster, ClusterError
 from hypercheckout.localservices import PortPicker, free_port, tail
 from tests.clusters import RunningCluster, cluster_workdir, purchase, start_cluster, stop_cluster
 from tests.helpers import fire_retrying, simultaneous
@@ -149,6 +150,37 @@ def test_a_cluster_whose_ports_come_back_from_the_kernel_twice_still_gives_each_
         assert {status for status, _ in answers} == {200}
     finally:
         cluster.stop()
+
+
+def test_replicas_start_together_and_one_that_cannot_start_stops_the_cluster_and_is_named(workdir: Path) -> None:
+    """Replicas start at once (each waited for in its own thread). One whose port another socket holds exits: the
+    start raises ClusterError naming that replica, with its log's last lines, and nothing the cluster started is
+    left running (its other replicas, PostgreSQL, Redis)."""
+    blocker = socket.socket()  # bound, not listening: a replica's bind fails; a readiness check is refused
+    blocker.bind(("127.0.0.1", 0))
+    blocked = blocker.getsockname()[1]
+    draws: list[int] = []
+
+    def draw() -> int:  # PostgreSQL, Redis, then the replicas: the second replica gets the held port
+        draws.append(blocked if len(draws) == 3 else free_port())
+        return draws[-1]
+
+    data_dir = workdir / "replica-fails"
+    environ = {**os.environ, "HC_RATE_LIMIT": "off", "HC_IP_RATE_LIMIT": "off", "HC_LOG_LEVEL": "WARNING"}
+    cluster = Cluster(data_dir=data_dir, port=free_port(), replicas=3, stock=10, payments="off", environ=environ,
+                      out=io.StringIO(), draw_port=draw)
+    try:
+        with pytest.raises(ClusterError) as failed:
+            cluster.start()
+        ports = cluster.env["HC_REPLICA_PORTS"].split(",")
+        failing = f"app-{ports.index(str(blocked)) + 1}"
+        assert str(failed.value).startswith(f"{failing} did not start"), failed.value
+        assert f"{failing}.log" in str(failed.value)
+        left = [p for p in psutil.process_iter(["cmdline"]) if str(data_dir) in " ".join(p.info["cmdline"] or [])]
+        assert left == [], left
+    finally:
+        cluster.stop()
+        blocker.close()
 
 
 def cookies_set(response: http.client.HTTPResponse) -> dict[str, str]:
