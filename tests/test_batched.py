@@ -6,12 +6,14 @@ import asyncio
 from collections.abc import Sequence
 
 import psycopg2
+import pytest
 
 from hypercheckout.checkout.batched import BatchedStrategy
 from hypercheckout.checkout.errors import CheckoutError
 from hypercheckout.checkout.models import Order, PurchaseRequest
 from hypercheckout.settings import Settings
 from hypercheckout.store import Store
+from hypercheckout.store.arrays import int_array
 from tests.helpers import orders_of, set_stock, sql, stock_of
 
 
@@ -157,3 +159,27 @@ def test_a_batch_that_writes_nothing_leaves_no_transaction_open(settings: Settin
     unknown, short = asyncio.run(scenario())
     assert isinstance(unknown, CheckoutError) and unknown.code == "unknown_product"
     assert isinstance(short, CheckoutError) and short.code == "out_of_stock"
+
+
+def test_integer_arrays_go_as_one_literal_that_postgresql_reads_as_the_list(settings: Settings) -> None:
+    """The batch's order ids, buyers and quantities are sent as array literals (store/arrays.py): PostgreSQL must
+    read each as the list it was, large and negative numbers and the empty array included; anything but an integer
+    is refused before it reaches the statement."""
+    values = [1, -2, 9_223_372_036_854_775_807, 0]
+    assert int_array(values) == "{1,-2,9223372036854775807,0}"
+    assert sql(settings.database_url, "SELECT %s::bigint[], %s::integer[]", (int_array(values), int_array([]))) \
+        == [(values, [])]
+    for bad in ([1.5], ["1}"], [None]):
+        with pytest.raises((ValueError, TypeError)):
+            int_array(bad)  # type: ignore[list-item]
+
+
+def test_a_batch_of_many_buyers_writes_each_order_with_its_buyer_and_quantity(settings: Settings) -> None:
+    set_stock(settings.database_url, 1000)
+    wanted = [(10_000 + n, 1, 1 + n % 3) for n in range(40)]
+    outcomes, strategy = asyncio.run(settle(settings, wanted))
+    assert strategy.batch_sizes == {40: 1}
+    assert all(isinstance(o, Order) for o in outcomes)
+    assert orders_of(settings.database_url) == {o.id: (u, q) for o, (u, _, q) in zip(outcomes, wanted, strict=True)
+                                                if isinstance(o, Order)}
+    assert stock_of(settings.database_url) == 1000 - sum(q for _, _, q in wanted)

@@ -20,6 +20,7 @@ import psycopg2.extensions
 from hypercheckout.checkout.errors import CheckoutError, has_orders, invalid_request, outcome_unknown, unavailable
 from hypercheckout.migrations import runner
 from hypercheckout.migrations.runner import SEED_STOCK, Migration
+from hypercheckout.store.arrays import int_array
 from hypercheckout.store.models import (
     BatchLock,
     LockedStock,
@@ -341,9 +342,9 @@ class Store:
                 "product_id": product_id,
                 "replica": replica,
                 "total": sum(quantities),
-                "ids": list(order_ids),
-                "user_ids": list(user_ids),
-                "quantities": list(quantities),
+                "ids": int_array(order_ids),
+                "user_ids": int_array(user_ids),
+                "quantities": int_array(quantities),
                 "released_keys": list(released_keys),
                 "room_generation": room_generation,
             },
@@ -353,7 +354,7 @@ class Store:
 
     @staticmethod
     async def owned(cur: aiopg.Cursor, product_id: int, user_ids: Sequence[int]) -> dict[int, int]:
-        await cur.execute(OWNED, {"product_id": product_id, "user_ids": sorted(set(user_ids))})
+        await cur.execute(OWNED, {"product_id": product_id, "user_ids": int_array(sorted(set(user_ids)))})
         return {row[0]: row[1] for row in await cur.fetchall()}
 
     @staticmethod
@@ -361,7 +362,7 @@ class Store:
                          order_ids: Sequence[int]) -> set[str]:
         """The keys this transaction now holds; the others were taken by a committed transaction."""
         await cur.execute(CLAIM_KEYS, {"keys": list(keys), "fingerprints": list(fingerprints),
-                                       "order_ids": list(order_ids)})
+                                       "order_ids": int_array(order_ids)})
         return {row[0] for row in await cur.fetchall()}
 
     async def stored_order(self, key: str) -> StoredOrder | None:

@@ -15,6 +15,7 @@ from datetime import datetime
 
 import aiopg
 
+from hypercheckout.store.arrays import int_array
 from hypercheckout.store.database import Store
 from hypercheckout.store.models import SaleRules
 
@@ -260,7 +261,8 @@ async def insert_holds(cur: aiopg.Cursor, product_id: int, *, ids: Sequence[str]
                        ) -> tuple[dict[str, Placed], int, int]:
     """The holds written (by id), and the product's stock and held after them."""
     await cur.execute(INSERT_HOLDS, {
-        "product_id": product_id, "ids": list(ids), "user_ids": list(user_ids), "quantities": list(quantities),
+        "product_id": product_id, "ids": list(ids), "user_ids": int_array(user_ids),
+        "quantities": int_array(quantities),
         "keys": list(keys), "fingerprints": list(fingerprints), "hold_seconds": hold_seconds, "replica": replica,
         "room_generation": room_generation, "pays": list(pays),
     })

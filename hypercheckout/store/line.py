@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import aiopg
 
+from hypercheckout.store.arrays import int_array
 from hypercheckout.store.models import PRODUCT_COLUMNS, Product
 
 if TYPE_CHECKING:
@@ -129,6 +130,6 @@ async def passes_used(cur: aiopg.Cursor, product_id: int, generation: int, user_
         -> tuple[set[int], float]:
     """The buyers among ``user_ids`` whose pass has bought, and PostgreSQL's clock (epoch seconds) as it is now."""
     await cur.execute(PASSES_USED, {"product_id": product_id, "generation": generation,
-                                    "user_ids": sorted(set(user_ids))})
+                                    "user_ids": int_array(sorted(set(user_ids)))})
     now, used = await cur.fetchone()
     return set(used), float(now)
