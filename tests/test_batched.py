@@ -14,7 +14,7 @@ from hypercheckout.checkout.models import Order, PurchaseRequest
 from hypercheckout.settings import Settings
 from hypercheckout.store import Store
 from hypercheckout.store.arrays import int_array
-from tests.helpers import orders_of, set_stock, sql, stock_of
+from tests.helpers import assert_invariant, orders_of, set_stock, sql, stock_of
 
 
 async def settle(settings: Settings, wanted: Sequence[tuple[int, int, int]], *, window_ms: float = 200,
@@ -183,3 +183,74 @@ def test_a_batch_of_many_buyers_writes_each_order_with_its_buyer_and_quantity(se
     assert orders_of(settings.database_url) == {o.id: (u, q) for o, (u, _, q) in zip(outcomes, wanted, strict=True)
                                                 if isinstance(o, Order)}
     assert stock_of(settings.database_url) == 1000 - sum(q for _, _, q in wanted)
+
+
+def test_a_plain_batch_is_settled_by_one_statement_and_anything_else_the_two_statement_way(
+        settings: Settings) -> None:
+    """No key, no pass, no per-user limit or waiting room, stock for all: one statement grants every purchase, the
+    orders carrying the transaction's time and the stock after the batch. Stock short: the plain statement writes
+    nothing, and the batch is decided request by request (the head that does not fit refused, the next served)."""
+    set_stock(settings.database_url, 10)
+    plain, strategy = asyncio.run(settle(settings, [(1, 1, 2), (2, 1, 3), (3, 1, 1)]))
+    assert strategy.plain_batches == 1 and strategy.batch_sizes == {3: 1}
+    assert all(isinstance(o, Order) for o in plain)
+    orders = [o for o in plain if isinstance(o, Order)]
+    assert [o.remaining for o in orders] == [4, 4, 4] and len({o.created_at for o in orders}) == 1
+    assert orders_of(settings.database_url) == {o.id: (o.user_id, o.quantity) for o in orders}
+    created = sql(settings.database_url, "SELECT DISTINCT created_at FROM orders WHERE product_id = 1")
+    assert created == [(orders[0].created_at,)]
+
+    short, strategy = asyncio.run(settle(settings, [(4, 1, 3), (5, 1, 5), (6, 1, 1)]))
+    assert strategy.plain_batches == 0
+    assert [isinstance(o, Order) for o in short] == [True, False, True]
+    assert stock_of(settings.database_url) == 0
+    assert_invariant(settings.database_url, 10)
+
+
+def test_a_product_with_a_per_user_limit_skips_the_plain_statement_once_its_rules_are_seen(
+        settings: Settings) -> None:
+    sql(settings.database_url, "UPDATE products SET per_user_limit = 1 WHERE id = 1")
+
+    async def scenario() -> tuple[list[Order | BaseException], BatchedStrategy]:
+        store = await Store.connect(settings.database_url, size=2, timeout=5)
+        strategy = BatchedStrategy(store, replica="test-1", window_ms=50)
+        try:
+            first = await asyncio.gather(strategy.purchase(PurchaseRequest(1, 1, 1)), return_exceptions=True)
+            later = await asyncio.gather(*(strategy.purchase(PurchaseRequest(1, 1, 1)) for _ in range(2)),
+                                         return_exceptions=True)
+            return [*first, *later], strategy
+        finally:
+            await strategy.close()
+            await store.close()
+
+    outcomes, strategy = asyncio.run(scenario())
+    assert strategy.plain_batches == 0
+    assert [isinstance(o, Order) for o in outcomes] == [True, False, False]
+    assert all(o.code == "limit_reached" for o in outcomes[1:] if isinstance(o, CheckoutError))
+    assert len(orders_of(settings.database_url)) == 1
+
+
+def test_plain_batches_of_two_replicas_at_once_never_sell_more_than_the_stock(settings: Settings) -> None:
+    """Two replicas' batches of 40 race for 50 units: one plain statement takes 40, the other finds 10 once the
+    row is free, writes nothing, and its batch is decided one by one: exactly 50 sold."""
+    set_stock(settings.database_url, 50)
+
+    async def replica(name: str, first_user: int) -> list[Order | BaseException]:
+        store = await Store.connect(settings.database_url, size=2, timeout=5)
+        strategy = BatchedStrategy(store, replica=name, window_ms=50)
+        try:
+            return await asyncio.gather(*(strategy.purchase(PurchaseRequest(first_user + n, 1, 1))
+                                          for n in range(40)), return_exceptions=True)
+        finally:
+            await strategy.close()
+            await store.close()
+
+    async def both() -> list[list[Order | BaseException]]:
+        return await asyncio.gather(replica("test-1", 1), replica("test-2", 1001))
+
+    outcomes = [o for side in asyncio.run(both()) for o in side]
+    sold = [o for o in outcomes if isinstance(o, Order)]
+    assert len(sold) == 50 and stock_of(settings.database_url) == 0
+    assert all(isinstance(o, CheckoutError) and o.code == "out_of_stock" for o in outcomes if not isinstance(o, Order))
+    assert orders_of(settings.database_url) == {o.id: (o.user_id, 1) for o in sold}
+    assert_invariant(settings.database_url, 50)

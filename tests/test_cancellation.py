@@ -22,9 +22,10 @@ from hypercheckout.checkout.schedule import SaleSchedule
 from hypercheckout.checkout.service import Checkout
 from hypercheckout.checkout.soldout import SoldOutFlags
 from hypercheckout.checkout.strategy import make_strategy
+from hypercheckout.localservices import wait_until
 from hypercheckout.settings import Settings
 from hypercheckout.store import Store
-from tests.helpers import orders_of, set_stock, stock_of
+from tests.helpers import orders_of, set_stock, sql, stock_of
 from tests.locks import cancel_backend, row_locked, wait_for_lock_waiters
 
 STRATEGIES = ["pessimistic", "atomic", "batched"]
@@ -97,9 +98,14 @@ def test_buyers_queued_behind_a_cancelled_batch_are_still_served(settings: Setti
     asyncio.run(scenario())
 
 
-def test_a_batcher_cancelled_at_shutdown_answers_every_buyer(settings: Settings) -> None:
+@pytest.mark.parametrize("keyed", [True, False], ids=["two-statement batch", "one-statement batch"])
+def test_a_batcher_cancelled_at_shutdown_answers_every_buyer(settings: Settings, keyed: bool) -> None:
     """close() past its time limit cancels the batch task: the buyer whose batch was in the database may or may not
-    have bought (outcome unknown); the one still queued certainly did not."""
+    have bought (outcome unknown); the one still queued certainly did not. A batch settled in two statements (here:
+    one with an Idempotency-Key) never sent its COMMIT, and its closed connection rolls it back. A plain batch's one
+    statement is its own transaction, already sent: it goes on waiting for the row, and commits once it has it, as
+    the atomic strategy's statement does — the answer said the outcome was unknown, and the database holds one of
+    the two outcomes, whole."""
     url = settings.database_url
     set_stock(url, 5)
 
@@ -108,7 +114,8 @@ def test_a_batcher_cancelled_at_shutdown_answers_every_buyer(settings: Settings)
         strategy = BatchedStrategy(store, replica="test-1")
         try:
             with row_locked(url):
-                in_database = asyncio.create_task(strategy.purchase(PurchaseRequest(1, 1, 1)))
+                first = PurchaseRequest(1, 1, 1, idempotency_key="cancelled-at-shutdown" if keyed else None)
+                in_database = asyncio.create_task(strategy.purchase(first))
                 await wait_for_lock_waiters(url, 1)
                 queued = asyncio.create_task(strategy.purchase(PurchaseRequest(2, 1, 1)))
                 await asyncio.sleep(0)
@@ -124,7 +131,17 @@ def test_a_batcher_cancelled_at_shutdown_answers_every_buyer(settings: Settings)
         assert isinstance(nothing, CheckoutError) and "shutting down" in nothing.message
 
     asyncio.run(scenario())
-    assert orders_of(url) == {} and stock_of(url) == 5  # its connection was closed: the server rolled back
+    if keyed:
+        assert orders_of(url) == {} and stock_of(url) == 5  # its connection was closed: the server rolled back
+    else:
+        # The sent statement's backend, its client gone, runs to its end once the row is free.
+        wait_until(lambda: not sql(url, """
+            SELECT 1 FROM pg_stat_activity
+            WHERE datname = current_database() AND pid <> pg_backend_pid() AND query LIKE '%%WITH sold AS%%'
+        """), timeout=10, what="the plain statement's backend to end")
+        orders = orders_of(url)
+        assert list(orders.values()) in ([], [(1, 1)])  # nothing, or buyer 1's unit; never buyer 2's
+        assert stock_of(url) == 5 - len(orders)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

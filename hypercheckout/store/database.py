@@ -24,6 +24,7 @@ from hypercheckout.store.arrays import int_array
 from hypercheckout.store.models import (
     BatchLock,
     LockedStock,
+    PlainBatch,
     Product,
     ProductChanges,
     ProductStatus,
@@ -67,6 +68,7 @@ from hypercheckout.store.purchases import (
     OWNED,
     PROBE_KEY,
     SETTLE_BATCH,
+    SETTLE_PLAIN_BATCH,
     STORED_ORDER,
 )
 
@@ -324,6 +326,22 @@ class Store:
             return None
         return BatchLock(stock=row[0], per_user_limit=row[1], now=row[2], order_ids=list(row[3]),
                          rules=SaleRules(*row[4:8]), room_generation=row[8], held=row[9])
+
+    async def settle_plain_batch(self, product_id: int, replica: str, user_ids: Sequence[int],
+                                 quantities: Sequence[int]) -> PlainBatch | None:
+        """Grant every purchase of a batch in one statement (``SETTLE_PLAIN_BATCH``), or write nothing and return
+        None when the batch is not plain after all: stock short, a per-user limit, a waiting room, outside the sale
+        window, too many units in one order, no such product. The statement is its own transaction: broken off
+        while it ran, it may have committed (503 with outcome unknown)."""
+        async with self.cursor() as cur:
+            await Store.commit(cur, SETTLE_PLAIN_BATCH, {
+                "product_id": product_id, "replica": replica, "total": sum(quantities), "largest": max(quantities),
+                "user_ids": int_array(user_ids), "quantities": int_array(quantities),
+            })
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return PlainBatch(stock=row[0], held=row[1], now=row[2], order_ids=list(row[3]))
 
     @staticmethod
     async def settle_batch(

@@ -149,6 +149,16 @@ class LockedStock:
 
 
 @dataclass(frozen=True, slots=True)
+class PlainBatch:
+    """A batch settled by its one statement (``Store.settle_plain_batch``): every purchase granted, in order."""
+
+    stock: int  # after the batch
+    held: int
+    now: datetime  # the transaction's time: the orders' created_at
+    order_ids: list[int]  # the batch's orders, in the order of its requests
+
+
+@dataclass(frozen=True, slots=True)
 class BatchLock:
     stock: int
     per_user_limit: int | None

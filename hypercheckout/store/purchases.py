@@ -69,6 +69,33 @@ FROM unnest(%(ids)s::bigint[], %(user_ids)s::bigint[], %(quantities)s::integer[]
 COMMIT;
 """
 
+# --- batched, the plain case: one statement, one round trip --------------------------------------------------------
+# A batch with no Idempotency-Key and no pass, of a product with no per-user limit and no waiting room, whose stock
+# covers the whole batch inside its sale window, has nothing to decide request by request: every one is granted.
+# Then one statement settles it, as the atomic strategy's does one purchase. The UPDATE takes the row lock and,
+# having waited for it, checks its WHERE again on the newest row version (READ COMMITTED), so `stock >= total` is
+# checked on the stock it decrements; the orders are inserted only for the row it returned (their ids drawn in a
+# CTE that is materialised once, being volatile, so the ids answered are the ids inserted); the statement is its
+# own transaction, committed before its answer comes back. Otherwise it writes nothing and returns no row, and the
+# batch is decided the two-statement way above. now() is the statement's transaction's start: the sale window is
+# checked against the created_at its orders carry.
+SETTLE_PLAIN_BATCH = """
+WITH sold AS (
+    UPDATE products SET stock = stock - %(total)s
+    WHERE id = %(product_id)s AND stock >= %(total)s AND per_user_limit IS NULL AND NOT waiting_room
+      AND (starts_at IS NULL OR starts_at <= now()) AND (ends_at IS NULL OR now() < ends_at)
+      AND (max_per_order IS NULL OR max_per_order >= %(largest)s)
+    RETURNING stock, held
+), placed AS (
+    SELECT nextval('orders_id_seq') AS id, o.user_id, o.quantity, o.n
+    FROM sold, unnest(%(user_ids)s::bigint[], %(quantities)s::integer[]) WITH ORDINALITY AS o (user_id, quantity, n)
+), inserted AS (
+    INSERT INTO orders (id, user_id, product_id, quantity, replica)
+    SELECT id, user_id, %(product_id)s, quantity, %(replica)s FROM placed
+)
+SELECT sold.stock, sold.held, now(), ARRAY(SELECT id FROM placed ORDER BY n) FROM sold
+"""
+
 # --- per-user limits and idempotency keys (every strategy) --------------------------------------------------------
 # Units each of these buyers already owns of the product: bought, or held by a checkout whose hold still runs. Read
 # under the product's row lock, which every purchase and every hold of the product takes before it writes: nobody
