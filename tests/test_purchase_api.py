@@ -28,6 +28,17 @@ async def test_a_purchase_is_answered_like_the_original(http_client, base_url, d
 
 
 @pytest.mark.gen_test
+async def test_answers_are_compact_json_as_json_dumps_writes_them(http_client, base_url) -> None:
+    """The handlers' reused encoders write what json.dumps with the same arguments does: the order, a refusal."""
+    for body, status in (({"user_id": 7, "product_id": 1, "quantity": 1}, 200),
+                         ({"user_id": 7, "product_id": 1, "quantity": 0}, 400)):
+        response = await http_client.fetch(f"{base_url}/purchase", method="POST", body=json.dumps(body),
+                                           headers={"Content-Type": "application/json"}, raise_error=False)
+        assert response.code == status, response.body
+        assert response.body == json.dumps(json.loads(response.body), separators=(",", ":")).encode()
+
+
+@pytest.mark.gen_test
 async def test_a_json_content_type_works_as_well_as_curls_form_type(http_client, base_url) -> None:
     answer = await buy(http_client, base_url, headers={"Content-Type": "application/json"})
     assert answer.status == 200

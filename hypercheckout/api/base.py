@@ -21,6 +21,12 @@ REASONS = {
 }
 
 
+# json.dumps with any argument of its own builds a new JSONEncoder on every call: 6.8 us against 3.2 us for an
+# order's answer (timeit). The encoders hold no state between calls; these are json.dumps's with the same arguments.
+_encode_json = json.JSONEncoder(separators=(",", ":"), default=str).encode
+_encode_error = json.JSONEncoder(separators=(",", ":")).encode
+
+
 @functools.lru_cache(maxsize=4096)
 def _trusted(peer: str, proxies: tuple[Any, ...]) -> bool:
     """Cached: behind nginx every request comes from the same few peers, and parsing an address costs more than
@@ -63,7 +69,7 @@ class JsonHandler(tornado.web.RequestHandler):
 
     def write_json(self, body: dict[str, Any], status: int = 200) -> None:
         self.set_status(status)
-        self.finish(json.dumps(body, separators=(",", ":"), default=str))
+        self.finish(_encode_json(body))
 
     def header(self, name: str) -> str | None:
         """A request header (repeated ones joined by commas, as Tornado's ``headers.get`` gives them), or None. Most
@@ -127,7 +133,7 @@ class JsonHandler(tornado.web.RequestHandler):
         if exc.status >= 500:  # nginx's access log tells an overloaded 503 from an unavailable one by this
             self.set_header("X-Error-Code", exc.code)
         self.set_status(exc.status)
-        self.finish(json.dumps(exc.body(), separators=(",", ":")))
+        self.finish(_encode_error(exc.body()))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
