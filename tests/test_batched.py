@@ -254,3 +254,26 @@ def test_plain_batches_of_two_replicas_at_once_never_sell_more_than_the_stock(se
     assert all(isinstance(o, CheckoutError) and o.code == "out_of_stock" for o in outcomes if not isinstance(o, Order))
     assert orders_of(settings.database_url) == {o.id: (o.user_id, 1) for o in sold}
     assert_invariant(settings.database_url, 50)
+
+
+def test_a_full_batch_goes_at_once_whatever_its_window(settings: Settings) -> None:
+    """The window is a longest wait: the purchase that fills a batch ends it (a window of an hour would otherwise
+    hold these buyers for an hour), and the next buyer waits for a window of its own."""
+    async def scenario() -> tuple[list[Order], bool]:
+        store = await Store.connect(settings.database_url, size=2, timeout=5)
+        strategy = BatchedStrategy(store, replica="test-1", window_ms=3_600_000, max_batch=3)
+        try:
+            full = [asyncio.create_task(strategy.purchase(PurchaseRequest(u, 1, 1))) for u in (1, 2, 3)]
+            fourth = asyncio.create_task(strategy.purchase(PurchaseRequest(4, 1, 1)))
+            orders = await asyncio.wait_for(asyncio.gather(*full), 60)
+            await asyncio.sleep(0.2)
+            alone_waits = not fourth.done()
+            await strategy.close()  # ends the fourth's window: it is settled before close returns
+            assert isinstance(await fourth, Order)
+            return orders, alone_waits
+        finally:
+            await store.close()
+
+    orders, alone_waits = asyncio.run(scenario())
+    assert [o.user_id for o in orders] == [1, 2, 3] and alone_waits
+    assert len(orders_of(settings.database_url)) == 4

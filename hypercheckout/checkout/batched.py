@@ -50,8 +50,14 @@ class _Waiter:
 @dataclass(slots=True)
 class _ProductQueue:
     waiting: list[_Waiter] = field(default_factory=list)
-    full: asyncio.Event = field(default_factory=asyncio.Event)
+    # Resolved to end the window early (the batch is full, or the strategy closing); None while not waiting.
+    wake: asyncio.Future[None] | None = None
     task: asyncio.Task[None] | None = None
+
+
+def _resolve(wake: asyncio.Future[None]) -> None:
+    if not wake.done():
+        wake.set_result(None)
 
 
 class BatchedStrategy:
@@ -96,8 +102,8 @@ class BatchedStrategy:
         loop = asyncio.get_running_loop()
         waiter = _Waiter(request, loop.create_future(), loop.time())
         queue.waiting.append(waiter)
-        if len(queue.waiting) >= self._max_batch:
-            queue.full.set()
+        if len(queue.waiting) >= self._max_batch and queue.wake is not None:
+            _resolve(queue.wake)
         if queue.task is None:
             queue.task = asyncio.create_task(
                 self._run(key, queue), name=f"batcher-product-{request.product_id}-{kind}",
@@ -113,14 +119,9 @@ class BatchedStrategy:
                 # was being settled have waited long enough, and go in the next transaction at once.
                 remaining = queue.waiting[0].arrived + self._window - loop.time()
                 if len(queue.waiting) < self._max_batch and remaining > 0 and not self._closing:
-                    try:
-                        await asyncio.wait_for(queue.full.wait(), remaining)
-                    except TimeoutError:
-                        pass
+                    await self._gathering(queue, remaining)
                 batch = queue.waiting[: self._max_batch]
                 del queue.waiting[: self._max_batch]
-                if len(queue.waiting) < self._max_batch:
-                    queue.full.clear()
                 await self._settle(key, batch)
         finally:
             # Only a cancelled task (a shutdown past its time limit) gets here with buyers still queued: they never
@@ -132,6 +133,20 @@ class BatchedStrategy:
             queue.task = None
             if self._queues.get(key) is queue:
                 del self._queues[key]
+
+    @staticmethod
+    async def _gathering(queue: _ProductQueue, seconds: float) -> None:
+        """Wait until the window closes, or until ``queue.wake`` is resolved first (the batch filled up, or the
+        strategy is closing). A timer and a future: ``wait_for`` on an event made a task of the wait and cancelled it
+        at every window's end, once per batch."""
+        loop = asyncio.get_running_loop()
+        wake = queue.wake = loop.create_future()
+        timer = loop.call_later(seconds, _resolve, wake)
+        try:
+            await wake
+        finally:
+            timer.cancel()
+            queue.wake = None
 
     async def _settle(self, key: tuple[int, str], batch: list[_Waiter]) -> None:
         product_id, kind = key
@@ -229,7 +244,8 @@ class BatchedStrategy:
         """Refuse new purchases and wait until every accepted one has its answer."""
         self._closing = True
         for queue in self._queues.values():
-            queue.full.set()  # settle now instead of waiting out the window
+            if queue.wake is not None:
+                _resolve(queue.wake)  # settle now instead of waiting out the window
         tasks = [q.task for q in self._queues.values() if q.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
