@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 
 .PHONY: install install-load test up system-deps browser-deps load-deps lint bench scenarios chaos dist profile \
-        instructions
+        instructions cpu
 
 # The venv is rebuilt when the package's dependencies change.
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -81,6 +81,11 @@ bench: install-load system-deps load-deps
 # with each path's CPU per request: load-tests/results/<date>-profiles/. ARGS="--only purchase,sold-out".
 profile: install-load system-deps load-deps
 	$(BIN)/python load-tests/flamegraphs.py $(ARGS)
+
+# CPU per request of each kind of process (replicas, nginx, PostgreSQL, Redis), a purchase against a no-op, in
+# alternating rounds on one cluster (load-tests/cpu_per_request.py). ARGS="--rounds 3 --limiter --out DIR".
+cpu: install-load system-deps load-deps
+	$(BIN)/python load-tests/cpu_per_request.py $(ARGS)
 
 # Instructions per request of one replica, by path, counted by valgrind's callgrind: they do not move with the
 # machine's load as req/s do, so one run shows a change's cost (load-tests/instructions.py). ARGS="--out DIR".

@@ -147,3 +147,18 @@ def test_the_flame_graphs_are_written_with_the_command_that_made_them(tmp_path: 
     rows = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ") and ".svg" in line}
     assert set(rows) == {"healthz", "join"}
     assert rows["join"].split(" | ")[1] != "0"  # joins were answered
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None and not os.environ.get("CI"), reason="wrk is not installed")
+def test_cpu_per_request_is_measured_for_each_kind_of_process(tmp_path: Path) -> None:
+    """`cpu_per_request.py`, one short round: a no-op run and a purchase run, each kind's CPU per request read, and
+    the purchase's ratio to the no-op written beside the command."""
+    done = run("cpu_per_request.py", "--rounds", "1", "--seconds", "1", "--connections", "8", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = json.loads((tmp_path / "cpu.json").read_text())
+    assert [row["path"] for row in rows] == ["no-op", "purchase"]
+    assert all(row["rate"] > 0 and row["non_2xx"] == 0 and row["replicas"] > 0 for row in rows)
+    assert rows[1]["postgres"] > 0  # purchases are written; a no-op touches no database
+    table = (tmp_path / "cpu.md").read_text()
+    assert "python load-tests/cpu_per_request.py --rounds 1 --seconds 1 --connections 8" in table
+    assert "Replicas' CPU per purchase ÷ per no-op: median" in table

@@ -1,0 +1,116 @@
+"""CPU per request of each kind of process, a purchase against a no-op, in alternating rounds on one cluster.
+
+The issue's measure of a purchase's cost: CPU time of the replicas (and of nginx, PostgreSQL and Redis beside them)
+per batched purchase, as a ratio to a no-op request's (GET /healthz). One cluster as `make bench` starts it (nginx,
+three replicas, private PostgreSQL and Redis); rounds of wrk at 64 connections, a no-op run then a purchase run
+(a new buyer each time, stock plenty), each kind's CPU read from /proc before and after. Unlike py-spy's samples
+(flamegraphs.py) nothing else runs in a replica; unlike instructions.py it counts the kernel's share too, and
+batches as full as real time makes them. Req/s moves with whatever else the machine does; the per-request CPU of
+a kind moves less, and alternating rounds show how much.
+
+    python load-tests/cpu_per_request.py [--rounds 3] [--seconds 6] [--connections 64] [--limiter] [--out DIR]
+
+``--limiter``: the limiter on at `make bench`'s settings for it (every purchase decided for its buyer and its
+address).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench import PLENTY, wrk  # noqa: E402
+from harness import private_backends, processes  # noqa: E402
+
+LIMITER = {"HC_RATE_LIMIT": "1/s", "HC_RATE_BURST": "1", "HC_BAN_AFTER": "1000000000",
+           "HC_IP_RATE_LIMIT": "100000000/s", "HC_IP_RATE_BURST": "100000000"}
+KINDS = ("replicas", "nginx", "postgres", "redis")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system time of these processes so far (one that has gone counts nothing)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=6)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--limiter", action="store_true", help="the limiter on, deciding every purchase")
+    parser.add_argument("--out", type=Path, help="write cpu.md and cpu.json here")
+    args = parser.parse_args()
+    rows: list[dict[str, object]] = []
+    with private_backends() as backends:
+        with backends.cluster(HC_STRATEGY="batched", **(LIMITER if args.limiter else {})) as url:
+            backends.cli("reset", "--stock", str(PLENTY))
+            redis_port = str(urlsplit(backends.env["HC_REDIS_URL"]).port)
+            pids: dict[str, list[int]] = {kind: [] for kind in KINDS}
+            for pid, kind in processes().items():  # this run's own, whatever else runs on the machine
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                if kind == "redis" and redis_port not in command:
+                    continue
+                if kind == "replicas" and str(backends.workdir) not in command:
+                    continue
+                pids[kind].append(pid)
+            for round_number in range(1, args.rounds + 1):
+                for path in ("no-op", "purchase"):
+                    before = {kind: cpu_seconds(found) for kind, found in pids.items()}
+                    figure = wrk(url, seconds=args.seconds, connections=args.connections,
+                                 **({"WRK_MODE": "healthz"} if path == "no-op" else {}))
+                    after = {kind: cpu_seconds(found) for kind, found in pids.items()}
+                    row: dict[str, object] = {"round": round_number, "path": path, "rate": figure.rate,
+                                              "non_2xx": figure.non_2xx}
+                    row.update({kind: 1e6 * (after[kind] - before[kind]) / figure.requests for kind in KINDS})
+                    rows.append(row)
+                    print(f"round {round_number} {path:9} {figure.rate:7,.0f} req/s  "
+                          + "  ".join(f"{kind} {row[kind]:5.0f}" for kind in KINDS) + "  µs/request", flush=True)
+    table = report(rows, args)
+    print(table)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "cpu.md").write_text(table)
+        (args.out / "cpu.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+def report(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
+    command = "python load-tests/cpu_per_request.py " + shlex.join(sys.argv[1:])
+    lines = [f"`{command}`: one cluster (nginx, three replicas, batched{', limiter on' if args.limiter else ''}), "
+             f"wrk -c{args.connections} for {args.seconds:g} s per run, a no-op run then a purchase run each round. "
+             "CPU µs per request of each kind; a purchase's as a ratio to the no-op's of the same round.", "",
+             "| round | no-op req/s | purchases/s | ÷ | replicas: no-op µs | purchase µs | ÷ | nginx | PostgreSQL "
+             "| Redis |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    ratios = []
+    for number in range(1, args.rounds + 1):
+        noop, bought = (next(r for r in rows if r["round"] == number and r["path"] == p) for p in ("no-op", "purchase"))
+        ratio = float(bought["replicas"]) / float(noop["replicas"])  # type: ignore[arg-type]
+        ratios.append(ratio)
+        lines.append(f"| {number} | {noop['rate']:,.0f} | {bought['rate']:,.0f} | "
+                     f"{float(bought['rate']) / float(noop['rate']):.2f} | {noop['replicas']:.0f} | "  # type: ignore[arg-type]
+                     f"{bought['replicas']:.0f} | {ratio:.2f} | {bought['nginx']:.0f} | {bought['postgres']:.0f} | "
+                     f"{bought['redis']:.0f} |")
+    lines += ["", f"Replicas' CPU per purchase ÷ per no-op: median {statistics.median(ratios):.2f} "
+                  f"(from {min(ratios):.2f} to {max(ratios):.2f})."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
