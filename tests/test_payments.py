@@ -6,6 +6,7 @@ the provider's change nothing."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -14,9 +15,10 @@ from typing import Any
 import pytest
 
 from hypercheckout.app import Services
-from hypercheckout.localservices import free_port
+from hypercheckout.payments import settle as settle_module
 from hypercheckout.payments.provider import ProviderUnavailable
 from hypercheckout.payments.simulator import Simulator, make_app
+from hypercheckout.processes import free_port
 from hypercheckout.settings import Settings
 from tests.helpers import Answer, assert_invariant, buy, get, post_raw, set_stock, sql
 
@@ -345,3 +347,33 @@ async def test_a_cancel_that_did_not_finish_is_finished_by_reconciliation(
     # A payment made after its claim can commit no order: the confirm statements want 'pending'.
     assert sql(database_url, "SELECT count(*) FROM orders") == [(0,)]
     assert_money_agrees(database_url, sim)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_creation_webhook_read_before_the_intent_was_recorded_keeps_the_buyers_pay_page(
+    http_client, base_url, database_url: str, sim: Simulator, services: Services, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The provider's payment_intent.created can reach a replica before the replica that made the intent has
+    recorded it. That replica reads the checkout without an intent and records the event's intent as a hint, which
+    carries no client secret; if the maker recorded the intent and its secret in between, the secret must stay: the
+    buyer's page pays with it. (Seen as a flaky browser test: back from a declined card, the page had no pay_url
+    and #pay stayed disabled.)"""
+    payments = services.payments
+    assert payments is not None
+    sim.webhook_urls = []
+    held = await checkout(http_client, base_url)
+    checkout_id, intent = held.body["checkout_id"], held.body["payment"]["intent_id"]
+    assert held.body["payment"]["pay_url"]
+    recorded = await settle_module.holds.find(services.store, checkout_id)
+    before_the_maker_recorded_it = dataclasses.replace(recorded, payment_intent=None, payment_secret=None)
+
+    async def stale_read(store: Any, wanted: str) -> Any:
+        return before_the_maker_recorded_it if wanted == checkout_id else await recorded_find(store, wanted)
+
+    recorded_find = settle_module.holds.find
+    monkeypatch.setattr(settle_module.holds, "find", stale_read)
+    assert await payments.settle(checkout_id, intent_hint=intent) == "pending"
+    monkeypatch.undo()
+    shown = (await get(http_client, f"{base_url}/checkouts/{checkout_id}")).body
+    assert shown["payment"]["pay_url"] == held.body["payment"]["pay_url"]
+    assert sql(database_url, "SELECT payment_intent FROM checkouts") == [(intent,)]

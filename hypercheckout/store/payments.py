@@ -9,9 +9,11 @@ from dataclasses import dataclass
 import aiopg
 
 # The intent made for a checkout, recorded once (a retry that made the same intent, by its idempotency key,
-# records the same id again).
+# records the same id again). A webhook's hint carries no client secret (None): it never erases the secret the
+# intent's maker recorded, perhaps a moment before, which the buyer's page pays with.
 SET_INTENT = """
-UPDATE checkouts SET payment_intent = %(intent)s, payment_secret = %(secret)s, payment_checked_at = now()
+UPDATE checkouts SET payment_intent = %(intent)s, payment_secret = COALESCE(%(secret)s, payment_secret),
+                     payment_checked_at = now()
 WHERE id = %(checkout_id)s AND payment_status IS NOT NULL AND (payment_intent IS NULL OR payment_intent = %(intent)s)
 RETURNING id
 """
