@@ -32,18 +32,9 @@ from typing import IO, Any
 from mirakuru import HTTPExecutor, TCPExecutor
 from mirakuru.exceptions import ExecutorError
 
-from hypercheckout.localservices import (
-    PortPicker,
-    PrivatePostgres,
-    PrivateRedis,
-    PrivateRedisCluster,
-    ServiceError,
-    free_port,
-    port_open,
-    tail,
-    write_private,
-)
+from hypercheckout.localservices import PrivatePostgres, PrivateRedis, PrivateRedisCluster, write_private
 from hypercheckout.operations import reset_product
+from hypercheckout.processes import PortPicker, ServiceError, free_port, port_open, tail
 from hypercheckout.resources import resource_file
 from hypercheckout.settings import Settings
 from hypercheckout.store import Store, ensure_database

@@ -93,7 +93,7 @@ from campaign.plan import (  # noqa: E402
 )
 
 from hypercheckout.cluster import Cluster, raise_file_limit  # noqa: E402
-from hypercheckout.localservices import free_port  # noqa: E402
+from hypercheckout.processes import free_port  # noqa: E402
 
 
 @dataclass

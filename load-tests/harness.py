@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from hypercheckout.cluster import Cluster  # noqa: E402
-from hypercheckout.localservices import PrivatePostgres, PrivateRedis, PrivateRedisCluster, free_port  # noqa: E402
+from hypercheckout.localservices import PrivatePostgres, PrivateRedis, PrivateRedisCluster  # noqa: E402
+from hypercheckout.processes import free_port  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 # py-spy: installed with the load extras into the same venv as this interpreter, which need not be on PATH.

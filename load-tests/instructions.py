@@ -46,7 +46,7 @@ sys.path.insert(0, str(HERE))
 
 from harness import Backends, private_backends  # noqa: E402
 
-from hypercheckout.localservices import PortPicker, stop_process, tail  # noqa: E402
+from hypercheckout.processes import PortPicker, stop_process, tail  # noqa: E402
 
 PLENTY = 100_000_000
 IDLE_SECONDS = 5.0

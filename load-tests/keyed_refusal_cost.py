@@ -29,7 +29,8 @@ from tornado.httpclient import HTTPClientError
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from hypercheckout.app import make_app, start_services, stop_services
-from hypercheckout.localservices import PrivatePostgres, PrivateRedis, free_port
+from hypercheckout.localservices import PrivatePostgres, PrivateRedis
+from hypercheckout.processes import free_port
 from hypercheckout.settings import Settings
 
 COUNTERS = """

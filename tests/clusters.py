@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from hypercheckout.localservices import free_port, tail
+from hypercheckout.processes import free_port, tail
 from tests.helpers import run_cli
 
 UP_TIMEOUT = 90

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hypercheckout.localservices import PortPicker, port_open, tail, wait_until
+from hypercheckout.processes import PortPicker, port_open, tail, wait_until
 from hypercheckout.settings import Settings
 from tests.helpers import settings_env
 

@@ -15,7 +15,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 
 from hypercheckout.app import Services
 from hypercheckout.limiter import limit_key
-from hypercheckout.localservices import free_port
+from hypercheckout.processes import free_port
 from tests.helpers import ON_BOTH_REDIS, orders_of, run_cli, settings_env, sql, stock_of
 
 TOKEN = "test-admin-token"  # the settings fixture's
@@ -312,8 +312,8 @@ async def test_the_dashboard_says_when_redis_is_unreachable(services: Services) 
     import redis.asyncio as aioredis
 
     from hypercheckout.admin.snapshot import Snapshotter
-    from hypercheckout.localservices import free_port
     from hypercheckout.login_throttle import LoginThrottle
+    from hypercheckout.processes import free_port
 
     dead = aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
     try:

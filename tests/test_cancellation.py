@@ -22,7 +22,7 @@ from hypercheckout.checkout.schedule import SaleSchedule
 from hypercheckout.checkout.service import Checkout
 from hypercheckout.checkout.soldout import SoldOutFlags
 from hypercheckout.checkout.strategy import make_strategy
-from hypercheckout.localservices import wait_until
+from hypercheckout.processes import wait_until
 from hypercheckout.settings import Settings
 from hypercheckout.store import Store
 from tests.helpers import orders_of, set_stock, sql, stock_of

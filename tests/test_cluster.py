@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from hypercheckout.cluster import Cluster, ClusterError
-from hypercheckout.localservices import PortPicker, free_port, tail
+from hypercheckout.processes import PortPicker, free_port, tail
 from tests.clusters import RunningCluster, cluster_workdir, purchase, start_cluster, stop_cluster
 from tests.helpers import fire_retrying, simultaneous
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from hypercheckout.cluster import FILES_KEPT_BACK, HERD_CONNECTIONS, render_nginx_config
-from hypercheckout.localservices import free_port
+from hypercheckout.processes import free_port
 from hypercheckout.settings import Settings, documentation
 from tests.helpers import run_cli
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
-from hypercheckout.localservices import wait_until
+from hypercheckout.processes import wait_until
 from tests.clusters import RunningCluster, cluster_workdir, purchase, start_cluster, stop_cluster
 from tests.helpers import buy
 

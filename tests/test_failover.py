@@ -14,7 +14,7 @@ import psycopg2
 import pytest
 
 from hypercheckout.cluster import POSTGRES_ROLES
-from hypercheckout.localservices import wait_until
+from hypercheckout.processes import wait_until
 from tests.clusters import RunningCluster, cluster_workdir, start_cluster, stop_cluster
 from tests.helpers import run_cli
 from tests.test_faults import INITIAL, Load, db, verify

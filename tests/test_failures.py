@@ -12,8 +12,8 @@ import redis.exceptions
 
 from hypercheckout.checkout.errors import out_of_stock, unavailable
 from hypercheckout.failures import PortInUse, explain
-from hypercheckout.localservices import free_port
 from hypercheckout.migrations.runner import MigrationError
+from hypercheckout.processes import free_port
 from hypercheckout.resources import resource_dir, resource_file
 from hypercheckout.settings import Settings, SettingsError
 from tests.helpers import run_cli, settings_env

@@ -29,7 +29,8 @@ import pytest
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from hypercheckout.cluster import CLUSTER_ENV, read_env_file
-from hypercheckout.localservices import PrivatePostgres, PrivateRedis, port_open, wait_until
+from hypercheckout.localservices import PrivatePostgres, PrivateRedis
+from hypercheckout.processes import port_open, wait_until
 from tests.clusters import RunningCluster, cluster_workdir, start_cluster, stop_cluster
 from tests.helpers import assert_overloaded, buy
 

@@ -20,7 +20,8 @@ from hypercheckout.limiter import (
     limit_key,
     shard_of,
 )
-from hypercheckout.localservices import PrivateRedis, free_port
+from hypercheckout.localservices import PrivateRedis
+from hypercheckout.processes import free_port
 from hypercheckout.redisclient import RedisClient, is_cluster
 from hypercheckout.settings import Settings
 from tests.helpers import ON_BOTH_REDIS, buy, limiter_for, orders_of, run_cli, set_stock, settings_env

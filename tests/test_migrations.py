@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hypercheckout.localservices import free_port
 from hypercheckout.migrations.runner import MigrationError, load_migrations
+from hypercheckout.processes import free_port
 from hypercheckout.settings import Settings
 from hypercheckout.store import Store
 from tests.conftest import admin_execute, with_database

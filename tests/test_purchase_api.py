@@ -9,7 +9,7 @@ import pytest
 from tornado.httputil import HTTPHeaders
 
 from hypercheckout.app import READ_CHUNK_BYTES, Services
-from hypercheckout.localservices import free_port
+from hypercheckout.processes import free_port
 from tests.helpers import buy, get, orders_of, post_raw, set_stock, sql, stock_of
 from tests.test_validation import BAD_BODIES
 

@@ -23,7 +23,7 @@ from hypercheckout.checkout.schedule import SaleSchedule, check_sale
 from hypercheckout.checkout.service import Checkout
 from hypercheckout.checkout.soldout import SoldOutFlags
 from hypercheckout.checkout.strategy import make_strategy
-from hypercheckout.localservices import free_port
+from hypercheckout.processes import free_port
 from hypercheckout.settings import Settings
 from hypercheckout.store import ProductChanges, SaleRules, Store
 from tests.helpers import ON_BOTH_REDIS, assert_invariant, buy, orders_of, sql

@@ -19,7 +19,7 @@ import redis
 
 from hypercheckout.app import Services
 from hypercheckout.cluster import read_env_file, write_env_file
-from hypercheckout.localservices import free_port, port_open, tail, wait_until
+from hypercheckout.processes import free_port, port_open, tail, wait_until
 from hypercheckout.settings import Settings
 from tests.helpers import buy, post_raw, settings_env, sql
 

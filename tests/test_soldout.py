@@ -8,7 +8,7 @@ import time
 from hypercheckout.app import Services, start_services, stop_services
 from hypercheckout.checkout.errors import CheckoutError
 from hypercheckout.checkout.models import PurchaseRequest
-from hypercheckout.localservices import free_port
+from hypercheckout.processes import free_port
 from hypercheckout.settings import Settings
 from tests.helpers import ON_BOTH_REDIS, run_cli, set_stock, settings_env, sql, stock_of
 

@@ -6,7 +6,7 @@ import asyncio
 
 import redis.asyncio as aioredis
 
-from hypercheckout.localservices import free_port
+from hypercheckout.processes import free_port
 from hypercheckout.redisclient import connect
 from hypercheckout.stats import OUTCOME_TTL, HitCounter, replica_hits
 from tests.helpers import ON_BOTH_REDIS

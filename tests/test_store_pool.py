@@ -15,7 +15,7 @@ import pytest
 import uvloop
 
 from hypercheckout.checkout.errors import CheckoutError
-from hypercheckout.localservices import free_port, wait_until
+from hypercheckout.processes import free_port, wait_until
 from hypercheckout.store import Store, _create_pool, split_hosts
 
 
