@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import statistics
 import sys
@@ -29,24 +28,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench import PLENTY, wrk  # noqa: E402
-from harness import private_backends, processes  # noqa: E402
+from harness import cpu_seconds, private_backends, processes  # noqa: E402
 
 LIMITER = {"HC_RATE_LIMIT": "1/s", "HC_RATE_BURST": "1", "HC_BAN_AFTER": "1000000000",
            "HC_IP_RATE_LIMIT": "100000000/s", "HC_IP_RATE_BURST": "100000000"}
 KINDS = ("replicas", "nginx", "postgres", "redis")
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User and system time of these processes so far (one that has gone counts nothing)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / TICKS
 
 
 def main() -> int:
@@ -62,20 +48,20 @@ def main() -> int:
         with backends.cluster(HC_STRATEGY="batched", **(LIMITER if args.limiter else {})) as url:
             backends.cli("reset", "--stock", str(PLENTY))
             redis_port = str(urlsplit(backends.env["HC_REDIS_URL"]).port)
-            pids: dict[str, list[int]] = {kind: [] for kind in KINDS}
+            pids: dict[int, str] = {}
             for pid, kind in processes().items():  # this run's own, whatever else runs on the machine
                 command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                 if kind == "redis" and redis_port not in command:
                     continue
                 if kind == "replicas" and str(backends.workdir) not in command:
                     continue
-                pids[kind].append(pid)
+                pids[pid] = kind
             for round_number in range(1, args.rounds + 1):
                 for path in ("no-op", "purchase"):
-                    before = {kind: cpu_seconds(found) for kind, found in pids.items()}
+                    before = cpu_seconds(pids)
                     figure = wrk(url, seconds=args.seconds, connections=args.connections,
                                  **({"WRK_MODE": "healthz"} if path == "no-op" else {}))
-                    after = {kind: cpu_seconds(found) for kind, found in pids.items()}
+                    after = cpu_seconds(pids)
                     row: dict[str, object] = {"round": round_number, "path": path, "rate": figure.rate,
                                               "non_2xx": figure.non_2xx}
                     row.update({kind: 1e6 * (after[kind] - before[kind]) / figure.requests for kind in KINDS})
