@@ -8,6 +8,9 @@ interval, not per request.
 Every attempt that reaches ``check`` in one tick of the loop goes to Redis in one script call, which decides them
 in their order as one call each would (chunks of ATTEMPTS_PER_CALL, one after another): in a drop, hundreds of
 attempts arrive per tick, and one round trip for all of them saves each its own write, read and reply parsing.
+On one server the calls go one at a time, on a connection held for them (heldscript.py): the attempts that
+arrive while a call is in flight go together in the next, in their order, and a call that failed fails the
+attempts waiting behind it at once (they would each wait for a Redis that just failed).
 
 Keys are spread over ``SHARDS`` hash tags by identity: an identity's ban, bucket and strike keys and its shard's
 two dashboard indexes share one tag, hence one Redis Cluster slot. On one Redis server both identities of an
@@ -26,11 +29,13 @@ import logging
 import time
 import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.exceptions
 
+from hypercheckout.heldscript import HeldConnectionScript
 from hypercheckout.redisclient import CLIENT_FAULTS, RedisClient, is_cluster
 from hypercheckout.resources import resource_text
 
@@ -212,7 +217,9 @@ class RateLimiter:
         self._redis = client
         self._prefix = prefix
         self._cluster = is_cluster(client)
-        self._script = client.register_script(load_script("ratelimit.lua"))
+        source = load_script("ratelimit.lua")
+        self._script: Any = (client.register_script(source) if self._cluster
+                             else HeldConnectionScript(client, source))  # type: ignore[arg-type]
         self._refund = client.register_script(load_script("ratelimit_refund.lua"))
         self._limits = {
             "user": _Limit(int(1_000_000 / user_rate) if user_rate else 0, user_burst),
@@ -232,7 +239,8 @@ class RateLimiter:
         # The attempts of the current tick of the loop, sent together when it ends (one round trip per tick).
         self._pending: list[_Attempt] = []
         self._flush_scheduled = False
-        self._flushing: set[asyncio.Task[None]] = set()  # kept referenced until done
+        self._sending = False  # one server: a call is in flight, and the attempts pending go in the next
+        self._flushing: set[asyncio.Task[Any]] = set()  # kept referenced until done
 
     def _key(self, kind: str, member: str) -> str:
         return limit_key(self._prefix, kind, member)
@@ -298,12 +306,47 @@ class RateLimiter:
     # --- one round trip per tick -------------------------------------------------------------------------------
 
     def _start_flush(self) -> None:
-        """Every attempt that reached ``check`` in this tick of the loop goes to Redis together."""
+        """Every attempt that reached ``check`` in this tick of the loop goes to Redis together: on a cluster at once,
+        on one server when the call in flight, if any, is answered."""
         self._flush_scheduled = False
-        attempts, self._pending = self._pending, []
-        task = asyncio.create_task(self._flush(attempts), name="rate-limit-calls")
+        if self._cluster:
+            attempts, self._pending = self._pending, []
+            self._spawn(self._flush(attempts))
+        elif not self._sending:
+            self._sending = True
+            self._spawn(self._send_in_turn())
+
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.create_task(work, name="rate-limit-calls")
         self._flushing.add(task)
         task.add_done_callback(self._flushing.discard)
+
+    async def _send_in_turn(self) -> None:
+        """One server: a call at a time, each with every attempt pending when the one before it was answered."""
+        failure: BaseException | None = None
+        try:
+            while self._pending:
+                attempts, self._pending = self._pending, []
+                if failure is None:
+                    failure = await self._flush(attempts)
+                else:
+                    self._fail(attempts, failure)
+        except BaseException as exc:
+            attempts, self._pending = self._pending, []
+            self._fail(attempts, exc)  # the loop shutting down: no check() may wait for good
+            raise
+        finally:
+            self._sending = False
+
+    @staticmethod
+    def _fail(attempts: list[_Attempt], exc: BaseException) -> None:
+        for attempt in attempts:
+            if attempt.answers.done():
+                continue
+            if isinstance(exc, Exception):
+                attempt.answers.set_exception(exc)
+            else:
+                attempt.answers.cancel()
 
     def _calls_of(self, attempts: list[_Attempt]) -> dict[int, list[_Call]]:
         """The script calls' parts by shard (0 on one server): an attempt whose two identities live in two slots of a
@@ -321,28 +364,30 @@ class RateLimiter:
                 by_shard.setdefault(shard, []).append(_Call(attempt, identities))
         return by_shard
 
-    async def _flush(self, attempts: list[_Attempt]) -> None:
+    async def _flush(self, attempts: list[_Attempt]) -> BaseException | None:
+        """Decide and answer ``attempts``; returns the Redis failure that failed any of them, if one did."""
         try:
             outcomes = await self._decide(attempts)
         except BaseException as exc:
-            for attempt in attempts:  # a bug here, or the loop shutting down: no check() may wait for good
-                if attempt.answers.done():
-                    continue
-                if isinstance(exc, Exception):
-                    attempt.answers.set_exception(exc)
-                else:
-                    attempt.answers.cancel()
+            self._fail(attempts, exc)  # a bug here, or the loop shutting down: no check() may wait for good
             raise
+        failed: BaseException | None = None
         for attempt, outcome in zip(attempts, outcomes, strict=True):
+            if isinstance(outcome, CALL_FAILED):
+                failed = outcome
             if attempt.answers.done():
                 continue  # its request went away
             if isinstance(outcome, BaseException):
                 attempt.answers.set_exception(outcome)  # check() fails open on Redis trouble, raises a bug
             else:
                 attempt.answers.set_result(outcome)
+        return failed
 
     async def _decide(self, attempts: list[_Attempt]) -> list[dict[str, _Answer] | BaseException]:
-        by_shard = await asyncio.gather(*(self._call_shard(calls) for calls in self._calls_of(attempts).values()))
+        shards = list(self._calls_of(attempts).values())
+        # One shard (one server, always) is awaited as it is: gather would wrap it in a task of its own.
+        by_shard = ([await self._call_shard(shards[0])] if len(shards) == 1
+                    else await asyncio.gather(*(self._call_shard(calls) for calls in shards)))
         parts: dict[int, list[tuple[_Call, _Answer | BaseException]]] = {}
         for outcomes in by_shard:
             for call, outcome in outcomes:
@@ -358,7 +403,8 @@ class RateLimiter:
             outcomes.append(answers)
             refunds += [attempt.members[kind] for kind in give_back]
         # Given back before anybody is answered, so that the next attempt finds the room one call would have left.
-        await asyncio.gather(*(self._give_back(member) for member in refunds))
+        if refunds:
+            await asyncio.gather(*(self._give_back(member) for member in refunds))
         return outcomes
 
     async def _give_back(self, member: str) -> None:

@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection
 
 from hypercheckout.app import Services, redis_client
 from hypercheckout.limiter import (
@@ -218,15 +220,19 @@ def test_a_call_redis_py_fails_with_its_own_error_fails_open_not_the_purchase(re
     ten runs of tests/test_redis_cluster.py: a 500); the limiter takes it as Redis trouble."""
     async def scenario() -> None:
         client, limiter = limiter_for(redis_url, redis_prefix, user_rate=1.0, user_burst=1)
-        real = client.evalsha
+        assert not (await limiter.check(3, "10.0.0.7")).failed_open  # connected (a cluster's layout learnt)
+        real = AbstractConnection.send_packed_command
 
-        async def torn_down(*args: object) -> object:
+        async def torn_down(*args: object, **kwargs: object) -> None:
             raise AttributeError("'NoneType' object has no attribute 'writelines'")
 
-        client.evalsha = torn_down  # type: ignore[method-assign]
-        decision = await limiter.check(4, "10.0.0.7")
+        # Where redis-py raised it: sending on a connection, whichever path the limiter's call takes to one.
+        AbstractConnection.send_packed_command = torn_down  # type: ignore[method-assign]
+        try:
+            decision = await limiter.check(4, "10.0.0.7")
+        finally:
+            AbstractConnection.send_packed_command = real  # type: ignore[method-assign]
         assert decision.allowed and decision.failed_open
-        client.evalsha = real  # type: ignore[method-assign]
         await asyncio.sleep(FAILURE_BACKOFF)
         assert not (await limiter.check(4, "10.0.0.7")).failed_open
         await client.aclose()
@@ -432,6 +438,71 @@ def test_a_herd_in_one_tick_is_cut_into_calls_of_a_bounded_size(redis_url: str, 
         decisions = await asyncio.gather(*(limiter.check(user, address) for user, address in herd))
         assert [d.allowed for d in decisions] == [True] * 300 + [False] * 150, decisions[:2]
         assert counting.attempts_per_call == [ATTEMPTS_PER_CALL, ATTEMPTS_PER_CALL, 50]
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+class HeldFirstCall(CountingScript):
+    """The limiter's script, whose first call waits for ``release`` (and then fails with ``fail``, if given)."""
+
+    def __init__(self, script: object, fail: BaseException | None = None) -> None:
+        super().__init__(script)
+        self.release = asyncio.Event()
+        self.fail = fail
+
+    async def __call__(self, *, keys: list[str], args: list[object]) -> object:
+        if not self.attempts_per_call:
+            self.attempts_per_call.append(0)  # counted below, once it is released
+            await self.release.wait()
+            if self.fail is not None:
+                raise self.fail
+            self.attempts_per_call.pop()
+        return await super().__call__(keys=keys, args=args)
+
+
+def test_on_one_server_attempts_arriving_during_a_call_go_together_in_the_next(redis_url: str,
+                                                                              redis_prefix: str) -> None:
+    """One call in flight at a time: the attempts of the ticks while it waits are the next call, in their order,
+    and decided as the same attempts one after another would be."""
+    options = {"user_rate": 0.01, "user_burst": 2, "ip_rate": 0.01, "ip_burst": 3, "ban_after": 2,
+               "local_deny_seconds": 0}
+
+    async def scenario() -> None:
+        client, alone = limiter_for(redis_url, f"{redis_prefix}alone:", **options)
+        one_by_one = [await alone.check(user, address) for user, address in STREAM]
+        _, limiter = limiter_for(redis_url, f"{redis_prefix}in-turn:", **options)
+        held = limiter._script = HeldFirstCall(limiter._script)
+        checks = []
+        for user, address in STREAM:  # each in a tick of its own
+            checks.append(asyncio.ensure_future(limiter.check(user, address)))
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        held.release.set()
+        decisions = await asyncio.gather(*checks)
+        assert [(d.allowed, d.identity, d.banned) for d in decisions] == \
+               [(d.allowed, d.identity, d.banned) for d in one_by_one]
+        assert not any(d.failed_open for d in decisions)
+        assert held.attempts_per_call == [1, len(STREAM) - 1]
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_on_one_server_a_failed_call_fails_the_attempts_waiting_behind_it_open_at_once(
+        redis_url: str, redis_prefix: str) -> None:
+    async def scenario() -> None:
+        client, limiter = limiter_for(redis_url, redis_prefix, user_rate=1.0, user_burst=1)
+        held = limiter._script = HeldFirstCall(limiter._script, fail=redis.exceptions.ConnectionError("gone"))
+        first = asyncio.ensure_future(limiter.check(1, "10.4.0.1"))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        behind = [asyncio.ensure_future(limiter.check(user, "10.4.0.1")) for user in (2, 3, 4)]
+        await asyncio.sleep(0)
+        held.release.set()
+        decisions = await asyncio.gather(first, *behind)
+        assert all(d.allowed and d.failed_open for d in decisions)
+        assert held.attempts_per_call == [0]  # the failed call only: none was sent to the Redis that failed
         await client.aclose()
 
     asyncio.run(scenario())
