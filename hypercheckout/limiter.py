@@ -41,7 +41,9 @@ from hypercheckout.resources import resource_text
 
 log = logging.getLogger(__name__)
 
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
+# RedisClusterException is no RedisError: a cluster client raises it when no node answers for its layout or a slot
+# has no master (SlotNotCoveredError, while one fails over), which is Redis trouble all the same.
+REDIS_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError, asyncio.TimeoutError)
 # ...and what redis-py itself may raise for a call that failed: caught only around the call itself, so that a bug of
 # ours is not taken for Redis trouble.
 CALL_FAILED = (*REDIS_ERRORS, *CLIENT_FAULTS)

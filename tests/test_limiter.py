@@ -251,6 +251,18 @@ def test_off_means_no_redis_call_at_all() -> None:
     asyncio.run(scenario())
 
 
+def test_a_redis_cluster_with_no_node_answering_fails_open_not_the_purchase() -> None:
+    """redis-py's cluster client raises RedisClusterUnreachableError, which is no RedisError, when no seed
+    answers for the cluster's layout: it failed the purchase instead of letting it through unlimited."""
+    async def scenario() -> None:
+        client, limiter = limiter_for(f"redis+cluster://127.0.0.1:{free_port()}", "x:", user_rate=1.0)
+        decision = await limiter.check(1, "10.0.0.5")
+        assert decision.allowed and decision.failed_open
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_redis_killed_fails_open_and_limits_return_with_it(redis_prefix: str) -> None:
     async def scenario(server: PrivateRedis) -> None:
         client, limiter = limiter_for(server.url, redis_prefix, user_rate=1.0, user_burst=1)
