@@ -232,6 +232,7 @@ class RateLimiter:
         self.enabled = bool(user_rate or ip_rate)
         # (decision, where it was made) -> count, for /metrics: allowed/limited/banned by redis or local memory
         self.decisions: Counter[tuple[str, str]] = Counter()
+        self.call_sizes: Counter[int] = Counter()  # attempts in a script call -> calls made; for /metrics
         self._denials = LocalDenials(ban_after, local_deny_seconds)
         self.fail_open_events = 0
         # When a call failed, Redis is skipped for FAILURE_BACKOFF: all of it on one server, only the shard's hash
@@ -433,6 +434,7 @@ class RateLimiter:
         return outcomes
 
     async def _call(self, chunk: list[_Call]) -> list[int]:
+        self.call_sizes[len(chunk)] += 1
         keys: list[str] = []
         args: list[object] = list(self._common)
         for call in chunk:

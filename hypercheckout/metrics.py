@@ -77,6 +77,9 @@ class ServiceCollector(Collector):
         for (decision, source), count in sorted(limiter.decisions.items()):
             decisions.add_metric([decision, source], count)
         yield decisions
+        yield _histogram("hypercheckout_rate_limit_call_size", "Attempts decided per call of the limiter's script "
+                         "(those of a tick of the loop; on one server also those that arrived during the call before).",
+                         limiter.call_sizes, BATCH_BUCKETS)
         yield CounterMetricFamily("hypercheckout_redis_fail_open", "Purchases let through unlimited because Redis "
                                   "was unreachable.", value=limiter.fail_open_events)
         admission = services.admission

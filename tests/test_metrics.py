@@ -55,6 +55,9 @@ async def test_the_figures_follow_what_happened(http_client, base_url, database_
     assert m["hypercheckout_rate_limit_decisions_total", (("decision", "allowed"), ("source", "redis"))] == 3
     assert m["hypercheckout_rate_limit_decisions_total", (("decision", "limited"), ("source", "redis"))] == 1
     assert m["hypercheckout_redis_fail_open_total", ()] == 0
+    # Four attempts went to Redis one after another, each in a call of its own.
+    assert m["hypercheckout_rate_limit_call_size_count", ()] == 4
+    assert m["hypercheckout_rate_limit_call_size_sum", ()] == 4
     # The batched strategy settled the three purchases that reached it, in batches of one.
     assert m["hypercheckout_batch_size_count", ()] == 3 and m["hypercheckout_batch_size_sum", ()] == 3
     assert m["hypercheckout_db_pool_connections", (("state", "max"),)] == services.settings.db_pool_size
