@@ -79,6 +79,14 @@ def index_keys(prefix: str, shard: int) -> tuple[str, str]:
     return f"{start}index:banned", f"{start}index:limited"
 
 
+def script_keys(prefix: str, member: str) -> tuple[str, ...]:
+    """The five keys the limiter's script takes for identity ``member``, in its order: ban, bucket (tat), strikes,
+    and its shard's banned and limited indexes (one hash of the identity for all five)."""
+    shard = shard_of(member)
+    start = shard_prefix(prefix, shard)
+    return (f"{start}ban:{member}", f"{start}tat:{member}", f"{start}strikes:{member}", *index_keys(prefix, shard))
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     allowed: bool
@@ -355,11 +363,11 @@ class RateLimiter:
         """The script calls' parts by shard (0 on one server): an attempt whose two identities live in two slots of a
         cluster is two parts, one in each."""
         by_shard: dict[int, list[_Call]] = {}
+        if not self._cluster:
+            return {0: [_Call(attempt, list(attempt.members.items())) for attempt in attempts]}
         for attempt in attempts:
             shards = {kind: shard_of(member) for kind, member in attempt.members.items()}
-            if not self._cluster:
-                groups = {0: list(attempt.members.items())}
-            elif len(set(shards.values())) == 1:
+            if len(set(shards.values())) == 1:
                 groups = {shards["user"]: list(attempt.members.items())}
             else:
                 groups = {shard: [(kind, attempt.members[kind])] for kind, shard in shards.items()}
@@ -441,8 +449,7 @@ class RateLimiter:
             args.append(len(call.identities))
             for kind, member in call.identities:
                 limit = self._limits[kind]
-                keys += [self._key("ban", member), self._key("tat", member), self._key("strikes", member),
-                         *index_keys(self._prefix, shard_of(member))]
+                keys += script_keys(self._prefix, member)
                 args += [limit.interval, limit.burst, member, call.attempt.extra[kind]]
         return await self._script(keys=keys, args=args)
 

@@ -20,6 +20,7 @@ from hypercheckout.limiter import (
     RateLimiter,
     index_keys,
     limit_key,
+    script_keys,
     shard_of,
 )
 from hypercheckout.localservices import PrivateRedis
@@ -518,3 +519,10 @@ def test_on_one_server_a_failed_call_fails_the_attempts_waiting_behind_it_open_a
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_the_scripts_keys_of_an_identity_are_its_limit_keys_and_its_shards_indexes() -> None:
+    for member in ("user:7", "ip:10.0.0.1", "ip:2001:db8::1"):
+        assert script_keys("hc:", member) == (
+            limit_key("hc:", "ban", member), limit_key("hc:", "tat", member), limit_key("hc:", "strikes", member),
+            *index_keys("hc:", shard_of(member)))
