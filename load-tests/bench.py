@@ -18,8 +18,12 @@ Measures, one after another against the same private PostgreSQL and Redis:
 
 Each figure is measured right after a no-op ceiling run on the same cluster with the same connections, and is
 printed as a ratio to that ceiling and to ``pessimistic``: absolute numbers on a shared 2-core machine move from
-run to run, and pairing keeps the ratio honest. A sweep repeats the pair (ceiling, batched purchases) at more
-connections, since group commit gains with concurrency. After each purchase run the invariant is checked
+run to run, and pairing keeps the ratio honest. Yet this machine's pace moves within a minute (a no-op request's
+replica CPU went from 223 to 324 µs within one 40-second `make cpu` run here), so one pair's ratio moves too (by
+0.13 between two runs of one code): ``--rounds N`` measures each figure as N pairs in turn (ceiling, run, ceiling,
+run, …) and gives the median of their ratios, with the lowest and highest beside it.
+A sweep repeats the pair (ceiling, batched purchases) at more connections, since group commit gains with
+concurrency. After each purchase run the invariant is checked
 (``stock + sold == initial`` and one order per 2xx answer). Results: ``load-tests/results/<date>/bench.{md,json}``.
 """
 
@@ -30,10 +34,11 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -81,11 +86,31 @@ class Figure:
     p99_ms: float
     note: str = ""
     connections: int = 0
-    ceiling: float = 0.0  # the no-op ceiling measured just before, same cluster and connections
+    ceiling: float = 0.0  # the no-op ceiling measured just before, same cluster and connections (rounds: median)
+    ratios: list[float] = field(default_factory=list)  # each round's req/s ÷ its own ceiling's (--rounds)
 
     @property
     def rate(self) -> float:
         return self.requests / self.seconds
+
+    @property
+    def ratio(self) -> float:
+        """To the no-op ceiling: the median of the rounds' ratios, or of the one pair."""
+        return statistics.median(self.ratios) if self.ratios else self.rate / self.ceiling
+
+    def ratio_text(self) -> str:
+        if len(self.ratios) < 2:
+            return f"{self.ratio:.2f}"
+        return f"{self.ratio:.2f} ({min(self.ratios):.2f} to {max(self.ratios):.2f})"
+
+
+def combined(runs: list[Figure]) -> Figure:
+    """Rounds of one figure as one: their answers and seconds added, the median p50 and the highest p99."""
+    if len(runs) == 1:
+        return runs[0]
+    return Figure(name="", requests=sum(r.requests for r in runs), seconds=sum(r.seconds for r in runs),
+                  non_2xx=sum(r.non_2xx for r in runs), socket_errors=sum(r.socket_errors for r in runs),
+                  p50_ms=statistics.median(r.p50_ms for r in runs), p99_ms=max(r.p99_ms for r in runs))
 
 
 def read_access_log(path: Path, offset: int) -> tuple[list[dict[str, object]], int]:
@@ -118,8 +143,9 @@ def wrk(url: str, *, seconds: float, connections: int, threads: int = 2, **env: 
 
 
 class Bench:
-    def __init__(self, backends: Backends, *, seconds: float, connections: int) -> None:
+    def __init__(self, backends: Backends, *, seconds: float, connections: int, rounds: int = 1) -> None:
         self.backends = backends
+        self.rounds = rounds
         self.cli = backends.cli
         self.cluster = backends.cluster
         self.seconds = seconds
@@ -132,17 +158,22 @@ class Bench:
     def record(self, name: str, figure: Figure, *, connections: int, ceiling: float, note: str = "") -> Figure:
         figure.name, figure.note, figure.connections, figure.ceiling = name, note, connections, ceiling
         self.figures.append(figure)
-        print(f"  {name:<40} {figure.rate:>9,.0f} req/s  ({figure.rate / ceiling:4.2f} of {ceiling:,.0f})  "
+        print(f"  {name:<40} {figure.rate:>9,.0f} req/s  ({figure.ratio_text()} of {ceiling:,.0f})  "
               f"p50 {figure.p50_ms:6.2f} ms  p99 {figure.p99_ms:6.2f} ms  non-2xx {figure.non_2xx:,}", flush=True)
         return figure
 
     def paired(self, name: str, url: str, *, connections: int | None = None, **env: str) -> Figure:
-        """The no-op ceiling, then this run, back to back on the same cluster."""
+        """The no-op ceiling, then this run, back to back on the same cluster (``rounds`` such pairs in turn)."""
         connections = connections or self.connections
         self.skip_access_log()
-        ceiling = wrk(url, seconds=self.seconds, connections=connections, WRK_MODE="healthz").rate
-        figure = wrk(url, seconds=self.seconds, connections=connections, **env)
-        return self.record(name, figure, connections=connections, ceiling=ceiling)
+        ceilings, runs = [], []
+        for _ in range(self.rounds):
+            ceilings.append(wrk(url, seconds=self.seconds, connections=connections, WRK_MODE="healthz").rate)
+            runs.append(wrk(url, seconds=self.seconds, connections=connections, **env))
+        figure = combined(runs)
+        if self.rounds > 1:
+            figure.ratios = [run.rate / ceiling for run, ceiling in zip(runs, ceilings, strict=True)]
+        return self.record(name, figure, connections=connections, ceiling=statistics.median(ceilings))
 
     def run(self, parts: str = "all") -> None:
         if parts == "redis":
@@ -218,8 +249,8 @@ class Bench:
                 found[where] = bought, limited
         (one_bought, one_limited), (cl_bought, cl_limited) = found["one Redis"], found["Redis Cluster"]
         for figure, base in ((cl_bought, one_bought), (cl_limited, one_limited)):
-            ratio = (f"{figure.rate / base.rate:.2f} of one Redis's req/s; {figure.rate / figure.ceiling:.2f} of "
-                     f"its ceiling vs {base.rate / base.ceiling:.2f}")
+            ratio = (f"{figure.rate / base.rate:.2f} of one Redis's req/s; {figure.ratio:.2f} of "
+                     f"its ceiling vs {base.ratio:.2f}")
             figure.note = f"{figure.note}; {ratio}" if figure.note else ratio
             print(f"  {figure.name}: {figure.note}", flush=True)
 
@@ -361,10 +392,11 @@ class Bench:
         """After a run of holds: available + held + sold = the stock set, and every 2xx was a hold (or a confirm)."""
         product = self.backends.status()["products"][0]
         assert product["available"] + product["held"] + product["sold"] == product["initial_stock"], product
-        assert figure.non_2xx <= self.connections, f"{figure.non_2xx} holds or confirms refused while stock lasted"
+        in_flight = self.connections * self.rounds  # answered after a round's wrk stopped counting: one a connection
+        assert figure.non_2xx <= in_flight, f"{figure.non_2xx} holds or confirms refused while stock lasted"
         if held:
             ok = figure.requests - figure.non_2xx
-            assert 0 <= product["held"] - ok <= self.connections, (product, ok)
+            assert 0 <= product["held"] - ok <= in_flight, (product, ok)
 
     def skip_access_log(self) -> None:
         """What nginx logged so far is not this run's (each cluster's nginx may start a new log)."""
@@ -378,8 +410,9 @@ class Bench:
         product = status["products"][0]
         assert product["available"] + product["held"] + product["sold"] == product["initial_stock"], product
         ok = figure.requests - figure.non_2xx
-        # Requests in flight when wrk stops are answered after it stopped counting: at most one per connection.
-        assert 0 <= status["orders"] - ok <= (connections or self.connections), (status["orders"], ok)
+        # Requests in flight when wrk stops are answered after it stopped counting: at most one per connection, each
+        # round.
+        assert 0 <= status["orders"] - ok <= (connections or self.connections) * self.rounds, (status["orders"], ok)
         # While stock lasts the only refusal allowed is admission control's (503 overloaded, nothing sold): on a
         # slow moment of a shared machine a replica's queue can stand (controlled delay).
         time.sleep(1.5)  # nginx flushes its access log every second
@@ -402,7 +435,7 @@ class Bench:
         for f in self.figures:
             versus = f"{f.rate / pessimistic:.2f}" if pessimistic else "—"
             lines.append(f"| {f.name} | {f.connections} | {f.rate:,.0f} | {f.ceiling:,.0f} | "
-                         f"{f.rate / f.ceiling:.2f} | {versus} | {f.p50_ms:.2f} | {f.p99_ms:.2f} | "
+                         f"{f.ratio_text()} | {versus} | {f.p50_ms:.2f} | {f.p99_ms:.2f} | "
                          f"{f.non_2xx:,} | {f.note} |")
         return "\n".join(lines)
 
@@ -411,6 +444,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10, help="length of each wrk run (default 10)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="pairs (no-op ceiling, run) per figure, in turn; its ratio is their median (default 1)")
     parser.add_argument("--only", choices=("all", "overload", "figures", "redis", "holds", "buyers"), default="all",
                         help="overload: only the overload curve; figures: everything but it; redis: only the limiter "
                              "on one Redis against a Redis Cluster; holds: batched purchases, then holds and "
@@ -428,7 +463,7 @@ def main() -> int:
     if files < max(args.steps) + FILES_KEPT_BACK:
         print(f"warning: only {files} open files allowed; the largest steps may fail to connect", file=sys.stderr)
     with private_backends() as backends:
-        bench = Bench(backends, seconds=args.seconds, connections=args.connections)
+        bench = Bench(backends, seconds=args.seconds, connections=args.connections, rounds=args.rounds)
         bench.steps = args.steps
         bench.run(args.only)
     table = bench.table()
@@ -441,12 +476,15 @@ def main() -> int:
         f"\n\n## Overload curve\n\nPOST /purchase (batched, limiter off, stock plenty), wrk -t2, {args.seconds:g} s "
         f"a step. Latency of all answers as wrk saw it; of 200s as nginx logged them (request_time).\n\n{curve}\n\n"
         "![overload curve](overload-curve.png)") if bench.curve else ""
+    rounds = (f" Each figure: {args.rounds} pairs of runs in turn (no-op ceiling, then the figure's); vs ceiling is "
+              "the median of their ratios, the lowest and highest in brackets; req/s is over all of its rounds."
+              if args.rounds > 1 else "")
     (args.out / "bench.md").write_text(
         f"# make bench — {started}\n\nMachine: {machine}; wrk -t2 -c{args.connections}, {args.seconds:g} s per run, "
-        f"through nginx to 3 replicas, all on this machine.\n\n{table}{curve_section}\n")
+        f"through nginx to 3 replicas, all on this machine.{rounds}\n\n{table}{curve_section}\n")
     (args.out / "bench.json").write_text(json.dumps(
         {"started": started, "machine": machine, "seconds": args.seconds, "connections": args.connections,
-         "figures": [{**asdict(f), "rate": f.rate} for f in bench.figures],
+         "rounds": args.rounds, "figures": [{**asdict(f), "rate": f.rate, "ratio": f.ratio} for f in bench.figures],
          "overload_curve": [{**asdict(step), "ok_rate": step.ok_rate} for step in bench.curve]}, indent=2) + "\n")
     if bench.curve:
         bench.curve_chart(args.out / "overload-curve.png")

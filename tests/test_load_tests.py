@@ -102,6 +102,25 @@ def test_the_scenarios_run_with_verified_buyers_minting_their_own_tokens(tmp_pat
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None and not os.environ.get("CI"), reason="wrk is not installed")
+def test_the_benchmark_in_rounds_gives_each_figure_the_median_of_its_pairs_ratios(tmp_path: Path) -> None:
+    done = run("bench.py", "--only", "holds", "--rounds", "3", "--seconds", "1", "--connections", "16",
+               "--out", str(tmp_path))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert results["rounds"] == 3
+    figures = results["figures"]
+    assert [f["name"] for f in figures] == ["purchases (batched)", "holds (batched)", "holds then confirms (batched)"]
+    for figure in figures:
+        assert len(figure["ratios"]) == 3 and all(r > 0 for r in figure["ratios"])
+        assert figure["ratio"] == sorted(figure["ratios"])[1]
+        assert figure["seconds"] >= 2.5  # three runs of a second each, not one
+    report = (tmp_path / "bench.md").read_text()
+    low, high = min(figures[0]["ratios"]), max(figures[0]["ratios"])
+    assert f"| {figures[0]['ratio']:.2f} ({low:.2f} to {high:.2f}) |" in report
+    assert "3 pairs of runs in turn" in report
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None and not os.environ.get("CI"), reason="wrk is not installed")
 def test_the_benchmark_runs_every_figure_and_checks_the_invariant(tmp_path: Path) -> None:
     done = run("bench.py", "--seconds", "1", "--connections", "16", "--steps", "16,600", "--out", str(tmp_path))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
