@@ -12,8 +12,8 @@ On one server the calls go one at a time, on a connection held for them (heldscr
 arrive while a call is in flight go together in the next, in their order, and a call that failed fails the
 attempts waiting behind it at once (they would each wait for a Redis that just failed).
 
-Keys are spread over ``SHARDS`` hash tags by identity: an identity's ban, bucket and strike keys and its shard's
-two dashboard indexes share one tag, hence one Redis Cluster slot. On one Redis server both identities of an
+Keys are spread over ``SHARDS`` hash tags by identity (limiter_keys.py): an identity's keys share one Redis Cluster
+slot. On one Redis server both identities of an
 attempt go in the tick's one call. On a Redis Cluster a call may touch one slot only, so there is one call per
 shard per tick, concurrently; an attempt whose two identities live in two slots is a part in each, and the limiter
 combines the answers in the script's own order of precedence; an identity whose part took room from its bucket
@@ -27,77 +27,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import zlib
 from collections import Counter
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis.exceptions
-
+from hypercheckout.denials import ALLOW, FAILED_OPEN, Decision, LocalDenials
 from hypercheckout.heldscript import HeldConnectionScript
-from hypercheckout.redisclient import CLIENT_FAULTS, RedisClient, is_cluster
+from hypercheckout.limiter_keys import SHARDS, index_keys, limit_key, script_keys, shard_of
+from hypercheckout.redisclient import CALL_FAILED, RedisClient, is_cluster
 from hypercheckout.resources import resource_text
 
 log = logging.getLogger(__name__)
 
-# RedisClusterException is no RedisError: a cluster client raises it when no node answers for its layout or a slot
-# has no master (SlotNotCoveredError, while one fails over), which is Redis trouble all the same.
-REDIS_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError, asyncio.TimeoutError)
-# ...and what redis-py itself may raise for a call that failed: caught only around the call itself, so that a bug of
-# ours is not taken for Redis trouble.
-CALL_FAILED = (*REDIS_ERRORS, *CLIENT_FAULTS)
 FAILURE_BACKOFF = 1.0  # seconds without trying Redis after it failed
 LOG_INTERVAL = 10.0  # seconds between two fail-open log lines
-LOCAL_DENY_ENTRIES = 50_000  # identities remembered at most; expired ones are dropped first
 
 ALLOWED, LIMITED, BANNED = 0, 1, 2
 # At most this many attempts in one script call: Redis runs nothing else while a script runs, so a herd's tick is
 # cut into calls of about a millisecond each.
 ATTEMPTS_PER_CALL = 200
-SHARDS = 64  # hash tags the limiter's keys are spread over: at most this many cluster masters share its load
-
-
-def shard_of(member: str) -> int:
-    """The shard of identity ``member`` ("user:7", "ip:10.0.0.1")."""
-    return zlib.crc32(member.encode()) % SHARDS
-
-
-def shard_prefix(prefix: str, shard: int) -> str:
-    """``{prefix}{rl<n>}:``, the start of every key of a shard: the braces make it the key's cluster hash tag."""
-    return f"{prefix}{{rl{shard}}}:"
-
-
-def limit_key(prefix: str, kind: str, member: str) -> str:
-    """The ``kind`` key ("ban", "tat" or "strikes") of identity ``member``."""
-    return f"{shard_prefix(prefix, shard_of(member))}{kind}:{member}"
-
-
-def index_keys(prefix: str, shard: int) -> tuple[str, str]:
-    """The banned and limited indexes of a shard."""
-    start = shard_prefix(prefix, shard)
-    return f"{start}index:banned", f"{start}index:limited"
-
-
-def script_keys(prefix: str, member: str) -> tuple[str, ...]:
-    """The five keys the limiter's script takes for identity ``member``, in its order: ban, bucket (tat), strikes,
-    and its shard's banned and limited indexes (one hash of the identity for all five)."""
-    shard = shard_of(member)
-    start = shard_prefix(prefix, shard)
-    return (f"{start}ban:{member}", f"{start}tat:{member}", f"{start}strikes:{member}", *index_keys(prefix, shard))
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    allowed: bool
-    banned: bool = False
-    retry_after: float = 0.0  # seconds
-    identity: str = ""  # "user" or "ip": which limit refused
-    failed_open: bool = False
-
-
-ALLOW = Decision(allowed=True)
-FAILED_OPEN = Decision(allowed=True, failed_open=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,63 +57,6 @@ class Ban:
 
     def as_json(self) -> dict[str, object]:
         return {"kind": self.kind, "value": self.value, "seconds_left": round(self.seconds_left, 1)}
-
-
-@dataclass(slots=True)
-class _Denial:
-    until: float  # monotonic time until which this replica refuses without asking Redis
-    retry_at: float  # monotonic time the client may retry (a ban's end, beyond ``until``)
-    banned: bool
-    strikes: int  # the identity's strikes in Redis when it was refused
-    pending: int = 0  # refusals answered here since, to be counted in Redis with the next call
-
-
-class LocalDenials:
-    """Refusals Redis has decided, remembered by one replica so that a client hammering past its rate or while
-    banned costs no Redis round trip. Refusals answered here are sent along as strikes with the identity's next
-    call, and the attempt that would reach the ban threshold is always decided by Redis, so bans come as they
-    would without this cache."""
-
-    def __init__(self, ban_after: int, max_seconds: float) -> None:
-        self._ban_after = ban_after
-        self._max_seconds = max_seconds  # longest this replica refuses on Redis's earlier word (0: never)
-        self._entries: dict[str, _Denial] = {}
-
-    def refuse(self, identity: str, kind: str, now: float) -> Decision | None:
-        denial = self._entries.get(identity)
-        if denial is None or denial.until <= now:
-            return None
-        if not denial.banned and self._ban_after and denial.strikes + denial.pending + 1 >= self._ban_after:
-            return None  # this refusal bans: Redis decides it
-        if not denial.banned:
-            denial.pending += 1  # a banned identity collects no more strikes in Redis either
-        return Decision(allowed=False, banned=denial.banned, retry_after=denial.retry_at - now, identity=kind)
-
-    def take_pending(self, identity: str) -> int:
-        denial = self._entries.get(identity)
-        if denial is None or not denial.pending:
-            return 0
-        pending, denial.pending = denial.pending, 0
-        return pending
-
-    def remember(self, identity: str, decision: Decision, strikes: int, now: float) -> None:
-        if self._max_seconds <= 0:
-            return
-        if len(self._entries) >= LOCAL_DENY_ENTRIES:
-            self._entries = {k: d for k, d in self._entries.items() if d.until > now}
-            if len(self._entries) >= LOCAL_DENY_ENTRIES:
-                self._entries.clear()
-        self._entries[identity] = _Denial(
-            until=now + min(decision.retry_after, self._max_seconds), retry_at=now + decision.retry_after,
-            banned=decision.banned, strikes=strikes,
-        )
-
-    def forget(self, *identities: str) -> None:
-        for identity in identities:
-            self._entries.pop(identity, None)
-
-    def clear(self) -> None:
-        self._entries.clear()
 
 
 def load_script(name: str) -> str:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hypercheckout.limiter import CALL_FAILED, Ban, load_script
-from hypercheckout.redisclient import RedisClient
+from hypercheckout.limiter import Ban, load_script
+from hypercheckout.redisclient import CALL_FAILED, RedisClient
 
 WINDOW_SECONDS = 3600
 

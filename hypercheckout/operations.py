@@ -8,9 +8,9 @@ from typing import Any
 from hypercheckout.checkout.errors import invalid_request, unknown_product
 from hypercheckout.checkout.soldout import announce_product_changed
 from hypercheckout.checkout.validation import MAX_ID, MAX_UNITS
-from hypercheckout.limiter import REDIS_ERRORS, RateLimiter
+from hypercheckout.limiter import RateLimiter
 from hypercheckout.login_throttle import LoginThrottle
-from hypercheckout.redisclient import RedisClient
+from hypercheckout.redisclient import REDIS_ERRORS, RedisClient
 from hypercheckout.stats import clear_hits
 from hypercheckout.store import Store
 

@@ -8,10 +8,12 @@ seed is enough, more keep a start-up possible while one is down. A cluster has n
 
 from __future__ import annotations
 
+import asyncio
 from typing import TypeAlias
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
+import redis.exceptions
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -22,6 +24,13 @@ RedisClient: TypeAlias = aioredis.Redis | RedisCluster
 # ConnectionError (redis/redis-py#4287); seen here when a cluster master was killed mid-load: "'NoneType' object
 # has no attribute 'writelines'". To a caller they mean what a dropped connection means: the call failed.
 CLIENT_FAULTS = (AttributeError, TypeError)
+
+# RedisClusterException is no RedisError: a cluster client raises it when no node answers for its layout or a slot
+# has no master (SlotNotCoveredError, while one fails over), which is Redis trouble all the same.
+REDIS_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError, asyncio.TimeoutError)
+# ...and what redis-py itself may raise for a call that failed: caught only around the call itself, so that a bug of
+# ours is not taken for Redis trouble.
+CALL_FAILED = (*REDIS_ERRORS, *CLIENT_FAULTS)
 
 CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
 

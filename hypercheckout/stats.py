@@ -16,9 +16,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from hypercheckout.limiter import CALL_FAILED
 from hypercheckout.periodic import Every
-from hypercheckout.redisclient import RedisClient
+from hypercheckout.redisclient import CALL_FAILED, RedisClient
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import tornado.websocket
 from tornado.httpclient import HTTPClientError, HTTPRequest
 
 from hypercheckout.app import Services
-from hypercheckout.limiter import limit_key
+from hypercheckout.limiter_keys import limit_key
 from hypercheckout.processes import free_port
 from tests.helpers import ON_BOTH_REDIS, orders_of, run_cli, settings_env, sql, stock_of
 

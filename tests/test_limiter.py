@@ -13,16 +13,9 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 
 from hypercheckout.app import Services, redis_client
-from hypercheckout.limiter import (
-    ATTEMPTS_PER_CALL,
-    FAILURE_BACKOFF,
-    Decision,
-    RateLimiter,
-    index_keys,
-    limit_key,
-    script_keys,
-    shard_of,
-)
+from hypercheckout.denials import Decision
+from hypercheckout.limiter import ATTEMPTS_PER_CALL, FAILURE_BACKOFF, RateLimiter
+from hypercheckout.limiter_keys import index_keys, limit_key, script_keys, shard_of
 from hypercheckout.localservices import PrivateRedis
 from hypercheckout.processes import free_port
 from hypercheckout.redisclient import RedisClient, is_cluster

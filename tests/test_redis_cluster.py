@@ -18,7 +18,7 @@ import pytest
 from redis.crc import key_slot
 
 from hypercheckout.cluster import CLUSTER_ENV, read_env_file
-from hypercheckout.limiter import limit_key
+from hypercheckout.limiter_keys import limit_key
 from hypercheckout.localservices import PrivateRedisCluster
 from hypercheckout.processes import wait_until
 from tests.clusters import RunningCluster, cluster_workdir, purchase, start_cluster, stop_cluster

@@ -17,9 +17,9 @@ from hypercheckout.api.products import PRODUCT_ID
 from hypercheckout.checkout import holds
 from hypercheckout.checkout.errors import CheckoutError, unauthorized, unknown_product
 from hypercheckout.checkout.validation import MAX_ID, parse_json_body, parse_whole_number
-from hypercheckout.limiter import CALL_FAILED
 from hypercheckout.login_throttle import ThrottleUnavailable
 from hypercheckout.operations import reset_product
+from hypercheckout.redisclient import CALL_FAILED
 from hypercheckout.store import Product, ProductChanges
 
 ADMIN_MAX_BODY = 16 * 1024

@@ -6,8 +6,8 @@ import hmac
 import re
 
 from hypercheckout.admin.base import AdminHandler
-from hypercheckout.limiter import CALL_FAILED
 from hypercheckout.login_throttle import ThrottleUnavailable
+from hypercheckout.redisclient import CALL_FAILED
 
 SAFE_NEXT = re.compile(r"/admin(/[A-Za-z0-9._~/-]*)?(\?[A-Za-z0-9._~=&%-]*)?")
 

@@ -15,8 +15,9 @@ from typing import Any
 from hypercheckout.checkout import holds
 from hypercheckout.checkout.errors import CheckoutError
 from hypercheckout.checkout.queue import WaitingRooms
-from hypercheckout.limiter import REDIS_ERRORS, RateLimiter
+from hypercheckout.limiter import RateLimiter
 from hypercheckout.login_throttle import LoginThrottle
+from hypercheckout.redisclient import REDIS_ERRORS
 from hypercheckout.settings import Settings
 from hypercheckout.stats import OUTCOMES, read_outcomes, read_replicas, replica_hits
 from hypercheckout.store import Store

@@ -6,8 +6,8 @@ import asyncio
 
 from hypercheckout.api.base import JsonHandler
 from hypercheckout.checkout.errors import CheckoutError
-from hypercheckout.limiter import CALL_FAILED
 from hypercheckout.metrics import CONTENT_TYPE
+from hypercheckout.redisclient import CALL_FAILED
 
 
 class HealthHandler(JsonHandler):
