@@ -32,6 +32,7 @@ from hypercheckout.checkout.service import Checkout
 from hypercheckout.checkout.soldout import SoldOutFlags, announce_product_changed
 from hypercheckout.checkout.strategy import Strategy, make_strategy
 from hypercheckout.failures import PortInUse
+from hypercheckout.gcpauses import GcPauses, freeze_started_heap
 from hypercheckout.limiter import RateLimiter
 from hypercheckout.login_throttle import LoginThrottle
 from hypercheckout.metrics import Metrics
@@ -90,6 +91,7 @@ class Services:
     demo_issuer: LocalIssuer | None = None  # HC_DEMO_SIGNIN: the buyer page's demo sign-in mints with it
     payments: Payments | None = None  # HC_PAYMENTS on: checkouts of priced products are paid
     reconciler: Reconciler | None = None
+    gc_pauses: GcPauses = field(default_factory=GcPauses)  # the collector's pauses of this process, for /metrics
     stopping: bool = False
     failed_logins: int = 0
     in_flight: int = 0
@@ -196,6 +198,7 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
                                  target=settings.admission_target_ms / 1000,
                                  interval=settings.admission_interval_ms / 1000),
     )
+    services.gc_pauses.install()
     services.metrics.watch(services)
     if reconciler is not None:
         reconciler.start()
@@ -237,6 +240,7 @@ async def _bounded(what: str, step: Awaitable[None]) -> None:
 async def stop_services(services: Services) -> None:
     """Finish accepted purchases first (open batches settle), then stop background tasks and close connections."""
     services.stopping = True
+    services.gc_pauses.uninstall()
     await _bounded("the dashboard feed", services.live.close())
     await _bounded("settling accepted purchases", services.strategy.close())
     await _bounded("the sold-out listener", services.sold_out.close())
@@ -345,6 +349,8 @@ async def serve(settings: Settings) -> None:
     """Run one replica until SIGTERM/SIGINT, then drain: stop accepting, finish in-flight requests, close."""
     services = await start_services(settings)
     server = http_server(make_app(services))
+    if settings.gc_freeze:
+        log.info("%d objects of the started replica kept out of garbage collections", freeze_started_heap())
     try:
         server.listen(settings.port, address=settings.host, backlog=LISTEN_BACKLOG)
     except OSError as exc:

@@ -8,6 +8,7 @@ The second kind costs the purchase path nothing.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
@@ -77,6 +78,15 @@ class ServiceCollector(Collector):
         for (decision, source), count in sorted(limiter.decisions.items()):
             decisions.add_metric([decision, source], count)
         yield decisions
+        pauses = services.gc_pauses
+        gc_pauses = HistogramMetricFamily("hypercheckout_gc_pause_seconds", "How long Python's garbage collections "
+                                          "stopped this replica, by generation (2: a full collection).",
+                                          labels=["generation"])
+        for generation in sorted(pauses.counts):
+            gc_pauses.add_metric([str(generation)], pauses.cumulative(generation), pauses.seconds[generation])
+        yield gc_pauses
+        yield GaugeMetricFamily("hypercheckout_gc_frozen_objects", "Objects kept out of every garbage collection since "
+                                "this replica started (HC_GC_FREEZE).", value=gc.get_freeze_count())
         yield _histogram("hypercheckout_rate_limit_call_size", "Attempts decided per call of the limiter's script "
                          "(those of a tick of the loop; on one server also those that arrived during the call before).",
                          limiter.call_sizes, BATCH_BUCKETS)

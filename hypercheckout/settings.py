@@ -205,6 +205,10 @@ class Settings:
     event_loop: str = setting(
         "HC_EVENT_LOOP", "uvloop", _event_loop,
         "Event loop of `serve`: uvloop (about a quarter less CPU per request) or asyncio's own.")
+    gc_freeze: bool = setting(
+        "HC_GC_FREEZE", True, _boolean,
+        "Once started, keep the replica's heap out of Python's garbage collections (gc.freeze): no full collection "
+        "walks the libraries and the app again while the replica serves.")
     max_quantity: int = setting("HC_MAX_QUANTITY", 10, _positive_int, "Largest quantity one order may ask for.")
     max_body_bytes: int = setting(
         "HC_MAX_BODY_BYTES", 1024, _positive_int, "Largest purchase request body accepted, in bytes.")
