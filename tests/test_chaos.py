@@ -354,18 +354,25 @@ def test_a_short_campaign_injects_faults_and_finds_no_violation(tmp_path: Path) 
                     "webhooks-reordered"}, runs
 
 
+def one_short_run(tmp_path: Path, seed: str, *flags: str) -> dict[str, Any]:
+    """One run of 8 s of ``chaos.py`` (12 buyers, a fault a second) with ``flags``: its summary, once it found no
+    violation and sold."""
+    done = subprocess.run(
+        [sys.executable, str(LOAD_TESTS / "chaos.py"), "--runs", "1", "--duration", "8", "--seed", seed,
+         "--buyers", "12", "--faults-per-second", "1", *flags, "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=400, env={**os.environ, "HC_LOG_LEVEL": "WARNING"})
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    (run,) = json.loads((tmp_path / "summary.json").read_text())["runs"]
+    assert run["violations"] == [] and run["kinds"].get("ok", 0) > 0, run
+    return run
+
+
 def test_a_short_campaign_on_a_redis_cluster_kills_masters_and_finds_no_violation(tmp_path: Path) -> None:
     """`chaos.py --redis-cluster`: the limiter on, its keys on three masters, two of which are SIGKILLed."""
     kinds = tuple(REDIS_MASTER if kind == "redis-restart" else kind for kind in FAULTS)
     plan = make_plan("ci-rc-1", duration=8, buyers=12, faults_per_second=1, replicas=3, kinds=kinds)
     assert [f.kind for f in plan.faults].count(REDIS_MASTER) == 2  # the seed below plans two kills
-    done = subprocess.run(
-        [sys.executable, str(LOAD_TESTS / "chaos.py"), "--runs", "1", "--duration", "8", "--seed", "ci-rc",
-         "--buyers", "12", "--faults-per-second", "1", "--redis-cluster", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=400, env={**os.environ, "HC_LOG_LEVEL": "WARNING"})
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    (run,) = json.loads((tmp_path / "summary.json").read_text())["runs"]
-    assert run["violations"] == [] and run["kinds"].get("ok", 0) > 0, run
+    run = one_short_run(tmp_path, "ci-rc", "--redis-cluster")
     assert run["faults"].get(REDIS_MASTER, 0) >= 1, run  # a kill is skipped while one master is down
 
 
@@ -374,11 +381,5 @@ def test_a_short_campaign_with_the_limiter_on_one_redis_restarted_finds_no_viola
     it (its calls go on a connection held for them: heldscript.py)."""
     plan = make_plan("ci-limiter-1", duration=8, buyers=12, faults_per_second=1, replicas=3)
     assert [f.kind for f in plan.faults].count("redis-restart") == 2  # the seed below plans two restarts
-    done = subprocess.run(
-        [sys.executable, str(LOAD_TESTS / "chaos.py"), "--runs", "1", "--duration", "8", "--seed", "ci-limiter",
-         "--buyers", "12", "--faults-per-second", "1", "--limiter", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=400, env={**os.environ, "HC_LOG_LEVEL": "WARNING"})
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    (run,) = json.loads((tmp_path / "summary.json").read_text())["runs"]
-    assert run["violations"] == [] and run["kinds"].get("ok", 0) > 0, run
+    run = one_short_run(tmp_path, "ci-limiter", "--limiter")
     assert run["faults"].get("redis-restart", 0) >= 1, run  # one is skipped while Redis is still down
