@@ -13,13 +13,12 @@ arrive while a call is in flight go together in the next, in their order, and a 
 attempts waiting behind it at once (they would each wait for a Redis that just failed).
 
 Keys are spread over ``SHARDS`` hash tags by identity (limiter_keys.py): an identity's keys share one Redis Cluster
-slot. On one Redis server both identities of an
-attempt go in the tick's one call. On a Redis Cluster a call may touch one slot only, so there is one call per
-shard per tick, concurrently; an attempt whose two identities live in two slots is a part in each, and the limiter
-combines the answers in the script's own order of precedence; an identity whose part took room from its bucket
-while the other refused gets the room back (ratelimit_refund.lua). The decision to allow or refuse is the same
-as in one call. One difference remains, when both identities are refused at once: each gets its strike (one
-call stops at the first refusal).
+slot. On one Redis server both identities of an attempt go in the same call. On a Redis Cluster a call may touch one
+slot only, so there is one call per shard per tick, concurrently; an attempt whose two identities live in two slots
+is a part in each, and the limiter combines the answers in the script's own order of precedence; an identity whose
+part took room from its bucket while the other refused gets the room back (ratelimit_refund.lua). The decision to
+allow or refuse is the same as in one call. One difference remains, when both identities are refused at once: each
+gets its strike (one call stops at the first refusal).
 """
 
 from __future__ import annotations
@@ -254,9 +253,9 @@ class RateLimiter:
     def _calls_of(self, attempts: list[_Attempt]) -> dict[int, list[_Call]]:
         """The script calls' parts by shard (0 on one server): an attempt whose two identities live in two slots of a
         cluster is two parts, one in each."""
-        by_shard: dict[int, list[_Call]] = {}
         if not self._cluster:
             return {0: [_Call(attempt, list(attempt.members.items())) for attempt in attempts]}
+        by_shard: dict[int, list[_Call]] = {}
         for attempt in attempts:
             shards = {kind: shard_of(member) for kind, member in attempt.members.items()}
             if len(set(shards.values())) == 1:
