@@ -41,6 +41,7 @@ from hypercheckout.store.pool import (
     server_address,
     split_hosts,
 )
+from hypercheckout.store.prepared import Prepared
 from hypercheckout.store.products import (
     COUNT_ORDERS,
     CREATE_PRODUCT,
@@ -244,11 +245,16 @@ class Store:
             raise
 
     @staticmethod
-    async def commit(cur: aiopg.Cursor, statement: str, params: dict[str, Any] | None = None) -> None:
+    async def commit(cur: aiopg.Cursor, statement: str | Prepared, params: dict[str, Any] | None = None) -> None:
         """Run the statement that commits. If the connection breaks during it, the commit may or may not have
         happened on the server: that is said (503 with outcome unknown), never "nothing was sold"."""
+        if isinstance(statement, Prepared):
+            await statement.ready(cur)  # nothing is run yet: trouble here means nothing was done
         try:
-            await cur.execute(statement, params)
+            if isinstance(statement, Prepared):
+                await statement.run(cur, params or {})
+            else:
+                await cur.execute(statement, params)
         except CONNECTION_ERRORS as exc:
             raise outcome_unknown() from exc
 
