@@ -280,18 +280,19 @@ def test_a_full_batch_goes_at_once_whatever_its_window(settings: Settings) -> No
 
 
 
-async def _batches_on_one_connection(settings: Settings, between: str = "", *, elsewhere: bool = False) -> tuple[
-        list[list[Order | BaseException]], list[tuple[str]]]:
-    """Three plain batches one after another on a pool of one connection, ``between`` run after the first (on that
-    same connection, or ``elsewhere``: on another); then the names of the statements the pool's connection has
-    prepared."""
+async def _batches_on_one_connection(settings: Settings, between: str = "", *, elsewhere: bool = False,
+                                     keyed: bool = False) -> tuple[list[list[Order | BaseException]], list[tuple[str]]]:
+    """Three batches one after another on a pool of one connection (plain, or with Idempotency-Keys: the
+    two-statement way), ``between`` run after the first (on that same connection, or ``elsewhere``: on another);
+    then the names of the statements the pool's connection has prepared."""
     store = await Store.connect(settings.database_url, size=1, timeout=5)
     strategy = BatchedStrategy(store, replica="test-1", window_ms=1)
     try:
         outcomes = []
         for run in range(3):
-            outcomes.append(await asyncio.gather(*(strategy.purchase(PurchaseRequest(10 * run + n, 1, 1))
-                                                   for n in range(1, 4)), return_exceptions=True))
+            outcomes.append(await asyncio.gather(*(strategy.purchase(PurchaseRequest(
+                10 * run + n, 1, 1, idempotency_key=f"key-{run}-{n}" if keyed else None)) for n in range(1, 4)),
+                return_exceptions=True))
             if run == 0 and between and elsewhere:
                 sql(settings.database_url, between)
             elif run == 0 and between:
@@ -306,32 +307,41 @@ async def _batches_on_one_connection(settings: Settings, between: str = "", *, e
         await store.close()
 
 
-def test_the_plain_statement_is_prepared_once_on_a_connection_then_only_executed(settings: Settings) -> None:
-    """PostgreSQL parses and plans the plain batch's statement once per connection (store/prepared.py): three batches
-    on one connection prepare it once (a second PREPARE of the name would fail) and each sells what it should."""
+PREPARED = {False: [("settle_plain_batch",)], True: [("lock_stock_for_batch",), ("settle_batch",)]}
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["plain", "two statements"])
+def test_a_batch_statement_is_prepared_once_on_a_connection_then_only_executed(settings: Settings,
+                                                                                keyed: bool) -> None:
+    """PostgreSQL parses and plans a batch's statements once per connection (store/prepared.py): three batches on
+    one connection prepare them once (a second PREPARE of a name would fail) and each sells what it should."""
     set_stock(settings.database_url, 100)
-    outcomes, prepared = asyncio.run(_batches_on_one_connection(settings))
+    outcomes, prepared = asyncio.run(_batches_on_one_connection(settings, keyed=keyed))
     assert all(isinstance(o, Order) for batch in outcomes for o in batch)
-    assert prepared == [("settle_plain_batch",)]
+    assert prepared == PREPARED[keyed]
     assert len(orders_of(settings.database_url)) == 9
     assert_invariant(settings.database_url, 100)
 
 
-@pytest.mark.parametrize(("change", "elsewhere"), [
-    ("DEALLOCATE ALL", False),
-    ("ALTER TABLE products ALTER COLUMN stock TYPE bigint", True),
+@pytest.mark.parametrize(("change", "elsewhere", "keyed"), [
+    ("DEALLOCATE ALL", False, False),
+    ("ALTER TABLE products ALTER COLUMN stock TYPE bigint", True, False),
+    ("DEALLOCATE ALL", False, True),
+    ("ALTER TABLE products ALTER COLUMN stock TYPE bigint", True, True),
 ])
 def test_a_connection_whose_prepared_statement_went_stale_fails_one_batch_and_the_next_prepares_it_again(
-        settings: Settings, change: str, elsewhere: bool) -> None:
+        settings: Settings, change: str, elsewhere: bool, keyed: bool) -> None:
     """Its prepared statement gone (DEALLOCATE), or planned for a result type a migration changed since: the batch
     that finds out is refused with 503 and writes nothing, its connection is closed, and the next batch prepares
     the statement afresh on a new connection and sells."""
     set_stock(settings.database_url, 100)
-    outcomes, prepared = asyncio.run(_batches_on_one_connection(settings, change, elsewhere=elsewhere))
+    outcomes, prepared = asyncio.run(_batches_on_one_connection(settings, change, elsewhere=elsewhere, keyed=keyed))
     first, stale, after = outcomes
     assert all(isinstance(o, Order) for o in first + after)
     for outcome in stale:
         assert isinstance(outcome, CheckoutError) and (outcome.status, outcome.code) == (503, "unavailable")
-    assert prepared == [("settle_plain_batch",)]
+    assert prepared == PREPARED[keyed]
+    if keyed:  # the refused batch's keys were rolled back with it: only the orders' keys are kept
+        assert sql(settings.database_url, "SELECT count(*) FROM idempotency_keys") == [(6,)]
     assert len(orders_of(settings.database_url)) == 6
     assert_invariant(settings.database_url, 100)

@@ -41,7 +41,7 @@ from hypercheckout.store.pool import (
     server_address,
     split_hosts,
 )
-from hypercheckout.store.prepared import Prepared
+from hypercheckout.store.prepared import Prepared, execute
 from hypercheckout.store.products import (
     COUNT_ORDERS,
     CREATE_PRODUCT,
@@ -326,7 +326,7 @@ class Store:
 
     @staticmethod
     async def lock_for_batch(cur: aiopg.Cursor, product_id: int, count: int) -> BatchLock | None:
-        await cur.execute(LOCK_STOCK_FOR_BATCH, {"product_id": product_id, "count": count})
+        await execute(cur, LOCK_STOCK_FOR_BATCH, {"product_id": product_id, "count": count})
         row = await cur.fetchone()
         if row is None:
             return None

@@ -63,3 +63,12 @@ class Prepared:
 
     def prepared_on(self, conn: aiopg.Connection) -> bool:
         return conn in self._prepared_on
+
+
+async def execute(cur: aiopg.Cursor, statement: str | Prepared, params: dict[str, Any] | None = None) -> None:
+    """Run ``statement`` on ``cur``: text as it is, a ``Prepared`` one prepared on its connection first if need be."""
+    if isinstance(statement, str):
+        await cur.execute(statement, params)
+        return
+    await statement.ready(cur)
+    await statement.run(cur, params or {})

@@ -49,17 +49,17 @@ SELECT placed.id, placed.created_at, sold.stock, sold.held FROM placed, sold
 # --- batched: one transaction for many buyers -------------------------------------------------------------------
 # The row lock serialises batches of every replica. Order ids are reserved here, in the locked transaction, so the
 # answer to each waiter is known before the INSERT (RETURNING order is not guaranteed to follow VALUES order).
-# BEGIN rides on this statement and COMMIT on SETTLE_BATCH: a batch costs two round trips, not four.
-LOCK_STOCK_FOR_BATCH = """
-BEGIN;
+# BEGIN rides on this statement and COMMIT on SETTLE_BATCH: a batch costs two round trips, not four. Both are
+# prepared on each connection once (store/prepared.py), as the plain statement below is.
+LOCK_STOCK_FOR_BATCH = Prepared("lock_stock_for_batch", """
 SELECT stock, per_user_limit, now(),
        ARRAY(SELECT nextval('orders_id_seq') FROM generate_series(1, %(count)s)),
        starts_at, ends_at, max_per_order, waiting_room, room_generation, held
 FROM products WHERE id = %(product_id)s
 FOR UPDATE
-"""
+""", {"product_id": "bigint", "count": "integer"}, before="BEGIN;")
 # One statement takes the stock granted to the whole batch and writes every order of it.
-SETTLE_BATCH = """
+SETTLE_BATCH = Prepared("settle_batch", """
 WITH sold AS (
     UPDATE products SET stock = stock - %(total)s WHERE id = %(product_id)s
 ), released AS (
@@ -67,9 +67,11 @@ WITH sold AS (
 )
 INSERT INTO orders (id, user_id, product_id, quantity, replica, room_generation)
 SELECT o.id, o.user_id, %(product_id)s, o.quantity, %(replica)s, %(room_generation)s::bigint
-FROM unnest(%(ids)s::bigint[], %(user_ids)s::bigint[], %(quantities)s::integer[]) AS o (id, user_id, quantity);
-COMMIT;
-"""
+FROM unnest(%(ids)s::bigint[], %(user_ids)s::bigint[], %(quantities)s::integer[]) AS o (id, user_id, quantity)
+""", {
+    "product_id": "bigint", "replica": "text", "total": "integer", "released_keys": "text[]", "ids": "bigint[]",
+    "user_ids": "bigint[]", "quantities": "integer[]", "room_generation": "bigint",
+}, after="COMMIT;")
 
 # --- batched, the plain case: one statement, one round trip --------------------------------------------------------
 # A batch with no Idempotency-Key and no pass, of a product with no per-user limit and no waiting room, whose stock
