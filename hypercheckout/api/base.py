@@ -9,6 +9,7 @@ import logging
 import time
 from typing import Any
 
+import orjson
 import tornado.web
 
 from hypercheckout.checkout.errors import CheckoutError, buyer_mismatch
@@ -21,10 +22,20 @@ REASONS = {
 }
 
 
-# json.dumps with any argument of its own builds a new JSONEncoder on every call: 6.8 us against 3.2 us for an
-# order's answer (timeit). The encoders hold no state between calls; these are json.dumps's with the same arguments.
-_encode_json = json.JSONEncoder(separators=(",", ":"), default=str).encode
-_encode_error = json.JSONEncoder(separators=(",", ":")).encode
+# What json.dumps(default=str) did with what orjson knows natively: datetimes and dataclasses go through str.
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+_encode_with_json = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
+def encode_json(body: Any) -> bytes:
+    """An answer's body. orjson took 0.13 µs for an order's answer where json's encoder took 2.9 µs (timeit), and
+    gives the bytes Tornado sends instead of a string it encodes again. Anything it does not know goes through
+    ``str`` as it did with json; a body it cannot take at all (an integer beyond 64 bits, a key that is not a
+    string) goes through json."""
+    try:
+        return orjson.dumps(body, default=str, option=_ORJSON_OPTIONS)
+    except orjson.JSONEncodeError:
+        return _encode_with_json(body).encode()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -69,7 +80,7 @@ class JsonHandler(tornado.web.RequestHandler):
 
     def write_json(self, body: dict[str, Any], status: int = 200) -> None:
         self.set_status(status)
-        self.finish(_encode_json(body))
+        self.finish(encode_json(body))
 
     def header(self, name: str) -> str | None:
         """A request header (repeated ones joined by commas, as Tornado's ``headers.get`` gives them), or None. Most
@@ -133,7 +144,7 @@ class JsonHandler(tornado.web.RequestHandler):
         if exc.status >= 500:  # nginx's access log tells an overloaded 503 from an unavailable one by this
             self.set_header("X-Error-Code", exc.code)
         self.set_status(exc.status)
-        self.finish(_encode_error(exc.body()))
+        self.finish(encode_json(exc.body()))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
