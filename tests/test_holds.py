@@ -3,6 +3,7 @@ is the stock that was set at every step — through the HTTP API, for every stra
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -10,8 +11,11 @@ import pytest
 
 from hypercheckout.app import Services
 from hypercheckout.checkout import holds
+from hypercheckout.checkout.errors import CheckoutError
+from hypercheckout.checkout.models import Order, PurchaseRequest
 from hypercheckout.checkout.service import Checkout
 from hypercheckout.checkout.strategy import make_strategy
+from hypercheckout.store import Store
 from tests.helpers import Answer, assert_invariant, buy, get, orders_of, post_raw, set_stock, sql, stock_of
 
 STRATEGIES = ["pessimistic", "atomic", "batched"]
@@ -286,3 +290,53 @@ async def test_a_replica_told_units_are_held_refuses_the_next_buyers_from_memory
     assert (await act(http_client, base_url, first.body["checkout_id"], "release")).status == 200
     assert (await hold(http_client, base_url, user=3)).status == 201
     assert assert_invariant(database_url, 1) == 0
+
+
+async def _holds_and_confirms_on_one_connection(database_url: str, stale_between: bool) -> tuple[
+        list[Any], list[tuple[str]]]:
+    """Three rounds of a hold then its confirm on a pool of one connection, ``DEALLOCATE ALL`` on that connection
+    after the first round if ``stale_between``; each round's outcomes, then what the connection has prepared."""
+    store = await Store.connect(database_url, size=1, timeout=5)
+    try:
+        rounds: list[Any] = []
+        for n in range(3):
+            try:
+                held = await holds.hold_one(store, PurchaseRequest(n + 1, 1, 1), "test-1")
+                rounds.append(await holds.confirm(store, held.id, "test-1"))
+            except CheckoutError as exc:
+                rounds.append(exc)
+            if n == 0 and stale_between:
+                async with store.cursor() as cur:
+                    await cur.execute("DEALLOCATE ALL")
+        async with store.cursor() as cur:
+            await cur.execute("SELECT name FROM pg_prepared_statements ORDER BY name")
+            return rounds, await cur.fetchall()
+    finally:
+        await store.close()
+
+
+HOLD_STATEMENTS = [("confirm_now",), ("insert_holds",), ("lock_for_hold",)]
+
+
+def test_a_checkouts_statements_are_prepared_once_on_a_connection(database_url: str) -> None:
+    """A hold and its confirm run prepared statements (store/prepared.py), prepared once on a connection: three
+    rounds on one connection (a second PREPARE of a name would fail), three orders."""
+    set_stock(database_url, 10)
+    rounds, prepared = asyncio.run(_holds_and_confirms_on_one_connection(database_url, stale_between=False))
+    assert all(isinstance(outcome, Order) for outcome in rounds)
+    assert prepared == HOLD_STATEMENTS
+    assert len(orders_of(database_url)) == 3
+    assert_invariant(database_url, 10)
+
+
+def test_a_stale_prepared_statement_of_a_hold_is_a_503_that_takes_nothing(database_url: str) -> None:
+    """The connection's statements gone: the hold that finds out is 503 and takes no unit, and the next round
+    prepares them again on a new connection."""
+    set_stock(database_url, 10)
+    rounds, prepared = asyncio.run(_holds_and_confirms_on_one_connection(database_url, stale_between=True))
+    first, stale, after = rounds
+    assert isinstance(first, Order) and isinstance(after, Order)
+    assert isinstance(stale, CheckoutError) and (stale.status, stale.code) == (503, "unavailable")
+    assert prepared == HOLD_STATEMENTS
+    assert sql(database_url, "SELECT count(*) FROM checkouts") == [(2,)]
+    assert_invariant(database_url, 10)

@@ -185,3 +185,10 @@ def test_cpu_per_request_is_measured_for_each_kind_of_process(tmp_path: Path) ->
     table = (tmp_path / "cpu.md").read_text()
     assert "python load-tests/cpu_per_request.py --rounds 1 --seconds 1 --connections 8" in table
     assert "Replicas' CPU per purchase ÷ per no-op: median" in table
+
+
+def test_what_a_batch_statement_costs_postgresql_is_measured_as_text_and_prepared() -> None:
+    """`prepared_cost.py`, a few batches each way: both ways grant every batch and print the backend's CPU."""
+    done = run("prepared_cost.py", "--batches", "40", "--rounds", "1")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "  text " in done.stdout and "  prepared " in done.stdout

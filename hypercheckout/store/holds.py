@@ -18,13 +18,16 @@ import aiopg
 from hypercheckout.store.arrays import int_array
 from hypercheckout.store.database import Store
 from hypercheckout.store.models import SaleRules
+from hypercheckout.store.prepared import Prepared, execute
 
+# A checkout's hot statements — this one, INSERT_HOLDS and CONFIRM_NOW — are prepared once on each connection
+# (store/prepared.py), as a batch of purchases' are.
 # The product's row locked, with what a hold is decided on. now(): the transaction's time, for the sale window.
-LOCK_FOR_HOLD = """
+LOCK_FOR_HOLD = Prepared("lock_for_hold", """
 SELECT stock, held, per_user_limit, now(), starts_at, ends_at, max_per_order, waiting_room, room_generation,
        hold_seconds
 FROM products WHERE id = %(product_id)s FOR UPDATE
-"""
+""", {"product_id": "bigint"})
 # Which of these keys a committed checkout holds already (read under the row lock: a first try of the same product
 # committed before we got it). A first try for another product still committing is caught by INSERT_HOLDS's
 # ON CONFLICT, which waits for it.
@@ -54,7 +57,7 @@ SELECT COALESCE((SELECT holds FROM back), 0), COALESCE((SELECT units FROM back),
 # transaction committed meanwhile (a first try for another product) is skipped and missing from what this returns.
 # Every hold of the batch runs for hold_seconds from one reading of PostgreSQL's clock. With payments on (paid), a
 # hold of a priced product owes price x quantity at the price of now, and waits for its payment ('pending').
-INSERT_HOLDS = """
+INSERT_HOLDS = Prepared("insert_holds", """
 WITH priced AS (SELECT price, currency FROM products WHERE id = %(product_id)s), placed AS (
     INSERT INTO checkouts (id, product_id, user_id, quantity, expires_at, replica, room_generation,
                            idempotency_key, fingerprint, amount, currency, payment_status)
@@ -76,7 +79,11 @@ WITH priced AS (SELECT price, currency FROM products WHERE id = %(product_id)s),
 SELECT placed.id, placed.expires_at, placed.created_at, taken.stock, taken.held, placed.amount, placed.currency,
        placed.payment_status
 FROM placed, taken
-"""
+""", {
+    "product_id": "bigint", "hold_seconds": "double precision", "replica": "text", "room_generation": "bigint",
+    "ids": "text[]", "user_ids": "bigint[]", "quantities": "integer[]", "keys": "text[]", "fingerprints": "text[]",
+    "pays": "boolean[]",
+})
 CHECKOUT_COLUMNS = """c.id, c.product_id, c.user_id, c.quantity,
        CASE WHEN c.status = 'held' AND c.expires_at <= clock_timestamp() THEN 'expired' ELSE c.status END,
        c.created_at, c.expires_at, c.ended_at, c.order_id, o.created_at, c.rebooked, c.replica, c.room_generation,
@@ -96,7 +103,7 @@ WHERE c.idempotency_key = %(key)s
 # transaction's round trips. Nothing when the checkout is unknown, not held, or ran out, or waits for a payment and
 # this is not the payment confirming it: the caller then looks at it (a replay, a refusal, or a re-booking of a hold
 # that ran out). A paid checkout's order and its payment's 'capturing' are committed together.
-CONFIRM_NOW = """
+CONFIRM_NOW = Prepared("confirm_now", """
 WITH locked AS (
     SELECT p.id, p.stock FROM products p
     WHERE p.id = (SELECT product_id FROM checkouts WHERE id = %(checkout_id)s) FOR UPDATE
@@ -119,7 +126,7 @@ WITH locked AS (
 SELECT placed.id, placed.created_at, confirmed.user_id, confirmed.product_id, confirmed.quantity, unheld.stock,
        unheld.held
 FROM placed, confirmed, unheld
-"""
+""", {"checkout_id": "text", "by_payment": "boolean", "replica": "text"})
 # An expired hold confirmed from units available now (re-booked): they leave stock for sold.
 REBOOK = """
 WITH reserved AS (SELECT nextval('orders_id_seq') AS id), confirmed AS (
@@ -229,7 +236,7 @@ class StoredCheckout:
 
 
 async def lock_for_hold(cur: aiopg.Cursor, product_id: int) -> HoldLock | None:
-    await cur.execute(LOCK_FOR_HOLD, {"product_id": product_id})
+    await execute(cur, LOCK_FOR_HOLD, {"product_id": product_id})
     row = await cur.fetchone()
     if row is None:
         return None
@@ -260,7 +267,7 @@ async def insert_holds(cur: aiopg.Cursor, product_id: int, *, ids: Sequence[str]
                        hold_seconds: int, replica: str, room_generation: int | None, pays: Sequence[bool],
                        ) -> tuple[dict[str, Placed], int, int]:
     """The holds written (by id), and the product's stock and held after them."""
-    await cur.execute(INSERT_HOLDS, {
+    await execute(cur, INSERT_HOLDS, {
         "product_id": product_id, "ids": list(ids), "user_ids": int_array(user_ids),
         "quantities": int_array(quantities),
         "keys": list(keys), "fingerprints": list(fingerprints), "hold_seconds": hold_seconds, "replica": replica,
