@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import psycopg2
 import pytest
@@ -14,6 +15,7 @@ from hypercheckout.checkout.models import Order, PurchaseRequest
 from hypercheckout.settings import Settings
 from hypercheckout.store import Store
 from hypercheckout.store.arrays import int_array
+from hypercheckout.store.prepared import Prepared
 from tests.helpers import assert_invariant, orders_of, set_stock, sql, stock_of
 
 
@@ -344,4 +346,30 @@ def test_a_connection_whose_prepared_statement_went_stale_fails_one_batch_and_th
     if keyed:  # the refused batch's keys were rolled back with it: only the orders' keys are kept
         assert sql(settings.database_url, "SELECT count(*) FROM idempotency_keys") == [(6,)]
     assert len(orders_of(settings.database_url)) == 6
+    assert_invariant(settings.database_url, 100)
+
+
+def test_a_connection_lost_after_the_plain_statement_returned_is_outcome_unknown_never_nothing_sold(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The statement committed and returned; then PostgreSQL went away (here: its backend terminated) and the event
+    loop polled the connection's FATAL and end of stream before the batch's task resumed to read its row —
+    psycopg2 then refuses the read ("cursor already closed"). The orders exist: the answer must say the outcome
+    is unknown, never that nothing was sold (`make chaos --limiter`, a replica paused across a restart)."""
+    set_stock(settings.database_url, 100)
+    original = Prepared.run
+
+    async def run_then_lose_the_connection(self: Prepared, cur: Any, params: dict[str, Any]) -> None:
+        await original(self, cur, params)
+        sql(settings.database_url, "SELECT pg_terminate_backend(%s)", (cur.connection.raw.info.backend_pid,))
+        for _ in range(1000):  # aiopg's reader polls the FATAL, then the end of the stream: psycopg2 marks it closed
+            if cur.connection.raw.closed:
+                break
+            await asyncio.sleep(0.01)
+
+    monkeypatch.setattr(Prepared, "run", run_then_lose_the_connection)
+    outcomes, _ = asyncio.run(settle(settings, [(1, 1, 2), (2, 1, 3)], window_ms=1))
+    for outcome in outcomes:
+        assert isinstance(outcome, CheckoutError) and (outcome.status, outcome.code) == (503, "unavailable")
+        assert outcome.body()["error"]["outcome"] == "unknown"
+    assert sorted(orders_of(settings.database_url).values()) == [(1, 2), (2, 3)]
     assert_invariant(settings.database_url, 100)

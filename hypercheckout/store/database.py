@@ -245,9 +245,15 @@ class Store:
             raise
 
     @staticmethod
-    async def commit(cur: aiopg.Cursor, statement: str | Prepared, params: dict[str, Any] | None = None) -> None:
-        """Run the statement that commits. If the connection breaks during it, the commit may or may not have
-        happened on the server: that is said (503 with outcome unknown), never "nothing was sold"."""
+    async def commit(cur: aiopg.Cursor, statement: str | Prepared,
+                     params: dict[str, Any] | None = None) -> tuple[Any, ...] | None:
+        """Run the statement that commits, and return its first row (None: it returns none). If the connection
+        breaks during it, the commit may or may not have happened on the server: that is said (503 with outcome
+        unknown), never "nothing was sold". So also when it breaks after the statement returned but before its row
+        is read: psycopg2 refuses to read a cursor whose connection it has since found closed ("cursor already
+        closed"), which happens when the event loop polls the connection's FATAL and end of stream (a restarted
+        PostgreSQL) before this task resumes — found by `make chaos --limiter` with a replica paused across a
+        restart, where a keyless buyer was told nothing was sold for an order that was placed."""
         if isinstance(statement, Prepared):
             await statement.ready(cur)  # nothing is run yet: trouble here means nothing was done
         try:
@@ -255,6 +261,7 @@ class Store:
                 await statement.run(cur, params or {})
             else:
                 await cur.execute(statement, params)
+            return await cur.fetchone() if cur.description is not None else None
         except CONNECTION_ERRORS as exc:
             raise outcome_unknown() from exc
 
@@ -315,11 +322,10 @@ class Store:
         rules refuse (a product with a waiting room is never bought here: its pass is counted under the row lock)."""
         async with self.cursor() as cur:
             # One statement in autocommit: it is its own commit.
-            await Store.commit(
+            row = await Store.commit(
                 cur, BUY_ATOMIC,
                 {"user_id": user_id, "product_id": product_id, "quantity": quantity, "replica": replica},
             )
-            row = await cur.fetchone()
             return None if row is None else (row[0], row[1], row[2], row[3])
 
     # --- batched --------------------------------------------------------------------------------------------------
@@ -340,11 +346,10 @@ class Store:
         window, too many units in one order, no such product. The statement is its own transaction: broken off
         while it ran, it may have committed (503 with outcome unknown)."""
         async with self.cursor() as cur:
-            await Store.commit(cur, SETTLE_PLAIN_BATCH, {
+            row = await Store.commit(cur, SETTLE_PLAIN_BATCH, {
                 "product_id": product_id, "replica": replica, "total": sum(quantities), "largest": max(quantities),
                 "user_ids": int_array(user_ids), "quantities": int_array(quantities),
             })
-            row = await cur.fetchone()
         if row is None:
             return None
         return PlainBatch(stock=row[0], held=row[1], now=row[2], order_ids=list(row[3]))

@@ -295,8 +295,8 @@ async def confirm_now(cur: aiopg.Cursor, checkout_id: str, replica: str, *, by_p
         -> tuple[int, datetime, int, int, int, int, int] | None:
     """(order id, created_at, buyer, product, quantity, stock, held) if the running hold was confirmed, else None.
     ``cur`` in autocommit: the statement is its own transaction. ``by_payment``: its payment confirms it."""
-    await Store.commit(cur, CONFIRM_NOW, {"checkout_id": checkout_id, "replica": replica, "by_payment": by_payment})
-    row = await cur.fetchone()
+    row = await Store.commit(cur, CONFIRM_NOW,
+                             {"checkout_id": checkout_id, "replica": replica, "by_payment": by_payment})
     return None if row is None else tuple(row)  # type: ignore[return-value]
 
 
