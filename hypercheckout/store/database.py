@@ -257,10 +257,7 @@ class Store:
         if isinstance(statement, Prepared):
             await statement.ready(cur)  # nothing is run yet: trouble here means nothing was done
         try:
-            if isinstance(statement, Prepared):
-                await statement.run(cur, params or {})
-            else:
-                await cur.execute(statement, params)
+            await execute(cur, statement, params)
             return await cur.fetchone() if cur.description is not None else None
         except CONNECTION_ERRORS as exc:
             raise outcome_unknown() from exc
