@@ -87,18 +87,9 @@ class Load(threading.Thread):
                 attempt = Attempt(key=str(uuid.uuid4()), user=next(users), qty=1 + next(users) % 3)
                 self.attempts.append(attempt)
                 try:
-                    while True:
-                        answer = await buy(client, self.url, user=attempt.user, qty=attempt.qty,
-                                           headers={"Idempotency-Key": attempt.key})
-                        attempt.status, attempt.body = answer.status, answer.body
-                        attempt.replica = answer.headers.get("X-Replica")
-                        # Admission control at its defaults may refuse a purchase a fault held up: nothing was
-                        # sold, and a client told Retry-After sends it again.
-                        if answer.status != 503 or answer.body.get("error", {}).get("code") != "overloaded":
-                            break
-                        assert_overloaded(answer)
-                        attempt.refused += 1
-                        await asyncio.sleep(1)
+                    answer = await buy_past_overload(client, self.url, attempt)
+                    attempt.status, attempt.body = answer.status, answer.body
+                    attempt.replica = answer.headers.get("X-Replica")
                 except Exception:
                     pass
                 attempt.ended = time.monotonic()
@@ -175,11 +166,24 @@ def verify(cluster: RunningCluster, attempts: list[Attempt]) -> dict[str, int]:
     return statuses
 
 
+async def buy_past_overload(client: SimpleAsyncHTTPClient, url: str, attempt: Attempt):  # type: ignore[no-untyped-def]
+    """The attempt's purchase, with its key, sent again after each 503 ``overloaded``: admission control at its
+    defaults may refuse a purchase a fault (or a busy machine) held up; nothing was sold, and a client told
+    Retry-After sends it again."""
+    while True:
+        answer = await buy(client, url, user=attempt.user, qty=attempt.qty, headers={"Idempotency-Key": attempt.key})
+        if answer.status != 503 or answer.body.get("error", {}).get("code") != "overloaded":
+            return answer
+        assert_overloaded(answer)
+        attempt.refused += 1
+        await asyncio.sleep(1)
+
+
 async def retry(url: str, attempts: list[Attempt]):  # type: ignore[no-untyped-def]
+    """Each attempt whose outcome is unknown sent again with its key, as its client would, all at once."""
     client = SimpleAsyncHTTPClient(force_instance=True, max_clients=20)
     try:
-        return await asyncio.gather(*(buy(client, url, user=a.user, qty=a.qty, headers={"Idempotency-Key": a.key})
-                                      for a in attempts))
+        return await asyncio.gather(*(buy_past_overload(client, url, a) for a in attempts))
     finally:
         client.close()
 
