@@ -83,7 +83,8 @@ profile: install-load system-deps load-deps
 	$(BIN)/python load-tests/flamegraphs.py $(ARGS)
 
 # CPU per request of each kind of process (replicas, nginx, PostgreSQL, Redis), a purchase against a no-op, in
-# alternating rounds on one cluster (load-tests/cpu_per_request.py). ARGS="--rounds 3 --limiter --out DIR".
+# alternating rounds on one cluster (load-tests/cpu_per_request.py). ARGS="--rounds 3 --limiter --replicas 1
+# --set HC_NAME=value --out DIR".
 cpu: install-load system-deps load-deps
 	$(BIN)/python load-tests/cpu_per_request.py $(ARGS)
 

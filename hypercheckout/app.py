@@ -143,7 +143,8 @@ async def start_services(settings: Settings, *, migrate: bool = True) -> Service
     )
     strategy = make_strategy(
         settings.strategy, store, replica=settings.replica_id,
-        batch_window_ms=settings.batch_window_ms, batch_max=settings.batch_max,
+        batch_window_ms=settings.batch_window_ms, batch_busy_window_ms=settings.batch_busy_window_ms,
+        batch_max=settings.batch_max,
         batch_queue_max=settings.batch_queue_max,
     )
     sold_out = SoldOutFlags(

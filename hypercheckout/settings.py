@@ -240,6 +240,10 @@ class Settings:
     batch_window_ms: float = setting(
         "HC_BATCH_WINDOW_MS", 2.0, _non_negative_float,
         "Batched strategy: how long a purchase may wait for others to share its transaction.")
+    batch_busy_window_ms: float = setting(
+        "HC_BATCH_BUSY_WINDOW_MS", 8.0, _non_negative_float,
+        "Batched strategy: the window while a product's batches are busy (the last one settled held 4 purchases or "
+        "more): larger batches under load. Never shorter than HC_BATCH_WINDOW_MS.")
     batch_max: int = setting(
         "HC_BATCH_MAX", 64, _positive_int, "Batched strategy: most purchases settled in one transaction.")
     batch_queue_max: int = setting(

@@ -104,12 +104,13 @@ class Backends:
         return self.workdir / "cluster" / "logs" / "nginx-access.log"
 
     @contextmanager
-    def cluster(self, **settings: str) -> Iterator[str]:
-        """nginx and three replicas with these HC_* settings (limiter off unless they say otherwise); yields the
-        URL of nginx."""
+    def cluster(self, *, replicas: int = 3, **settings: str) -> Iterator[str]:
+        """nginx and ``replicas`` replicas with these HC_* settings (limiter off unless they say otherwise); yields
+        the URL of nginx."""
         environ = {**os.environ, **self.env, "HC_LOG_LEVEL": "WARNING", "HC_RATE_LIMIT": "off",
                    "HC_IP_RATE_LIMIT": "off", **settings}
-        cluster = Cluster(data_dir=self.workdir / "cluster", port=free_port(), environ=environ, out=io.StringIO())
+        cluster = Cluster(data_dir=self.workdir / "cluster", port=free_port(), environ=environ, out=io.StringIO(),
+                          replicas=replicas)
         cluster.start()
         self.current = cluster
         try:

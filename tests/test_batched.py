@@ -9,7 +9,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from hypercheckout.checkout.batched import BatchedStrategy
+from hypercheckout.checkout.batched import BUSY_BATCH, BatchedStrategy
 from hypercheckout.checkout.errors import CheckoutError
 from hypercheckout.checkout.models import Order, PurchaseRequest
 from hypercheckout.settings import Settings
@@ -373,3 +373,50 @@ def test_a_connection_lost_after_the_plain_statement_returned_is_outcome_unknown
         assert outcome.body()["error"]["outcome"] == "unknown"
     assert sorted(orders_of(settings.database_url).values()) == [(1, 2), (2, 3)]
     assert_invariant(settings.database_url, 100)
+
+
+async def _after_a_first_batch(settings: Settings, first: int, then: int) -> BatchedStrategy:
+    """A first batch of ``first`` buyers is held in PostgreSQL (a blocker has the product's row) while one more buyer
+    arrives; the row is let go. Then, once every buyer so far has an answer or the last one still waits, ``then``
+    more buyers arrive. Short window 1 ms, busy window an hour, batches of at most ``BUSY_BATCH``."""
+    store = await Store.connect(settings.database_url, size=2, timeout=5)
+    strategy = BatchedStrategy(store, replica="test-1", window_ms=1, busy_window_ms=3_600_000, max_batch=BUSY_BATCH)
+    blocker = psycopg2.connect(settings.database_url)
+    try:
+        with blocker.cursor() as cur:
+            cur.execute("SELECT stock FROM products WHERE id = 1 FOR UPDATE")
+        firsts = [asyncio.create_task(strategy.purchase(PurchaseRequest(u, 1, 1))) for u in range(1, first + 1)]
+        for _ in range(6000):  # until the first batch waits in PostgreSQL for the row
+            if sql(settings.database_url, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'") \
+                    != [(0,)]:
+                break
+            await asyncio.sleep(0.01)
+        late = asyncio.create_task(strategy.purchase(PurchaseRequest(100, 1, 1)))  # arrives during the settle
+        await asyncio.sleep(0)
+        blocker.commit()
+        await asyncio.wait_for(asyncio.gather(*firsts), 60)
+        more = [asyncio.create_task(strategy.purchase(PurchaseRequest(u, 1, 1))) for u in range(200, 200 + then)]
+        outcomes = await asyncio.wait_for(asyncio.gather(late, *more), 60)
+        assert all(isinstance(o, Order) for o in outcomes)
+        return strategy
+    finally:
+        blocker.close()
+        await strategy.close()
+        await store.close()
+
+
+def test_while_a_products_batches_are_busy_the_next_one_waits_the_busy_window_for_more_buyers(
+        settings: Settings) -> None:
+    """A batch of BUSY_BATCH: the buyer who arrived while it settled waits the busy window (an hour here), and goes
+    with the buyers after it once the batch is full, instead of alone after the short window."""
+    strategy = asyncio.run(_after_a_first_batch(settings, first=BUSY_BATCH, then=BUSY_BATCH - 1))
+    assert strategy.batch_sizes == {BUSY_BATCH: 2}
+    assert len(orders_of(settings.database_url)) == 2 * BUSY_BATCH
+
+
+def test_after_a_small_batch_the_next_one_keeps_the_short_window(settings: Settings) -> None:
+    """A batch below BUSY_BATCH (buyers coming one by one): the buyer who arrived while it settled goes alone after
+    the short window; were it held for the busy window, nothing would fill its batch and the test would time out."""
+    strategy = asyncio.run(_after_a_first_batch(settings, first=BUSY_BATCH - 1, then=0))
+    assert strategy.batch_sizes == {BUSY_BATCH - 1: 1, 1: 1}
+    assert len(orders_of(settings.database_url)) == BUSY_BATCH

@@ -174,16 +174,21 @@ def test_the_flame_graphs_are_written_with_the_command_that_made_them(tmp_path: 
 
 @pytest.mark.skipif(shutil.which("wrk") is None and not os.environ.get("CI"), reason="wrk is not installed")
 def test_cpu_per_request_is_measured_for_each_kind_of_process(tmp_path: Path) -> None:
-    """`cpu_per_request.py`, one short round: a no-op run and a purchase run, each kind's CPU per request read, and
-    the purchase's ratio to the no-op written beside the command."""
-    done = run("cpu_per_request.py", "--rounds", "1", "--seconds", "1", "--connections", "8", "--out", str(tmp_path))
+    """`cpu_per_request.py`, one short round on two replicas with a setting of its own: a no-op run and a purchase
+    run, each kind's CPU per request read, the purchases per batch counted, and the purchase's ratio to the no-op
+    written beside the command."""
+    done = run("cpu_per_request.py", "--rounds", "1", "--seconds", "1", "--connections", "8", "--replicas", "2",
+               "--set", "HC_BATCH_BUSY_WINDOW_MS=2", "--out", str(tmp_path))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = json.loads((tmp_path / "cpu.json").read_text())
     assert [row["path"] for row in rows] == ["no-op", "purchase"]
     assert all(row["rate"] > 0 and row["non_2xx"] == 0 and row["replicas"] > 0 for row in rows)
     assert rows[1]["postgres"] > 0  # purchases are written; a no-op touches no database
+    assert rows[0]["per_batch"] == 0 and 1 <= rows[1]["per_batch"] <= 8  # eight connections: at most 8 a batch
     table = (tmp_path / "cpu.md").read_text()
-    assert "python load-tests/cpu_per_request.py --rounds 1 --seconds 1 --connections 8" in table
+    assert ("python load-tests/cpu_per_request.py --rounds 1 --seconds 1 --connections 8 --replicas 2 --set "
+            "HC_BATCH_BUSY_WINDOW_MS=2") in table
+    assert "2 replicas, batched, HC_BATCH_BUSY_WINDOW_MS=2)" in table
     assert "Replicas' CPU per purchase ÷ per no-op: median" in table
 
 

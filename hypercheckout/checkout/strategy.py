@@ -26,7 +26,8 @@ class Strategy(Protocol):
 
 
 def make_strategy(name: str, store: Store, *, replica: str, batch_window_ms: float = 2.0,
-                  batch_max: int = 64, batch_queue_max: int = 512) -> Strategy:
+                  batch_busy_window_ms: float | None = None, batch_max: int = 64,
+                  batch_queue_max: int = 512) -> Strategy:
     # Imported here so each strategy module stays independent of the others.
     if name == "pessimistic":
         from hypercheckout.checkout.pessimistic import PessimisticStrategy
@@ -39,6 +40,6 @@ def make_strategy(name: str, store: Store, *, replica: str, batch_window_ms: flo
     if name == "batched":
         from hypercheckout.checkout.batched import BatchedStrategy
 
-        return BatchedStrategy(store, replica=replica, window_ms=batch_window_ms, max_batch=batch_max,
-                               max_queue=batch_queue_max)
+        return BatchedStrategy(store, replica=replica, window_ms=batch_window_ms,
+                               busy_window_ms=batch_busy_window_ms, max_batch=batch_max, max_queue=batch_queue_max)
     raise ValueError(f"unknown strategy {name!r}")
